@@ -1,0 +1,84 @@
+//! One function per subcommand.
+
+use crate::{DeviceArgs, ExplainArgs, ProfileArgs, RunArgs};
+use anyhow::{bail, Context, Result};
+use gllm_kernels::codegen::MulAddKernel;
+use gllm_kernels::device::{DeviceProfile, Isa};
+use std::time::Instant;
+
+impl ProfileArgs {
+    /// The profile these flags select.
+    pub fn resolve(&self) -> Result<DeviceProfile> {
+        let profile = match (&self.preset, &self.profile) {
+            (Some(name), _) => DeviceProfile::preset(name)?,
+            (None, Some(path)) => DeviceProfile::load(path)?,
+            (None, None) => DeviceProfile::detect()?,
+        };
+        match &self.isa {
+            None => Ok(profile),
+            Some(name) => {
+                let Some(isa) = Isa::from_name(name) else {
+                    bail!("unknown ISA `{name}` (expected avx2 or avx512)");
+                };
+                Ok(profile.with_isa(isa)?)
+            }
+        }
+    }
+}
+
+pub fn device(args: &DeviceArgs) -> Result<()> {
+    let profile = args.profile.resolve()?;
+    if args.json {
+        let mut value = serde_json::to_value(&profile)?;
+        value["num_simd_regs"] = profile.num_simd_regs().into();
+        value["gemm_blocking"] = serde_json::to_value(profile.gemm_blocking())?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if args.toml {
+        print!("{}", profile.to_toml());
+    } else {
+        println!("{profile}");
+    }
+    Ok(())
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let profile = args.profile.resolve()?;
+    println!("{profile}\n");
+    if !profile.runs_on_host() {
+        bail!("the selected profile's ISA ({}) cannot run on this CPU", profile.isa);
+    }
+
+    let started = Instant::now();
+    let kernel = MulAddKernel::compile(&profile).context("JIT-compiling the mul-add kernel")?;
+    let compile_us = started.elapsed().as_secs_f64() * 1e6;
+    let n = args.elements;
+    let a: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.25 - 12.0).collect();
+    let b: Vec<f32> = (0..n).map(|i| (i % 89) as f32 * -0.125 + 5.0).collect();
+    let init: Vec<f32> = (0..n).map(|i| (i % 13) as f32).collect();
+    let mut out = init.clone();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        out.copy_from_slice(&init);
+        let t = Instant::now();
+        kernel.run(&a, &b, &mut out)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mismatches = (0..n).filter(|&i| out[i].to_bits() != a[i].mul_add(b[i], init[i]).to_bits()).count();
+    if mismatches != 0 {
+        bail!("JIT mul-add kernel disagrees with scalar code on {mismatches} of {n} elements");
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let gbps = (n * 16) as f64 / median / 1e9;
+    println!(
+        "jit mul-add  {} bytes of {} code, compiled in {compile_us:.0} µs; {n} elements match scalar bit for bit; median {:.2} ms ({gbps:.1} GB/s)",
+        kernel.code().len(),
+        kernel.isa(),
+        median * 1e3
+    );
+    Ok(())
+}
+
+pub fn explain(args: &ExplainArgs) -> Result<()> {
+    bail!("no operator registry yet: cannot explain `{}`", args.op)
+}

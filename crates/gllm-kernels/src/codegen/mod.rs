@@ -1,0 +1,13 @@
+//! Machine-code generation.
+//!
+//! ```text
+//!   (today) hand-assembled kernels ──[iced-x86 CodeAssembler]──> Vec<u8> ──> runtime::ExecutableCode
+//! ```
+//!
+//! This module will hold the TraceOp emitter, MathApprox and the GEMM
+//! generator; for now it holds the one kernel that proves the
+//! assemble → seal → call path end to end on both ISAs.
+
+mod mul_add;
+
+pub use mul_add::{CodegenError, MulAddKernel};

@@ -1,0 +1,14 @@
+//! Where generated machine code lives and how it is entered.
+//!
+//! ```text
+//!   Vec<u8> (assembled) ──[ExecutableCode::new]──> RW pages ──[seal]──> R+X pages ──> fn pointer
+//! ```
+//!
+//! Pages are never writable and executable at the same time (W^X): code is
+//! copied into fresh read-write anonymous pages, which are then re-protected
+//! read+execute before any pointer into them is handed out. Dropping the value
+//! unmaps the pages.
+
+mod executable;
+
+pub use executable::{ExecutableCode, RuntimeError};

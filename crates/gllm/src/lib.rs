@@ -1,0 +1,1 @@
+//! gllm: the inference front end (model knowledge lives here; machine code does not).
