@@ -15,3 +15,5 @@
 pub mod codegen;
 pub mod device;
 pub mod runtime;
+pub mod scalar;
+pub mod trace;

@@ -1,0 +1,668 @@
+//! SSE / AVX / AVX-512 semantics on symbolic lanes.
+
+use super::{Flags, IntVal, Machine, Res};
+use crate::trace::error::TraceErrorKind;
+use crate::trace::expr::{BinOp, BitOp, ExprId, UnOp};
+use crate::trace::CmpPred;
+use iced_x86::{Mnemonic, OpKind, Register};
+
+#[derive(Clone, Copy)]
+enum Arith {
+    Bin(BinOp),
+    Sqrt,
+}
+
+fn arith(mn: Mnemonic) -> Option<(Arith, bool)> {
+    use Mnemonic::*;
+    Some(match mn {
+        Addss | Vaddss => (Arith::Bin(BinOp::Add), true),
+        Subss | Vsubss => (Arith::Bin(BinOp::Sub), true),
+        Mulss | Vmulss => (Arith::Bin(BinOp::Mul), true),
+        Divss | Vdivss => (Arith::Bin(BinOp::Div), true),
+        Maxss | Vmaxss => (Arith::Bin(BinOp::Max), true),
+        Minss | Vminss => (Arith::Bin(BinOp::Min), true),
+        Sqrtss | Vsqrtss => (Arith::Sqrt, true),
+        Addps | Vaddps => (Arith::Bin(BinOp::Add), false),
+        Subps | Vsubps => (Arith::Bin(BinOp::Sub), false),
+        Mulps | Vmulps => (Arith::Bin(BinOp::Mul), false),
+        Divps | Vdivps => (Arith::Bin(BinOp::Div), false),
+        Maxps | Vmaxps => (Arith::Bin(BinOp::Max), false),
+        Minps | Vminps => (Arith::Bin(BinOp::Min), false),
+        Sqrtps | Vsqrtps => (Arith::Sqrt, false),
+        _ => return None,
+    })
+}
+
+fn bitop(mn: Mnemonic) -> Option<BitOp> {
+    use Mnemonic::*;
+    Some(match mn {
+        Andps | Vandps | Pand | Vpand | Vpandd | Andpd | Vandpd | Vpandq => BitOp::And,
+        Andnps | Vandnps | Pandn | Vpandn | Vpandnd | Andnpd | Vandnpd | Vpandnq => BitOp::AndNot,
+        Orps | Vorps | Por | Vpor | Vpord | Orpd | Vorpd | Vporq => BitOp::Or,
+        Xorps | Vxorps | Pxor | Vpxor | Vpxord | Xorpd | Vxorpd | Vpxorq => BitOp::Xor,
+        _ => return None,
+    })
+}
+
+/// (scalar?, 132/213/231 form, negate product?, negate addend?)
+fn fma_form(mn: Mnemonic) -> Option<(bool, u16, bool, bool)> {
+    use Mnemonic::*;
+    Some(match mn {
+        Vfmadd132ss => (true, 132, false, false),
+        Vfmadd213ss => (true, 213, false, false),
+        Vfmadd231ss => (true, 231, false, false),
+        Vfmadd132ps => (false, 132, false, false),
+        Vfmadd213ps => (false, 213, false, false),
+        Vfmadd231ps => (false, 231, false, false),
+        Vfmsub132ss => (true, 132, false, true),
+        Vfmsub213ss => (true, 213, false, true),
+        Vfmsub231ss => (true, 231, false, true),
+        Vfmsub132ps => (false, 132, false, true),
+        Vfmsub213ps => (false, 213, false, true),
+        Vfmsub231ps => (false, 231, false, true),
+        Vfnmadd132ss => (true, 132, true, false),
+        Vfnmadd213ss => (true, 213, true, false),
+        Vfnmadd231ss => (true, 231, true, false),
+        Vfnmadd132ps => (false, 132, true, false),
+        Vfnmadd213ps => (false, 213, true, false),
+        Vfnmadd231ps => (false, 231, true, false),
+        Vfnmsub132ss => (true, 132, true, true),
+        Vfnmsub213ss => (true, 213, true, true),
+        Vfnmsub231ss => (true, 231, true, true),
+        Vfnmsub132ps => (false, 132, true, true),
+        Vfnmsub213ps => (false, 213, true, true),
+        Vfnmsub231ps => (false, 231, true, true),
+        _ => return None,
+    })
+}
+
+/// The comparison an SSE/AVX `cmp` immediate asks for, as (pred, swap operands).
+fn cmp_pred(imm: u64) -> Option<(CmpPred, bool)> {
+    Some(match imm & 0xF {
+        0 => (CmpPred::Eq, false),
+        1 => (CmpPred::Lt, false),
+        2 => (CmpPred::Le, false),
+        3 => (CmpPred::Unord, false),
+        4 => (CmpPred::Ne, false),
+        5 => (CmpPred::Nlt, false),
+        6 => (CmpPred::Nle, false),
+        7 => (CmpPred::Ord, false),
+        9 => (CmpPred::Nle, true),
+        10 => (CmpPred::Nlt, true),
+        13 => (CmpPred::Le, true),
+        14 => (CmpPred::Lt, true),
+        _ => return None,
+    })
+}
+
+impl Machine<'_> {
+    /// Sources for a 2-operand legacy or 3-operand VEX/EVEX instruction:
+    /// (destination register, first source lanes, second source operand index).
+    fn two_sources(&mut self, lanes: usize) -> Res<(usize, Vec<ExprId>, u32)> {
+        let dst = self.vreg(0)?;
+        if self.evex_or_vex() && self.ins.op_count() >= 3 {
+            let a = self.vec_op(1, lanes)?;
+            Ok((dst, a, 2))
+        } else {
+            Ok((dst, self.vec[dst][..lanes].to_vec(), 1))
+        }
+    }
+
+    fn apply(&mut self, op: Arith, a: ExprId, b: ExprId) -> ExprId {
+        match op {
+            Arith::Bin(op) => self.pool.bin(op, a, b),
+            Arith::Sqrt => self.pool.un(UnOp::Sqrt, b),
+        }
+    }
+
+    fn bit(&mut self, op: BitOp, a: ExprId, b: ExprId) -> Res<ExprId> {
+        self.pool.bitwise(op, a, b).ok_or_else(|| self.err(TraceErrorKind::OpaqueBitOperation))
+    }
+
+    fn imm(&self) -> u64 {
+        let ins = &self.ins;
+        for i in 0..ins.op_count() {
+            if matches!(ins.op_kind(i), OpKind::Immediate8 | OpKind::Immediate8_2nd) {
+                return ins.immediate(i);
+            }
+        }
+        0
+    }
+
+    fn konst_int(&mut self, v: IntVal) -> Res<ExprId> {
+        let bits = self.need(v)?;
+        Ok(self.pool.konst(bits as u32))
+    }
+
+    pub(super) fn step_vector(&mut self) -> Res<()> {
+        use Mnemonic::*;
+        let ins = self.ins;
+        let mn = ins.mnemonic();
+
+        if let Some((op, scalar)) = arith(mn) {
+            let sqrt_unary = matches!(op, Arith::Sqrt) && (!self.evex_or_vex() || ins.op_count() == 2);
+            if scalar {
+                let (dst, first, src) = if sqrt_unary {
+                    let d = self.vreg(0)?;
+                    (d, self.vec[d][..4].to_vec(), 1)
+                } else {
+                    self.two_sources(4)?
+                };
+                let b = self.vec_op(src, 1)?[0];
+                let mut out = first;
+                out[0] = self.apply(op, out[0], b);
+                return self.write_lanes_scalar(dst, out);
+            }
+            let w = self.width();
+            let dst = self.vreg(0)?;
+            let (a, b) = if sqrt_unary {
+                (self.vec_op(1, w)?, self.vec_op(1, w)?)
+            } else {
+                let (_, a, src) = self.two_sources(w)?;
+                (a, self.vec_op(src, w)?)
+            };
+            let out: Vec<ExprId> = a.iter().zip(&b).map(|(&x, &y)| self.apply(op, x, y)).collect();
+            return self.write_vec(dst, &out);
+        }
+
+        if let Some(op) = bitop(mn) {
+            if ins.op_mask() != Register::None
+                && matches!(mn, Vpandq | Vpandnq | Vporq | Vpxorq | Vandpd | Vandnpd | Vorpd | Vxorpd)
+            {
+                return Err(self.unsupported());
+            }
+            let w = self.width();
+            let (dst, a, src) = self.two_sources(w)?;
+            // `xorps x, x` and friends: a known value whatever x holds.
+            if src == 1 && ins.op1_kind() == OpKind::Register && ins.op1_register() == ins.op0_register()
+                || src == 2 && ins.op2_kind() == OpKind::Register && ins.op2_register() == ins.op1_register()
+            {
+                if matches!(op, BitOp::Xor | BitOp::AndNot) {
+                    let zero = self.pool.konst(0);
+                    return self.write_vec(dst, &vec![zero; w]);
+                }
+            }
+            let b = self.vec_op(src, w)?;
+            let out = a.iter().zip(&b).map(|(&x, &y)| self.bit(op, x, y)).collect::<Res<Vec<_>>>()?;
+            return self.write_vec(dst, &out);
+        }
+
+        if let Some((scalar, form, neg_prod, neg_add)) = fma_form(mn) {
+            let lanes = if scalar { 1 } else { self.width() };
+            let dst = self.vreg(0)?;
+            let d = self.vec[dst][..lanes].to_vec();
+            let s2 = self.vec_op(1, lanes)?;
+            let s3 = self.vec_op(2, lanes)?;
+            let mut out = Vec::with_capacity(lanes);
+            for l in 0..lanes {
+                let (mut a, b, mut c) = match form {
+                    132 => (d[l], s3[l], s2[l]),
+                    213 => (s2[l], d[l], s3[l]),
+                    _ => (s2[l], s3[l], d[l]),
+                };
+                if neg_prod {
+                    a = self.pool.un(UnOp::Neg, a);
+                }
+                if neg_add {
+                    c = self.pool.un(UnOp::Neg, c);
+                }
+                out.push(self.pool.fma(a, b, c));
+            }
+            if scalar {
+                let mut full = self.vec[dst][..4].to_vec();
+                full[0] = out[0];
+                return self.write_lanes_scalar(dst, full);
+            }
+            return self.write_vec(dst, &out);
+        }
+
+        match mn {
+            Movss | Vmovss | Movd | Vmovd | Movq | Vmovq | Movsd | Vmovsd => self.mov_scalar(mn),
+            Movaps | Movups | Vmovaps | Vmovups | Movdqa | Movdqu | Vmovdqa | Vmovdqu | Vmovdqa32
+            | Vmovdqa64 | Vmovdqu32 | Vmovdqu64 | Vmovdqu8 | Vmovdqu16 | Movapd | Movupd | Vmovapd
+            | Vmovupd | Lddqu | Vlddqu | Movntps | Vmovntps => self.mov_full(),
+            Vbroadcastss | Vpbroadcastd => {
+                let w = self.width();
+                let dst = self.vreg(0)?;
+                let v = if ins.op1_kind() == OpKind::Register && ins.op1_register().is_gpr() {
+                    let i = self.int_op(1)?;
+                    self.konst_int(i)?
+                } else if ins.op1_kind() == OpKind::Memory {
+                    let a = self.address()?;
+                    self.load_lanes(a, 1)?[0]
+                } else {
+                    self.vec_op(1, 1)?[0]
+                };
+                self.write_vec(dst, &vec![v; w])
+            }
+            Vzeroupper | Vzeroall => {
+                let zero = self.pool.konst(0);
+                for v in self.vec.iter_mut().take(16) {
+                    let from = if mn == Vzeroall { 0 } else { 4 };
+                    for l in v[from..].iter_mut() {
+                        *l = zero;
+                    }
+                }
+                Ok(())
+            }
+            Cmpss | Vcmpss | Cmpps | Vcmpps => self.compare(mn == Cmpss || mn == Vcmpss),
+            Ucomiss | Comiss | Vucomiss | Vcomiss => {
+                let a = self.vec_op(0, 1)?[0];
+                let b = self.vec_op(1, 1)?[0];
+                self.flags = match (self.pool.const_bits(a), self.pool.const_bits(b)) {
+                    (Some(x), Some(y)) => {
+                        let (x, y) = (f32::from_bits(x), f32::from_bits(y));
+                        let un = x.is_nan() || y.is_nan();
+                        Flags::Known { zf: un || x == y, pf: un, cf: un || x < y, of: false, sf: false }
+                    }
+                    _ => Flags::Float,
+                };
+                Ok(())
+            }
+            Blendvps | Vblendvps => {
+                let w = self.width();
+                let (dst, a, src) = self.two_sources(w)?;
+                let b = self.vec_op(src, w)?;
+                let mask = if mn == Blendvps { self.vec[0][..w].to_vec() } else { self.vec_op(3, w)? };
+                let out = (0..w)
+                    .map(|l| {
+                        self.pool
+                            .select(mask[l], b[l], a[l])
+                            .ok_or_else(|| self.err(TraceErrorKind::OpaqueBitOperation))
+                    })
+                    .collect::<Res<Vec<_>>>()?;
+                self.write_vec(dst, &out)
+            }
+            Blendps | Vblendps => {
+                let w = self.width();
+                let (dst, a, src) = self.two_sources(w)?;
+                let b = self.vec_op(src, w)?;
+                let imm = self.imm();
+                let out: Vec<ExprId> =
+                    (0..w).map(|l| if imm >> (l % 8) & 1 == 1 { b[l] } else { a[l] }).collect();
+                self.write_vec(dst, &out)
+            }
+            Vblendmps => {
+                let w = self.width();
+                let dst = self.vreg(0)?;
+                let a = self.vec_op(1, w)?;
+                let b = self.vec_op(2, w)?;
+                let k = ins.op_mask();
+                let out = if k == Register::None {
+                    b
+                } else {
+                    let k = k.number();
+                    let zeroing = ins.zeroing_masking();
+                    let zero = self.pool.konst(0);
+                    (0..w)
+                        .map(|l| {
+                            let other = if zeroing { zero } else { a[l] };
+                            self.pool
+                                .select(self.kmask[k][l], b[l], other)
+                                .ok_or_else(|| self.err(TraceErrorKind::OpaqueBitOperation))
+                        })
+                        .collect::<Res<Vec<_>>>()?
+                };
+                let dst_lanes = out.len();
+                for (l, v) in out.into_iter().enumerate() {
+                    self.vec[dst][l] = v;
+                }
+                let zero = self.pool.konst(0);
+                for l in dst_lanes..16 {
+                    self.vec[dst][l] = zero;
+                }
+                Ok(())
+            }
+            Cvtsi2ss | Vcvtsi2ss | Vcvtusi2ss => {
+                let (dst, first, src) = self.two_sources(4)?;
+                let v = self.int_op(src)?;
+                let bits = if ins.op_kind(src) == OpKind::Register {
+                    ins.op_register(src).size() as u32 * 8
+                } else {
+                    64
+                };
+                let f = match v.dim {
+                    Some(d) => self.pool.dim(d),
+                    None => {
+                        let x = self.need(v)?;
+                        let f = if mn == Vcvtusi2ss {
+                            super::mask_bits(x, bits) as f32
+                        } else if bits == 32 {
+                            x as u32 as i32 as f32
+                        } else {
+                            x as i64 as f32
+                        };
+                        self.pool.konst(f.to_bits())
+                    }
+                };
+                let mut out = first;
+                out[0] = f;
+                self.write_lanes_scalar(dst, out)
+            }
+            Cvttss2si | Vcvttss2si | Cvtss2si | Vcvtss2si => {
+                let v = self.vec_op(1, 1)?[0];
+                let x = self.pool.const_bits(v).ok_or_else(|| {
+                    self.err(TraceErrorKind::UnsupportedOperand("float to integer conversion of data".into()))
+                })?;
+                let f = f32::from_bits(x);
+                let r =
+                    if mn == Cvtss2si || mn == Vcvtss2si { f.round_ties_even() } else { f.trunc() } as i64;
+                self.set_int_dest(IntVal::known(r as u64))
+            }
+            Shufps | Vshufps => {
+                let w = self.width();
+                let (dst, a, src) = self.two_sources(w)?;
+                let b = self.vec_op(src, w)?;
+                let imm = self.imm() as usize;
+                let mut out = Vec::with_capacity(w);
+                for blk in (0..w).step_by(4) {
+                    for (l, from_b) in [(0, false), (1, false), (2, true), (3, true)] {
+                        let sel = (imm >> (2 * l)) & 3;
+                        out.push(if from_b { b[blk + sel] } else { a[blk + sel] });
+                    }
+                }
+                self.write_vec(dst, &out)
+            }
+            Pshufd | Vpshufd | Vpermilps if ins.op_count() >= 3 || mn == Pshufd => {
+                if mn == Vpermilps && ins.op2_kind() != OpKind::Immediate8 {
+                    return Err(self.unsupported());
+                }
+                let w = self.width();
+                let dst = self.vreg(0)?;
+                let a = self.vec_op(1, w)?;
+                let imm = self.imm() as usize;
+                let out: Vec<ExprId> = (0..w).map(|l| a[l / 4 * 4 + ((imm >> (2 * (l % 4))) & 3)]).collect();
+                self.write_vec(dst, &out)
+            }
+            Unpcklps | Vunpcklps | Unpckhps | Vunpckhps => {
+                let w = self.width();
+                let (dst, a, src) = self.two_sources(w)?;
+                let b = self.vec_op(src, w)?;
+                let hi = matches!(mn, Unpckhps | Vunpckhps) as usize * 2;
+                let mut out = Vec::with_capacity(w);
+                for blk in (0..w).step_by(4) {
+                    out.extend([a[blk + hi], b[blk + hi], a[blk + hi + 1], b[blk + hi + 1]]);
+                }
+                self.write_vec(dst, &out)
+            }
+            Movlhps | Vmovlhps | Movhlps | Vmovhlps => {
+                let (dst, a, src) = self.two_sources(4)?;
+                let b = self.vec_op(src, 4)?;
+                let out = if matches!(mn, Movlhps | Vmovlhps) {
+                    vec![a[0], a[1], b[0], b[1]]
+                } else {
+                    vec![b[2], b[3], a[2], a[3]]
+                };
+                self.write_vec(dst, &out)
+            }
+            Insertps | Vinsertps => {
+                let (dst, a, src) = self.two_sources(4)?;
+                let imm = self.imm() as usize;
+                let s = if ins.op_kind(src) == OpKind::Memory {
+                    self.vec_op(src, 1)?[0]
+                } else {
+                    self.vec_op(src, 4)?[(imm >> 6) & 3]
+                };
+                let mut out = a;
+                out[(imm >> 4) & 3] = s;
+                let zero = self.pool.konst(0);
+                for (l, slot) in out.iter_mut().enumerate() {
+                    if imm >> l & 1 == 1 {
+                        *slot = zero;
+                    }
+                }
+                self.write_vec(dst, &out)
+            }
+            Vextractf128 | Vextracti128 | Vextractf32x4 | Vextracti32x4 | Vextractf64x4 | Vextracti64x4
+            | Vextractf32x8 => {
+                let block = if matches!(mn, Vextractf64x4 | Vextracti64x4 | Vextractf32x8) { 8 } else { 4 };
+                let src_lanes = lanes_of_reg(ins.op1_register());
+                let all = self.vec_op(1, src_lanes)?;
+                let start = (self.imm() as usize * block) % src_lanes;
+                let part = all[start..start + block].to_vec();
+                if ins.op0_kind() == OpKind::Memory {
+                    let a = self.address()?;
+                    self.store_lanes(a, &part)
+                } else {
+                    let dst = self.vreg(0)?;
+                    self.write_vec(dst, &part)
+                }
+            }
+            Vinsertf128 | Vinserti128 | Vinsertf32x4 | Vinserti32x4 | Vinsertf64x4 | Vinserti64x4
+            | Vinsertf32x8 => {
+                let block = if matches!(mn, Vinsertf64x4 | Vinserti64x4 | Vinsertf32x8) { 8 } else { 4 };
+                let w = self.width();
+                let dst = self.vreg(0)?;
+                let mut out = self.vec_op(1, w)?;
+                let part = self.vec_op(2, block)?;
+                let start = (self.imm() as usize * block) % w;
+                out[start..start + block].copy_from_slice(&part);
+                self.write_vec(dst, &out)
+            }
+            Kmovw | Kmovb | Kmovd | Kmovq => self.kmov(),
+            Kxnorw | Kxnorb | Kxnord | Kxnorq if ins.op1_register() == ins.op2_register() => {
+                let k = ins.op0_register().number();
+                let ones = self.pool.konst(u32::MAX);
+                self.kmask[k] = [ones; 16];
+                Ok(())
+            }
+            _ => Err(self.unsupported()),
+        }
+    }
+
+    /// Writes a scalar result: legacy encodings keep the register's other
+    /// lanes; VEX/EVEX take lanes 1..3 from the first source and zero the rest.
+    fn write_lanes_scalar(&mut self, dst: usize, lanes4: Vec<ExprId>) -> Res<()> {
+        if self.evex_or_vex() {
+            let mut v = lanes4;
+            if self.ins.op_mask() != Register::None {
+                let k = self.ins.op_mask().number();
+                let keep = if self.ins.zeroing_masking() { self.pool.konst(0) } else { self.vec[dst][0] };
+                v[0] = self
+                    .pool
+                    .select(self.kmask[k][0], v[0], keep)
+                    .ok_or_else(|| self.err(TraceErrorKind::OpaqueBitOperation))?;
+            }
+            let zero = self.pool.konst(0);
+            self.vec[dst] = [zero; 16];
+            self.vec[dst][..4].copy_from_slice(&v);
+        } else {
+            self.vec[dst][..4].copy_from_slice(&lanes4);
+        }
+        Ok(())
+    }
+
+    fn mov_full(&mut self) -> Res<()> {
+        let ins = self.ins;
+        let w = self.width();
+        if ins.op0_kind() == OpKind::Memory {
+            let vals = self.vec_op(1, w)?;
+            let a = self.address()?;
+            if ins.op_mask() != Register::None {
+                let k = ins.op_mask().number();
+                for (l, &v) in vals.iter().enumerate() {
+                    match self.pool.const_bits(self.kmask[k][l]) {
+                        Some(0) => {}
+                        Some(_) => self.store_lanes(a + 4 * l as u64, &[v])?,
+                        None => {
+                            return Err(self.err(TraceErrorKind::UnsupportedOperand(
+                                "data-dependent masked store".into(),
+                            )))
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            return self.store_lanes(a, &vals);
+        }
+        let dst = self.vreg(0)?;
+        let vals = if ins.op1_kind() == OpKind::Memory && ins.op_mask() != Register::None {
+            // Masked load: lanes whose mask bit is clear are not read.
+            let a = self.address()?;
+            let k = ins.op_mask().number();
+            let mut vals = Vec::with_capacity(w);
+            for l in 0..w {
+                vals.push(match self.pool.const_bits(self.kmask[k][l]) {
+                    Some(0) => self.vec[dst][l],
+                    Some(_) => self.load_lanes(a + 4 * l as u64, 1)?[0],
+                    None => {
+                        return Err(
+                            self.err(TraceErrorKind::UnsupportedOperand("data-dependent masked load".into()))
+                        )
+                    }
+                });
+            }
+            vals
+        } else {
+            self.vec_op(1, w)?
+        };
+        self.write_vec(dst, &vals)
+    }
+
+    fn mov_scalar(&mut self, mn: Mnemonic) -> Res<()> {
+        use Mnemonic::*;
+        let ins = self.ins;
+        let lanes = if matches!(mn, Movss | Vmovss | Movd | Vmovd) { 1 } else { 2 };
+        // Store forms.
+        if ins.op0_kind() == OpKind::Memory {
+            let vals = self.vec_op(1, lanes)?;
+            let a = self.address()?;
+            if ins.op_mask() != Register::None {
+                let k = ins.op_mask().number();
+                return match self.pool.const_bits(self.kmask[k][0]) {
+                    Some(0) => Ok(()),
+                    Some(_) => self.store_lanes(a, &vals[..1]),
+                    None => {
+                        Err(self
+                            .err(TraceErrorKind::UnsupportedOperand("data-dependent masked store".into())))
+                    }
+                };
+            }
+            return self.store_lanes(a, &vals);
+        }
+        // To a general-purpose register.
+        if ins.op0_register().is_gpr() {
+            let vals = self.vec_op(1, lanes)?;
+            let mut v = 0u64;
+            for (l, &e) in vals.iter().enumerate() {
+                let b = self.pool.const_bits(e).ok_or_else(|| {
+                    self.err(TraceErrorKind::UnsupportedOperand(
+                        "moving floating-point data to an integer register".into(),
+                    ))
+                })?;
+                v |= (b as u64) << (32 * l);
+            }
+            return self.write_gpr(ins.op0_register(), IntVal::known(v));
+        }
+        let dst = self.vreg(0)?;
+        // From a general-purpose register.
+        if ins.op1_kind() == OpKind::Register && ins.op1_register().is_gpr() {
+            let v = self.int_op(1)?;
+            let x = self.need(v)?;
+            let lo = self.pool.konst(x as u32);
+            let hi = self.pool.konst((x >> 32) as u32);
+            let zero = self.pool.konst(0);
+            let vals = if lanes == 1 { vec![lo, zero, zero, zero] } else { vec![lo, hi, zero, zero] };
+            return self.write_lanes_scalar(dst, vals);
+        }
+        // Register-to-register merges the low lanes into the destination.
+        let three_op = self.evex_or_vex() && ins.op_count() == 3;
+        if three_op || (ins.op1_kind() == OpKind::Register && matches!(mn, Movss | Movsd)) {
+            let (_, mut base, src) = self.two_sources(4)?;
+            let low = self.vec_op(src, lanes)?;
+            base[..lanes].copy_from_slice(&low);
+            return self.write_lanes_scalar(dst, base);
+        }
+        // Loads (and movq/movd register forms) zero the rest of the register.
+        let low = self.vec_op(1, lanes)?;
+        let zero = self.pool.konst(0);
+        let mut vals = vec![zero; 4];
+        vals[..lanes].copy_from_slice(&low);
+        if self.evex_or_vex() || matches!(mn, Movq | Movd) && ins.op1_kind() == OpKind::Register {
+            self.write_lanes_scalar(dst, vals)
+        } else {
+            // Legacy movss/movsd from memory zero lanes up to 127 and keep the upper half.
+            self.vec[dst][..4].copy_from_slice(&vals);
+            Ok(())
+        }
+    }
+
+    fn compare(&mut self, scalar: bool) -> Res<()> {
+        let ins = self.ins;
+        let (pred, swap) = cmp_pred(self.imm()).ok_or_else(|| self.unsupported())?;
+        let w = if scalar { 1 } else { self.width() };
+        let to_k = ins.op0_register().is_k();
+        let (a, src) = if to_k || (self.evex_or_vex() && ins.op_count() >= 4) {
+            (self.vec_op(1, w)?, 2)
+        } else {
+            let d = self.vreg(0)?;
+            (self.vec[d][..w].to_vec(), 1)
+        };
+        let b = self.vec_op(src, w)?;
+        let out: Vec<ExprId> = (0..w)
+            .map(|l| if swap { self.pool.cmp(pred, b[l], a[l]) } else { self.pool.cmp(pred, a[l], b[l]) })
+            .collect();
+        if to_k {
+            let k = ins.op0_register().number();
+            let zero = self.pool.konst(0);
+            let mut lanes = [zero; 16];
+            lanes[..w].copy_from_slice(&out);
+            if ins.op_mask() != Register::None {
+                let m = ins.op_mask().number();
+                for (l, lane) in lanes.iter_mut().enumerate().take(w) {
+                    *lane = self
+                        .pool
+                        .select(self.kmask[m][l], *lane, zero)
+                        .ok_or_else(|| self.err(TraceErrorKind::OpaqueBitOperation))?;
+                }
+            }
+            self.kmask[k] = lanes;
+            return Ok(());
+        }
+        let dst = self.vreg(0)?;
+        if scalar {
+            let mut full = if self.evex_or_vex() { self.vec_op(1, 4)? } else { self.vec[dst][..4].to_vec() };
+            full[0] = out[0];
+            return self.write_lanes_scalar(dst, full);
+        }
+        self.write_vec(dst, &out)
+    }
+
+    fn kmov(&mut self) -> Res<()> {
+        let ins = self.ins;
+        let dst = ins.op0_register();
+        if dst.is_k() {
+            let k = dst.number();
+            if ins.op1_kind() == OpKind::Register && ins.op1_register().is_k() {
+                self.kmask[k] = self.kmask[ins.op1_register().number()];
+                return Ok(());
+            }
+            let v = self.int_op(1)?;
+            let bits = self.need(v)?;
+            let ones = self.pool.konst(u32::MAX);
+            let zero = self.pool.konst(0);
+            for l in 0..16 {
+                self.kmask[k][l] = if bits >> l & 1 == 1 { ones } else { zero };
+            }
+            return Ok(());
+        }
+        let k = ins.op1_register().number();
+        let mut v = 0u64;
+        for l in 0..16 {
+            match self.pool.const_bits(self.kmask[k][l]) {
+                Some(0) => {}
+                Some(_) => v |= 1 << l,
+                None => {
+                    return Err(self.err(TraceErrorKind::UnsupportedOperand(
+                        "moving a data-dependent mask to an integer register".into(),
+                    )))
+                }
+            }
+        }
+        self.set_int_dest(IntVal::known(v))
+    }
+}
+
+fn lanes_of_reg(r: Register) -> usize {
+    super::lanes_of(r)
+}

@@ -1,0 +1,719 @@
+//! From per-element expression DAGs to an [`OpTrace`].
+//!
+//! For every output element the analyser has one expression. Lifting:
+//! 1. finds fold chains: `F_k = combine(F_{k-1}, elements at position k)`
+//!    down to an identity constant — a node depending on all positions with a
+//!    child depending on exactly positions 0..n-2 is a fold's last step;
+//! 2. turns the fold's last step into a combine template and checks every
+//!    earlier step matches it;
+//! 3. makes row scalars of what is computed from fold results alone;
+//! 4. turns the rest into the per-element body.
+//!
+//! The result must be identical for every output element and for two run
+//! sizes; otherwise the function is not an operator of a known shape.
+
+use super::cfg::CodeMap;
+use super::error::{TraceError, TraceErrorKind};
+use super::exec::{self, RunResult};
+use super::expr::{BinOp, Expr, ExprId, ExprPool, UnOp};
+use super::memory::CodeMemory;
+use super::{Body, ComputePattern, Fold, OpTrace, TraceOp, ValueId};
+use crate::scalar::{Arg, FnForm, Len, OpSignature, Returns};
+use std::collections::{HashMap, HashSet};
+
+/// Where the fold positions of loads are, for one output element.
+#[derive(Debug, Clone, Copy)]
+enum Geometry {
+    /// Per-element function: no folds, element loads at index 0.
+    PerElement,
+    /// Row op over `n` positions; output element `j` (if any) reads index `j`.
+    Row { n: usize, elem: Option<usize> },
+    /// GEMM output (i, j): A = input `a` (m×k), B = input `b` (k×n).
+    Gemm { i: usize, j: usize, n: usize, k: usize, a: u8, b: u8 },
+}
+
+impl Geometry {
+    fn folds(&self) -> usize {
+        match *self {
+            Geometry::PerElement => 0,
+            Geometry::Row { n, .. } => n,
+            Geometry::Gemm { k, .. } => k,
+        }
+    }
+
+    /// Fold position of a load, if it belongs to this element's folds.
+    fn pos(&self, input: u8, index: usize) -> Option<usize> {
+        match *self {
+            Geometry::PerElement => None,
+            Geometry::Row { n, .. } => (index < n).then_some(index),
+            Geometry::Gemm { i, j, n, k, a, b } => {
+                if input == a && index / k == i {
+                    Some(index % k)
+                } else if input == b && index % n == j {
+                    Some(index / n)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Whether a load is the current element of its input.
+    fn is_elem(&self, index: usize) -> bool {
+        match *self {
+            Geometry::PerElement => index == 0,
+            Geometry::Row { elem, .. } => elem == Some(index),
+            Geometry::Gemm { .. } => false,
+        }
+    }
+}
+
+type Res<T> = Result<T, TraceError>;
+
+struct Ctx<'a> {
+    code: &'a CodeMap,
+    pool: &'a ExprPool,
+}
+
+impl Ctx<'_> {
+    fn err(&self, msg: impl Into<String>) -> TraceError {
+        self.code.error(self.code.entry, TraceErrorKind::Unrecognised(msg.into()))
+    }
+}
+
+/// Dimension values for the runs: small, distinct, and one row long enough
+/// for vectorised loop bodies and their remainders.
+fn run_dims(num_dims: usize) -> Vec<Vec<usize>> {
+    match num_dims {
+        0 => vec![vec![]],
+        1 => vec![vec![5], vec![127]],
+        _ => vec![[5, 3, 7, 2, 11, 13][..num_dims].to_vec(), [3, 19, 9, 4, 6, 10][..num_dims].to_vec()],
+    }
+}
+
+pub fn lift(name: &str, code: &CodeMap, sig: &OpSignature, memory: &dyn CodeMemory) -> Res<OpTrace> {
+    let mut result: Option<(OpTrace, Vec<usize>)> = None;
+    for dims in run_dims(sig.num_dims()) {
+        let mut pool = ExprPool::new();
+        let run = exec::run(code, sig, memory, &mut pool, &dims)?;
+        let ctx = Ctx { code, pool: &pool };
+        let trace = lift_run(&ctx, sig, &run, &dims)?;
+        match &result {
+            None => result = Some((trace, dims)),
+            Some((first, first_dims)) if *first != trace => {
+                return Err(ctx.err(format!(
+                    "`{name}` computes differently for dimensions {first_dims:?} and {dims:?}"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let (mut trace, _) = result.expect("at least one run");
+    trace.loops = code.loops.clone();
+    Ok(trace)
+}
+
+fn lift_run(ctx: &Ctx, sig: &OpSignature, run: &RunResult, dims: &[usize]) -> Res<OpTrace> {
+    let num_inputs = sig.num_inputs();
+    let num_outputs = sig.num_outputs();
+    let ret = || run.ret.ok_or_else(|| ctx.err("no return value"));
+    // (geometry, roots) for every output element.
+    let mut elements: Vec<(Geometry, Vec<ExprId>)> = Vec::new();
+    let mut gemm: Option<(u8, u8, u8)> = None;
+    match (sig.form(), sig.returns()) {
+        (FnForm::PerElement, _) => elements.push((Geometry::PerElement, vec![ret()?])),
+        (FnForm::Slices, Returns::RowScalar) => {
+            let n = row_len(ctx, sig, dims)?;
+            elements.push((Geometry::Row { n, elem: None }, vec![ret()?]));
+        }
+        (FnForm::Slices, _) => {
+            let out_lens: Vec<Len> = sig
+                .outputs()
+                .map(|(_, a)| if let Arg::Output { len, .. } = a { *len } else { unreachable!() })
+                .collect();
+            let written = |o: usize, e: usize| {
+                run.outputs[o][e].ok_or_else(|| ctx.err(format!("output {o} element {e} was not written")))
+            };
+            match out_lens[0] {
+                Len::Dim(d) if out_lens.iter().all(|l| *l == Len::Dim(d)) => {
+                    let n = row_len(ctx, sig, dims)?;
+                    for e in 0..dims[d as usize] {
+                        let roots = (0..out_lens.len()).map(|o| written(o, e)).collect::<Res<Vec<_>>>()?;
+                        elements.push((Geometry::Row { n, elem: Some(e) }, roots));
+                    }
+                }
+                Len::Product(..) if out_lens.len() == 1 && sig.num_dims() == 3 && num_inputs == 2 => {
+                    let (m, n, k, geos) = gemm_geometry(ctx, sig, dims)?;
+                    gemm = Some((m, n, k));
+                    for (e, g) in geos.into_iter().enumerate() {
+                        elements.push((g, vec![written(0, e)?]));
+                    }
+                }
+                _ => return Err(ctx.err("outputs of different or unsupported shapes")),
+            }
+        }
+    }
+    let mut lifted: Option<(Vec<Fold>, Body, Body)> = None;
+    for (index, (geo, roots)) in elements.iter().enumerate() {
+        let this = lift_element(ctx, *geo, roots)?;
+        match &lifted {
+            None => lifted = Some(this),
+            Some(first) if *first != this => {
+                return Err(ctx.err(format!("output element {index} is computed differently from element 0")))
+            }
+            Some(_) => {}
+        }
+    }
+    let (folds, row, body) = lifted.ok_or_else(|| ctx.err("no output elements to learn from"))?;
+    let pattern = if let Some((m, n, k)) = gemm {
+        if folds.len() != 1 || !body.inputs_used().is_empty() {
+            return Err(ctx.err("matrix-product shape without a single multiply-accumulate fold"));
+        }
+        ComputePattern::Gemm { m, n, k }
+    } else if folds.is_empty() {
+        match (num_inputs, num_outputs) {
+            (1, 1) => ComputePattern::Elementwise,
+            (2, 1) => ComputePattern::BinaryElementwise,
+            _ => ComputePattern::Injective { num_inputs, num_outputs },
+        }
+    } else if body.inputs_used().is_empty() {
+        ComputePattern::Reduction
+    } else {
+        ComputePattern::NormLike
+    };
+    Ok(OpTrace { pattern, folds, row, body, num_inputs, loops: Vec::new() })
+}
+
+/// The row length: the common length of the inputs.
+fn row_len(ctx: &Ctx, sig: &OpSignature, dims: &[usize]) -> Res<usize> {
+    let mut len = None;
+    for (_, a) in sig.inputs() {
+        if let Arg::Input { len: l, name, .. } = a {
+            let v = l.eval(dims).ok_or_else(|| ctx.err(format!("length of `{name}`")))?;
+            if *len.get_or_insert(v) != v {
+                return Err(ctx.err("row inputs of different lengths"));
+            }
+        }
+    }
+    len.ok_or_else(|| ctx.err("no row input"))
+}
+
+/// Finds which dimension is m, n, k by trying every assignment against the
+/// signature's lengths: A is m×k, B is k×n, C is m×n (row-major).
+fn gemm_geometry(ctx: &Ctx, sig: &OpSignature, dims: &[usize]) -> Res<(u8, u8, u8, Vec<Geometry>)> {
+    let lens: Vec<Len> = sig
+        .args()
+        .iter()
+        .filter_map(|a| match a {
+            Arg::Input { len, .. } | Arg::Output { len, .. } => Some(*len),
+            _ => None,
+        })
+        .collect();
+    let same = |l: Len, x: u8, y: u8| matches!(l, Len::Product(p, q) if (p, q) == (x, y) || (p, q) == (y, x));
+    for (m, n, k) in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)] {
+        if same(lens[0], m, k) && same(lens[1], k, n) && same(lens[2], m, n) {
+            let (mv, nv, kv) = (dims[m as usize], dims[n as usize], dims[k as usize]);
+            let geos = (0..mv * nv)
+                .map(|e| Geometry::Gemm { i: e / nv, j: e % nv, n: nv, k: kv, a: 0, b: 1 })
+                .collect();
+            return Ok((m, n, k, geos));
+        }
+    }
+    Err(ctx.err("matrix shapes do not fit A[m,k]·B[k,n] = C[m,n]"))
+}
+
+/// Positions 0..=k as a bit set.
+fn prefix(k: usize) -> u128 {
+    if k >= 127 {
+        u128::MAX >> (127 - k.min(127))
+    } else {
+        (1u128 << (k + 1)) - 1
+    }
+}
+
+/// Which fold positions each node depends on (opaque nodes depend on none).
+fn positions(
+    ctx: &Ctx,
+    geo: Geometry,
+    roots: &[ExprId],
+    opaque: &HashSet<ExprId>,
+) -> Res<HashMap<ExprId, u128>> {
+    let mut deps: HashMap<ExprId, u128> = HashMap::new();
+    let mut stack: Vec<(ExprId, bool)> = roots.iter().map(|&r| (r, false)).collect();
+    while let Some((node, expanded)) = stack.pop() {
+        if deps.contains_key(&node) {
+            continue;
+        }
+        if opaque.contains(&node) {
+            deps.insert(node, 0);
+            continue;
+        }
+        let kids = ctx.pool.children(node);
+        if !expanded {
+            stack.push((node, true));
+            stack.extend(kids.iter().filter(|k| !deps.contains_key(k)).map(|&k| (k, false)));
+            continue;
+        }
+        let d = match ctx.pool.get(node) {
+            Expr::Load { input, index } => match geo.pos(input, index as usize) {
+                Some(p) => 1u128 << p,
+                None if geo.is_elem(index as usize) => 0,
+                None => {
+                    return Err(ctx.err(format!(
+                        "reads element {index} of input {input}, outside what this output may depend on"
+                    )))
+                }
+            },
+            _ => kids.iter().fold(0, |acc, k| acc | deps[k]),
+        };
+        deps.insert(node, d);
+    }
+    Ok(deps)
+}
+
+struct Builder<'a> {
+    ctx: &'a Ctx<'a>,
+    ops: Vec<TraceOp>,
+    memo: HashMap<ExprId, ValueId>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(ctx: &'a Ctx<'a>) -> Self {
+        Builder { ctx, ops: Vec::new(), memo: HashMap::new() }
+    }
+
+    fn push(&mut self, op: TraceOp) -> ValueId {
+        if let Some(i) = self.ops.iter().position(|o| *o == op && op.operands().is_empty()) {
+            return i as ValueId;
+        }
+        self.ops.push(op);
+        (self.ops.len() - 1) as ValueId
+    }
+
+    /// Post-order translation of `root`; `leaf` decides nodes that become
+    /// leaves (inputs, accumulator, row scalars) or errors.
+    fn build(&mut self, root: ExprId, leaf: &mut dyn FnMut(ExprId) -> Res<Option<TraceOp>>) -> Res<ValueId> {
+        if let Some(&v) = self.memo.get(&root) {
+            return Ok(v);
+        }
+        if let Some(op) = leaf(root)? {
+            let v = self.push(op);
+            self.memo.insert(root, v);
+            return Ok(v);
+        }
+        let pool = self.ctx.pool;
+        let op = match pool.get(root) {
+            Expr::Undef => return Err(self.ctx.err("an output depends on an undefined value")),
+            Expr::Const(b) => TraceOp::Const(b),
+            Expr::Param(k) => TraceOp::Param(k),
+            Expr::Dim(k) => TraceOp::Dim(k),
+            Expr::Load { input, index } => {
+                return Err(self.ctx.err(format!("unexpected read of element {index} of input {input}")))
+            }
+            Expr::Un(op, a) => {
+                let a = self.build(a, leaf)?;
+                match op {
+                    UnOp::Neg => TraceOp::Neg(a),
+                    UnOp::Abs => TraceOp::Abs(a),
+                    UnOp::Sqrt => TraceOp::Sqrt(a),
+                    UnOp::Exp => TraceOp::Exp(a),
+                    UnOp::Log => TraceOp::Log(a),
+                    UnOp::Tanh => TraceOp::Tanh(a),
+                }
+            }
+            Expr::Bin(op, a, b) => {
+                let a = self.build(a, leaf)?;
+                let b = self.build(b, leaf)?;
+                match op {
+                    BinOp::Add => TraceOp::Add(a, b),
+                    BinOp::Sub => TraceOp::Sub(a, b),
+                    BinOp::Mul => TraceOp::Mul(a, b),
+                    BinOp::Div => TraceOp::Div(a, b),
+                    BinOp::Max => TraceOp::Max(a, b),
+                    BinOp::Min => TraceOp::Min(a, b),
+                }
+            }
+            Expr::Fma(a, b, c) => {
+                let (a, b, c) = (self.build(a, leaf)?, self.build(b, leaf)?, self.build(c, leaf)?);
+                TraceOp::Fma(a, b, c)
+            }
+            Expr::Cmp(p, a, b) => {
+                let (a, b) = (self.build(a, leaf)?, self.build(b, leaf)?);
+                TraceOp::Cmp(p, a, b)
+            }
+            Expr::Select(c, a, b) => {
+                let (c, a, b) = (self.build(c, leaf)?, self.build(a, leaf)?, self.build(b, leaf)?);
+                TraceOp::Select(c, a, b)
+            }
+        };
+        let v = self.push(op);
+        self.memo.insert(root, v);
+        Ok(v)
+    }
+
+    fn finish(self, outputs: Vec<ValueId>) -> Body {
+        canonicalize(&Body { ops: self.ops, outputs })
+    }
+}
+
+fn commutative(op: &TraceOp) -> bool {
+    matches!(op, TraceOp::Add(..) | TraceOp::Mul(..) | TraceOp::Fma(..))
+}
+
+/// Re-emits a body in a canonical order: post-order from the outputs, with
+/// commutative operands ordered by a hash of their structure. Bodies that
+/// compute the same thing with operands swapped become identical.
+fn canonicalize(body: &Body) -> Body {
+    use std::hash::{Hash, Hasher};
+    let mut hashes: Vec<u64> = Vec::with_capacity(body.ops.len());
+    for op in &body.ops {
+        let mut kids: Vec<u64> = op.operands().iter().map(|&o| hashes[o as usize]).collect();
+        if commutative(op) {
+            kids[..2].sort_unstable();
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::mem::discriminant(op).hash(&mut h);
+        match op {
+            TraceOp::Input(k)
+            | TraceOp::Param(k)
+            | TraceOp::Dim(k)
+            | TraceOp::FoldResult(k)
+            | TraceOp::RowScalar(k) => k.hash(&mut h),
+            TraceOp::Const(b) => b.hash(&mut h),
+            TraceOp::Cmp(p, ..) => p.hash(&mut h),
+            _ => {}
+        }
+        kids.hash(&mut h);
+        hashes.push(h.finish());
+    }
+    let mut out: Vec<TraceOp> = Vec::new();
+    let mut memo: HashMap<ValueId, ValueId> = HashMap::new();
+    fn emit(
+        v: ValueId,
+        body: &Body,
+        hashes: &[u64],
+        out: &mut Vec<TraceOp>,
+        memo: &mut HashMap<ValueId, ValueId>,
+    ) -> ValueId {
+        if let Some(&n) = memo.get(&v) {
+            return n;
+        }
+        let op = body.ops[v as usize];
+        let mut operands = op.operands();
+        if commutative(&op) && hashes[operands[1] as usize] < hashes[operands[0] as usize] {
+            operands.swap(0, 1);
+        }
+        let mapped: Vec<ValueId> = operands.iter().map(|&o| emit(o, body, hashes, out, memo)).collect();
+        let new = match op {
+            TraceOp::Add(..) => TraceOp::Add(mapped[0], mapped[1]),
+            TraceOp::Sub(..) => TraceOp::Sub(mapped[0], mapped[1]),
+            TraceOp::Mul(..) => TraceOp::Mul(mapped[0], mapped[1]),
+            TraceOp::Div(..) => TraceOp::Div(mapped[0], mapped[1]),
+            TraceOp::Max(..) => TraceOp::Max(mapped[0], mapped[1]),
+            TraceOp::Min(..) => TraceOp::Min(mapped[0], mapped[1]),
+            TraceOp::Fma(..) => TraceOp::Fma(mapped[0], mapped[1], mapped[2]),
+            TraceOp::Neg(_) => TraceOp::Neg(mapped[0]),
+            TraceOp::Abs(_) => TraceOp::Abs(mapped[0]),
+            TraceOp::Sqrt(_) => TraceOp::Sqrt(mapped[0]),
+            TraceOp::Exp(_) => TraceOp::Exp(mapped[0]),
+            TraceOp::Log(_) => TraceOp::Log(mapped[0]),
+            TraceOp::Tanh(_) => TraceOp::Tanh(mapped[0]),
+            TraceOp::Cmp(p, ..) => TraceOp::Cmp(p, mapped[0], mapped[1]),
+            TraceOp::Select(..) => TraceOp::Select(mapped[0], mapped[1], mapped[2]),
+            leaf => leaf,
+        };
+        let id = match out.iter().position(|o| *o == new) {
+            Some(i) => i as ValueId,
+            None => {
+                out.push(new);
+                (out.len() - 1) as ValueId
+            }
+        };
+        memo.insert(v, id);
+        id
+    }
+    let outputs = body.outputs.iter().map(|&o| emit(o, body, &hashes, &mut out, &mut memo)).collect();
+    Body { ops: out, outputs }
+}
+
+struct FoldFound {
+    top: ExprId,
+    acc_child: ExprId,
+}
+
+fn lift_element(ctx: &Ctx, geo: Geometry, roots: &[ExprId]) -> Res<(Vec<Fold>, Body, Body)> {
+    let n = geo.folds();
+    let mut found: Vec<FoldFound> = Vec::new();
+    let mut opaque: HashSet<ExprId> = HashSet::new();
+    if n >= 3 {
+        let all = prefix(n - 1);
+        let before_last = prefix(n - 2);
+        loop {
+            let deps = positions(ctx, geo, roots, &opaque)?;
+            // Last steps of folds, grouped by their accumulator child.
+            let mut groups: HashMap<ExprId, ExprId> = HashMap::new();
+            for (&node, &d) in &deps {
+                if d != all || opaque.contains(&node) {
+                    continue;
+                }
+                if let Some(&acc) = ctx.pool.children(node).iter().find(|c| deps.get(c) == Some(&before_last))
+                {
+                    let top = groups.entry(acc).or_insert(node);
+                    *top = (*top).max(node);
+                }
+            }
+            if groups.is_empty() {
+                break;
+            }
+            let mut round: Vec<FoldFound> =
+                groups.into_iter().map(|(acc_child, top)| FoldFound { top, acc_child }).collect();
+            let order = first_visit_order(ctx, roots);
+            round.sort_by_key(|f| order.get(&f.top).copied().unwrap_or(usize::MAX));
+            for f in round {
+                opaque.insert(f.top);
+                found.push(f);
+            }
+        }
+    }
+    let tops: HashMap<ExprId, u8> = found.iter().enumerate().map(|(i, f)| (f.top, i as u8)).collect();
+    // With every fold opaque: nodes depending on no position.
+    let deps = positions(ctx, geo, roots, &opaque)?;
+    let depends_on_fold = fold_dependence(ctx, roots, &tops);
+    let is_row_scalar = |x: ExprId| deps.get(&x) == Some(&0) && depends_on_fold.contains(&x);
+
+    // Row scalars are numbered in order of first use.
+    let mut row_scalars: Vec<ExprId> = Vec::new();
+    let row_index = |x: ExprId, row_scalars: &mut Vec<ExprId>| -> u8 {
+        match row_scalars.iter().position(|&r| r == x) {
+            Some(i) => i as u8,
+            None => {
+                row_scalars.push(x);
+                (row_scalars.len() - 1) as u8
+            }
+        }
+    };
+
+    // Combine bodies, checked against every step of their chain.
+    let mut folds = Vec::new();
+    for f in &found {
+        let mut b = Builder::new(ctx);
+        let last = n - 1;
+        let out = b.build(f.top, &mut |x| {
+            if x == f.acc_child {
+                return Ok(Some(TraceOp::Acc));
+            }
+            if x != f.top && is_row_scalar(x) {
+                return Ok(Some(TraceOp::RowScalar(row_index(x, &mut row_scalars))));
+            }
+            if let Expr::Load { input, index } = ctx.pool.get(x) {
+                return match geo.pos(input, index as usize) {
+                    Some(p) if p == last => Ok(Some(TraceOp::Input(input))),
+                    _ => Err(ctx.err("a fold step reads an element of another position")),
+                };
+            }
+            Ok(None)
+        })?;
+        let combine = b.finish(vec![out]);
+        let identity = check_chain(ctx, geo, &combine, f.top, &row_scalars)?;
+        folds.push(Fold { identity, combine });
+    }
+
+    // The element body.
+    let mut b = Builder::new(ctx);
+    let mut outs = Vec::new();
+    for &root in roots {
+        let v = b.build(root, &mut |x| {
+            if is_row_scalar(x) {
+                return Ok(Some(TraceOp::RowScalar(row_index(x, &mut row_scalars))));
+            }
+            if let Expr::Load { input, index } = ctx.pool.get(x) {
+                return if geo.is_elem(index as usize) {
+                    Ok(Some(TraceOp::Input(input)))
+                } else {
+                    Err(ctx.err(format!(
+                        "an output element reads element {index} of input {input}, not its own"
+                    )))
+                };
+            }
+            if deps.get(&x).is_some_and(|&d| d != 0) && !matches!(geo, Geometry::Row { elem: Some(_), .. }) {
+                return Err(ctx.err("an output depends on part of a row without reducing all of it"));
+            }
+            Ok(None)
+        })?;
+        outs.push(v);
+    }
+    let body = b.finish(outs);
+
+    // Number row scalars by first use in the canonical bodies, so the
+    // numbering does not depend on the order operands happened to be in.
+    let mut perm: Vec<Option<u8>> = vec![None; row_scalars.len()];
+    let mut next = 0u8;
+    for ops in folds.iter().map(|f| &f.combine.ops).chain([&body.ops]) {
+        for op in ops {
+            if let TraceOp::RowScalar(k) = *op {
+                if perm[k as usize].is_none() {
+                    perm[k as usize] = Some(next);
+                    next += 1;
+                }
+            }
+        }
+    }
+    let perm: Vec<u8> = perm.into_iter().map(|p| p.expect("every row scalar is used")).collect();
+    let renumber = |b: &Body| {
+        let ops = b
+            .ops
+            .iter()
+            .map(
+                |op| if let TraceOp::RowScalar(k) = *op { TraceOp::RowScalar(perm[k as usize]) } else { *op },
+            )
+            .collect();
+        canonicalize(&Body { ops, outputs: b.outputs.clone() })
+    };
+    let folds: Vec<Fold> =
+        folds.iter().map(|f| Fold { identity: f.identity, combine: renumber(&f.combine) }).collect();
+    let body = renumber(&body);
+    let mut ordered = row_scalars.clone();
+    for (old, &new) in perm.iter().enumerate() {
+        ordered[new as usize] = row_scalars[old];
+    }
+    let row_scalars = ordered;
+
+    // The row body: row scalars from fold results.
+    let mut b = Builder::new(ctx);
+    let mut outs = Vec::new();
+    for i in 0.. {
+        let Some(&x) = row_scalars.get(i) else { break };
+        let v = b.build(x, &mut |y| Ok(tops.get(&y).map(|&k| TraceOp::FoldResult(k))))?;
+        outs.push(v);
+    }
+    let row = b.finish(outs);
+    Ok((folds, row, body))
+}
+
+/// Nodes (reachable from roots) that depend on some fold's result.
+fn fold_dependence(ctx: &Ctx, roots: &[ExprId], tops: &HashMap<ExprId, u8>) -> HashSet<ExprId> {
+    let mut memo: HashMap<ExprId, bool> = HashMap::new();
+    let mut stack: Vec<(ExprId, bool)> = roots.iter().map(|&r| (r, false)).collect();
+    while let Some((node, expanded)) = stack.pop() {
+        if memo.contains_key(&node) {
+            continue;
+        }
+        if tops.contains_key(&node) {
+            memo.insert(node, true);
+            continue;
+        }
+        let kids = ctx.pool.children(node);
+        if !expanded {
+            stack.push((node, true));
+            stack.extend(kids.iter().filter(|k| !memo.contains_key(k)).map(|&k| (k, false)));
+            continue;
+        }
+        let any = kids.iter().any(|k| memo[k]);
+        memo.insert(node, any);
+    }
+    memo.into_iter().filter(|(_, v)| *v).map(|(k, _)| k).collect()
+}
+
+/// Node → first-visit index of a left-to-right DFS from the roots (a
+/// numbering that does not depend on node ids).
+fn first_visit_order(ctx: &Ctx, roots: &[ExprId]) -> HashMap<ExprId, usize> {
+    let mut order = HashMap::new();
+    let mut stack: Vec<ExprId> = roots.iter().rev().copied().collect();
+    while let Some(x) = stack.pop() {
+        if order.contains_key(&x) {
+            continue;
+        }
+        order.insert(x, order.len());
+        stack.extend(ctx.pool.children(x).into_iter().rev());
+    }
+    order
+}
+
+/// Walks the chain from its last step down, matching each step against the
+/// combine template; returns the identity (the accumulator's initial constant).
+fn check_chain(ctx: &Ctx, geo: Geometry, combine: &Body, top: ExprId, row_scalars: &[ExprId]) -> Res<u32> {
+    let mut node = top;
+    for pos in (0..geo.folds()).rev() {
+        let mut bind: Vec<Option<ExprId>> = vec![None; combine.ops.len()];
+        let mut acc: Option<ExprId> = None;
+        if !unify(ctx, geo, combine, combine.outputs[0], node, pos, &mut bind, &mut acc, row_scalars) {
+            return Err(ctx.err(format!("fold step at position {pos} does not match the fold's other steps")));
+        }
+        node = acc.ok_or_else(|| ctx.err("fold step without an accumulator"))?;
+    }
+    ctx.pool
+        .const_bits(node)
+        .ok_or_else(|| ctx.err("a fold does not start from a constant (first iteration peeled?)"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn unify(
+    ctx: &Ctx,
+    geo: Geometry,
+    body: &Body,
+    v: ValueId,
+    x: ExprId,
+    pos: usize,
+    bind: &mut Vec<Option<ExprId>>,
+    acc: &mut Option<ExprId>,
+    row_scalars: &[ExprId],
+) -> bool {
+    if let Some(b) = bind[v as usize] {
+        return b == x;
+    }
+    let pool = ctx.pool;
+    let ok = match (body.ops[v as usize], pool.get(x)) {
+        (TraceOp::Acc, _) => *acc.get_or_insert(x) == x,
+        (TraceOp::Input(s), Expr::Load { input, index }) => {
+            input == s && geo.pos(input, index as usize) == Some(pos)
+        }
+        (TraceOp::RowScalar(r), _) => row_scalars.get(r as usize) == Some(&x),
+        (TraceOp::Const(a), Expr::Const(b)) => a == b,
+        (TraceOp::Param(a), Expr::Param(b)) | (TraceOp::Dim(a), Expr::Dim(b)) => a == b,
+        (op, e) => {
+            let same_kind = matches!(
+                (op, e),
+                (TraceOp::Neg(_), Expr::Un(UnOp::Neg, _))
+                    | (TraceOp::Abs(_), Expr::Un(UnOp::Abs, _))
+                    | (TraceOp::Sqrt(_), Expr::Un(UnOp::Sqrt, _))
+                    | (TraceOp::Exp(_), Expr::Un(UnOp::Exp, _))
+                    | (TraceOp::Log(_), Expr::Un(UnOp::Log, _))
+                    | (TraceOp::Tanh(_), Expr::Un(UnOp::Tanh, _))
+                    | (TraceOp::Add(..), Expr::Bin(BinOp::Add, ..))
+                    | (TraceOp::Sub(..), Expr::Bin(BinOp::Sub, ..))
+                    | (TraceOp::Mul(..), Expr::Bin(BinOp::Mul, ..))
+                    | (TraceOp::Div(..), Expr::Bin(BinOp::Div, ..))
+                    | (TraceOp::Max(..), Expr::Bin(BinOp::Max, ..))
+                    | (TraceOp::Min(..), Expr::Bin(BinOp::Min, ..))
+                    | (TraceOp::Fma(..), Expr::Fma(..))
+                    | (TraceOp::Select(..), Expr::Select(..))
+            ) || matches!((op, e), (TraceOp::Cmp(p, ..), Expr::Cmp(q, ..)) if p == q);
+            same_kind && {
+                let ops = op.operands();
+                let kids = pool.children(x);
+                let try_order =
+                    |kids: &[ExprId], bind: &mut Vec<Option<ExprId>>, acc: &mut Option<ExprId>| {
+                        ops.len() == kids.len()
+                            && ops
+                                .iter()
+                                .zip(kids)
+                                .all(|(&o, &k)| unify(ctx, geo, body, o, k, pos, bind, acc, row_scalars))
+                    };
+                let (saved_bind, saved_acc) = (bind.clone(), *acc);
+                try_order(&kids, bind, acc) || {
+                    *bind = saved_bind;
+                    *acc = saved_acc;
+                    commutative(&op) && {
+                        let mut swapped = kids.clone();
+                        swapped.swap(0, 1);
+                        try_order(&swapped, bind, acc)
+                    }
+                }
+            }
+        }
+    };
+    if ok {
+        bind[v as usize] = Some(x);
+    }
+    ok
+}
