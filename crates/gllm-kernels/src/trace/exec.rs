@@ -24,7 +24,7 @@ const STACK_TOP: u64 = 0x7ff0_0000_0000;
 const STACK_SIZE: u64 = 1 << 20;
 const RETURN_SENTINEL: u64 = 0x5e47_1ae1_0000_0000;
 /// Steps before giving up on termination.
-pub const STEP_LIMIT: usize = 400_000;
+pub const STEP_LIMIT: usize = 100_000;
 
 /// What one execution produced.
 pub struct RunResult {
@@ -566,11 +566,14 @@ impl Machine<'_> {
             OpKind::Memory => {
                 let a = self.address()?;
                 if ins.is_broadcast() {
-                    if ins.memory_size().element_size() != 4 {
-                        return Err(self.err(TraceErrorKind::UnsupportedOperand("64-bit broadcast".into())));
+                    let unit = ins.memory_size().element_size() / 4;
+                    if unit == 0 {
+                        return Err(
+                            self.err(TraceErrorKind::UnsupportedOperand("sub-dword broadcast".into()))
+                        );
                     }
-                    let one = self.load_lanes(a, 1)?[0];
-                    Ok(vec![one; lanes])
+                    let one = self.load_lanes(a, unit)?;
+                    Ok((0..lanes).map(|l| one[l % unit]).collect())
                 } else {
                     self.load_lanes(a, lanes)
                 }

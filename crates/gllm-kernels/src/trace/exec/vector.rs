@@ -374,11 +374,23 @@ impl Machine<'_> {
                 let out: Vec<ExprId> = (0..w).map(|l| a[l / 4 * 4 + ((imm >> (2 * (l % 4))) & 3)]).collect();
                 self.write_vec(dst, &out)
             }
-            Unpcklps | Vunpcklps | Unpckhps | Vunpckhps => {
+            Punpcklqdq | Vpunpcklqdq | Punpckhqdq | Vpunpckhqdq | Unpcklpd | Vunpcklpd | Unpckhpd
+            | Vunpckhpd => {
                 let w = self.width();
                 let (dst, a, src) = self.two_sources(w)?;
                 let b = self.vec_op(src, w)?;
-                let hi = matches!(mn, Unpckhps | Vunpckhps) as usize * 2;
+                let hi = matches!(mn, Punpckhqdq | Vpunpckhqdq | Unpckhpd | Vunpckhpd) as usize * 2;
+                let mut out = Vec::with_capacity(w);
+                for blk in (0..w).step_by(4) {
+                    out.extend([a[blk + hi], a[blk + hi + 1], b[blk + hi], b[blk + hi + 1]]);
+                }
+                self.write_vec(dst, &out)
+            }
+            Unpcklps | Vunpcklps | Unpckhps | Vunpckhps | Punpckldq | Vpunpckldq | Punpckhdq | Vpunpckhdq => {
+                let w = self.width();
+                let (dst, a, src) = self.two_sources(w)?;
+                let b = self.vec_op(src, w)?;
+                let hi = matches!(mn, Unpckhps | Vunpckhps | Punpckhdq | Vpunpckhdq) as usize * 2;
                 let mut out = Vec::with_capacity(w);
                 for blk in (0..w).step_by(4) {
                     out.extend([a[blk + hi], b[blk + hi], a[blk + hi + 1], b[blk + hi + 1]]);
@@ -438,6 +450,141 @@ impl Machine<'_> {
                 let start = (self.imm() as usize * block) % w;
                 out[start..start + block].copy_from_slice(&part);
                 self.write_vec(dst, &out)
+            }
+            Vpermq | Vpermpd if ins.op_count() == 3 && ins.op2_kind() == OpKind::Immediate8 => {
+                let w = self.width();
+                let dst = self.vreg(0)?;
+                let src = self.vec_op(1, w)?;
+                let imm = self.imm() as usize;
+                let mut out = Vec::with_capacity(w);
+                for q in 0..w / 2 {
+                    let from = (q / 4) * 4 + ((imm >> (2 * (q % 4))) & 3);
+                    out.extend([src[2 * from], src[2 * from + 1]]);
+                }
+                self.write_vec(dst, &out)
+            }
+            Vpermq | Vpermpd | Vpermd | Vpermps => {
+                let w = self.width();
+                let dst = self.vreg(0)?;
+                let idx = self.vec_op(1, w)?;
+                let table = self.vec_op(2, w)?;
+                let out = self.permute(&idx, &[&table], matches!(mn, Vpermq | Vpermpd))?;
+                self.write_vec(dst, &out)
+            }
+            Vpermt2ps | Vpermt2d | Vpermt2q | Vpermt2pd | Vpermi2ps | Vpermi2d | Vpermi2q | Vpermi2pd => {
+                let w = self.width();
+                let dst = self.vreg(0)?;
+                let d = self.vec[dst][..w].to_vec();
+                let mid = self.vec_op(1, w)?;
+                let last = self.vec_op(2, w)?;
+                let qword = matches!(mn, Vpermt2q | Vpermt2pd | Vpermi2q | Vpermi2pd);
+                let out = if matches!(mn, Vpermt2ps | Vpermt2d | Vpermt2q | Vpermt2pd) {
+                    self.permute(&mid, &[&d, &last], qword)?
+                } else {
+                    self.permute(&d, &[&mid, &last], qword)?
+                };
+                self.write_vec(dst, &out)
+            }
+            Vpsubq | Psubq | Vpaddq | Paddq | Vpsubd | Psubd | Vpaddd | Paddd => {
+                let w = self.width();
+                let (dst, a, src) = self.two_sources(w)?;
+                let b = self.vec_op(src, w)?;
+                let qword = matches!(mn, Vpsubq | Psubq | Vpaddq | Paddq);
+                let (x, y) = (self.const_units(&a, qword)?, self.const_units(&b, qword)?);
+                let sub = matches!(mn, Vpsubq | Psubq | Vpsubd | Psubd);
+                let r: Vec<u64> = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(&p, &q)| {
+                        let v = if sub { p.wrapping_sub(q) } else { p.wrapping_add(q) };
+                        if qword {
+                            v
+                        } else {
+                            v & 0xFFFF_FFFF
+                        }
+                    })
+                    .collect();
+                let out = self.from_units(&r, qword);
+                self.write_vec(dst, &out)
+            }
+            Vpbroadcastq => {
+                let w = self.width();
+                let dst = self.vreg(0)?;
+                let v = if ins.op1_kind() == OpKind::Register && ins.op1_register().is_gpr() {
+                    let i = self.int_op(1)?;
+                    self.need(i)?
+                } else {
+                    let lanes = self.vec_op(1, 2)?;
+                    self.const_units(&lanes, true)?[0]
+                };
+                let out = self.from_units(&vec![v; w / 2], true);
+                self.write_vec(dst, &out)
+            }
+            Vpcmpuq | Vpcmpq | Vpcmpud | Vpcmpd => {
+                let w = self.width();
+                let qword = matches!(mn, Vpcmpuq | Vpcmpq);
+                let signed = matches!(mn, Vpcmpq | Vpcmpd);
+                let a = self.vec_op(1, w)?;
+                let b = self.vec_op(2, w)?;
+                let (x, y) = (self.const_units(&a, qword)?, self.const_units(&b, qword)?);
+                let bits = if qword { 64 } else { 32 };
+                let key = |v: u64| {
+                    if signed {
+                        (((v << (64 - bits)) as i64) >> (64 - bits)) as i128
+                    } else {
+                        v as i128
+                    }
+                };
+                let imm = self.imm() & 7;
+                let k = ins.op0_register().number();
+                let (ones, zero) = (self.pool.konst(u32::MAX), self.pool.konst(0));
+                let mut lanes = [zero; 16];
+                for (e, (&p, &q)) in x.iter().zip(&y).enumerate() {
+                    let (p, q) = (key(p), key(q));
+                    let holds = match imm {
+                        0 => p == q,
+                        1 => p < q,
+                        2 => p <= q,
+                        3 => false,
+                        4 => p != q,
+                        5 => p >= q,
+                        6 => p > q,
+                        _ => true,
+                    };
+                    lanes[e] = if holds { ones } else { zero };
+                }
+                if ins.op_mask() != Register::None {
+                    let m = ins.op_mask().number();
+                    for (l, lane) in lanes.iter_mut().enumerate() {
+                        if self.pool.const_bits(self.kmask[m][l]) == Some(0) {
+                            *lane = zero;
+                        }
+                    }
+                }
+                self.kmask[k] = lanes;
+                Ok(())
+            }
+            Kortestb | Kortestw | Kortestd | Kortestq => {
+                let bits = match mn {
+                    Kortestb => 8,
+                    Kortestw => 16,
+                    _ => 16,
+                };
+                let (a, b) = (ins.op0_register().number(), ins.op1_register().number());
+                let mut any = false;
+                let mut all = true;
+                for l in 0..bits {
+                    let (x, y) =
+                        (self.pool.const_bits(self.kmask[a][l]), self.pool.const_bits(self.kmask[b][l]));
+                    let (Some(x), Some(y)) = (x, y) else {
+                        return Err(self.err(TraceErrorKind::DataDependentBranch));
+                    };
+                    let set = x != 0 || y != 0;
+                    any |= set;
+                    all &= set;
+                }
+                self.flags = Flags::Known { zf: !any, cf: all, of: false, sf: false, pf: false };
+                Ok(())
             }
             Kmovw | Kmovb | Kmovd | Kmovq => self.kmov(),
             Kxnorw | Kxnorb | Kxnord | Kxnorq if ins.op1_register() == ins.op2_register() => {
@@ -626,6 +773,50 @@ impl Machine<'_> {
             return self.write_lanes_scalar(dst, full);
         }
         self.write_vec(dst, &out)
+    }
+
+    /// Table permute with a constant index vector: element `i` of the result
+    /// is element `idx[i]` of the concatenated tables (dwords, or qwords = lane pairs).
+    fn permute(&mut self, idx: &[ExprId], tables: &[&[ExprId]], qword: bool) -> Res<Vec<ExprId>> {
+        let w = idx.len();
+        let unit = if qword { 2 } else { 1 };
+        let per_table = w / unit;
+        let mut out = Vec::with_capacity(w);
+        for e in 0..w / unit {
+            let raw = self.pool.const_bits(idx[e * unit]).ok_or_else(|| {
+                self.err(TraceErrorKind::UnsupportedOperand("permute with a data-dependent index".into()))
+            })? as usize;
+            let sel = raw % (per_table * tables.len());
+            let (t, at) = (sel / per_table, sel % per_table);
+            for u in 0..unit {
+                out.push(tables[t][at * unit + u]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lanes as concrete dwords or qwords (pairs of lanes), or an error.
+    fn const_units(&self, lanes: &[ExprId], qword: bool) -> Res<Vec<u64>> {
+        let bits: Option<Vec<u64>> = lanes.iter().map(|&l| self.pool.const_bits(l).map(u64::from)).collect();
+        let bits = bits.ok_or_else(|| {
+            self.err(TraceErrorKind::UnsupportedOperand("integer vector arithmetic on data".into()))
+        })?;
+        Ok(if qword {
+            bits.chunks(2).map(|c| c[0] | c.get(1).copied().unwrap_or(0) << 32).collect()
+        } else {
+            bits
+        })
+    }
+
+    fn from_units(&mut self, units: &[u64], qword: bool) -> Vec<ExprId> {
+        let mut out = Vec::new();
+        for &u in units {
+            out.push(self.pool.konst(u as u32));
+            if qword {
+                out.push(self.pool.konst((u >> 32) as u32));
+            }
+        }
+        out
     }
 
     fn kmov(&mut self) -> Res<()> {

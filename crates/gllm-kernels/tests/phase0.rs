@@ -1,0 +1,330 @@
+//! Phase 0: every registered op's trace is right (checked by running it
+//! against the scalar function), patterns are recognised, unseen ops work
+//! without analyser changes, every opt-level is understood, and bad code is
+//! a clear error — never a panic or a wrong trace.
+
+mod support;
+
+use gllm_kernels::scalar::{
+    AbiReturn, AbiType, Arg, Len, OpKind, OpSignature, Returns, ScalarOpRegistry, TensorRole,
+};
+use gllm_kernels::trace::{analyse_in, BufferMemory, ComputePattern, OpClass, ProcessMemory, TraceErrorKind};
+use std::sync::Arc;
+use support::{check_against_reference, unseen, Rng};
+
+#[test]
+fn every_builtin_trace_matches_its_reference() {
+    let registry = ScalarOpRegistry::global();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for op in registry.iter() {
+        let trace = op.trace().unwrap_or_else(|e| panic!("{e}"));
+        let compared = check_against_reference(op.kind().name(), op.func(), op.signature(), &trace, &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(compared >= 1000 || op.signature().num_dims() > 0, "{}: only {compared} values", op.kind());
+    }
+}
+
+#[test]
+fn patterns_are_recognised_from_structure() {
+    use ComputePattern::*;
+    let expected: &[(OpKind, ComputePattern, OpClass)] = &[
+        (OpKind::Silu, Elementwise, OpClass::ElemWise),
+        (OpKind::Gelu, Elementwise, OpClass::ElemWise),
+        (OpKind::Relu, Elementwise, OpClass::ElemWise),
+        (OpKind::Sigmoid, Elementwise, OpClass::ElemWise),
+        (OpKind::Tanh, Elementwise, OpClass::ElemWise),
+        (OpKind::Exp, Elementwise, OpClass::ElemWise),
+        (OpKind::Scale, Elementwise, OpClass::ElemWise),
+        (OpKind::Mul, BinaryElementwise, OpClass::ElemWise),
+        (OpKind::Add, BinaryElementwise, OpClass::ElemWise),
+        (OpKind::BiasAdd, BinaryElementwise, OpClass::ElemWise),
+        (OpKind::SwiGlu, BinaryElementwise, OpClass::ElemWise),
+        (OpKind::Rope, Injective { num_inputs: 4, num_outputs: 2 }, OpClass::Injective),
+        (OpKind::ReduceSum, Reduction, OpClass::Reduction),
+        (OpKind::ReduceMax, Reduction, OpClass::Reduction),
+        (OpKind::Dot, Reduction, OpClass::Reduction),
+        (OpKind::RmsNorm, NormLike, OpClass::Reduction),
+        (OpKind::LayerNorm, NormLike, OpClass::Reduction),
+        (OpKind::Softmax, NormLike, OpClass::Reduction),
+        (OpKind::MatMul, Gemm { m: 0, n: 1, k: 2 }, OpClass::Gemm),
+    ];
+    let registry = ScalarOpRegistry::global();
+    assert_eq!(expected.len(), registry.len(), "every registered op is in this table");
+    for &(kind, pattern, class) in expected {
+        let t = registry.trace(kind).unwrap();
+        assert_eq!((t.pattern, t.class()), (pattern, class), "{kind}");
+    }
+    // Structure the patterns come from.
+    let fold_counts = [
+        (OpKind::RmsNorm, 1),
+        (OpKind::LayerNorm, 2),
+        (OpKind::Softmax, 2),
+        (OpKind::Dot, 1),
+        (OpKind::Silu, 0),
+    ];
+    for (kind, folds) in fold_counts {
+        assert_eq!(registry.trace(kind).unwrap().folds.len(), folds, "{kind}");
+    }
+    assert!(registry.trace(OpKind::MatMul).unwrap().loop_depth() >= 3, "matmul is a triple loop");
+    assert_eq!(registry.trace(OpKind::Silu).unwrap().loop_depth(), 0, "silu is straight-line");
+    assert_eq!(
+        f32::from_bits(registry.trace(OpKind::ReduceMax).unwrap().folds[0].identity),
+        f32::NEG_INFINITY
+    );
+}
+
+#[test]
+fn traces_are_cached() {
+    let registry = ScalarOpRegistry::with_builtins();
+    let a = registry.trace(OpKind::Softmax).unwrap();
+    let b = registry.trace(OpKind::Softmax).unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+}
+
+#[test]
+fn unknown_names_and_bad_signatures_are_errors() {
+    let registry = ScalarOpRegistry::global();
+    let err = registry.lookup("swish9").unwrap_err().to_string();
+    assert!(err.contains("unknown operator `swish9`") && err.contains("silu"), "{err}");
+    let mut r = ScalarOpRegistry::empty();
+    let sig =
+        OpSignature::new(vec![Arg::Element { name: "x", role: TensorRole::Activation }], Returns::Element)
+            .unwrap();
+    let wrong = r.register(
+        OpKind::Silu,
+        unseen::gk_mean as unsafe extern "C" fn(*const f32, usize) -> f32,
+        sig.clone(),
+    );
+    assert!(wrong.unwrap_err().to_string().contains("operator `silu`"), "signature must match the function");
+    r.register(OpKind::Silu, gllm_kernels::scalar::ops::gk_silu as extern "C" fn(f32) -> f32, sig.clone())
+        .unwrap();
+    assert!(r
+        .register(OpKind::Silu, gllm_kernels::scalar::ops::gk_silu as extern "C" fn(f32) -> f32, sig)
+        .is_err());
+    assert!(OpSignature::new(vec![Arg::Dim { name: "n" }], Returns::RowScalar).is_err(), "no input");
+}
+
+fn unseen_registry() -> (ScalarOpRegistry, Vec<OpKind>) {
+    let mut r = ScalarOpRegistry::empty();
+    let unary =
+        OpSignature::new(vec![Arg::Element { name: "x", role: TensorRole::Activation }], Returns::Element)
+            .unwrap();
+    let f: [(&str, extern "C" fn(f32) -> f32); 4] = [
+        ("softplus", unseen::gk_softplus),
+        ("hard_swish", unseen::gk_hard_swish),
+        ("mish", unseen::gk_mish),
+        ("squared_relu", unseen::gk_squared_relu),
+    ];
+    let mut kinds: Vec<OpKind> =
+        f.iter().map(|(n, f)| r.register_custom(n, *f, unary.clone()).unwrap()).collect();
+    let mean = OpSignature::new(
+        vec![
+            Arg::Input { name: "x", role: TensorRole::Activation, len: Len::Dim(0) },
+            Arg::Dim { name: "n" },
+        ],
+        Returns::RowScalar,
+    )
+    .unwrap();
+    kinds.push(
+        r.register_custom("mean", unseen::gk_mean as unsafe extern "C" fn(*const f32, usize) -> f32, mean)
+            .unwrap(),
+    );
+    (r, kinds)
+}
+
+#[test]
+fn unseen_ops_are_analysed_with_no_analyser_change() {
+    let (registry, kinds) = unseen_registry();
+    let mut rng = Rng(42);
+    for kind in kinds {
+        let op = registry.get(kind).unwrap();
+        let trace = op.trace().unwrap_or_else(|e| panic!("{e}"));
+        let want =
+            if kind.name() == "mean" { ComputePattern::Reduction } else { ComputePattern::Elementwise };
+        assert_eq!(trace.pattern, want, "{kind}");
+        check_against_reference(kind.name(), op.func(), op.signature(), &trace, &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(registry.lookup("mish").unwrap().kind(), OpKind::Custom("mish"));
+}
+
+/// Registers the fixture library's copy of every op (same signatures) so the
+/// same checks run on code compiled at another opt-level / target-cpu.
+fn fixture_registry(lib: &libloading::Library) -> ScalarOpRegistry {
+    let (unseen, _) = unseen_registry();
+    let builtins = ScalarOpRegistry::global();
+    let mut r = ScalarOpRegistry::empty();
+    for op in builtins.iter().chain(unseen.iter()) {
+        let name = format!("gk_{}", op.kind().name());
+        let sig = op.signature().clone();
+        let kind = op.kind();
+        macro_rules! reg {
+            ($t:ty) => {{
+                // SAFETY: the fixture exports this symbol with exactly this type
+                // (it is the same source file as the registered function).
+                let f: $t =
+                    unsafe { *lib.get::<$t>(name.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}")) };
+                r.register(kind, f, sig).unwrap();
+            }};
+        }
+        use AbiType::*;
+        match (op.func().params(), op.func().returns()) {
+            ([F32], AbiReturn::F32) => reg!(extern "C" fn(f32) -> f32),
+            ([F32, F32], AbiReturn::F32) => reg!(extern "C" fn(f32, f32) -> f32),
+            ([ConstPtr, Usize], AbiReturn::F32) => reg!(unsafe extern "C" fn(*const f32, usize) -> f32),
+            ([ConstPtr, ConstPtr, Usize], AbiReturn::F32) => {
+                reg!(unsafe extern "C" fn(*const f32, *const f32, usize) -> f32)
+            }
+            ([ConstPtr, ConstPtr, MutPtr, Usize, F32], AbiReturn::Unit) => {
+                reg!(unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, f32))
+            }
+            ([ConstPtr, ConstPtr, ConstPtr, MutPtr, Usize, F32], AbiReturn::Unit) => {
+                reg!(unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, usize, f32))
+            }
+            ([ConstPtr, MutPtr, Usize], AbiReturn::Unit) => {
+                reg!(unsafe extern "C" fn(*const f32, *mut f32, usize))
+            }
+            ([ConstPtr, ConstPtr, ConstPtr, ConstPtr, MutPtr, MutPtr, Usize], AbiReturn::Unit) => {
+                reg!(
+                    unsafe extern "C" fn(
+                        *const f32,
+                        *const f32,
+                        *const f32,
+                        *const f32,
+                        *mut f32,
+                        *mut f32,
+                        usize,
+                    )
+                )
+            }
+            ([ConstPtr, ConstPtr, MutPtr, Usize, Usize, Usize], AbiReturn::Unit) => {
+                reg!(unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize))
+            }
+            other => panic!("{name}: add a fixture type for {other:?}"),
+        }
+    }
+    r
+}
+
+#[test]
+fn analyser_copes_with_opt_levels_1_2_3_with_and_without_native() {
+    let builtins = ScalarOpRegistry::global();
+    let (unseen, _) = unseen_registry();
+    let mut rng = Rng(7);
+    assert_eq!(trace_fixtures::FIXTURES.len(), 6);
+    for &(opt, native, path) in trace_fixtures::FIXTURES {
+        if native && !std::is_x86_feature_detected!("avx512f") && !std::is_x86_feature_detected!("avx2") {
+            continue;
+        }
+        // SAFETY: a library this workspace built from its own source.
+        let lib = unsafe { libloading::Library::new(path) }.unwrap();
+        let registry = fixture_registry(&lib);
+        for op in registry.iter() {
+            let label = format!("{} at -O{opt}{}", op.kind(), if native { " native" } else { "" });
+            let trace = op.trace().unwrap_or_else(|e| panic!("{label}: {e}"));
+            let home = builtins.get(op.kind()).or_else(|_| unseen.get(op.kind())).unwrap().trace().unwrap();
+            assert_eq!(trace.pattern, home.pattern, "{label}");
+            check_against_reference(&label, op.func(), op.signature(), &trace, &mut rng)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+// ---------- code it cannot analyse ----------
+
+const BASE: u64 = 0x7000_0000;
+
+fn analyse_bytes(bytes: &[u8]) -> Result<gllm_kernels::trace::OpTrace, gllm_kernels::trace::TraceError> {
+    let sig =
+        OpSignature::new(vec![Arg::Element { name: "x", role: TensorRole::Activation }], Returns::Element)
+            .unwrap();
+    analyse_in("fixture_fn", BASE, &sig, &BufferMemory { base: BASE, bytes: bytes.to_vec() })
+}
+
+#[test]
+fn unanalysable_code_is_a_clear_error_naming_function_address_and_instruction() {
+    let cases: &[(&str, &[u8], u64, &str)] = &[
+        // jmp rax
+        ("indirect jump", &[0xff, 0xe0], 0, "jmp rax"),
+        // call rel32 to an address outside any library
+        ("unknown call", &[0xe8, 0x00, 0x10, 0x00, 0x00, 0xc3], 0, "call"),
+        // cpuid
+        ("unsupported instruction", &[0x0f, 0xa2, 0xc3], 0, "cpuid"),
+        // jmp $ (a loop that never ends)
+        ("unbounded loop", &[0xeb, 0xfe], 0, "jmp"),
+        // ucomiss xmm0, xmm0; ja +0; ret
+        ("data-dependent branch", &[0x0f, 0x2e, 0xc0, 0x77, 0x00, 0xc3], 3, "ja"),
+        // movss xmm0, [0x1234] (absolute address nobody mapped)
+        ("wild load", &[0xf3, 0x0f, 0x10, 0x04, 0x25, 0x34, 0x12, 0, 0, 0xc3], 0, "movss"),
+        // invalid opcode bytes
+        ("invalid bytes", &[0x06], 0, ""),
+        // ret without touching xmm0? fine — but movd eax, xmm0; ret leaves xmm0 = x: use a bit op on data
+        ("opaque bit trick", &[0x66, 0x0f, 0xdb, 0xc0 + 1, 0xc3], 0, "pand"),
+    ];
+    for (what, bytes, offset, text) in cases {
+        let err = analyse_bytes(bytes).expect_err(what);
+        assert_eq!(err.function, "fixture_fn", "{what}");
+        assert_eq!(err.address, BASE + offset, "{what}: {err}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("fixture_fn") && shown.contains(&format!("{:#x}", BASE + offset)),
+            "{what}: {shown}"
+        );
+        assert!(err.instruction.as_deref().unwrap_or("").contains(text), "{what}: {shown}");
+    }
+    let err = analyse_bytes(&[0xeb, 0xfe]).unwrap_err();
+    assert!(matches!(err.kind, TraceErrorKind::StepLimit { .. }));
+    let err = analyse_bytes(&[0xff, 0xe0]).unwrap_err();
+    assert_eq!(err.kind, TraceErrorKind::IndirectBranch);
+}
+
+#[test]
+fn code_outside_memory_is_an_error() {
+    let sig =
+        OpSignature::new(vec![Arg::Element { name: "x", role: TensorRole::Activation }], Returns::Element)
+            .unwrap();
+    let err = analyse_in("nowhere", 0x10, &sig, &ProcessMemory::new()).unwrap_err();
+    assert_eq!(err.kind, TraceErrorKind::UnreadableCode);
+    assert_eq!(err.address, 0x10);
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn real_function_bytes(kind: OpKind) -> (u64, Vec<u8>) {
+        let op = ScalarOpRegistry::global().get(kind).unwrap();
+        let entry = op.func().address() as u64;
+        let code = gllm_kernels::trace::CodeMap::discover("x", entry, &ProcessMemory::new()).unwrap();
+        let end = code.instructions().map(|i| i.next_ip()).max().unwrap();
+        let mem = ProcessMemory::new();
+        let bytes = gllm_kernels::trace::CodeMemory::read_up_to(&mem, entry, (end - entry) as usize);
+        (entry, bytes)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 1..96)) {
+            let _ = analyse_bytes(&bytes);
+        }
+
+        #[test]
+        fn mutated_real_functions_never_panic(
+            which in 0usize..4,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        ) {
+            let kind = [OpKind::Silu, OpKind::RmsNorm, OpKind::Softmax, OpKind::MatMul][which];
+            let op = ScalarOpRegistry::global().get(kind).unwrap();
+            let (entry, mut bytes) = real_function_bytes(kind);
+            for (at, value) in edits {
+                let i = at % bytes.len();
+                bytes[i] = value;
+            }
+            // The mutated copy lives at the real address, so rip-relative
+            // constants and GOT slots outside it are not readable: errors, not panics.
+            let _ = analyse_in("mutant", entry, op.signature(), &BufferMemory { base: entry, bytes });
+        }
+    }
+}

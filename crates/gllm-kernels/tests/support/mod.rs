@@ -1,0 +1,251 @@
+//! Shared test helpers: deterministic random data and the one
+//! reference-vs-trace checker every Phase 0 test uses.
+#![allow(dead_code)]
+
+use gllm_kernels::scalar::{AbiValue, Arg, FnForm, OpSignature, Returns, ScalarFn};
+use gllm_kernels::trace::{ComputePattern, OpTrace};
+
+pub mod unseen {
+    include!("unseen_ops.rs");
+}
+
+/// xorshift64*: deterministic, dependency-free.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+
+    /// Any f32 bit pattern (all magnitudes, infinities and NaNs included).
+    pub fn any_bits(&mut self) -> f32 {
+        f32::from_bits(self.next_u64() as u32)
+    }
+
+    /// Mostly moderate values with occasional special ones.
+    pub fn row_value(&mut self) -> f32 {
+        match self.next_u64() % 64 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => f32::from_bits(1 + (self.next_u64() % 1000) as u32), // subnormal
+            3 => -1e-30,
+            _ => self.uniform(-4.0, 4.0),
+        }
+    }
+}
+
+/// Values every per-element op is checked on, besides random ones.
+pub fn special_values() -> Vec<f32> {
+    vec![
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        f32::from_bits(0x8000_0001),
+        f32::from_bits(0x007f_ffff),
+        1.0,
+        -1.0,
+        0.5,
+        88.7,
+        -88.7,
+        89.0,
+        -104.0,
+        1e30,
+        -1e30,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ]
+}
+
+/// Bitwise equal, or both NaN.
+pub fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// Dimension sets to test: awkward lengths for rows, odd shapes for GEMM.
+pub fn dim_sets(sig: &OpSignature, trace: &OpTrace) -> Vec<Vec<usize>> {
+    match (sig.num_dims(), trace.pattern) {
+        (0, _) => vec![vec![]],
+        (1, _) => [0, 1, 7, 64, 1000].iter().map(|&n| vec![n]).collect(),
+        (3, ComputePattern::Gemm { m, n, k }) => {
+            [(1, 1, 1), (2, 3, 5), (7, 1, 13), (16, 17, 15), (3, 33, 65), (0, 4, 3)]
+                .iter()
+                .map(|&(mv, nv, kv)| {
+                    let mut d = vec![0; 3];
+                    d[m as usize] = mv;
+                    d[n as usize] = nv;
+                    d[k as usize] = kv;
+                    d
+                })
+                .collect()
+        }
+        (d, _) => vec![vec![5; d], vec![17; d]],
+    }
+}
+
+/// Compares `trace.eval` with calling the reference function, bit for bit,
+/// on random and special data of every awkward size. Returns the number of
+/// values compared, or a description of the first mismatch.
+pub fn check_against_reference(
+    name: &str,
+    func: &ScalarFn,
+    sig: &OpSignature,
+    trace: &OpTrace,
+    rng: &mut Rng,
+) -> Result<usize, String> {
+    match sig.form() {
+        FnForm::PerElement => check_per_element(name, func, sig, trace, rng),
+        FnForm::Slices => {
+            let mut compared = 0;
+            for dims in dim_sets(sig, trace) {
+                for _ in 0..3 {
+                    compared += check_slices(name, func, sig, trace, rng, &dims)?;
+                }
+            }
+            Ok(compared)
+        }
+    }
+}
+
+fn check_per_element(
+    name: &str,
+    func: &ScalarFn,
+    sig: &OpSignature,
+    trace: &OpTrace,
+    rng: &mut Rng,
+) -> Result<usize, String> {
+    let specials = special_values();
+    let n_inputs = sig.num_inputs();
+    let len = 12_000;
+    let mut inputs: Vec<Vec<f32>> = vec![Vec::with_capacity(len); n_inputs];
+    for (k, input) in inputs.iter_mut().enumerate() {
+        for j in 0..len {
+            input.push(match j {
+                // Every pair of specials across the first two inputs.
+                _ if j < specials.len() * specials.len() => {
+                    let idx = if k == 0 { j / specials.len() } else { j % specials.len() };
+                    specials[idx]
+                }
+                _ if j % 2 == 0 => rng.any_bits(),
+                _ => rng.uniform(-12.0, 12.0),
+            });
+        }
+    }
+    let params: Vec<f32> = sig.scalars().map(|_| rng.uniform(-3.0, 3.0)).collect();
+    let mut out = vec![f32::NAN; len];
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    trace.eval(&refs, &params, &[], &mut [&mut out]).map_err(|e| format!("{name}: eval failed: {e}"))?;
+    for j in 0..len {
+        let (mut k, mut p) = (0, 0);
+        let args: Vec<AbiValue> = sig
+            .args()
+            .iter()
+            .map(|a| match a {
+                Arg::Element { .. } => {
+                    k += 1;
+                    AbiValue::F32(inputs[k - 1][j])
+                }
+                _ => {
+                    p += 1;
+                    AbiValue::F32(params[p - 1])
+                }
+            })
+            .collect();
+        // SAFETY: per-element functions take no pointers.
+        let want = unsafe { func.call(&args) }.flatten().ok_or(format!("{name}: reference call failed"))?;
+        if !same(want, out[j]) {
+            let xs: Vec<f32> = inputs.iter().map(|i| i[j]).collect();
+            return Err(format!(
+                "{name}: inputs {xs:?} params {params:?}: reference {want:e}, trace {:e}",
+                out[j]
+            ));
+        }
+    }
+    Ok(len)
+}
+
+fn check_slices(
+    name: &str,
+    func: &ScalarFn,
+    sig: &OpSignature,
+    trace: &OpTrace,
+    rng: &mut Rng,
+    dims: &[usize],
+) -> Result<usize, String> {
+    let mut inputs: Vec<Vec<f32>> = Vec::new();
+    let mut ref_outputs: Vec<Vec<f32>> = Vec::new();
+    for a in sig.args() {
+        match a {
+            Arg::Input { len, .. } => {
+                inputs.push((0..len.eval(dims).unwrap()).map(|_| rng.row_value()).collect())
+            }
+            Arg::Output { len, .. } => ref_outputs.push(vec![f32::NAN; len.eval(dims).unwrap()]),
+            _ => {}
+        }
+    }
+    let params: Vec<f32> = sig.scalars().map(|_| rng.uniform(1e-6, 1e-2)).collect();
+    let (mut i, mut o, mut p, mut d) = (0, 0, 0, 0);
+    let mut args = Vec::new();
+    for a in sig.args() {
+        args.push(match a {
+            Arg::Input { .. } => {
+                i += 1;
+                AbiValue::ConstPtr(inputs[i - 1].as_ptr())
+            }
+            Arg::Output { .. } => {
+                o += 1;
+                AbiValue::MutPtr(ref_outputs[o - 1].as_mut_ptr())
+            }
+            Arg::Scalar { .. } => {
+                p += 1;
+                AbiValue::F32(params[p - 1])
+            }
+            Arg::Dim { .. } => {
+                d += 1;
+                AbiValue::Usize(dims[d - 1])
+            }
+            Arg::Element { .. } => unreachable!("slice-form signature"),
+        });
+    }
+    // SAFETY: every buffer has the length its signature declares for `dims`.
+    let ret = unsafe { func.call(&args) }.ok_or(format!("{name}: reference call failed"))?;
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let mut compared = 0;
+    if sig.returns() == Returns::RowScalar {
+        let mut out = [f32::NAN];
+        trace
+            .eval(&refs, &params, dims, &mut [&mut out])
+            .map_err(|e| format!("{name} {dims:?}: eval failed: {e}"))?;
+        let want = ret.ok_or("no return value")?;
+        if !same(want, out[0]) {
+            return Err(format!("{name} {dims:?}: reference {want:e}, trace {:e}", out[0]));
+        }
+        compared += 1;
+    } else {
+        let mut ours: Vec<Vec<f32>> = ref_outputs.iter().map(|v| vec![f32::NAN; v.len()]).collect();
+        let mut slices: Vec<&mut [f32]> = ours.iter_mut().map(|v| v.as_mut_slice()).collect();
+        trace
+            .eval(&refs, &params, dims, &mut slices)
+            .map_err(|e| format!("{name} {dims:?}: eval failed: {e}"))?;
+        for (o, (want, got)) in ref_outputs.iter().zip(&ours).enumerate() {
+            for (j, (&w, &g)) in want.iter().zip(got).enumerate() {
+                if !same(w, g) {
+                    return Err(format!("{name} {dims:?}: output {o}[{j}]: reference {w:e}, trace {g:e}"));
+                }
+            }
+            compared += want.len();
+        }
+    }
+    Ok(compared)
+}
