@@ -4,6 +4,8 @@ use crate::{DeviceArgs, ExplainArgs, ProfileArgs, RunArgs};
 use anyhow::{bail, Context, Result};
 use gllm_kernels::codegen::MulAddKernel;
 use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::scalar::ScalarOpRegistry;
+use gllm_kernels::trace::{CodeMap, ProcessMemory};
 use std::time::Instant;
 
 impl ProfileArgs {
@@ -48,6 +50,20 @@ pub fn run(args: &RunArgs) -> Result<()> {
         bail!("the selected profile's ISA ({}) cannot run on this CPU", profile.isa);
     }
 
+    let registry = ScalarOpRegistry::global();
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    for op in registry.iter() {
+        let trace = op.trace().with_context(|| format!("analysing `{}`", op.kind()))?;
+        lines.push(format!("  {:<11} {:?}", op.kind().name(), trace.pattern));
+    }
+    println!(
+        "phase 0      analysed {} scalar reference ops in {:.2} ms:",
+        registry.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    println!("{}\n", lines.join("\n"));
+
     let started = Instant::now();
     let kernel = MulAddKernel::compile(&profile).context("JIT-compiling the mul-add kernel")?;
     let compile_us = started.elapsed().as_secs_f64() * 1e6;
@@ -80,5 +96,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
 }
 
 pub fn explain(args: &ExplainArgs) -> Result<()> {
-    bail!("no operator registry yet: cannot explain `{}`", args.op)
+    let registry = ScalarOpRegistry::global();
+    let op = registry.lookup(&args.op)?;
+    let address = op.func().address() as u64;
+    println!("operator   {}", op.kind());
+    println!("signature  {}", op.signature());
+    println!("reference  scalar fn at {address:#x}");
+    let code = CodeMap::discover(op.kind().name(), address, &ProcessMemory::new())?;
+    println!("\nmachine code (reachable from the entry; loop headers marked):");
+    print!("{}", code.disassembly());
+    let trace = op.trace()?;
+    println!("\nOpTrace:");
+    print!("{trace}");
+    Ok(())
 }

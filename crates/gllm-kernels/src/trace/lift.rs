@@ -154,8 +154,25 @@ fn lift_run(ctx: &Ctx, sig: &OpSignature, run: &RunResult, dims: &[usize]) -> Re
         }
     }
     let mut lifted: Option<(Vec<Fold>, Body, Body)> = None;
+    // A row op's elements share their folds: analyse those once, over every
+    // element's expressions. A GEMM element has its own folds.
+    let shared = match elements.first() {
+        Some((geo @ Geometry::Row { .. }, _)) => {
+            let all_roots: Vec<ExprId> = elements.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+            Some(analyse_folds(ctx, *geo, &all_roots)?)
+        }
+        _ => None,
+    };
     for (index, (geo, roots)) in elements.iter().enumerate() {
-        let this = lift_element(ctx, *geo, roots)?;
+        let own;
+        let analysis = match &shared {
+            Some(a) => a,
+            None => {
+                own = analyse_folds(ctx, *geo, roots)?;
+                &own
+            }
+        };
+        let this = lift_element(ctx, *geo, roots, analysis)?;
         match &lifted {
             None => lifted = Some(this),
             Some(first) if *first != this => {
@@ -441,7 +458,34 @@ struct FoldFound {
     acc_child: ExprId,
 }
 
-fn lift_element(ctx: &Ctx, geo: Geometry, roots: &[ExprId]) -> Res<(Vec<Fold>, Body, Body)> {
+/// Folds found in a set of output expressions, verified, with their combine
+/// bodies and the row scalars those use.
+struct FoldAnalysis {
+    tops: HashMap<ExprId, u8>,
+    deps: HashMap<ExprId, u128>,
+    depends_on_fold: HashSet<ExprId>,
+    folds: Vec<Fold>,
+    /// Row scalars in order of first use so far.
+    row_scalars: Vec<ExprId>,
+}
+
+impl FoldAnalysis {
+    fn is_row_scalar(&self, x: ExprId) -> bool {
+        self.deps.get(&x) == Some(&0) && self.depends_on_fold.contains(&x)
+    }
+}
+
+fn row_index(x: ExprId, row_scalars: &mut Vec<ExprId>) -> u8 {
+    match row_scalars.iter().position(|&r| r == x) {
+        Some(i) => i as u8,
+        None => {
+            row_scalars.push(x);
+            (row_scalars.len() - 1) as u8
+        }
+    }
+}
+
+fn analyse_folds(ctx: &Ctx, geo: Geometry, roots: &[ExprId]) -> Res<FoldAnalysis> {
     let n = geo.folds();
     let mut found: Vec<FoldFound> = Vec::new();
     let mut opaque: HashSet<ExprId> = HashSet::new();
@@ -479,30 +523,19 @@ fn lift_element(ctx: &Ctx, geo: Geometry, roots: &[ExprId]) -> Res<(Vec<Fold>, B
     // With every fold opaque: nodes depending on no position.
     let deps = positions(ctx, geo, roots, &opaque)?;
     let depends_on_fold = fold_dependence(ctx, roots, &tops);
-    let is_row_scalar = |x: ExprId| deps.get(&x) == Some(&0) && depends_on_fold.contains(&x);
-
-    // Row scalars are numbered in order of first use.
-    let mut row_scalars: Vec<ExprId> = Vec::new();
-    let row_index = |x: ExprId, row_scalars: &mut Vec<ExprId>| -> u8 {
-        match row_scalars.iter().position(|&r| r == x) {
-            Some(i) => i as u8,
-            None => {
-                row_scalars.push(x);
-                (row_scalars.len() - 1) as u8
-            }
-        }
-    };
+    let mut analysis =
+        FoldAnalysis { tops, deps, depends_on_fold, folds: Vec::new(), row_scalars: Vec::new() };
 
     // Combine bodies, checked against every step of their chain.
-    let mut folds = Vec::new();
     for f in &found {
         let mut b = Builder::new(ctx);
         let last = n - 1;
+        let mut row_scalars = std::mem::take(&mut analysis.row_scalars);
         let out = b.build(f.top, &mut |x| {
             if x == f.acc_child {
                 return Ok(Some(TraceOp::Acc));
             }
-            if x != f.top && is_row_scalar(x) {
+            if x != f.top && analysis.is_row_scalar(x) {
                 return Ok(Some(TraceOp::RowScalar(row_index(x, &mut row_scalars))));
             }
             if let Expr::Load { input, index } = ctx.pool.get(x) {
@@ -515,8 +548,23 @@ fn lift_element(ctx: &Ctx, geo: Geometry, roots: &[ExprId]) -> Res<(Vec<Fold>, B
         })?;
         let combine = b.finish(vec![out]);
         let identity = check_chain(ctx, geo, &combine, f.top, &row_scalars)?;
-        folds.push(Fold { identity, combine });
+        analysis.row_scalars = row_scalars;
+        analysis.folds.push(Fold { identity, combine });
     }
+    Ok(analysis)
+}
+
+fn lift_element(
+    ctx: &Ctx,
+    geo: Geometry,
+    roots: &[ExprId],
+    analysis: &FoldAnalysis,
+) -> Res<(Vec<Fold>, Body, Body)> {
+    let mut row_scalars = analysis.row_scalars.clone();
+    let folds = &analysis.folds;
+    let deps = &analysis.deps;
+    let tops = &analysis.tops;
+    let is_row_scalar = |x: ExprId| analysis.is_row_scalar(x);
 
     // The element body.
     let mut b = Builder::new(ctx);
