@@ -593,7 +593,7 @@ impl Machine<'_> {
         let mut values = values.to_vec();
         let mask = self.ins.op_mask();
         if mask != Register::None {
-            let k = (mask.number()) as usize;
+            let k = mask.number();
             for (l, v) in values.iter_mut().enumerate() {
                 let keep = if self.ins.zeroing_masking() { self.pool.konst(0) } else { self.vec[dst][l] };
                 *v = self

@@ -59,8 +59,11 @@ impl CmpPred {
             CmpPred::Lt => a < b,
             CmpPred::Le => a <= b,
             CmpPred::Ne => a != b,
-            CmpPred::Nlt => !(a < b),
-            CmpPred::Nle => !(a <= b),
+            // "Not less than" is true on NaN, unlike `>=`.
+            CmpPred::Nlt => a.partial_cmp(&b) != Some(std::cmp::Ordering::Less),
+            CmpPred::Nle => {
+                !matches!(a.partial_cmp(&b), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal))
+            }
             CmpPred::Unord => a.is_nan() || b.is_nan(),
             CmpPred::Ord => !a.is_nan() && !b.is_nan(),
         }

@@ -174,13 +174,13 @@ impl Machine<'_> {
             let w = self.width();
             let (dst, a, src) = self.two_sources(w)?;
             // `xorps x, x` and friends: a known value whatever x holds.
-            if src == 1 && ins.op1_kind() == OpKind::Register && ins.op1_register() == ins.op0_register()
-                || src == 2 && ins.op2_kind() == OpKind::Register && ins.op2_register() == ins.op1_register()
-            {
-                if matches!(op, BitOp::Xor | BitOp::AndNot) {
-                    let zero = self.pool.konst(0);
-                    return self.write_vec(dst, &vec![zero; w]);
-                }
+            let same_register = src == 1
+                && ins.op1_kind() == OpKind::Register
+                && ins.op1_register() == ins.op0_register()
+                || src == 2 && ins.op2_kind() == OpKind::Register && ins.op2_register() == ins.op1_register();
+            if same_register && matches!(op, BitOp::Xor | BitOp::AndNot) {
+                let zero = self.pool.konst(0);
+                return self.write_vec(dst, &vec![zero; w]);
             }
             let b = self.vec_op(src, w)?;
             let out = a.iter().zip(&b).map(|(&x, &y)| self.bit(op, x, y)).collect::<Res<Vec<_>>>()?;
@@ -504,7 +504,7 @@ impl Machine<'_> {
                         }
                     })
                     .collect();
-                let out = self.from_units(&r, qword);
+                let out = self.units_to_lanes(&r, qword);
                 self.write_vec(dst, &out)
             }
             Vpbroadcastq => {
@@ -517,7 +517,7 @@ impl Machine<'_> {
                     let lanes = self.vec_op(1, 2)?;
                     self.const_units(&lanes, true)?[0]
                 };
-                let out = self.from_units(&vec![v; w / 2], true);
+                let out = self.units_to_lanes(&vec![v; w / 2], true);
                 self.write_vec(dst, &out)
             }
             Vpcmpuq | Vpcmpq | Vpcmpud | Vpcmpd => {
@@ -808,7 +808,7 @@ impl Machine<'_> {
         })
     }
 
-    fn from_units(&mut self, units: &[u64], qword: bool) -> Vec<ExprId> {
+    fn units_to_lanes(&mut self, units: &[u64], qword: bool) -> Vec<ExprId> {
         let mut out = Vec::new();
         for &u in units {
             out.push(self.pool.konst(u as u32));
