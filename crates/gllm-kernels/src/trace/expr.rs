@@ -286,13 +286,21 @@ impl ExprPool {
         }
         let is_mask = |p: &Self, x: ExprId| matches!(p.get(x), Expr::Cmp(..));
         match op {
+            BitOp::And | BitOp::Xor if is_mask(self, a) || is_mask(self, b) => {
+                let (m, x) = if is_mask(self, a) { (a, b) } else { (b, a) };
+                match op {
+                    // mask & x = mask ? x : +0
+                    BitOp::And => {
+                        let zero = self.konst(0);
+                        self.select(m, x, zero)
+                    }
+                    _ if self.const_bits(x) == Some(ALL_ONES) => self.invert_mask(m),
+                    _ => None,
+                }
+            }
             BitOp::And | BitOp::Or | BitOp::Xor => {
-                // Put a constant or mask operand first.
-                let (c, x) = if self.const_bits(b).is_some() || (is_mask(self, b) && !is_mask(self, a)) {
-                    (b, a)
-                } else {
-                    (a, b)
-                };
+                // Put the constant operand first.
+                let (c, x) = if self.const_bits(b).is_some() { (b, a) } else { (a, b) };
                 match (op, self.const_bits(c)) {
                     (BitOp::And, Some(0)) => Some(self.konst(0)),
                     (BitOp::And, Some(ALL_ONES)) | (BitOp::Or | BitOp::Xor, Some(0)) => Some(x),
@@ -302,12 +310,7 @@ impl ExprPool {
                         let abs = self.un(UnOp::Abs, x);
                         Some(self.un(UnOp::Neg, abs))
                     }
-                    (BitOp::Xor, Some(ALL_ONES)) if is_mask(self, x) => self.invert_mask(x),
                     (_, Some(_)) => None,
-                    (BitOp::And, None) if is_mask(self, c) => {
-                        let zero = self.konst(0);
-                        self.select(c, x, zero)
-                    }
                     (BitOp::Or, None) => self.merge_selects(a, b),
                     _ => None,
                 }
