@@ -46,18 +46,12 @@ pub(super) fn register_all(r: &mut ScalarOpRegistry) {
     let n = Len::Dim(0);
     let dim = |name| Arg::Dim { name };
     let out = |name, len| Arg::Output { name, len };
-    r.register(
-        OpKind::ReduceSum,
-        gk_reduce_sum as unsafe extern "C" fn(*const f32, usize) -> f32,
-        sig(vec![input("x", Activation, n), dim("n")], Returns::RowScalar),
-    )
-    .expect("built-in");
-    r.register(
-        OpKind::ReduceMax,
-        gk_reduce_max as unsafe extern "C" fn(*const f32, usize) -> f32,
-        sig(vec![input("x", Activation, n), dim("n")], Returns::RowScalar),
-    )
-    .expect("built-in");
+    let reductions: [(OpKind, unsafe extern "C" fn(*const f32, usize) -> f32); 2] =
+        [(OpKind::ReduceSum, gk_reduce_sum), (OpKind::ReduceMax, gk_reduce_max)];
+    for (kind, f) in reductions {
+        r.register(kind, f, sig(vec![input("x", Activation, n), dim("n")], Returns::RowScalar))
+            .expect("built-in");
+    }
     r.register(
         OpKind::Dot,
         gk_dot as unsafe extern "C" fn(*const f32, *const f32, usize) -> f32,
