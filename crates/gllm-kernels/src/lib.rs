@@ -14,6 +14,8 @@
 
 pub mod codegen;
 pub mod device;
+pub mod fusion;
+pub mod graph;
 pub mod runtime;
 pub mod scalar;
 pub mod trace;

@@ -1,1 +1,8 @@
-//! gllm: the inference front end (model knowledge lives here; machine code does not).
+//! gllm: the inference front end. Model knowledge lives here (configurations,
+//! how a layer expands into atomic operators); machine code does not — the
+//! graphs built here are compiled by `gllm-kernels`.
+
+pub mod config;
+pub mod layer_graph;
+
+pub use config::{LlamaConfig, MODEL_NAMES};

@@ -1,0 +1,207 @@
+//! The scratchpad planner: one arena for every intermediate that has to touch
+//! memory, with buffers reused as soon as their last reader has run.
+//!
+//! Lifetimes are measured in groups (a buffer is live from the group that
+//! writes it to the last group that reads it, inclusive). An elementwise
+//! group may write its output over an input of the same size that dies in
+//! that group (in place: each element is read before it is written). The
+//! remaining buffers are placed largest first, each at the lowest 64-byte
+//! aligned offset that does not overlap a buffer live at the same time.
+
+use super::{FusionGroup, FusionStrategy, ProducerPlacement, RowProducer};
+use crate::graph::{SemanticGraph, TensorId};
+use crate::trace::OpClass;
+
+/// Buffers start on cache-line (and zmm) boundaries.
+pub const BUFFER_ALIGN: usize = 64;
+
+/// What a scratchpad region holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferPurpose {
+    /// An intermediate tensor passed between groups (or read as an extra
+    /// input inside its group).
+    Tensor(TensorId),
+    /// A tile-level-fused producer's MC-row tiles, private to group `group`.
+    TileScratch { group: usize },
+}
+
+/// One region of the scratchpad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferAlloc {
+    pub purpose: BufferPurpose,
+    pub offset: usize,
+    pub size_bytes: usize,
+    /// First and last group (inclusive) during which the region is live.
+    pub first_group: usize,
+    pub last_group: usize,
+    /// Buffers with the same slot share memory on purpose (in-place reuse);
+    /// different slots never overlap while both are live.
+    pub slot: usize,
+    /// The input this buffer overwrites in place, if any.
+    pub in_place_of: Option<TensorId>,
+}
+
+impl BufferAlloc {
+    pub fn end(&self) -> usize {
+        self.offset + self.size_bytes
+    }
+}
+
+/// Where every intermediate lives.
+#[derive(Debug, Clone, Default)]
+pub struct BufferPlan {
+    pub allocations: Vec<BufferAlloc>,
+    /// Size of the arena the runtime allocates.
+    pub scratchpad_bytes: usize,
+    /// What the buffers would take without any reuse (the sum of aligned sizes).
+    pub naive_bytes: usize,
+}
+
+impl BufferPlan {
+    /// The region holding tensor `t`, if it is in the scratchpad.
+    pub fn tensor(&self, t: TensorId) -> Option<&BufferAlloc> {
+        self.allocations.iter().find(|a| a.purpose == BufferPurpose::Tensor(t))
+    }
+}
+
+fn align(x: usize) -> usize {
+    x.div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN
+}
+
+/// Groups that may overwrite an input with an output of the same size.
+fn in_place_safe(sem: &SemanticGraph, g: &FusionGroup) -> bool {
+    matches!(g.strategy, FusionStrategy::LoopFusion | FusionStrategy::Standalone)
+        && g.nodes.iter().all(|&n| matches!(sem.nodes[n].class, OpClass::ElemWise | OpClass::Injective))
+}
+
+pub(super) fn plan_buffers(sem: &SemanticGraph, groups: &[FusionGroup]) -> BufferPlan {
+    let mut group_of = vec![0usize; sem.nodes.len()];
+    for g in groups {
+        for &n in &g.nodes {
+            group_of[n] = g.id;
+        }
+    }
+    let carried: std::collections::HashSet<TensorId> =
+        groups.iter().flat_map(|g| g.carried.iter().copied()).collect();
+    let mut allocs: Vec<BufferAlloc> = Vec::new();
+    for t in &sem.tensors {
+        if !t.is_intermediate() || carried.contains(&t.id) {
+            continue;
+        }
+        let birth = group_of[t.producer.expect("intermediates have producers")];
+        let death = t.consumers.iter().map(|&(c, _)| group_of[c]).max().unwrap_or(birth);
+        allocs.push(BufferAlloc {
+            purpose: BufferPurpose::Tensor(t.id),
+            offset: 0,
+            size_bytes: t.size_bytes(),
+            first_group: birth,
+            last_group: death,
+            slot: allocs.len(),
+            in_place_of: None,
+        });
+    }
+    for g in groups {
+        if let FusionStrategy::Gemm(f) = &g.strategy {
+            if let Some(RowProducer {
+                placement: ProducerPlacement::TileLevelFusion { scratch_bytes, .. },
+                ..
+            }) = f.producer
+            {
+                allocs.push(BufferAlloc {
+                    purpose: BufferPurpose::TileScratch { group: g.id },
+                    offset: 0,
+                    size_bytes: scratch_bytes,
+                    first_group: g.id,
+                    last_group: g.id,
+                    slot: allocs.len(),
+                    in_place_of: None,
+                });
+            }
+        }
+    }
+    assign_in_place(sem, groups, &mut allocs);
+    let naive_bytes = allocs.iter().map(|a| align(a.size_bytes)).sum();
+    let scratchpad_bytes = place_slots(&mut allocs);
+    BufferPlan { allocations: allocs, scratchpad_bytes, naive_bytes }
+}
+
+/// Lets an in-place-safe group's output take the slot of a same-size input
+/// that dies in that group.
+fn assign_in_place(sem: &SemanticGraph, groups: &[FusionGroup], allocs: &mut [BufferAlloc]) {
+    let index_of = |allocs: &[BufferAlloc], t: TensorId| {
+        allocs.iter().position(|a| a.purpose == BufferPurpose::Tensor(t))
+    };
+    let mut taken = vec![false; allocs.len()];
+    for g in groups.iter().filter(|g| in_place_safe(sem, g)) {
+        for &out in &g.outputs {
+            let Some(o) = index_of(allocs, out) else { continue };
+            let candidate = g.inputs.iter().copied().find_map(|input| {
+                let i = index_of(allocs, input)?;
+                let a = &allocs[i];
+                let fits = a.last_group == g.id && a.size_bytes == allocs[o].size_bytes;
+                // Only the last member of a slot can hand it on.
+                let slot_end = allocs.iter().filter(|b| b.slot == a.slot).all(|b| b.last_group <= g.id);
+                (fits && slot_end && !taken[i]).then_some((i, input))
+            });
+            if let Some((i, input)) = candidate {
+                taken[i] = true;
+                allocs[o].slot = allocs[i].slot;
+                allocs[o].in_place_of = Some(input);
+            }
+        }
+    }
+}
+
+/// First-fit placement of slots, largest first. Returns the arena size.
+fn place_slots(allocs: &mut [BufferAlloc]) -> usize {
+    struct Slot {
+        id: usize,
+        size: usize,
+        first: usize,
+        last: usize,
+        offset: usize,
+    }
+    let mut slots: Vec<Slot> = Vec::new();
+    for a in allocs.iter() {
+        match slots.iter_mut().find(|s| s.id == a.slot) {
+            Some(s) => {
+                s.size = s.size.max(a.size_bytes);
+                s.first = s.first.min(a.first_group);
+                s.last = s.last.max(a.last_group);
+            }
+            None => slots.push(Slot {
+                id: a.slot,
+                size: a.size_bytes,
+                first: a.first_group,
+                last: a.last_group,
+                offset: 0,
+            }),
+        }
+    }
+    slots.sort_by(|a, b| b.size.cmp(&a.size).then(a.first.cmp(&b.first)));
+    let mut placed: Vec<usize> = Vec::new(); // indices into slots
+    let mut arena = 0;
+    for i in 0..slots.len() {
+        let mut busy: Vec<(usize, usize)> = placed
+            .iter()
+            .map(|&j| &slots[j])
+            .filter(|s| s.first <= slots[i].last && slots[i].first <= s.last)
+            .map(|s| (s.offset, s.offset + align(s.size)))
+            .collect();
+        busy.sort_unstable();
+        let mut offset = 0;
+        for (start, end) in busy {
+            if offset + slots[i].size <= start {
+                break;
+            }
+            offset = offset.max(end);
+        }
+        slots[i].offset = offset;
+        arena = arena.max(offset + align(slots[i].size));
+        placed.push(i);
+    }
+    for a in allocs.iter_mut() {
+        a.offset = slots.iter().find(|s| s.id == a.slot).expect("every slot placed").offset;
+    }
+    arena
+}

@@ -1,0 +1,127 @@
+//! How many scratch vector registers an elementwise body needs when it is
+//! evaluated in place on one register (a GEMM accumulator or a loop's data).
+//!
+//! This is the contract between the planner and the emitter: the planner
+//! rejects an epilogue whose need exceeds what the microkernel leaves free,
+//! and the emitter must lower any accepted body within this many scratch
+//! registers (its tests check that it does).
+
+use crate::device::Isa;
+use crate::trace::{Body, TraceOp, ValueId};
+
+/// Scratch registers a vector math routine needs beyond its argument/result
+/// register (kept in step with `codegen`'s MathApprox).
+pub fn math_temps(op: &TraceOp) -> usize {
+    match op {
+        TraceOp::Exp(_) => 2,
+        TraceOp::Log(_) | TraceOp::Tanh(_) => 3,
+        _ => 0,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Home {
+    /// Lives in the register being transformed (the element's own input).
+    Data,
+    /// A memory or broadcast operand: constants, params, extra inputs.
+    Memory,
+    /// A computed value: needs a register while live.
+    Register,
+    /// An AVX-512 comparison result: lives in an opmask register.
+    Mask,
+}
+
+/// Scratch vector registers needed to evaluate `body` in place on the
+/// register holding input `data_input`, for the given ISA.
+///
+/// Model: every computed value takes a register from its definition to its
+/// last use; a value's register may be reused for the result of the op
+/// where it dies; the final result is written into the data register when
+/// the data input is dead by then. Memory operands cost nothing unless a
+/// non-commutative op needs them first, which costs one register.
+pub fn scratch_registers(body: &Body, data_input: u8, isa: Isa) -> usize {
+    let ops = &body.ops;
+    let Some(&result) = body.outputs.first() else { return 0 };
+    let mut last_use = vec![0usize; ops.len()];
+    for (i, op) in ops.iter().enumerate() {
+        for a in op.operands() {
+            last_use[a as usize] = i;
+        }
+    }
+    let home: Vec<Home> = ops
+        .iter()
+        .map(|op| match op {
+            TraceOp::Input(k) if *k == data_input => Home::Data,
+            TraceOp::Input(_)
+            | TraceOp::Param(_)
+            | TraceOp::Dim(_)
+            | TraceOp::Const(_)
+            | TraceOp::Acc
+            | TraceOp::FoldResult(_)
+            | TraceOp::RowScalar(_) => Home::Memory,
+            TraceOp::Cmp(..) if isa == Isa::Avx512 => Home::Mask,
+            _ => Home::Register,
+        })
+        .collect();
+    let data_last_use = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| matches!(op, TraceOp::Input(k) if *k == data_input))
+        .map(|(i, _)| last_use[i])
+        .max()
+        .unwrap_or(0);
+    let mut live = 0usize;
+    let mut peak = 0usize;
+    for (i, op) in ops.iter().enumerate() {
+        if home[i] != Home::Register {
+            continue;
+        }
+        let operands = op.operands();
+        let dying = |a: &ValueId| last_use[*a as usize] == i && home[*a as usize] == Home::Register;
+        let freed = {
+            let mut d: Vec<ValueId> = operands.iter().copied().filter(dying).collect();
+            d.dedup();
+            d.len()
+        };
+        let into_data = i as ValueId == result && data_last_use <= i;
+        let needs_first_operand_reg = non_commutative(op)
+            && operands.first().is_some_and(|a| home[*a as usize] == Home::Memory)
+            && into_data;
+        // During the op: live values, its result (unless it reuses a dying
+        // operand or the data register), the math routine's temps.
+        let result_reg = usize::from(!into_data && freed == 0);
+        let during = live + result_reg + math_temps(op) + usize::from(needs_first_operand_reg);
+        peak = peak.max(during);
+        live = live + usize::from(!into_data) - freed;
+    }
+    peak
+}
+
+fn non_commutative(op: &TraceOp) -> bool {
+    // Max/Min are not commutative under x86's NaN rule.
+    matches!(op, TraceOp::Sub(..) | TraceOp::Div(..) | TraceOp::Max(..) | TraceOp::Min(..) | TraceOp::Cmp(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalar::{OpKind, ScalarOpRegistry};
+
+    fn need(kind: OpKind, isa: Isa) -> usize {
+        let t = ScalarOpRegistry::global().trace(kind).unwrap();
+        scratch_registers(&t.body, 0, isa)
+    }
+
+    #[test]
+    fn builtin_epilogue_needs() {
+        // bias/residual/scale read a memory operand: nothing extra.
+        for k in [OpKind::BiasAdd, OpKind::Add, OpKind::Mul, OpKind::Scale] {
+            assert_eq!(need(k, Isa::Avx512), 0, "{k}");
+        }
+        // relu = max(0, x): the constant must be in a register first.
+        assert_eq!(need(OpKind::Relu, Isa::Avx2), 1);
+        // silu = x / (1 + exp(-x)): -x, then exp's two temps.
+        assert_eq!(need(OpKind::Silu, Isa::Avx512), 3);
+        assert!(need(OpKind::Gelu, Isa::Avx512) >= 4);
+    }
+}
