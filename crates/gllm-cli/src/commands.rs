@@ -2,8 +2,11 @@
 
 use crate::{DeviceArgs, ExplainArgs, ProfileArgs, RunArgs};
 use anyhow::{bail, Context, Result};
+use gllm::layer_graph::decoder_stack;
+use gllm::LlamaConfig;
 use gllm_kernels::codegen::MulAddKernel;
 use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::fusion::fuse;
 use gllm_kernels::scalar::ScalarOpRegistry;
 use gllm_kernels::trace::{CodeMap, ProcessMemory};
 use std::time::Instant;
@@ -64,6 +67,28 @@ pub fn run(args: &RunArgs) -> Result<()> {
     );
     println!("{}\n", lines.join("\n"));
 
+    let cfg = LlamaConfig::llama_7b();
+    let graph = decoder_stack(&cfg, 128, cfg.num_layers);
+    let started = Instant::now();
+    let plan = fuse(&graph, &profile).context("planning the LLaMA-7B graph")?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut kinds: Vec<&str> = plan.groups.iter().map(|g| g.strategy.name()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let counts: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("{} {k}", plan.groups.iter().filter(|g| g.strategy.name() == *k).count()))
+        .collect();
+    println!(
+        "phase 1-2    planned LLaMA-7B ({} layers, 128 tokens: {} nodes) in {ms:.2} ms: {} groups ({}); scratchpad {:.1} MiB",
+        cfg.num_layers,
+        graph.nodes.len(),
+        plan.groups.len(),
+        counts.join(", "),
+        plan.buffers.scratchpad_bytes as f64 / (1 << 20) as f64
+    );
+    println!("             (`gllm explain --model llama-7b` shows one layer's plan)\n");
+
     let started = Instant::now();
     let kernel = MulAddKernel::compile(&profile).context("JIT-compiling the mul-add kernel")?;
     let compile_us = started.elapsed().as_secs_f64() * 1e6;
@@ -96,8 +121,39 @@ pub fn run(args: &RunArgs) -> Result<()> {
 }
 
 pub fn explain(args: &ExplainArgs) -> Result<()> {
+    match (&args.op, &args.model) {
+        (Some(op), _) => explain_op(op),
+        (None, Some(model)) => explain_model(model, args),
+        (None, None) => bail!("say what to explain: --op NAME or --model NAME"),
+    }
+}
+
+fn model_config(name: &str) -> Result<LlamaConfig> {
+    LlamaConfig::by_name(name)
+        .with_context(|| format!("unknown model `{name}` (known: {})", gllm::MODEL_NAMES.join(", ")))
+}
+
+fn explain_model(name: &str, args: &ExplainArgs) -> Result<()> {
+    let cfg = model_config(name)?;
+    if args.seq == 0 || args.layers == 0 {
+        bail!("--seq and --layers must be at least 1");
+    }
+    let profile = args.profile.resolve()?;
+    let graph = decoder_stack(&cfg, args.seq, args.layers);
+    let started = Instant::now();
+    let plan = fuse(&graph, &profile).with_context(|| format!("planning the {name} graph"))?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "{name}: {} layer(s), {} tokens, hidden {}, FFN {}, {} heads ({} KV) — validated, analysed and planned in {ms:.2} ms (incl. first-use Phase 0 of its ops)\n",
+        args.layers, args.seq, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads
+    );
+    print!("{}", plan.explain(&graph));
+    Ok(())
+}
+
+fn explain_op(name: &str) -> Result<()> {
     let registry = ScalarOpRegistry::global();
-    let op = registry.lookup(&args.op)?;
+    let op = registry.lookup(name)?;
     let address = op.func().address() as u64;
     println!("operator   {}", op.kind());
     println!("signature  {}", op.signature());

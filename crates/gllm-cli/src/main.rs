@@ -21,7 +21,8 @@ enum Command {
     Run(RunArgs),
     /// Print the device profile the compiler would use.
     Device(DeviceArgs),
-    /// Show what the compiler learned about an operator.
+    /// Show what the compiler learned about an operator (`--op`), or how it
+    /// plans a model's decoder layer on a device (`--model`).
     Explain(ExplainArgs),
 }
 
@@ -61,10 +62,22 @@ pub struct DeviceArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["op", "model"])))]
 pub struct ExplainArgs {
     /// Operator name as registered (e.g. silu, rms_norm, matmul).
     #[arg(long)]
-    op: String,
+    op: Option<String>,
+    /// Model whose decoder layer to plan (llama-7b, smollm2-135m, llama-70b).
+    #[arg(long)]
+    model: Option<String>,
+    /// Tokens processed at once (prefill length; 1 = decode-sized GEMVs).
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Number of decoder layers in the planned graph.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    #[command(flatten)]
+    profile: ProfileArgs,
 }
 
 fn main() -> Result<()> {

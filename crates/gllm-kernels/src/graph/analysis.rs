@@ -93,7 +93,7 @@ pub(super) fn analyse<'g>(
         let node: &CompilerNode = &graph.nodes[id];
         let trace = registry
             .trace(node.op.kind)
-            .map_err(|source| GraphError::Trace { node: NodeLabel::of(graph, id), source })?;
+            .map_err(|e| GraphError::Trace { node: NodeLabel::of(graph, id), source: Box::new(e) })?;
         let inputs: Vec<TensorId> = node.inputs.iter().map(|r| intern(r, None, &mut tensors)).collect();
         for (slot, &t) in inputs.iter().enumerate() {
             tensors[t].consumers.push((id, slot));

@@ -10,14 +10,14 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeLabel {
     pub index: NodeId,
-    pub name: String,
-    pub op: String,
+    pub name: Box<str>,
+    pub op: &'static str,
 }
 
 impl NodeLabel {
     pub(super) fn of(graph: &CompilerGraph, index: NodeId) -> NodeLabel {
         let n = &graph.nodes[index];
-        NodeLabel { index, name: n.name.clone(), op: n.op.kind.name().to_string() }
+        NodeLabel { index, name: n.name.as_str().into(), op: n.op.kind.name() }
     }
 }
 
@@ -39,13 +39,13 @@ pub enum GraphError {
     UnknownOp {
         node: NodeLabel,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("{node}: the operator's reference function could not be analysed: {source}")]
     Trace {
         node: NodeLabel,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("{node}: takes {expected} input(s), got {got}")]
     Arity { node: NodeLabel, expected: usize, got: usize },
@@ -138,8 +138,9 @@ pub(super) fn validate(graph: &CompilerGraph, registry: &ScalarOpRegistry) -> Re
 
 fn check_node(c: &Checker, registry: &ScalarOpRegistry) -> Result<(), GraphError> {
     let node = c.node();
-    let op =
-        registry.get(node.op.kind).map_err(|source| GraphError::UnknownOp { node: c.label(), source })?;
+    let op = registry
+        .get(node.op.kind)
+        .map_err(|e| GraphError::UnknownOp { node: c.label(), source: Box::new(e) })?;
     let sig = op.signature();
     let (n_in, n_out) = graph_arity(sig, &node.op.params);
     if node.inputs.len() != n_in {
@@ -165,7 +166,7 @@ fn check_node(c: &Checker, registry: &ScalarOpRegistry) -> Result<(), GraphError
             node.op.params
         )));
     }
-    let trace = op.trace().map_err(|e| GraphError::Trace { node: c.label(), source: e.into() })?;
+    let trace = op.trace().map_err(|e| GraphError::Trace { node: c.label(), source: Box::new(e.into()) })?;
     check_dtypes(c)?;
     check_shapes(c, sig, &trace)
 }

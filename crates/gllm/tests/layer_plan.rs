@@ -1,0 +1,93 @@
+//! The LLaMA decoder layer graph: valid, and planned differently per device.
+
+use gllm::layer_graph::{decoder_layer, decoder_stack};
+use gllm::LlamaConfig;
+use gllm_kernels::device::DeviceProfile;
+use gllm_kernels::fusion::{fuse, FusionPlan, ProducerPlacement};
+use gllm_kernels::graph::CompilerGraph;
+
+fn plan(g: &CompilerGraph, preset: &str) -> FusionPlan {
+    fuse(g, &DeviceProfile::preset(preset).unwrap()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn node(g: &CompilerGraph, name: &str) -> usize {
+    g.nodes.iter().position(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+}
+
+/// (strategy name, node names) per group: the shape of a plan.
+fn summary(g: &CompilerGraph, p: &FusionPlan) -> Vec<(String, Vec<String>)> {
+    p.groups
+        .iter()
+        .map(|grp| {
+            (grp.strategy.name().to_string(), grp.nodes.iter().map(|&n| g.nodes[n].name.clone()).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn every_model_layer_validates_and_plans() {
+    for name in gllm::MODEL_NAMES {
+        let cfg = LlamaConfig::by_name(name).unwrap();
+        for seq in [1, 7, 128] {
+            let g = decoder_layer(&cfg, seq);
+            for preset in gllm_kernels::device::PRESET_NAMES {
+                let p = plan(&g, preset);
+                assert_eq!(p.groups.iter().map(|grp| grp.nodes.len()).sum::<usize>(), g.nodes.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn llama_7b_layer_differs_between_avx512_and_avx2() {
+    let g = decoder_layer(&LlamaConfig::llama_7b(), 128);
+    let zen5 = plan(&g, "zen5");
+    let hsw = plan(&g, "haswell");
+    assert_ne!(summary(&g, &zen5), summary(&g, &hsw));
+    // On zen5 SiLU and the up-projection product ride on the gate GEMM's accumulators.
+    let silu = node(&g, "blk0.ffn_silu");
+    let gate = node(&g, "blk0.ffn_gate");
+    assert_eq!(zen5.group_of(silu).unwrap().id, zen5.group_of(gate).unwrap().id);
+    // On haswell the 6×16 kernel leaves one register, so SiLU · up is a separate fused loop.
+    let hsw_silu = hsw.group_of(silu).unwrap();
+    assert_ne!(hsw_silu.id, hsw.group_of(gate).unwrap().id);
+    assert_eq!(hsw_silu.strategy.name(), "LoopFusion");
+    // explain says why.
+    let text = hsw.explain(&g);
+    assert!(
+        text.contains("`blk0.ffn_silu` (silu) rejected as epilogue: needs 3 scratch registers, the 6×16 microkernel leaves 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ComputeRoot for `blk0.attn_norm` (rms_norm): a row is 16 KiB ≤ 0.75 × L1d = 24 KiB")
+    );
+    let text = zen5.explain(&g);
+    assert!(text.contains("epilogue: silu [3 scratch regs] → mul(+blk0.ffn_up) [0 scratch regs]"), "{text}");
+    assert!(text.contains("share input A: packed once"));
+    assert!(text.contains("scratchpad: "));
+}
+
+#[test]
+fn llama_70b_norm_is_tile_fused_only_on_the_smaller_l1() {
+    // Hidden 8192 f32: a 32 KiB row. 0.75 × 48 KiB = 36 KiB keeps it in L1 on
+    // zen5; 0.75 × 32 KiB = 24 KiB does not on skylake-x.
+    let g = decoder_layer(&LlamaConfig::llama_70b(), 16);
+    let q = node(&g, "blk0.attn_q");
+    let placement = |p: &FusionPlan| match &p.group_of(q).unwrap().strategy {
+        gllm_kernels::fusion::FusionStrategy::Gemm(f) => f.producer.unwrap().placement,
+        _ => panic!("Q projection is not in a GEMM group"),
+    };
+    assert_eq!(placement(&plan(&g, "zen5")), ProducerPlacement::ComputeRoot);
+    assert!(matches!(placement(&plan(&g, "skylake-x")), ProducerPlacement::TileLevelFusion { .. }));
+    assert!(plan(&g, "skylake-x").explain(&g).contains("TileLevelFusion of `blk0.attn_norm`"));
+}
+
+#[test]
+fn stacked_layers_reuse_the_scratchpad() {
+    let cfg = LlamaConfig::smollm2_135m();
+    let one = plan(&decoder_stack(&cfg, 16, 1), "zen5");
+    let four = plan(&decoder_stack(&cfg, 16, 4), "zen5");
+    assert!(four.buffers.naive_bytes > 3 * one.buffers.naive_bytes);
+    // Each layer's intermediates die before the next layer's peak.
+    assert!(four.buffers.scratchpad_bytes <= one.buffers.scratchpad_bytes + (16 * 576 * 4) * 2);
+}
