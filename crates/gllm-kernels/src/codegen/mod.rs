@@ -8,6 +8,11 @@
 //! generator; for now it holds the one kernel that proves the
 //! assemble → seal → call path end to end on both ISAs.
 
+pub mod loops;
+pub mod lower;
+pub mod math;
 mod mul_add;
+pub mod pool;
+pub mod vasm;
 
 pub use mul_add::{CodegenError, MulAddKernel};

@@ -18,6 +18,12 @@ pub enum CodegenError {
     IsaNotOnHost { isa: Isa },
     #[error("slice lengths differ: a has {a}, b has {b}, out has {out}")]
     LengthMismatch { a: usize, b: usize, out: usize },
+    #[error("out of vector registers while lowering `{op}`")]
+    OutOfRegisters { op: String },
+    #[error("cannot generate code for {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    BadArguments(String),
 }
 
 type MulAddFn = unsafe extern "C" fn(a: *const f32, b: *const f32, out: *mut f32, n: usize);

@@ -14,7 +14,9 @@ use crate::trace::{Body, TraceOp, ValueId};
 pub fn math_temps(op: &TraceOp) -> usize {
     match op {
         TraceOp::Exp(_) => 2,
-        TraceOp::Log(_) | TraceOp::Tanh(_) => 3,
+        // Three working registers plus a copy of the argument, which these
+        // routines still need after the result register is first written.
+        TraceOp::Log(_) | TraceOp::Tanh(_) => 4,
         _ => 0,
     }
 }
@@ -37,8 +39,9 @@ enum Home {
 /// Model: every computed value takes a register from its definition to its
 /// last use; a value's register may be reused for the result of the op
 /// where it dies; the final result is written into the data register when
-/// the data input is dead by then. Memory operands cost nothing unless a
-/// non-commutative op needs them first, which costs one register.
+/// the data input is dead by then. Memory operands cost nothing unless an
+/// instruction needs them in a register (first operand of a non-commutative
+/// op, comparisons, FMAs with two memory operands), which costs one register.
 pub fn scratch_registers(body: &Body, data_input: u8, isa: Isa) -> usize {
     let ops = &body.ops;
     let Some(&result) = body.outputs.first() else { return 0 };
@@ -84,22 +87,26 @@ pub fn scratch_registers(body: &Body, data_input: u8, isa: Isa) -> usize {
             d.len()
         };
         let into_data = i as ValueId == result && data_last_use <= i;
-        let needs_first_operand_reg = non_commutative(op)
-            && operands.first().is_some_and(|a| home[*a as usize] == Home::Memory)
-            && into_data;
         // During the op: live values, its result (unless it reuses a dying
-        // operand or the data register), the math routine's temps.
+        // operand or the data register), the math routine's temps, and one
+        // temporary when an operand must be in a register but the result's
+        // register is still an input.
         let result_reg = usize::from(!into_data && freed == 0);
-        let during = live + result_reg + math_temps(op) + usize::from(needs_first_operand_reg);
+        let is_mem = |a: &ValueId| home[*a as usize] == Home::Memory;
+        let temp = match op {
+            TraceOp::Sub(a, _) | TraceOp::Div(a, _) | TraceOp::Max(a, _) | TraceOp::Min(a, _) => {
+                is_mem(a) && result_reg == 0
+            }
+            TraceOp::Select(_, _, b) => is_mem(b) && result_reg == 0,
+            TraceOp::Cmp(_, a, _) => is_mem(a),
+            TraceOp::Fma(..) => operands.iter().filter(|a| is_mem(a)).count() >= 2,
+            _ => false,
+        };
+        let during = live + result_reg + math_temps(op) + usize::from(temp);
         peak = peak.max(during);
         live = live + usize::from(!into_data) - freed;
     }
     peak
-}
-
-fn non_commutative(op: &TraceOp) -> bool {
-    // Max/Min are not commutative under x86's NaN rule.
-    matches!(op, TraceOp::Sub(..) | TraceOp::Div(..) | TraceOp::Max(..) | TraceOp::Min(..) | TraceOp::Cmp(..))
 }
 
 #[cfg(test)]

@@ -1,0 +1,777 @@
+//! Row-loop kernels: everything that is not a GEMM.
+//!
+//! One generator covers elementwise chains, reductions and norm-like ops,
+//! because all of them are "for each row: zero or more folds over the row,
+//! some per-row scalars, then zero or one pass over the row's elements"
+//! (an elementwise op is one row with no folds). The description comes from
+//! an [`OpTrace`] (or a fused body); nothing here knows an operator by name.
+//!
+//! Generated code is single-threaded; the wrapper splits rows (or, for one
+//! long row, element ranges) across rayon threads.
+
+use super::lower::{emit_trace_ops, Operand};
+use super::pool::{ConstPool, PoolData, POOL_REG};
+use super::vasm::{Mask, Mem, Src, VecAsm, K, V};
+use super::CodegenError;
+use crate::device::{DeviceProfile, Isa};
+use crate::fusion::pressure::scratch_registers;
+use crate::runtime::ExecutableCode;
+use crate::trace::{Body, ComputePattern, OpTrace, TraceOp, ValueId};
+use iced_x86::code_asm::*;
+
+/// Most tensor streams (inputs + outputs) one kernel can address.
+pub const MAX_STREAMS: usize = 8;
+
+/// The block every generated loop kernel reads its arguments from.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KernelArgs {
+    pub ptrs: [*mut f32; MAX_STREAMS],
+    /// Bytes to advance each stream by after a row (0 = broadcast).
+    pub strides: [isize; MAX_STREAMS],
+    /// Elements per row.
+    pub len: usize,
+    pub rows: usize,
+    pub pool: *const u8,
+}
+
+const OFF_PTRS: i32 = 0;
+const OFF_STRIDES: i32 = 8 * MAX_STREAMS as i32;
+const OFF_LEN: i32 = 16 * MAX_STREAMS as i32;
+const OFF_ROWS: i32 = OFF_LEN + 8;
+const OFF_POOL: i32 = OFF_LEN + 16;
+
+/// General registers holding stream pointers, in stream order.
+const STREAM_GPRS: [AsmRegister64; MAX_STREAMS] = [rcx, rdx, r8, r9, r10, rbx, rbp, r12];
+
+/// How a fold's accumulator absorbs each element's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Combine {
+    Add,
+    /// `g > acc ? g : acc` (operand order as the trace had it).
+    MaxGAcc,
+    MaxAccG,
+    MinGAcc,
+    MinAccG,
+}
+
+#[derive(Debug, Clone)]
+struct FoldPlan {
+    combine: Combine,
+    identity: u32,
+    /// The per-element value folded in (the combine body minus the accumulator).
+    element: Body,
+}
+
+/// What a loop kernel computes per row.
+#[derive(Debug, Clone)]
+pub struct LoopProgram {
+    folds: Vec<FoldPlan>,
+    /// Per-row scalars from fold results, params, the row length.
+    row: Body,
+    /// Per-element outputs, or (for reductions) the per-row results.
+    body: Body,
+    /// Tensor inputs (streams 0..num_inputs); outputs follow.
+    num_inputs: usize,
+    /// True when `body` is evaluated once per row and stored as one scalar.
+    per_row_output: bool,
+    params: Vec<f32>,
+}
+
+impl LoopProgram {
+    /// An elementwise (possibly multi-input/multi-output) body.
+    pub fn elementwise(body: Body, num_inputs: usize, params: Vec<f32>) -> LoopProgram {
+        LoopProgram {
+            folds: Vec::new(),
+            row: Body::default(),
+            body,
+            num_inputs,
+            per_row_output: false,
+            params,
+        }
+    }
+
+    /// A non-GEMM op's trace: elementwise, injective, reduction or norm-like.
+    pub fn from_trace(trace: &OpTrace, params: Vec<f32>) -> Result<LoopProgram, CodegenError> {
+        if matches!(trace.pattern, ComputePattern::Gemm { .. }) {
+            return Err(CodegenError::Unsupported(
+                "a GEMM in a loop kernel (GEMMs have their own generator)".into(),
+            ));
+        }
+        let folds =
+            trace.folds.iter().map(|f| fold_plan(f.identity, &f.combine)).collect::<Result<_, _>>()?;
+        Ok(LoopProgram {
+            folds,
+            row: trace.row.clone(),
+            body: trace.body.clone(),
+            num_inputs: trace.num_inputs,
+            per_row_output: trace.pattern == ComputePattern::Reduction,
+            params,
+        })
+    }
+
+    pub fn num_inputs(&self) -> usize {
+        self.num_inputs
+    }
+
+    pub fn num_outputs(&self) -> usize {
+        self.body.outputs.len()
+    }
+
+    /// Whether each row yields one value (reductions) instead of a row of outputs.
+    pub fn per_row_output(&self) -> bool {
+        self.per_row_output
+    }
+}
+
+/// Splits `acc ⊕ g(inputs)` into ⊕ and g.
+fn fold_plan(identity: u32, combine: &Body) -> Result<FoldPlan, CodegenError> {
+    let unsupported = || {
+        CodegenError::Unsupported(format!(
+            "fold that is not `acc ⊕ f(x)` with ⊕ ∈ {{+, max, min}}: {combine:?}"
+        ))
+    };
+    let &out = combine.outputs.first().ok_or_else(unsupported)?;
+    let acc = |v: ValueId| combine.ops[v as usize] == TraceOp::Acc;
+    let (comb, g) = match combine.ops[out as usize] {
+        TraceOp::Add(a, b) if acc(a) => (Combine::Add, b),
+        TraceOp::Add(a, b) if acc(b) => (Combine::Add, a),
+        TraceOp::Max(a, b) if acc(a) => (Combine::MaxAccG, b),
+        TraceOp::Max(a, b) if acc(b) => (Combine::MaxGAcc, a),
+        TraceOp::Min(a, b) if acc(a) => (Combine::MinAccG, b),
+        TraceOp::Min(a, b) if acc(b) => (Combine::MinGAcc, a),
+        _ => return Err(unsupported()),
+    };
+    let element = Body { ops: combine.ops.clone(), outputs: vec![g] };
+    if depends_on_acc(&element, g) {
+        return Err(unsupported());
+    }
+    Ok(FoldPlan { combine: comb, identity, element: prune(&element) })
+}
+
+fn depends_on_acc(body: &Body, v: ValueId) -> bool {
+    let op = body.ops[v as usize];
+    op == TraceOp::Acc || op.operands().iter().any(|&a| depends_on_acc(body, a))
+}
+
+/// Keeps only the ops its outputs need (renumbered).
+pub fn prune(body: &Body) -> Body {
+    let mut keep = vec![false; body.ops.len()];
+    let mut stack: Vec<ValueId> = body.outputs.clone();
+    while let Some(v) = stack.pop() {
+        if !keep[v as usize] {
+            keep[v as usize] = true;
+            stack.extend(body.ops[v as usize].operands());
+        }
+    }
+    let mut map = vec![0 as ValueId; body.ops.len()];
+    let mut ops = Vec::new();
+    for (i, op) in body.ops.iter().enumerate() {
+        if keep[i] {
+            map[i] = ops.len() as ValueId;
+            ops.push(remap(op, &map));
+        }
+    }
+    Body { ops, outputs: body.outputs.iter().map(|&o| map[o as usize]).collect() }
+}
+
+fn remap(op: &TraceOp, m: &[ValueId]) -> TraceOp {
+    use TraceOp::*;
+    let r = |v: ValueId| m[v as usize];
+    match *op {
+        Add(a, b) => Add(r(a), r(b)),
+        Sub(a, b) => Sub(r(a), r(b)),
+        Mul(a, b) => Mul(r(a), r(b)),
+        Div(a, b) => Div(r(a), r(b)),
+        Max(a, b) => Max(r(a), r(b)),
+        Min(a, b) => Min(r(a), r(b)),
+        Fma(a, b, c) => Fma(r(a), r(b), r(c)),
+        Neg(a) => Neg(r(a)),
+        Abs(a) => Abs(r(a)),
+        Sqrt(a) => Sqrt(r(a)),
+        Exp(a) => Exp(r(a)),
+        Log(a) => Log(r(a)),
+        Tanh(a) => Tanh(r(a)),
+        Cmp(p, a, b) => Cmp(p, r(a), r(b)),
+        Select(c, a, b) => Select(r(c), r(a), r(b)),
+        leaf => leaf,
+    }
+}
+
+/// The highest fold index a value depends on (None: no fold).
+fn fold_depth(body: &Body, v: ValueId) -> Option<u8> {
+    match body.ops[v as usize] {
+        TraceOp::FoldResult(k) => Some(k),
+        op => op.operands().iter().filter_map(|&a| fold_depth(body, a)).max(),
+    }
+}
+
+/// Tail inputs loaded into registers, and the registers left over.
+type TailLoads = (Vec<(u8, V)>, Vec<V>);
+
+/// A compiled loop kernel.
+#[derive(Debug)]
+pub struct LoopKernel {
+    code: ExecutableCode,
+    pool: PoolData,
+    isa: Isa,
+    num_inputs: usize,
+    num_outputs: usize,
+    per_row_output: bool,
+}
+
+/// Registers with fixed jobs in loop kernels.
+const IDX: AsmRegister64 = rax;
+const LEN: AsmRegister64 = rsi;
+const ROWS: AsmRegister64 = r15;
+const BOUND: AsmRegister64 = r14;
+const TMP: AsmRegister64 = r13;
+const CALLEE_SAVED: [AsmRegister64; 6] = [rbx, rbp, r12, r13, r14, r15];
+
+/// Where a kernel's leaf values live (fixed for the whole kernel).
+struct Layout<'p> {
+    prog: &'p LoopProgram,
+    dim: Option<V>,
+    folds: Vec<V>,
+    row_scalars: Vec<V>,
+}
+
+struct Gen<'p> {
+    asm: VecAsm,
+    pool: ConstPool,
+    prog: &'p LoopProgram,
+    layout: Layout<'p>,
+    /// Vector registers not reserved for fold results, row scalars, the row
+    /// length or the AVX2 tail mask.
+    free: Vec<V>,
+    dim: Option<V>,
+    tail_mask: Mask,
+    folds: Vec<V>,
+    row_scalars: Vec<V>,
+}
+
+impl LoopKernel {
+    /// Generates the kernel for `profile`'s ISA (which must run here).
+    pub fn compile(prog: &LoopProgram, profile: &DeviceProfile) -> Result<LoopKernel, CodegenError> {
+        if !profile.runs_on_host() {
+            return Err(CodegenError::IsaNotOnHost { isa: profile.isa });
+        }
+        let streams = prog.num_inputs + prog.body.outputs.len();
+        if streams > MAX_STREAMS {
+            return Err(CodegenError::Unsupported(format!(
+                "{streams} tensor streams (at most {MAX_STREAMS})"
+            )));
+        }
+        let isa = profile.isa;
+        let mut all: Vec<V> = (0..isa.num_simd_regs() as u8).map(V).collect();
+        let mut take = || all.pop().expect("register file is not exhausted by reservations");
+        let tail_mask = match isa {
+            Isa::Avx512 => Mask::K(K(1)),
+            Isa::Avx2 => Mask::V(take()),
+        };
+        let uses_dim = [&prog.row, &prog.body]
+            .iter()
+            .chain(prog.folds.iter().map(|f| &f.element).collect::<Vec<_>>().iter())
+            .any(|b| b.ops.iter().any(|o| matches!(o, TraceOp::Dim(_))));
+        let dim = uses_dim.then(&mut take);
+        let folds: Vec<V> = prog.folds.iter().map(|_| take()).collect();
+        let row_scalars: Vec<V> = prog.row.outputs.iter().map(|_| take()).collect();
+        all.reverse();
+        let layout = Layout { prog, dim, folds: folds.clone(), row_scalars: row_scalars.clone() };
+        let mut g = Gen {
+            asm: VecAsm::new(isa)?,
+            pool: ConstPool::new(),
+            prog,
+            layout,
+            free: all,
+            dim,
+            tail_mask,
+            folds,
+            row_scalars,
+        };
+        g.emit()?;
+        let Gen { mut asm, pool, .. } = g;
+        let bytes = asm.a.assemble(0)?;
+        Ok(LoopKernel {
+            code: ExecutableCode::new(&bytes)?,
+            pool: pool.finish(),
+            isa,
+            num_inputs: prog.num_inputs,
+            num_outputs: prog.body.outputs.len(),
+            per_row_output: prog.per_row_output,
+        })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn code(&self) -> &ExecutableCode {
+        &self.code
+    }
+
+    pub fn num_inputs(&self) -> usize {
+        self.num_inputs
+    }
+
+    pub fn num_outputs(&self) -> usize {
+        self.num_outputs
+    }
+
+    /// Runs the kernel on raw arguments (`pool` is filled in here).
+    ///
+    /// # Safety
+    /// Every stream pointer must be valid for `rows` rows of `len` elements
+    /// at its stride (reads for inputs, writes for outputs; one element per
+    /// row for a reduction's output), and outputs must not overlap inputs
+    /// except element-for-element.
+    pub unsafe fn call(&self, mut args: KernelArgs) {
+        args.pool = self.pool.as_ptr();
+        type Entry = unsafe extern "C" fn(*const KernelArgs);
+        // SAFETY: the code was generated for exactly this argument block and
+        // sealed r-x; `compile` checked the CPU supports its ISA; the caller
+        // guarantees the pointers (see above).
+        unsafe {
+            let f: Entry = std::mem::transmute::<*const u8, Entry>(self.code.entry());
+            f(&args);
+        }
+    }
+
+    /// Runs over `rows` rows of `row_len` elements. Each input is either the
+    /// full `rows × row_len` or one row (`row_len`, broadcast to every row);
+    /// outputs are full (or one value per row for reductions). Rows — or the
+    /// elements of a single elementwise row — are split across up to
+    /// `threads` threads.
+    pub fn run(
+        &self,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        rows: usize,
+        row_len: usize,
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        if inputs.len() != self.num_inputs || outputs.len() != self.num_outputs {
+            return Err(CodegenError::BadArguments(format!(
+                "kernel takes {} inputs and {} outputs, got {} and {}",
+                self.num_inputs,
+                self.num_outputs,
+                inputs.len(),
+                outputs.len()
+            )));
+        }
+        let full = rows * row_len;
+        let mut strides = [0isize; MAX_STREAMS];
+        for (k, i) in inputs.iter().enumerate() {
+            strides[k] = if i.len() == full {
+                (row_len * 4) as isize
+            } else if i.len() == row_len {
+                0
+            } else {
+                return Err(CodegenError::BadArguments(format!(
+                    "input {k} has {} elements; expected {full} ({rows} rows × {row_len}) or one row of {row_len}",
+                    i.len()
+                )));
+            };
+        }
+        let out_len = if self.per_row_output { rows } else { full };
+        let out_stride = if self.per_row_output { 4 } else { (row_len * 4) as isize };
+        for (j, o) in outputs.iter().enumerate() {
+            if o.len() != out_len {
+                return Err(CodegenError::BadArguments(format!(
+                    "output {j} has {} elements, expected {out_len}",
+                    o.len()
+                )));
+            }
+            strides[self.num_inputs + j] = out_stride;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        // Base pointers as integers so the closure is Send.
+        let mut base = [0usize; MAX_STREAMS];
+        for (k, i) in inputs.iter().enumerate() {
+            base[k] = i.as_ptr() as usize;
+        }
+        for (j, o) in outputs.iter_mut().enumerate() {
+            base[self.num_inputs + j] = o.as_mut_ptr() as usize;
+        }
+        let streams = self.num_inputs + self.num_outputs;
+        let lanes = self.isa.f32_lanes();
+        let run_part = |row0: usize, nrows: usize, col0: usize, ncols: usize| {
+            let mut args = KernelArgs {
+                ptrs: [std::ptr::null_mut(); MAX_STREAMS],
+                strides,
+                len: ncols,
+                rows: nrows,
+                pool: std::ptr::null(),
+            };
+            for s in 0..streams {
+                let col_bytes = if s >= self.num_inputs && self.per_row_output { 0 } else { col0 * 4 };
+                args.ptrs[s] =
+                    (base[s] as isize + strides[s] * row0 as isize + col_bytes as isize) as *mut f32;
+            }
+            // SAFETY: lengths were checked above against rows × row_len (or
+            // one row for broadcast inputs, one value per row for reduction
+            // outputs); each part covers a disjoint range of rows or columns.
+            unsafe { self.call(args) }
+        };
+        let threads = threads.max(1);
+        if threads == 1 {
+            run_part(0, rows, 0, row_len);
+        } else if rows >= threads {
+            let per = rows.div_ceil(threads);
+            rayon::scope(|s| {
+                for t in 0..threads {
+                    let r0 = t * per;
+                    if r0 < rows {
+                        let run_part = &run_part;
+                        s.spawn(move |_| run_part(r0, per.min(rows - r0), 0, row_len));
+                    }
+                }
+            });
+        } else if rows == 1 && self.prog_is_elementwise() {
+            let per = row_len.div_ceil(threads).div_ceil(lanes) * lanes;
+            rayon::scope(|s| {
+                for t in 0..threads {
+                    let c0 = t * per;
+                    if c0 < row_len {
+                        let run_part = &run_part;
+                        s.spawn(move |_| run_part(0, 1, c0, per.min(row_len - c0)));
+                    }
+                }
+            });
+        } else {
+            run_part(0, rows, 0, row_len);
+        }
+        Ok(())
+    }
+
+    fn prog_is_elementwise(&self) -> bool {
+        !self.per_row_output
+    }
+}
+
+impl Layout<'_> {
+    /// Resolves leaves of row-level and element bodies.
+    fn leaf(
+        &self,
+        op: &TraceOp,
+        pool: &mut ConstPool,
+        at: Option<Mem>,
+        tail: &[(u8, V)],
+    ) -> Result<Operand, CodegenError> {
+        match *op {
+            TraceOp::Input(k) => {
+                if let Some(&(_, r)) = tail.iter().find(|(i, _)| *i == k) {
+                    return Ok(Operand::Reg(r));
+                }
+                let at =
+                    at.ok_or_else(|| CodegenError::Unsupported("an element input in a per-row body".into()))?;
+                Ok(Operand::Mem(Mem { base: STREAM_GPRS[k as usize], ..at }))
+            }
+            TraceOp::Param(k) => {
+                let v = *self.prog.params.get(k as usize).ok_or_else(|| {
+                    CodegenError::BadArguments(format!(
+                        "parameter {k} is used but {} given",
+                        self.prog.params.len()
+                    ))
+                })?;
+                Ok(Operand::Mem(pool.splat(v)))
+            }
+            TraceOp::Dim(0) => Ok(Operand::Reg(self.dim.expect("reserved when Dim is used"))),
+            TraceOp::Dim(k) => Err(CodegenError::Unsupported(format!(
+                "dimension {k} in a loop kernel (only the row length)"
+            ))),
+            TraceOp::FoldResult(k) => Ok(Operand::Reg(self.folds[k as usize])),
+            TraceOp::RowScalar(k) => Ok(Operand::Reg(self.row_scalars[k as usize])),
+            other => Err(CodegenError::Unsupported(format!("`{other}` as a leaf"))),
+        }
+    }
+}
+
+impl Gen<'_> {
+    fn stream(&self, k: usize) -> AsmRegister64 {
+        STREAM_GPRS[k]
+    }
+
+    fn emit(&mut self) -> Result<(), CodegenError> {
+        let streams = self.prog.num_inputs + self.prog.body.outputs.len();
+        let a = &mut self.asm.a;
+        for r in CALLEE_SAVED {
+            a.push(r)?;
+        }
+        a.mov(LEN, qword_ptr(rdi + OFF_LEN))?;
+        a.mov(ROWS, qword_ptr(rdi + OFF_ROWS))?;
+        a.mov(POOL_REG, qword_ptr(rdi + OFF_POOL))?;
+        for (s, &reg) in STREAM_GPRS.iter().enumerate().take(streams) {
+            a.mov(reg, qword_ptr(rdi + (OFF_PTRS + 8 * s as i32)))?;
+        }
+        let mut done = a.create_label();
+        a.test(ROWS, ROWS)?;
+        a.jz(done)?;
+        if let Some(d) = self.dim {
+            self.asm.cvt_gpr_to_low(d, LEN)?;
+            self.asm.broadcast_low(d, d)?;
+        }
+        let mut row_loop = self.asm.a.create_label();
+        self.asm.a.set_label(&mut row_loop)?;
+        for f in 0..self.prog.folds.len() {
+            self.emit_fold(f)?;
+            self.emit_row_scalars(Some(f as u8))?;
+        }
+        if self.prog.folds.is_empty() {
+            self.emit_row_scalars(None)?;
+        }
+        if self.prog.per_row_output {
+            self.emit_row_output()?;
+        } else {
+            self.emit_element_pass()?;
+        }
+        for (s, &reg) in STREAM_GPRS.iter().enumerate().take(streams) {
+            self.asm.a.add(reg, qword_ptr(rdi + (OFF_STRIDES + 8 * s as i32)))?;
+        }
+        self.asm.a.dec(ROWS)?;
+        self.asm.a.jnz(row_loop)?;
+        let a = &mut self.asm.a;
+        a.set_label(&mut done)?;
+        a.vzeroupper()?;
+        for r in CALLEE_SAVED.iter().rev() {
+            a.pop(*r)?;
+        }
+        a.ret()?;
+        Ok(())
+    }
+
+    /// Lowers `body` at element address `at` (or with tail inputs in registers).
+    fn lower(
+        &mut self,
+        body: &Body,
+        at: Option<Mem>,
+        tail: &[(u8, V)],
+        scratch: &[V],
+    ) -> Result<Vec<V>, CodegenError> {
+        let Gen { asm, pool, layout, .. } = self;
+        let mut leaf = |op: &TraceOp, pool: &mut ConstPool| layout.leaf(op, pool, at, tail);
+        emit_trace_ops(asm, pool, body, &mut leaf, None, scratch)
+    }
+
+    /// Computes the row body's outputs that depend on folds up to `upto`
+    /// (and not on later ones) into their row-scalar registers.
+    fn emit_row_scalars(&mut self, upto: Option<u8>) -> Result<(), CodegenError> {
+        let row = &self.prog.row;
+        let ready: Vec<usize> = (0..row.outputs.len())
+            .filter(|&j| {
+                fold_depth(row, row.outputs[j]) == upto || (upto.is_none() && self.prog.folds.is_empty())
+            })
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let sub =
+            prune(&Body { ops: row.ops.clone(), outputs: ready.iter().map(|&j| row.outputs[j]).collect() });
+        let scratch = self.free.clone();
+        let regs = self.lower(&sub, None, &[], &scratch)?;
+        for (&j, r) in ready.iter().zip(regs) {
+            self.asm.mov(self.row_scalars[j], r)?;
+        }
+        Ok(())
+    }
+
+    /// Unrolled vector loop over the row: `main(gen, at, copy)` for full
+    /// vectors, `tail(gen)` once for the 1..lanes−1 remaining elements (with
+    /// the tail mask set and `IDX` at the first of them).
+    fn emit_loop(
+        &mut self,
+        unroll: usize,
+        main: &mut dyn FnMut(&mut Gen, Mem, usize) -> Result<(), CodegenError>,
+        tail: &mut dyn FnMut(&mut Gen) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let lanes = self.asm.lanes() as i32;
+        let vb = self.asm.vector_bytes();
+        let at = |disp: i32| Mem { base: rdi, index: Some(IDX), disp };
+        let a = &mut self.asm.a;
+        let mut after_main = a.create_label();
+        let mut main_loop = a.create_label();
+        let mut single = a.create_label();
+        let mut after_single = a.create_label();
+        let mut end = a.create_label();
+        a.xor(eax, eax)?;
+        if unroll > 1 {
+            a.mov(BOUND, LEN)?;
+            a.and(BOUND, -(lanes * unroll as i32))?;
+            a.jz(after_main)?;
+            a.set_label(&mut main_loop)?;
+            for u in 0..unroll {
+                main(self, at(u as i32 * vb), u)?;
+            }
+            let a = &mut self.asm.a;
+            a.add(IDX, lanes * unroll as i32)?;
+            a.cmp(IDX, BOUND)?;
+            a.jb(main_loop)?;
+        }
+        let a = &mut self.asm.a;
+        a.set_label(&mut after_main)?;
+        a.mov(BOUND, LEN)?;
+        a.and(BOUND, -lanes)?;
+        a.cmp(IDX, BOUND)?;
+        a.jae(after_single)?;
+        a.set_label(&mut single)?;
+        main(self, at(0), 0)?;
+        let a = &mut self.asm.a;
+        a.add(IDX, lanes)?;
+        a.cmp(IDX, BOUND)?;
+        a.jb(single)?;
+        a.set_label(&mut after_single)?;
+        a.mov(TMP, LEN)?;
+        a.sub(TMP, IDX)?;
+        a.jz(end)?;
+        match self.tail_mask {
+            Mask::K(_) => self.asm.set_k1_from_count(TMP, r14d)?,
+            Mask::V(m) => {
+                // mask = table[8 − remaining ..]: `remaining` all-ones lanes.
+                let mut lanes_tbl = [0u32; 16];
+                for l in lanes_tbl.iter_mut().take(8) {
+                    *l = u32::MAX;
+                }
+                let tbl = self.pool.table(lanes_tbl);
+                let a = &mut self.asm.a;
+                a.neg(TMP)?;
+                a.add(TMP, 8)?;
+                self.asm.load(m, Src::Mem(Mem { base: POOL_REG, index: Some(TMP), disp: tbl.disp }))?;
+            }
+        }
+        tail(self)?;
+        self.asm.a.set_label(&mut end)?;
+        Ok(())
+    }
+
+    /// Vector registers a body needs beyond its loads.
+    fn pressure(&self, body: &Body) -> usize {
+        scratch_registers(body, u8::MAX, self.asm.isa)
+    }
+
+    fn emit_fold(&mut self, f: usize) -> Result<(), CodegenError> {
+        let fold = self.prog.folds[f].clone();
+        let used_inputs = fold.element.inputs_used();
+        let need = self.pressure(&fold.element) + used_inputs.len() + 1;
+        let unroll = [4usize, 2, 1].into_iter().find(|&u| self.free.len() >= u + need).unwrap_or(1);
+        if self.free.len() < unroll + need {
+            return Err(CodegenError::OutOfRegisters { op: format!("fold {f}") });
+        }
+        let accs: Vec<V> = self.free[..unroll].to_vec();
+        let scratch: Vec<V> = self.free[unroll..].to_vec();
+        let identity = self.pool.splat_bits(fold.identity);
+        for &acc in &accs {
+            self.asm.load(acc, Src::Mem(identity))?;
+        }
+        let combine = fold.combine;
+        let element = fold.element.clone();
+        let scratch_main = scratch.clone();
+        let mut main = |g: &mut Gen, at: Mem, copy: usize| -> Result<(), CodegenError> {
+            let r = g.lower(&element, Some(at), &[], &scratch_main)?[0];
+            combine_into(&mut g.asm, combine, accs[copy], r)
+        };
+        let element_t = fold.element.clone();
+        let scratch_t = scratch.clone();
+        let acc0 = accs[0];
+        let mut tail = |g: &mut Gen| -> Result<(), CodegenError> {
+            let (loaded, rest) = g.masked_loads(&element_t, &scratch_t)?;
+            let r = g.lower(&element_t, None, &loaded, &rest)?[0];
+            // Inactive lanes contribute the identity.
+            let t = *rest
+                .iter()
+                .find(|&&x| x != r)
+                .ok_or(CodegenError::OutOfRegisters { op: "fold tail".into() })?;
+            g.asm.load(t, Src::Mem(identity))?;
+            g.asm.blend(t, t, Src::Reg(r), g.tail_mask)?;
+            combine_into(&mut g.asm, combine, acc0, t)
+        };
+        self.emit_loop(unroll, &mut main, &mut tail)?;
+        for &acc in &accs[1..] {
+            combine_into(&mut self.asm, combine, accs[0], acc)?;
+        }
+        // Butterfly: every lane ends up with the whole row's result.
+        let t = scratch[0];
+        let acc = accs[0];
+        self.asm.swap_halves(t, acc)?;
+        combine_into(&mut self.asm, combine, acc, t)?;
+        if self.asm.isa == Isa::Avx512 {
+            self.asm.swap_quarters(t, acc)?;
+            combine_into(&mut self.asm, combine, acc, t)?;
+        }
+        self.asm.permilps(t, acc, 0x4E)?;
+        combine_into(&mut self.asm, combine, acc, t)?;
+        self.asm.permilps(t, acc, 0xB1)?;
+        combine_into(&mut self.asm, combine, acc, t)?;
+        self.asm.mov(self.folds[f], acc)
+    }
+
+    /// Masked loads of the inputs `body` uses, into the first registers of
+    /// `scratch`; returns them and the registers left.
+    fn masked_loads(&mut self, body: &Body, scratch: &[V]) -> Result<TailLoads, CodegenError> {
+        let used = body.inputs_used();
+        if used.len() > scratch.len() {
+            return Err(CodegenError::OutOfRegisters { op: "tail loads".into() });
+        }
+        let mut loaded = Vec::new();
+        for (i, &k) in used.iter().enumerate() {
+            let at = Mem { base: self.stream(k as usize), index: Some(IDX), disp: 0 };
+            self.asm.load_masked(scratch[i], at, self.tail_mask)?;
+            loaded.push((k, scratch[i]));
+        }
+        Ok((loaded, scratch[used.len()..].to_vec()))
+    }
+
+    fn emit_element_pass(&mut self) -> Result<(), CodegenError> {
+        let body = self.prog.body.clone();
+        let ni = self.prog.num_inputs;
+        let need = self.pressure(&body) + body.inputs_used().len() + body.outputs.len();
+        if self.free.len() < need {
+            return Err(CodegenError::OutOfRegisters { op: "element body".into() });
+        }
+        let scratch = self.free.clone();
+        let unroll = if body.ops.len() <= 24 { 4 } else { 2 };
+        let body_m = body.clone();
+        let scratch_m = scratch.clone();
+        let mut main = |g: &mut Gen, at: Mem, _copy: usize| -> Result<(), CodegenError> {
+            let regs = g.lower(&body_m, Some(at), &[], &scratch_m)?;
+            for (j, r) in regs.into_iter().enumerate() {
+                g.asm.store(Mem { base: g.stream(ni + j), ..at }, r)?;
+            }
+            Ok(())
+        };
+        let mut tail = |g: &mut Gen| -> Result<(), CodegenError> {
+            let (loaded, rest) = g.masked_loads(&body, &scratch)?;
+            let regs = g.lower(&body, None, &loaded, &rest)?;
+            for (j, r) in regs.into_iter().enumerate() {
+                let at = Mem { base: g.stream(ni + j), index: Some(IDX), disp: 0 };
+                g.asm.store_masked(at, r, g.tail_mask)?;
+            }
+            Ok(())
+        };
+        self.emit_loop(unroll, &mut main, &mut tail)
+    }
+
+    /// Reductions: the body (no element inputs) once per row, lane 0 stored.
+    fn emit_row_output(&mut self) -> Result<(), CodegenError> {
+        let body = self.prog.body.clone();
+        let scratch = self.free.clone();
+        let regs = self.lower(&body, None, &[], &scratch)?;
+        let ni = self.prog.num_inputs;
+        for (j, r) in regs.into_iter().enumerate() {
+            self.asm.store_low(Mem::base(self.stream(ni + j), 0), r)?;
+        }
+        Ok(())
+    }
+}
+
+/// `acc = acc ⊕ g` in the trace's operand order.
+fn combine_into(asm: &mut VecAsm, c: Combine, acc: V, g: V) -> Result<(), CodegenError> {
+    match c {
+        Combine::Add => asm.add(acc, acc, Src::Reg(g)),
+        Combine::MaxAccG => asm.max(acc, acc, Src::Reg(g)),
+        Combine::MaxGAcc => asm.max(acc, g, Src::Reg(acc)),
+        Combine::MinAccG => asm.min(acc, acc, Src::Reg(g)),
+        Combine::MinGAcc => asm.min(acc, g, Src::Reg(acc)),
+    }
+}
