@@ -91,3 +91,38 @@ fn stacked_layers_reuse_the_scratchpad() {
     // Each layer's intermediates die before the next layer's peak.
     assert!(four.buffers.scratchpad_bytes <= one.buffers.scratchpad_bytes + (16 * 576 * 4) * 2);
 }
+
+#[test]
+fn every_non_gemm_group_of_a_layer_compiles_and_runs() {
+    use gllm_kernels::codegen::group::CompiledGroup;
+    use gllm_kernels::device::Isa;
+    use gllm_kernels::fusion::FusionStrategy;
+    use gllm_kernels::scalar::ScalarOpRegistry;
+    let host = DeviceProfile::detect().unwrap();
+    let mut isas = vec![Isa::Avx2];
+    if host.features.supports(Isa::Avx512) {
+        isas.push(Isa::Avx512);
+    }
+    let g = decoder_layer(&LlamaConfig::smollm2_135m(), 7);
+    let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
+    for isa in isas {
+        let profile = host.clone().with_isa(isa).unwrap();
+        let p = fuse(&g, &profile).unwrap();
+        let mut compiled = 0;
+        for grp in p.groups.iter().filter(|grp| !matches!(grp.strategy, FusionStrategy::Gemm(_))) {
+            let cg = CompiledGroup::compile(&sem, grp, &profile)
+                .unwrap_or_else(|e| panic!("group {}: {e}", grp.id));
+            let data: Vec<Vec<f32>> = cg
+                .inputs()
+                .iter()
+                .map(|&t| (0..sem.tensors[t].desc.numel()).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect())
+                .collect();
+            let ins: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+            let mut out = vec![f32::NAN; sem.tensors[cg.output()].desc.numel()];
+            cg.run(&ins, &mut out).unwrap();
+            assert!(out.iter().all(|v| v.is_finite()), "group {} produced non-finite values", grp.id);
+            compiled += 1;
+        }
+        assert!(compiled >= 5, "norms, ropes and softmax at least");
+    }
+}

@@ -11,7 +11,7 @@
 //! temporaries it is given — 2 for exp, 4 for log, tanh and sigmoid.
 
 use super::pool::ConstPool;
-use super::vasm::{cmp, Mask, Src, VecAsm, K, V};
+use super::vasm::{cmp, Mask, Mem, Src, VecAsm, K, V};
 use super::CodegenError;
 use crate::device::Isa;
 
@@ -59,10 +59,19 @@ fn horner(asm: &mut VecAsm, pool: &mut ConstPool, d: V, r: V, coeffs: &[f32]) ->
 
 /// `d = exp(x)`. Temporaries: `t[0]`, `t[1]`. `x` may be `d`.
 pub fn exp(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 2]) -> R {
+    exp_scaled(asm, pool, d, x, t, 0)
+}
+
+/// `d = exp(x)·2^extra` with a single rounding, for `x ≤ 0` and
+/// `0 ≤ extra ≤ 64` (so a tiny result keeps full precision until the caller
+/// scales it back).
+fn exp_scaled(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 2], extra: i32) -> R {
     let [t1, t2] = t;
     // Clamp with the constant first so a NaN x survives (x86 max/min return
     // their second operand when either is NaN).
-    asm.load(t1, Src::Mem(pool.splat(EXP_LO)))?;
+    // With the result scaled by 2^extra, underflow to zero happens that much later.
+    let lo = EXP_LO - extra as f32 * std::f32::consts::LN_2;
+    asm.load(t1, Src::Mem(pool.splat(lo)))?;
     asm.max(t1, t1, Src::Reg(x))?;
     asm.load(t2, Src::Mem(pool.splat(EXP_HI)))?;
     asm.min(t2, t2, Src::Reg(t1))?;
@@ -72,6 +81,9 @@ pub fn exp(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 2]) -> R {
     asm.fnmadd231(t2, t1, Src::Mem(pool.splat(LN2_HI)))?;
     asm.fnmadd231(t2, t1, Src::Mem(pool.splat(LN2_LO)))?;
     horner(asm, pool, d, t2, &EXP_POLY)?;
+    if extra != 0 {
+        asm.add(t1, t1, Src::Mem(pool.splat(extra as f32)))?;
+    }
     scale_by_pow2(asm, pool, d, t1, t2)
 }
 
@@ -218,4 +230,245 @@ pub fn sigmoid(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 4]) ->
     let negative = mask_reg(asm, t0);
     asm.cmp(negative, x, Src::Mem(pool.splat(0.0)), cmp::LT_OS)?;
     asm.blend(d, t2, Src::Reg(t1), negative)
+}
+
+/// 2·√(2/π) and 2·√(2/π)·0.044715 as f32 hi + lo pairs.
+/// (Given by bit pattern: the low halves only work with the exact high halves.)
+const GELU_A: (f32, f32) = (f32::from_bits(0x3fcc_422a), f32::from_bits(0xb342_bc9b));
+const GELU_B: (f32, f32) = (f32::from_bits(0x3d92_2279), f32::from_bits(0x3124_d8b5));
+/// |x| beyond which GELU is x·1 or x·0 exactly in f32.
+const GELU_CLAMP: f32 = 40.0;
+
+/// `d = gelu(x)` in the tanh form `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`,
+/// computed as `x·sigmoid(y)` with `y = 2√(2/π)(x + 0.044715x³)` carried in
+/// two floats, so neither the `1 + tanh` cancellation nor the rounding of
+/// `y` (which `exp` would amplify by |y|) costs accuracy.
+/// Temporaries: `t[0..7]`. `x` may be `d`.
+pub fn gelu(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 7]) -> R {
+    let [x2h, x2l, ph, pl, sh, sl, xs] = t;
+    let x = preserve(asm, d, x, xs)?;
+    let m = |p: &mut ConstPool, v: f32| Src::Mem(p.splat(v));
+    // y is computed from x clamped to ±40 (in `d` until y is done): beyond
+    // that sigmoid(y) is exactly 0 or 1 in f32, and x² cannot overflow.
+    // Constant first, so NaN survives.
+    let xc = d;
+    asm.load(xc, m(pool, -GELU_CLAMP))?;
+    asm.max(xc, xc, Src::Reg(x))?;
+    asm.load(x2h, m(pool, GELU_CLAMP))?;
+    asm.min(xc, x2h, Src::Reg(xc))?;
+    // x² = x2h + x2l exactly.
+    asm.mul(x2h, xc, Src::Reg(xc))?;
+    asm.mov(x2l, x2h)?;
+    asm.fmsub231(x2l, xc, xc)?; // x·x − x2h
+                                // p = B·x² (two floats).
+    asm.load(ph, m(pool, GELU_B.0))?;
+    asm.mul(ph, ph, Src::Reg(x2h))?;
+    asm.load(pl, m(pool, GELU_B.0))?;
+    asm.fmsub213(pl, x2h, ph)?; // Bh·x2h − ph
+    asm.fmadd231(pl, x2l, m(pool, GELU_B.0))?;
+    asm.fmadd231(pl, x2h, m(pool, GELU_B.1))?;
+    // s = A + p (TwoSum), low parts gathered in sl.
+    asm.add(sh, ph, m(pool, GELU_A.0))?;
+    asm.sub(sl, sh, m(pool, GELU_A.0))?; // bb = s − A
+    asm.sub(ph, ph, Src::Reg(sl))?; // p − bb
+    asm.sub(sl, sh, Src::Reg(sl))?; // s − bb
+    asm.load(x2l, m(pool, GELU_A.0))?;
+    asm.sub(sl, x2l, Src::Reg(sl))?; // A − (s − bb)
+    asm.add(sl, sl, Src::Reg(ph))?;
+    asm.add(sl, sl, Src::Reg(pl))?;
+    asm.add(sl, sl, m(pool, GELU_A.1))?;
+    // y = x·s (two floats): yh in ph, yl in pl.
+    asm.mul(ph, xc, Src::Reg(sh))?;
+    asm.mov(pl, ph)?;
+    asm.fmsub231(pl, xc, sh)?; // x·sh − yh
+    asm.fmadd231(pl, xc, Src::Reg(sl))?;
+    // t = exp(−|yh|)·(1 − sign(yh)·yl) = e^(−|y|) to first order in yl,
+    // kept scaled by 2^64 so that it stays normal down to y = −104.
+    asm.and(x2h, ph, Src::Mem(pool.splat_bits(ABS)))?;
+    asm.xor(d, x2h, Src::Mem(pool.splat_bits(SIGN)))?;
+    exp_scaled(asm, pool, d, d, [x2l, sh], 64)?;
+    asm.and(sl, ph, Src::Mem(pool.splat_bits(SIGN)))?; // sign(yh)
+    asm.xor(pl, pl, Src::Reg(sl))?; // sign·yl
+    asm.fnmadd231_reg(d, pl, d)?; // t − (sign·yl)·t
+                                  // s = 1/(1 + t); sigmoid(y) = y ≥ 0 ? s : t·s.
+    asm.mul(x2h, d, Src::Mem(pool.splat(TWO_POW_M64)))?; // t
+    asm.add(x2h, x2h, m(pool, 1.0))?;
+    asm.load(sh, m(pool, 1.0))?;
+    asm.div(sh, sh, Src::Reg(x2h))?; // s
+    asm.mul(x2l, d, Src::Reg(sh))?; // 2^64·t·s
+    asm.mul(x2l, x2l, Src::Reg(x))?;
+    asm.mul(x2l, x2l, Src::Mem(pool.splat(TWO_POW_M64)))?; // x·t·s, one final rounding
+    asm.mul(sh, sh, Src::Reg(x))?; // x·s
+    let negative = mask_reg(asm, sl);
+    asm.cmp(negative, ph, Src::Mem(pool.splat(0.0)), cmp::LT_OS)?;
+    asm.blend(d, sh, Src::Reg(x2l), negative)
+}
+
+/// 2^−64, exactly.
+const TWO_POW_M64: f32 = f32::from_bits((127 - 64) << 23);
+
+/// A MathApprox routine on its own, for accuracy checks and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MathFn {
+    Exp,
+    Log,
+    Tanh,
+    Sigmoid,
+    Gelu,
+}
+
+impl MathFn {
+    pub const ALL: [MathFn; 5] = [MathFn::Exp, MathFn::Log, MathFn::Tanh, MathFn::Sigmoid, MathFn::Gelu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MathFn::Exp => "exp",
+            MathFn::Log => "log",
+            MathFn::Tanh => "tanh",
+            MathFn::Sigmoid => "sigmoid",
+            MathFn::Gelu => "gelu",
+        }
+    }
+
+    /// The correctly rounded reference in f64 (GELU in the stable
+    /// `x·sigmoid(2u)` form, equal to the tanh form mathematically).
+    pub fn reference(self, x: f64) -> f64 {
+        match self {
+            MathFn::Exp => x.exp(),
+            MathFn::Log => x.ln(),
+            MathFn::Tanh => x.tanh(),
+            MathFn::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            MathFn::Gelu => {
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                x / (1.0 + (-2.0 * u).exp())
+            }
+        }
+    }
+
+    /// The documented bound, in ulps of the f32 result.
+    pub fn max_ulps(self) -> f64 {
+        match self {
+            MathFn::Exp | MathFn::Log => 2.0,
+            _ => 4.0,
+        }
+    }
+}
+
+/// `out[i] = f(x[i])` as a compiled kernel.
+#[derive(Debug)]
+pub struct MathKernel {
+    code: crate::runtime::ExecutableCode,
+    pool: super::pool::PoolData,
+    isa: Isa,
+}
+
+impl MathKernel {
+    pub fn compile(f: MathFn, profile: &crate::device::DeviceProfile) -> Result<MathKernel, CodegenError> {
+        use iced_x86::code_asm::*;
+        if !profile.runs_on_host() {
+            return Err(CodegenError::IsaNotOnHost { isa: profile.isa });
+        }
+        let isa = profile.isa;
+        let mut asm = VecAsm::new(isa)?;
+        let mut pool = ConstPool::new();
+        let lanes = isa.f32_lanes() as i32;
+        // SysV: rdi = x, rsi = out, rdx = n, rcx = pool.
+        asm.a.mov(super::pool::POOL_REG, rcx)?;
+        let (x, d) = (V(0), V(1));
+        let t: Vec<V> = (2..10).map(V).collect();
+        let tail_mask = match isa {
+            Isa::Avx512 => Mask::K(K(1)),
+            Isa::Avx2 => Mask::V(V(15)),
+        };
+        let body = |asm: &mut VecAsm, pool: &mut ConstPool| -> R {
+            match f {
+                MathFn::Exp => exp(asm, pool, d, x, [t[0], t[1]]),
+                MathFn::Log => log(asm, pool, d, x, [t[0], t[1], t[2], t[3]]),
+                MathFn::Tanh => tanh(asm, pool, d, x, [t[0], t[1], t[2], t[3]]),
+                MathFn::Sigmoid => sigmoid(asm, pool, d, x, [t[0], t[1], t[2], t[3]]),
+                MathFn::Gelu => gelu(asm, pool, d, x, [t[0], t[1], t[2], t[3], t[4], t[5], t[6]]),
+            }
+        };
+        let mut full = asm.a.create_label();
+        let mut tail = asm.a.create_label();
+        let mut done = asm.a.create_label();
+        asm.a.xor(eax, eax)?;
+        asm.a.mov(r8, rdx)?;
+        asm.a.and(r8, -lanes)?;
+        asm.a.cmp(rax, r8)?;
+        asm.a.jae(tail)?;
+        asm.a.set_label(&mut full)?;
+        asm.load(x, Src::Mem(Mem::indexed(rdi, rax)))?;
+        body(&mut asm, &mut pool)?;
+        asm.store(Mem::indexed(rsi, rax), d)?;
+        asm.a.add(rax, lanes)?;
+        asm.a.cmp(rax, r8)?;
+        asm.a.jb(full)?;
+        asm.a.set_label(&mut tail)?;
+        asm.a.mov(r9, rdx)?;
+        asm.a.sub(r9, rax)?;
+        asm.a.jz(done)?;
+        match tail_mask {
+            Mask::K(_) => asm.set_k1_from_count(r9, r10d)?,
+            Mask::V(m) => {
+                let mut lanes_tbl = [0u32; 16];
+                lanes_tbl[..8].fill(u32::MAX);
+                let tbl = pool.table(lanes_tbl);
+                asm.a.neg(r9)?;
+                asm.a.add(r9, 8)?;
+                asm.load(m, Src::Mem(Mem { base: super::pool::POOL_REG, index: Some(r9), disp: tbl.disp }))?;
+            }
+        }
+        asm.load_masked(x, Mem::indexed(rdi, rax), tail_mask)?;
+        body(&mut asm, &mut pool)?;
+        asm.store_masked(Mem::indexed(rsi, rax), d, tail_mask)?;
+        asm.a.set_label(&mut done)?;
+        asm.vzeroupper()?;
+        asm.a.ret()?;
+        let bytes = asm.a.assemble(0)?;
+        Ok(MathKernel { code: crate::runtime::ExecutableCode::new(&bytes)?, pool: pool.finish(), isa })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `out[i] = f(x[i])`; the slices must have the same length.
+    pub fn run(&self, x: &[f32], out: &mut [f32]) -> Result<(), CodegenError> {
+        if x.len() != out.len() {
+            return Err(CodegenError::BadArguments(format!(
+                "input has {} elements, output {}",
+                x.len(),
+                out.len()
+            )));
+        }
+        type Entry = unsafe extern "C" fn(*const f32, *mut f32, usize, *const u8);
+        // SAFETY: generated for this signature, sealed r-x, ISA checked at
+        // compile time; reads and writes exactly `x.len()` elements.
+        unsafe {
+            let f: Entry = std::mem::transmute::<*const u8, Entry>(self.code.entry());
+            f(x.as_ptr(), out.as_mut_ptr(), x.len(), self.pool.as_ptr());
+        }
+        Ok(())
+    }
+}
+
+/// Error of `got` against the exact `reference`, in ulps of the f32 result
+/// (subnormal ulps below 2^-126). 0 when both are the same NaN/infinity,
+/// infinite when a NaN, infinity or overflow is wrong.
+pub fn ulp_error(got: f32, reference: f64) -> f64 {
+    if reference.is_nan() {
+        return if got.is_nan() { 0.0 } else { f64::INFINITY };
+    }
+    let rounded = reference as f32;
+    if rounded.is_infinite() || got.is_infinite() || got.is_nan() {
+        return if got == rounded { 0.0 } else { f64::INFINITY };
+    }
+    let mag = reference.abs();
+    let ulp = if mag < f32::MIN_POSITIVE as f64 {
+        2f64.powi(-149)
+    } else {
+        2f64.powi(mag.log2().floor() as i32 - 23)
+    };
+    (got as f64 - reference).abs() / ulp
 }

@@ -172,6 +172,30 @@ impl VecAsm {
 
     with_imm! { psrad => vpsrad, psrld => vpsrld, pslld => vpslld, permilps => vpermilps }
 
+    /// `d = a·b − d` (`vfmsub231ps`): with `d` = round(a·b), the exact
+    /// rounding error of the product.
+    pub fn fmsub231(&mut self, d: V, a: V, b: V) -> R {
+        match self.isa {
+            Isa::Avx512 => self.a.vfmsub231ps(z(d), z(a), z(b))?,
+            Isa::Avx2 => self.a.vfmsub231ps(y(d), y(a), y(b))?,
+        }
+        Ok(())
+    }
+
+    /// `d = d·a − b` (`vfmsub213ps`).
+    pub fn fmsub213(&mut self, d: V, a: V, b: V) -> R {
+        match self.isa {
+            Isa::Avx512 => self.a.vfmsub213ps(z(d), z(a), z(b))?,
+            Isa::Avx2 => self.a.vfmsub213ps(y(d), y(a), y(b))?,
+        }
+        Ok(())
+    }
+
+    /// `d = d − a·b` (`vfnmadd231ps`, all registers).
+    pub fn fnmadd231_reg(&mut self, d: V, a: V, b: V) -> R {
+        self.fnmadd231(d, a, Src::Reg(b))
+    }
+
     /// `d = a` (register copy; nothing if the same register).
     pub fn mov(&mut self, d: V, a: V) -> R {
         if d != a {

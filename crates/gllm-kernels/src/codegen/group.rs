@@ -1,0 +1,319 @@
+//! Compiles a non-GEMM fusion group (loop-fused chain, row op with its
+//! elementwise consumers, or a single op) into one loop kernel.
+//!
+//! The nodes' trace bodies are composed into one: each consumer's data input
+//! becomes the previous node's result, every other input becomes a stream,
+//! parameters are renumbered. Still no per-operator code: what each node
+//! computes comes from its trace.
+
+use super::loops::{LoopKernel, LoopProgram};
+use super::CodegenError;
+use crate::device::DeviceProfile;
+use crate::fusion::{FusionGroup, FusionStrategy, ParallelStrategy};
+use crate::graph::{OpParams, SemanticGraph, TensorId};
+use crate::trace::{Body, ComputePattern, OpTrace, TraceOp, ValueId};
+
+/// How the group's tensors map onto the kernel's rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    /// `rows` rows of `row_len`; inputs full or one broadcast row.
+    Rows { rows: usize, row_len: usize },
+    /// RoPE on the two halves of every `head_dim` block: the kernel runs per
+    /// token over its heads, reading x at offsets 0 and `head_dim/2`.
+    RotaryHalves { tokens: usize, heads: usize, head_dim: usize },
+}
+
+/// A compiled non-GEMM group with a typed entry point.
+#[derive(Debug)]
+pub struct CompiledGroup {
+    kernel: LoopKernel,
+    shape: Shape,
+    /// The group's input tensors, in the order `run` takes them.
+    inputs: Vec<TensorId>,
+    output: TensorId,
+    threads: usize,
+}
+
+/// Appends `body` to `out`, mapping its leaves; returns its outputs' new ids.
+fn append(out: &mut Body, body: &Body, leaf: &mut dyn FnMut(&TraceOp) -> Option<ValueId>) -> Vec<ValueId> {
+    let mut map: Vec<ValueId> = Vec::with_capacity(body.ops.len());
+    for op in &body.ops {
+        if let Some(v) = leaf(op) {
+            map.push(v);
+            continue;
+        }
+        let r = |v: ValueId| map[v as usize];
+        use TraceOp::*;
+        let new = match *op {
+            Add(a, b) => Add(r(a), r(b)),
+            Sub(a, b) => Sub(r(a), r(b)),
+            Mul(a, b) => Mul(r(a), r(b)),
+            Div(a, b) => Div(r(a), r(b)),
+            Max(a, b) => Max(r(a), r(b)),
+            Min(a, b) => Min(r(a), r(b)),
+            Fma(a, b, c) => Fma(r(a), r(b), r(c)),
+            Neg(a) => Neg(r(a)),
+            Abs(a) => Abs(r(a)),
+            Sqrt(a) => Sqrt(r(a)),
+            Exp(a) => Exp(r(a)),
+            Log(a) => Log(r(a)),
+            Tanh(a) => Tanh(r(a)),
+            Cmp(p, a, b) => Cmp(p, r(a), r(b)),
+            Select(c, a, b) => Select(r(c), r(a), r(b)),
+            leaf => leaf,
+        };
+        out.ops.push(new);
+        map.push((out.ops.len() - 1) as ValueId);
+    }
+    body.outputs.iter().map(|&o| map[o as usize]).collect()
+}
+
+impl CompiledGroup {
+    /// Compiles `group` (not a GEMM group) of `sem` for `profile`.
+    pub fn compile(
+        sem: &SemanticGraph,
+        group: &FusionGroup,
+        profile: &DeviceProfile,
+    ) -> Result<CompiledGroup, CodegenError> {
+        let head = group.nodes[0];
+        let (epilogue, head_trace): (Vec<(usize, usize)>, _) = match &group.strategy {
+            FusionStrategy::Gemm(_) => {
+                return Err(CodegenError::Unsupported("GEMM groups (they have their own generator)".into()))
+            }
+            FusionStrategy::RowFusion { row_op, epilogue } => {
+                (epilogue.iter().map(|e| (e.node, e.data_input)).collect(), sem.nodes[*row_op].trace.clone())
+            }
+            FusionStrategy::LoopFusion | FusionStrategy::Standalone => {
+                let mut chain = Vec::new();
+                for w in group.nodes.windows(2) {
+                    let prev_out = sem.nodes[w[0]].outputs[0];
+                    let slot =
+                        sem.nodes[w[1]].inputs.iter().position(|&t| t == prev_out).ok_or_else(|| {
+                            CodegenError::Unsupported(
+                                "a loop-fusion chain whose nodes are not consecutive".into(),
+                            )
+                        })?;
+                    chain.push((w[1], slot));
+                }
+                (chain, sem.nodes[head].trace.clone())
+            }
+        };
+        let head_node = sem.node(head);
+        let mut streams: Vec<TensorId> = Vec::new();
+        let stream_of = |t: TensorId, streams: &mut Vec<TensorId>| -> u8 {
+            match streams.iter().position(|&s| s == t) {
+                Some(i) => i as u8,
+                None => {
+                    streams.push(t);
+                    (streams.len() - 1) as u8
+                }
+            }
+        };
+        let rope = match head_node.op.params {
+            OpParams::Rope { head_dim, .. } => Some(head_dim),
+            _ => None,
+        };
+        // Head: its inputs are streams in order (RoPE's two halves are
+        // streams 0 and 1 of the same tensor).
+        let mut params: Vec<f32> = head_node.op.params.scalar_args();
+        let head_inputs = &sem.nodes[head].inputs;
+        let mut head_streams: Vec<u8> = Vec::new();
+        if rope.is_some() {
+            head_streams.extend([0u8, 1u8]);
+            streams.push(head_inputs[0]);
+            streams.push(head_inputs[0]);
+            for &t in &head_inputs[1..] {
+                head_streams.push(stream_of(t, &mut streams));
+            }
+        } else {
+            for &t in head_inputs {
+                head_streams.push(stream_of(t, &mut streams));
+            }
+        }
+        let mut prog_trace: OpTrace = (*head_trace).clone();
+        rename_leaves(&mut prog_trace, &head_streams);
+        // Epilogue nodes: data input = previous result, others = streams.
+        for &(node, data_slot) in &epilogue {
+            let n = &sem.nodes[node];
+            let param_base = params.len() as u8;
+            params.extend(sem.node(node).op.params.scalar_args());
+            let prev = *prog_trace.body.outputs.first().ok_or_else(|| {
+                CodegenError::Unsupported("an epilogue after an op with no element outputs".into())
+            })?;
+            let mut input_map: Vec<Option<u8>> = Vec::new();
+            for (slot, &t) in n.inputs.iter().enumerate() {
+                input_map.push((slot != data_slot).then(|| stream_of(t, &mut streams)));
+            }
+            let body = n.trace.body.clone();
+            let mut new_body = prog_trace.body.clone();
+            let outs = append(&mut new_body, &body, &mut |op| match *op {
+                TraceOp::Input(k) if k as usize == data_slot => Some(prev),
+                _ => None,
+            });
+            // Rename the appended ops' remaining leaves.
+            let start = prog_trace.body.ops.len();
+            for op in &mut new_body.ops[start..] {
+                match *op {
+                    TraceOp::Input(k) => {
+                        *op = TraceOp::Input(input_map[k as usize].expect("non-data inputs are streams"))
+                    }
+                    TraceOp::Param(k) => *op = TraceOp::Param(param_base + k),
+                    _ => {}
+                }
+            }
+            new_body.outputs = outs;
+            prog_trace.body = new_body;
+        }
+        let num_inputs = streams.len();
+        // Inputs of the composed body are streams; shift nothing else.
+        prog_trace.num_inputs = num_inputs;
+        let prog = LoopProgram::from_trace(&prog_trace, params)?;
+        let kernel = LoopKernel::compile(&prog, profile)?;
+        let output = sem.nodes[*group.nodes.last().expect("groups are non-empty")].outputs[0];
+        let out_desc = &sem.tensors[output].desc;
+        let shape = match rope {
+            Some(head_dim) => Shape::RotaryHalves {
+                tokens: out_desc.rows(),
+                heads: out_desc.row_len() / head_dim,
+                head_dim,
+            },
+            None if matches!(head_trace.pattern, ComputePattern::NormLike | ComputePattern::Reduction) => {
+                let data = &sem.tensors[head_inputs[0]].desc;
+                Shape::Rows { rows: data.rows(), row_len: data.row_len() }
+            }
+            None => {
+                // Elementwise: one row, unless some input broadcasts; then
+                // rows of the broadcast period.
+                let n = out_desc.numel();
+                let period = streams.iter().map(|&t| sem.tensors[t].desc.numel()).filter(|&p| p != n).min();
+                match period {
+                    Some(p) if p > 0 && n % p == 0 => Shape::Rows { rows: n / p, row_len: p },
+                    Some(p) => {
+                        return Err(CodegenError::Unsupported(format!("broadcast of {p} elements over {n}")));
+                    }
+                    None => Shape::Rows { rows: 1, row_len: n },
+                }
+            }
+        };
+        let threads = match group.parallel {
+            ParallelStrategy::Sequential => 1,
+            p => p.threads(),
+        };
+        Ok(CompiledGroup { kernel, shape, inputs: streams_dedup(&streams), output, threads })
+    }
+
+    /// The group's input tensors, in the order [`CompiledGroup::run`] takes them.
+    pub fn inputs(&self) -> &[TensorId] {
+        &self.inputs
+    }
+
+    pub fn output(&self) -> TensorId {
+        self.output
+    }
+
+    pub fn kernel(&self) -> &LoopKernel {
+        &self.kernel
+    }
+
+    /// Runs the group: `inputs` in [`CompiledGroup::inputs`] order, full size
+    /// (or the broadcast size the graph declared).
+    pub fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Result<(), CodegenError> {
+        match self.shape {
+            Shape::Rows { rows, row_len } => {
+                self.kernel.run(inputs, &mut [output], rows, row_len, self.threads)
+            }
+            Shape::RotaryHalves { tokens, heads, head_dim } => {
+                let half = head_dim / 2;
+                let (x, tables) =
+                    inputs.split_first().ok_or_else(|| CodegenError::BadArguments("no inputs".into()))?;
+                let width = heads * head_dim;
+                if x.len() != tokens * width || output.len() != tokens * width {
+                    return Err(CodegenError::BadArguments(format!(
+                        "RoPE input/output must have {} elements, got {} and {}",
+                        tokens * width,
+                        x.len(),
+                        output.len()
+                    )));
+                }
+                if tables.iter().any(|t| t.len() != tokens * half) {
+                    return Err(CodegenError::BadArguments(format!(
+                        "RoPE tables must have {} elements",
+                        tokens * half
+                    )));
+                }
+                // Per token: rows = heads, the halves of x at stride head_dim,
+                // the token's table row broadcast over its heads.
+                for t in 0..tokens {
+                    self.rope_token(x, tables, output, t, heads, head_dim)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn rope_token(
+        &self,
+        x: &[f32],
+        tables: &[&[f32]],
+        out: &mut [f32],
+        t: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<(), CodegenError> {
+        use super::loops::{KernelArgs, MAX_STREAMS};
+        let half = head_dim / 2;
+        let base = t * heads * head_dim;
+        let mut args = KernelArgs {
+            ptrs: [std::ptr::null_mut(); MAX_STREAMS],
+            strides: [0; MAX_STREAMS],
+            len: half,
+            rows: heads,
+            pool: std::ptr::null(),
+        };
+        let stride = (head_dim * 4) as isize;
+        args.ptrs[0] = x[base..].as_ptr() as *mut f32;
+        args.ptrs[1] = x[base + half..].as_ptr() as *mut f32;
+        args.strides[0] = stride;
+        args.strides[1] = stride;
+        for (i, tab) in tables.iter().enumerate() {
+            args.ptrs[2 + i] = tab[t * half..].as_ptr() as *mut f32;
+        }
+        let ni = 2 + tables.len();
+        args.ptrs[ni] = out[base..].as_mut_ptr();
+        args.ptrs[ni + 1] = out[base + half..].as_mut_ptr();
+        args.strides[ni] = stride;
+        args.strides[ni + 1] = stride;
+        // SAFETY: bounds checked by `run`: token t's heads span
+        // [base, base + heads·head_dim) of x and out, its tables' row has
+        // `half` elements; each output element is written once, after its
+        // two inputs are read (in place is allowed).
+        unsafe { self.kernel.call(args) };
+        Ok(())
+    }
+}
+
+fn streams_dedup(streams: &[TensorId]) -> Vec<TensorId> {
+    let mut v: Vec<TensorId> = Vec::new();
+    for &s in streams {
+        if !v.contains(&s) {
+            v.push(s);
+        }
+    }
+    v
+}
+
+/// Renumbers the head trace's `Input(k)` to stream `map[k]` in every body.
+fn rename_leaves(trace: &mut OpTrace, map: &[u8]) {
+    let fix = |b: &mut Body| {
+        for op in &mut b.ops {
+            if let TraceOp::Input(k) = *op {
+                *op = TraceOp::Input(map[k as usize]);
+            }
+        }
+    };
+    fix(&mut trace.body);
+    fix(&mut trace.row);
+    for f in &mut trace.folds {
+        fix(&mut f.combine);
+    }
+}

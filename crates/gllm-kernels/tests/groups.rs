@@ -1,0 +1,193 @@
+//! Fused non-GEMM groups against the composition of their ops' scalar
+//! reference functions.
+
+mod support;
+
+use gllm_kernels::codegen::group::CompiledGroup;
+use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::fusion::{fuse, FusionPlan, FusionStrategy};
+use gllm_kernels::graph::{CompilerGraph, CompilerOp, TensorDesc};
+use gllm_kernels::scalar::ops::*;
+use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
+use support::Rng;
+
+fn profiles() -> Vec<DeviceProfile> {
+    let host = DeviceProfile::detect().unwrap();
+    let mut v = vec![host.clone().with_isa(Isa::Avx2).unwrap()];
+    if host.features.supports(Isa::Avx512) {
+        v.push(host.with_isa(Isa::Avx512).unwrap());
+    }
+    v
+}
+
+fn ulps(a: f32, b: f32) -> u32 {
+    if a == b || a.is_nan() && b.is_nan() {
+        return 0;
+    }
+    (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+}
+
+fn compile_only_group(g: &CompilerGraph, profile: &DeviceProfile) -> (FusionPlan, CompiledGroup) {
+    let plan = fuse(g, profile).unwrap();
+    assert_eq!(plan.groups.len(), 1, "{}", plan.explain(g));
+    let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
+    let cg = CompiledGroup::compile(&sem, &plan.groups[0], profile).unwrap();
+    (plan, cg)
+}
+
+fn rand_vec(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform(-4.0, 4.0)).collect()
+}
+
+#[test]
+fn silu_mul_add_chain_is_one_pass_and_matches_the_references() {
+    let mut rng = Rng(11);
+    for profile in profiles() {
+        for (rows, n) in [(1, 0), (1, 1), (1, 17), (3, 31), (5, 300), (2, 4099)] {
+            let mut g = CompilerGraph::new();
+            let x = g.input("x", TensorDesc::f32([rows, n]));
+            let res = g.input("res", TensorDesc::f32([rows, n]));
+            let w = g.weight("w", TensorDesc::f32([n]));
+            let a = g.node("silu", CompilerOp::new(OpKind::Silu), vec![x], TensorDesc::f32([rows, n]));
+            let b = g.node("mul", CompilerOp::new(OpKind::Mul), vec![a, w], TensorDesc::f32([rows, n]));
+            let c = g.node("add", CompilerOp::new(OpKind::Add), vec![b, res], TensorDesc::f32([rows, n]));
+            g.output(c);
+            let (plan, cg) = compile_only_group(&g, &profile);
+            assert!(matches!(plan.groups[0].strategy, FusionStrategy::LoopFusion));
+            let (xv, rv, wv) =
+                (rand_vec(&mut rng, rows * n), rand_vec(&mut rng, rows * n), rand_vec(&mut rng, n));
+            let by_id = |t: usize| -> &[f32] {
+                match plan.tensor_names[t].split(' ').next().unwrap() {
+                    "x" => &xv,
+                    "res" => &rv,
+                    _ => &wv,
+                }
+            };
+            let ins: Vec<&[f32]> = cg.inputs().iter().map(|&t| by_id(t)).collect();
+            let mut out = vec![f32::NAN; rows * n];
+            cg.run(&ins, &mut out).unwrap();
+            for i in 0..rows * n {
+                let term = gk_mul(gk_silu(xv[i]), wv[i % n]);
+                let want = gk_add(term, rv[i]);
+                // 4 ulps of the larger addend: SiLU's error survives the add's cancellation.
+                let bound = 4.0 * f32::EPSILON * term.abs().max(rv[i].abs());
+                assert!(
+                    ulps(out[i], want) <= 4 || (out[i] - want).abs() <= bound,
+                    "{} rows={rows} n={n} [{i}]: {} vs {want}",
+                    profile.isa,
+                    out[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn rms_norm_with_elementwise_consumer_fuses_before_the_store() {
+    let mut rng = Rng(12);
+    for profile in profiles() {
+        for (rows, n) in [(1, 1), (3, 7), (4, 64), (2, 1000), (7, 4096)] {
+            let mut g = CompilerGraph::new();
+            let x = g.input("x", TensorDesc::f32([rows, n]));
+            let w = g.weight("w", TensorDesc::f32([n]));
+            let a = g.node("norm", CompilerOp::rms_norm(1e-5), vec![x, w], TensorDesc::f32([rows, n]));
+            let b = g.node("act", CompilerOp::new(OpKind::Silu), vec![a], TensorDesc::f32([rows, n]));
+            g.output(b);
+            let (plan, cg) = compile_only_group(&g, &profile);
+            assert!(matches!(plan.groups[0].strategy, FusionStrategy::RowFusion { .. }));
+            let (xv, wv) = (rand_vec(&mut rng, rows * n), rand_vec(&mut rng, n));
+            let ins: Vec<&[f32]> = cg
+                .inputs()
+                .iter()
+                .map(|&t| if plan.tensor_names[t].starts_with("x ") { &xv[..] } else { &wv[..] })
+                .collect();
+            let mut out = vec![f32::NAN; rows * n];
+            cg.run(&ins, &mut out).unwrap();
+            let mut normed = vec![0.0; n];
+            for r in 0..rows {
+                // SAFETY: one row of n elements in, one out.
+                unsafe { gk_rms_norm(xv[r * n..].as_ptr(), wv.as_ptr(), normed.as_mut_ptr(), n, 1e-5) };
+                for i in 0..n {
+                    let want = gk_silu(normed[i]);
+                    let got = out[r * n + i];
+                    assert!(
+                        // Sums in a different order: 1e-5 relative (1.4e-6 measured at n = 4096).
+                        ulps(got, want) <= 8 || (got - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                        "{} rows={rows} n={n} [{r},{i}]: {got} vs {want}",
+                        profile.isa
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rope_on_head_halves_matches_the_reference() {
+    let mut rng = Rng(13);
+    for profile in profiles() {
+        for (tokens, heads, hd) in [(1, 1, 2), (3, 2, 8), (5, 9, 64), (2, 4, 128)] {
+            let mut g = CompilerGraph::new();
+            let x = g.input("x", TensorDesc::f32([tokens, heads * hd]));
+            let cos = g.input("cos", TensorDesc::f32([tokens, hd / 2]));
+            let sin = g.input("sin", TensorDesc::f32([tokens, hd / 2]));
+            let r = g.node(
+                "rope",
+                CompilerOp::rope(hd, 1e4),
+                vec![x, cos, sin],
+                TensorDesc::f32([tokens, heads * hd]),
+            );
+            g.output(r);
+            let (_, cg) = compile_only_group(&g, &profile);
+            let xv = rand_vec(&mut rng, tokens * heads * hd);
+            let cv = rand_vec(&mut rng, tokens * hd / 2);
+            let sv = rand_vec(&mut rng, tokens * hd / 2);
+            let mut out = vec![f32::NAN; xv.len()];
+            cg.run(&[&xv, &cv, &sv], &mut out).unwrap();
+            let half = hd / 2;
+            let mut want = vec![0.0; xv.len()];
+            for t in 0..tokens {
+                for h in 0..heads {
+                    let b = (t * heads + h) * hd;
+                    let (lo, hi) = want[b..b + hd].split_at_mut(half);
+                    // SAFETY: each slice has `half` elements.
+                    unsafe {
+                        gk_rope(
+                            xv[b..].as_ptr(),
+                            xv[b + half..].as_ptr(),
+                            cv[t * half..].as_ptr(),
+                            sv[t * half..].as_ptr(),
+                            lo.as_mut_ptr(),
+                            hi.as_mut_ptr(),
+                            half,
+                        )
+                    };
+                }
+            }
+            assert!(
+                out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} {tokens}×{heads}×{hd}",
+                profile.isa
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_groups_are_refused_with_a_clear_error() {
+    let mut g = CompilerGraph::new();
+    let x = g.input("x", TensorDesc::f32([4, 8]));
+    let w = g.weight("w", TensorDesc::f32([8, 2]));
+    let y = g.node(
+        "mm",
+        CompilerOp::matmul(gllm_kernels::graph::MatMulParams::new(4, 2, 8)),
+        vec![x, w],
+        TensorDesc::f32([4, 2]),
+    );
+    g.output(y);
+    let profile = profiles().remove(0);
+    let plan = fuse(&g, &profile).unwrap();
+    let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
+    let e = CompiledGroup::compile(&sem, &plan.groups[0], &profile).unwrap_err();
+    assert_eq!(e.to_string(), "cannot generate code for GEMM groups (they have their own generator)");
+}

@@ -1,0 +1,102 @@
+//! MathApprox on a sample of the f32 range plus every special case, on both
+//! ISAs. The exhaustive run (all 4.28 billion finite inputs) is
+//! `cargo run --release --example math_accuracy`; its results are in
+//! docs/codegen.md.
+
+use gllm_kernels::codegen::math::{ulp_error, MathFn, MathKernel};
+use gllm_kernels::device::{DeviceProfile, Isa};
+
+fn profiles() -> Vec<DeviceProfile> {
+    let host = DeviceProfile::detect().unwrap();
+    let mut v = vec![host.clone().with_isa(Isa::Avx2).unwrap()];
+    if host.features.supports(Isa::Avx512) {
+        v.push(host.with_isa(Isa::Avx512).unwrap());
+    }
+    v
+}
+
+/// ~1M inputs spread over every exponent (a prime stride through the bit
+/// patterns), plus dense coverage of the interesting ranges.
+fn sample() -> Vec<f32> {
+    let mut v: Vec<f32> = (0..1u64 << 20).map(|i| f32::from_bits((i * 4093) as u32)).collect();
+    for i in 0..100_000 {
+        let t = i as f32 / 100_000.0;
+        v.push(-110.0 + 210.0 * t); // exp's whole range incl. overflow/underflow
+        v.push(-20.0 + 40.0 * t); // tanh/sigmoid/gelu transitions
+        v.push(0.5 + t); // log near 1
+    }
+    v.retain(|x| x.is_finite());
+    v
+}
+
+#[test]
+fn sampled_accuracy_within_documented_bounds() {
+    let xs = sample();
+    for p in profiles() {
+        for f in MathFn::ALL {
+            let k = MathKernel::compile(f, &p).unwrap();
+            let mut out = vec![0.0; xs.len()];
+            k.run(&xs, &mut out).unwrap();
+            let (mut worst, mut at) = (0.0, 0.0);
+            for (x, y) in xs.iter().zip(&out) {
+                let e = ulp_error(*y, f.reference(*x as f64));
+                if e > worst {
+                    worst = e;
+                    at = *x;
+                }
+            }
+            assert!(worst <= f.max_ulps(), "{} on {}: {worst} ulp at x = {at:e}", f.name(), p.isa);
+        }
+    }
+}
+
+#[test]
+fn special_values() {
+    let inf = f32::INFINITY;
+    let nan = f32::NAN;
+    let cases: [(MathFn, &[(f32, f32)]); 5] = [
+        (
+            MathFn::Exp,
+            &[
+                (0.0, 1.0),
+                (-0.0, 1.0),
+                (inf, inf),
+                (-inf, 0.0),
+                (89.0, inf),
+                (-104.0, 0.0),
+                (-103.0, 1.4e-45),
+            ],
+        ),
+        (MathFn::Log, &[(1.0, 0.0), (0.0, -inf), (-0.0, -inf), (-1.0, nan), (inf, inf), (-inf, nan)]),
+        (MathFn::Tanh, &[(0.0, 0.0), (inf, 1.0), (-inf, -1.0), (20.0, 1.0), (-20.0, -1.0)]),
+        (MathFn::Sigmoid, &[(0.0, 0.5), (inf, 1.0), (-inf, 0.0), (-100.0, 3.7835e-44)]),
+        (MathFn::Gelu, &[(0.0, 0.0), (inf, inf), (100.0, 100.0), (-100.0, -0.0), (-1e30, -0.0)]),
+    ];
+    for p in profiles() {
+        for (f, pairs) in cases {
+            let k = MathKernel::compile(f, &p).unwrap();
+            let xs: Vec<f32> = pairs.iter().map(|c| c.0).chain([nan]).collect();
+            let mut out = vec![0.0; xs.len()];
+            k.run(&xs, &mut out).unwrap();
+            for (i, &(x, want)) in pairs.iter().enumerate() {
+                let got = out[i];
+                let ok = if want.is_nan() {
+                    got.is_nan()
+                } else if want == 0.0 || want.is_infinite() || want.abs() < 1e-37 {
+                    got == want && got.is_sign_negative() == want.is_sign_negative()
+                        || (want != 0.0 && ulp_error(got, want as f64) <= 1.0)
+                } else {
+                    ulp_error(got, want as f64) <= 1.0
+                };
+                assert!(ok, "{}({x:e}) on {} = {got:e}, expected {want:e}", f.name(), p.isa);
+            }
+            assert!(out[pairs.len()].is_nan(), "{}(NaN) on {} is not NaN", f.name(), p.isa);
+            // Signs of zero are kept where the function is odd.
+            if matches!(f, MathFn::Tanh | MathFn::Gelu) {
+                let mut z = [0.0f32];
+                k.run(&[-0.0], &mut z).unwrap();
+                assert!(z[0] == 0.0 && z[0].is_sign_negative(), "{}(-0) on {} = {:e}", f.name(), p.isa, z[0]);
+            }
+        }
+    }
+}
