@@ -297,3 +297,38 @@ fn bad_arguments_are_errors() {
     let e = kernel.run(&[&a, &a], &mut [&mut short], 1, 10, 1).unwrap_err();
     assert_eq!(e.to_string(), "output 0 has 9 elements, expected 10");
 }
+
+#[test]
+fn streaming_stores_give_the_same_results_at_any_alignment() {
+    let registry = ScalarOpRegistry::global();
+    let mut rng = Rng(21);
+    for profile in profiles() {
+        for kind in [OpKind::Silu, OpKind::Add, OpKind::RmsNorm, OpKind::Softmax, OpKind::LayerNorm] {
+            let op = registry.get(kind).unwrap();
+            let prog = LoopProgram::from_trace(&op.trace().unwrap(), params_for(op)).unwrap();
+            let plain = LoopKernel::compile(&prog, &profile).unwrap();
+            let nt = LoopKernel::compile(&prog.clone().with_streaming_stores(true), &profile).unwrap();
+            let rows = if op.signature().form() == FnForm::PerElement { 1 } else { 3 };
+            for n in [0, 1, 5, 16, 17, 33, 100, 257] {
+                let inputs = random_inputs(op, &mut rng, rows, n, false);
+                let ins: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+                let mut want = vec![0.0; rows * n];
+                plain.run(&ins, &mut [&mut want], rows, n, 1).unwrap();
+                for offset in 0..16 {
+                    let mut buf = vec![f32::NAN; rows * n + 16];
+                    nt.run(&ins, &mut [&mut buf[offset..offset + rows * n]], rows, n, 1).unwrap();
+                    let got = &buf[offset..offset + rows * n];
+                    assert!(
+                        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{kind} {} n={n} offset={offset}",
+                        profile.isa
+                    );
+                    assert!(
+                        buf[..offset].iter().chain(&buf[offset + rows * n..]).all(|v| v.is_nan()),
+                        "wrote outside"
+                    );
+                }
+            }
+        }
+    }
+}

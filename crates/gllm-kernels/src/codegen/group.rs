@@ -167,10 +167,13 @@ impl CompiledGroup {
         let num_inputs = streams.len();
         // Inputs of the composed body are streams; shift nothing else.
         prog_trace.num_inputs = num_inputs;
-        let prog = LoopProgram::from_trace(&prog_trace, params)?;
-        let kernel = LoopKernel::compile(&prog, profile)?;
         let output = sem.nodes[*group.nodes.last().expect("groups are non-empty")].outputs[0];
         let out_desc = &sem.tensors[output].desc;
+        // An output bigger than the last-level cache will not be read back
+        // from cache anyway: stream it past the caches.
+        let streaming = out_desc.size_bytes() >= profile.caches.l3.size_bytes;
+        let prog = LoopProgram::from_trace(&prog_trace, params)?.with_streaming_stores(streaming);
+        let kernel = LoopKernel::compile(&prog, profile)?;
         let shape = match rope {
             Some(head_dim) => Shape::RotaryHalves {
                 tokens: out_desc.rows(),
@@ -218,10 +221,18 @@ impl CompiledGroup {
     /// Runs the group: `inputs` in [`CompiledGroup::inputs`] order, full size
     /// (or the broadcast size the graph declared).
     pub fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Result<(), CodegenError> {
+        self.run_with_threads(inputs, output, self.threads)
+    }
+
+    /// [`CompiledGroup::run`] on `threads` threads instead of the plan's.
+    pub fn run_with_threads(
+        &self,
+        inputs: &[&[f32]],
+        output: &mut [f32],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
         match self.shape {
-            Shape::Rows { rows, row_len } => {
-                self.kernel.run(inputs, &mut [output], rows, row_len, self.threads)
-            }
+            Shape::Rows { rows, row_len } => self.kernel.run(inputs, &mut [output], rows, row_len, threads),
             Shape::RotaryHalves { tokens, heads, head_dim } => {
                 let half = head_dim / 2;
                 let (x, tables) =

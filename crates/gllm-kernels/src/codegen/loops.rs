@@ -76,9 +76,23 @@ pub struct LoopProgram {
     /// True when `body` is evaluated once per row and stored as one scalar.
     per_row_output: bool,
     params: Vec<f32>,
+    /// A fold whose per-element value the body recomputes (softmax's
+    /// exp(x − max)): that pass stores it into a one-row scratch stream
+    /// (after the outputs), and `body` reads it back instead of recomputing it.
+    memo_fold: Option<usize>,
+    /// Write the element outputs with non-temporal stores (for outputs far
+    /// larger than the caches: saves the read-for-ownership traffic).
+    streaming_stores: bool,
 }
 
 impl LoopProgram {
+    /// Uses non-temporal stores for the element outputs (aligned by peeling
+    /// a masked head off each row).
+    pub fn with_streaming_stores(mut self, on: bool) -> LoopProgram {
+        self.streaming_stores = on && !self.per_row_output;
+        self
+    }
+
     /// An elementwise (possibly multi-input/multi-output) body.
     pub fn elementwise(body: Body, num_inputs: usize, params: Vec<f32>) -> LoopProgram {
         LoopProgram {
@@ -88,6 +102,8 @@ impl LoopProgram {
             num_inputs,
             per_row_output: false,
             params,
+            memo_fold: None,
+            streaming_stores: false,
         }
     }
 
@@ -98,15 +114,62 @@ impl LoopProgram {
                 "a GEMM in a loop kernel (GEMMs have their own generator)".into(),
             ));
         }
-        let folds =
+        let folds: Vec<FoldPlan> =
             trace.folds.iter().map(|f| fold_plan(f.identity, &f.combine)).collect::<Result<_, _>>()?;
+        let per_row_output = trace.pattern == ComputePattern::Reduction;
+        let mut body = trace.body.clone();
+        let mut memo_fold = None;
+        if !per_row_output && body.outputs.len() == 1 {
+            // The last fold whose (costly) element value the body recomputes.
+            for (f, fold) in folds.iter().enumerate().rev() {
+                let costly = fold.element.ops.iter().any(|o| {
+                    matches!(
+                        o,
+                        TraceOp::Exp(_)
+                            | TraceOp::Log(_)
+                            | TraceOp::Tanh(_)
+                            | TraceOp::Div(..)
+                            | TraceOp::Sqrt(_)
+                    )
+                });
+                let target = expr_key(&fold.element, fold.element.outputs[0]);
+                let hit = (0..body.ops.len()).find(|&v| expr_key(&body, v as ValueId) == target);
+                if let (true, Some(v)) = (costly, hit) {
+                    // Read back from the scratch stream that follows the outputs.
+                    body.ops[v] = TraceOp::Input((trace.num_inputs + body.outputs.len()) as u8);
+                    body = prune(&body);
+                    memo_fold = Some(f);
+                    break;
+                }
+            }
+        }
+        // Division by a per-row value: one reciprocal per row, a multiply per
+        // element (vdivps costs several multiplies; differs by ≤ 1 ulp).
+        let mut row = trace.row.clone();
+        for i in 0..body.ops.len() {
+            if let TraceOp::Div(a, b) = body.ops[i] {
+                if let TraceOp::RowScalar(k) = body.ops[b as usize] {
+                    let one = row.ops.len() as ValueId;
+                    row.ops.push(TraceOp::Const(1f32.to_bits()));
+                    row.ops.push(TraceOp::Div(one, row.outputs[k as usize]));
+                    row.outputs.push(one + 1);
+                    let recip = body.ops.len() as ValueId;
+                    body.ops.push(TraceOp::RowScalar((row.outputs.len() - 1) as u8));
+                    body.ops[i] = TraceOp::Mul(a, recip);
+                }
+            }
+        }
+        // Keep SSA order: operands before uses.
+        let body = topo_sorted(&body);
         Ok(LoopProgram {
             folds,
-            row: trace.row.clone(),
-            body: trace.body.clone(),
+            row,
+            body,
             num_inputs: trace.num_inputs,
-            per_row_output: trace.pattern == ComputePattern::Reduction,
+            per_row_output,
             params,
+            memo_fold,
+            streaming_stores: false,
         })
     }
 
@@ -116,6 +179,11 @@ impl LoopProgram {
 
     pub fn num_outputs(&self) -> usize {
         self.body.outputs.len()
+    }
+
+    /// Streams the kernel addresses: inputs, outputs and the memo scratch row.
+    fn num_streams(&self) -> usize {
+        self.num_inputs + self.body.outputs.len() + usize::from(self.memo_fold.is_some())
     }
 
     /// Whether each row yields one value (reductions) instead of a row of outputs.
@@ -147,6 +215,45 @@ fn fold_plan(identity: u32, combine: &Body) -> Result<FoldPlan, CodegenError> {
         return Err(unsupported());
     }
     Ok(FoldPlan { combine: comb, identity, element: prune(&element) })
+}
+
+/// The body with ops reordered so every operand precedes its use.
+fn topo_sorted(body: &Body) -> Body {
+    let mut order: Vec<ValueId> = Vec::new();
+    let mut state = vec![0u8; body.ops.len()];
+    fn visit(body: &Body, v: ValueId, state: &mut [u8], order: &mut Vec<ValueId>) {
+        if state[v as usize] != 0 {
+            return;
+        }
+        state[v as usize] = 1;
+        for a in body.ops[v as usize].operands() {
+            visit(body, a, state, order);
+        }
+        order.push(v);
+    }
+    for &o in &body.outputs {
+        visit(body, o, &mut state, &mut order);
+    }
+    let mut map = vec![0 as ValueId; body.ops.len()];
+    for (new, &old) in order.iter().enumerate() {
+        map[old as usize] = new as ValueId;
+    }
+    Body {
+        ops: order.iter().map(|&old| remap(&body.ops[old as usize], &map)).collect(),
+        outputs: body.outputs.iter().map(|&o| map[o as usize]).collect(),
+    }
+}
+
+/// A structural key of value `v` (equal keys compute the same thing).
+fn expr_key(body: &Body, v: ValueId) -> String {
+    let op = body.ops[v as usize];
+    let args: Vec<String> = op.operands().iter().map(|&a| expr_key(body, a)).collect();
+    let head = match op {
+        TraceOp::Cmp(p, ..) => format!("cmp.{p:?}"),
+        leaf if op.operands().is_empty() => format!("{leaf:?}"),
+        other => format!("{other:?}").split('(').next().unwrap_or_default().to_string(),
+    };
+    format!("{head}({})", args.join(","))
 }
 
 fn depends_on_acc(body: &Body, v: ValueId) -> bool {
@@ -218,6 +325,9 @@ pub struct LoopKernel {
     num_inputs: usize,
     num_outputs: usize,
     per_row_output: bool,
+    has_folds: bool,
+    /// The stream index of the one-row memo scratch, if the kernel uses one.
+    scratch_stream: Option<usize>,
 }
 
 /// Registers with fixed jobs in loop kernels.
@@ -256,7 +366,7 @@ impl LoopKernel {
         if !profile.runs_on_host() {
             return Err(CodegenError::IsaNotOnHost { isa: profile.isa });
         }
-        let streams = prog.num_inputs + prog.body.outputs.len();
+        let streams = prog.num_streams();
         if streams > MAX_STREAMS {
             return Err(CodegenError::Unsupported(format!(
                 "{streams} tensor streams (at most {MAX_STREAMS})"
@@ -299,6 +409,8 @@ impl LoopKernel {
             num_inputs: prog.num_inputs,
             num_outputs: prog.body.outputs.len(),
             per_row_output: prog.per_row_output,
+            has_folds: !prog.folds.is_empty(),
+            scratch_stream: prog.memo_fold.map(|_| prog.num_inputs + prog.body.outputs.len()),
         })
     }
 
@@ -410,10 +522,18 @@ impl LoopKernel {
                 args.ptrs[s] =
                     (base[s] as isize + strides[s] * row0 as isize + col_bytes as isize) as *mut f32;
             }
+            // Each part gets its own scratch row (stride 0: reused by every row).
+            let mut scratch = Vec::new();
+            if let Some(k) = self.scratch_stream {
+                scratch = vec![0.0f32; ncols];
+                args.ptrs[k] = scratch.as_mut_ptr();
+                args.strides[k] = 0;
+            }
             // SAFETY: lengths were checked above against rows × row_len (or
             // one row for broadcast inputs, one value per row for reduction
             // outputs); each part covers a disjoint range of rows or columns.
-            unsafe { self.call(args) }
+            unsafe { self.call(args) };
+            drop(scratch);
         };
         let threads = threads.max(1);
         if threads == 1 {
@@ -429,7 +549,7 @@ impl LoopKernel {
                     }
                 }
             });
-        } else if rows == 1 && self.prog_is_elementwise() {
+        } else if rows == 1 && !self.has_folds && !self.per_row_output {
             let per = row_len.div_ceil(threads).div_ceil(lanes) * lanes;
             rayon::scope(|s| {
                 for t in 0..threads {
@@ -444,10 +564,6 @@ impl LoopKernel {
             run_part(0, rows, 0, row_len);
         }
         Ok(())
-    }
-
-    fn prog_is_elementwise(&self) -> bool {
-        !self.per_row_output
     }
 }
 
@@ -495,7 +611,7 @@ impl Gen<'_> {
     }
 
     fn emit(&mut self) -> Result<(), CodegenError> {
-        let streams = self.prog.num_inputs + self.prog.body.outputs.len();
+        let streams = self.prog.num_streams();
         let a = &mut self.asm.a;
         for r in CALLEE_SAVED {
             a.push(r)?;
@@ -534,6 +650,10 @@ impl Gen<'_> {
         self.asm.a.jnz(row_loop)?;
         let a = &mut self.asm.a;
         a.set_label(&mut done)?;
+        if self.prog.streaming_stores {
+            // Non-temporal stores are weakly ordered: publish them before returning.
+            a.sfence()?;
+        }
         a.vzeroupper()?;
         for r in CALLEE_SAVED.iter().rev() {
             a.pop(*r)?;
@@ -583,23 +703,45 @@ impl Gen<'_> {
     fn emit_loop(
         &mut self,
         unroll: usize,
+        align_stream: Option<usize>,
         main: &mut dyn FnMut(&mut Gen, Mem, usize) -> Result<(), CodegenError>,
         tail: &mut dyn FnMut(&mut Gen) -> Result<(), CodegenError>,
     ) -> Result<(), CodegenError> {
         let lanes = self.asm.lanes() as i32;
         let vb = self.asm.vector_bytes();
         let at = |disp: i32| Mem { base: rdi, index: Some(IDX), disp };
+        let mut after_main = self.asm.a.create_label();
+        let mut main_loop = self.asm.a.create_label();
+        let mut single = self.asm.a.create_label();
+        let mut after_single = self.asm.a.create_label();
+        let mut end = self.asm.a.create_label();
+        self.asm.a.xor(eax, eax)?;
+        if let Some(k) = align_stream {
+            // Head: the elements before stream k's first vector-aligned
+            // address, as one masked step.
+            let mut no_head = self.asm.a.create_label();
+            let base = self.stream(k);
+            let a = &mut self.asm.a;
+            a.mov(BOUND, base)?;
+            a.neg(BOUND)?;
+            a.and(BOUND, vb - 1)?;
+            a.shr(BOUND, 2)?;
+            a.cmp(BOUND, LEN)?;
+            a.cmova(BOUND, LEN)?;
+            a.test(BOUND, BOUND)?;
+            a.jz(no_head)?;
+            self.set_tail_mask(BOUND)?;
+            tail(self)?;
+            self.asm.a.mov(IDX, BOUND)?;
+            self.asm.a.set_label(&mut no_head)?;
+        }
         let a = &mut self.asm.a;
-        let mut after_main = a.create_label();
-        let mut main_loop = a.create_label();
-        let mut single = a.create_label();
-        let mut after_single = a.create_label();
-        let mut end = a.create_label();
-        a.xor(eax, eax)?;
         if unroll > 1 {
             a.mov(BOUND, LEN)?;
+            a.sub(BOUND, IDX)?;
             a.and(BOUND, -(lanes * unroll as i32))?;
             a.jz(after_main)?;
+            a.add(BOUND, IDX)?;
             a.set_label(&mut main_loop)?;
             for u in 0..unroll {
                 main(self, at(u as i32 * vb), u)?;
@@ -612,9 +754,10 @@ impl Gen<'_> {
         let a = &mut self.asm.a;
         a.set_label(&mut after_main)?;
         a.mov(BOUND, LEN)?;
+        a.sub(BOUND, IDX)?;
         a.and(BOUND, -lanes)?;
-        a.cmp(IDX, BOUND)?;
-        a.jae(after_single)?;
+        a.jz(after_single)?;
+        a.add(BOUND, IDX)?;
         a.set_label(&mut single)?;
         main(self, at(0), 0)?;
         let a = &mut self.asm.a;
@@ -622,27 +765,32 @@ impl Gen<'_> {
         a.cmp(IDX, BOUND)?;
         a.jb(single)?;
         a.set_label(&mut after_single)?;
-        a.mov(TMP, LEN)?;
-        a.sub(TMP, IDX)?;
+        a.mov(BOUND, LEN)?;
+        a.sub(BOUND, IDX)?;
         a.jz(end)?;
-        match self.tail_mask {
-            Mask::K(_) => self.asm.set_k1_from_count(TMP, r14d)?,
-            Mask::V(m) => {
-                // mask = table[8 − remaining ..]: `remaining` all-ones lanes.
-                let mut lanes_tbl = [0u32; 16];
-                for l in lanes_tbl.iter_mut().take(8) {
-                    *l = u32::MAX;
-                }
-                let tbl = self.pool.table(lanes_tbl);
-                let a = &mut self.asm.a;
-                a.neg(TMP)?;
-                a.add(TMP, 8)?;
-                self.asm.load(m, Src::Mem(Mem { base: POOL_REG, index: Some(TMP), disp: tbl.disp }))?;
-            }
-        }
+        self.set_tail_mask(BOUND)?;
         tail(self)?;
         self.asm.a.set_label(&mut end)?;
         Ok(())
+    }
+
+    /// Sets the tail mask to the first `count` lanes (`count` in a GPR other
+    /// than TMP, which this clobbers).
+    fn set_tail_mask(&mut self, count: AsmRegister64) -> Result<(), CodegenError> {
+        match self.tail_mask {
+            Mask::K(_) => self.asm.set_k1_from_count(count, r13d),
+            Mask::V(m) => {
+                // mask = table[8 − count ..]: `count` all-ones lanes.
+                let mut lanes_tbl = [0u32; 16];
+                lanes_tbl[..8].fill(u32::MAX);
+                let tbl = self.pool.table(lanes_tbl);
+                let a = &mut self.asm.a;
+                a.mov(TMP, count)?;
+                a.neg(TMP)?;
+                a.add(TMP, 8)?;
+                self.asm.load(m, Src::Mem(Mem { base: POOL_REG, index: Some(TMP), disp: tbl.disp }))
+            }
+        }
     }
 
     /// Vector registers a body needs beyond its loads.
@@ -667,8 +815,13 @@ impl Gen<'_> {
         let combine = fold.combine;
         let element = fold.element.clone();
         let scratch_main = scratch.clone();
+        let memo =
+            (self.prog.memo_fold == Some(f)).then_some(self.prog.num_inputs + self.prog.body.outputs.len());
         let mut main = |g: &mut Gen, at: Mem, copy: usize| -> Result<(), CodegenError> {
             let r = g.lower(&element, Some(at), &[], &scratch_main)?[0];
+            if let Some(out) = memo {
+                g.asm.store(Mem { base: g.stream(out), ..at }, r)?;
+            }
             combine_into(&mut g.asm, combine, accs[copy], r)
         };
         let element_t = fold.element.clone();
@@ -677,6 +830,9 @@ impl Gen<'_> {
         let mut tail = |g: &mut Gen| -> Result<(), CodegenError> {
             let (loaded, rest) = g.masked_loads(&element_t, &scratch_t)?;
             let r = g.lower(&element_t, None, &loaded, &rest)?[0];
+            if let Some(out) = memo {
+                g.asm.store_masked(Mem { base: g.stream(out), index: Some(IDX), disp: 0 }, r, g.tail_mask)?;
+            }
             // Inactive lanes contribute the identity.
             let t = *rest
                 .iter()
@@ -686,7 +842,7 @@ impl Gen<'_> {
             g.asm.blend(t, t, Src::Reg(r), g.tail_mask)?;
             combine_into(&mut g.asm, combine, acc0, t)
         };
-        self.emit_loop(unroll, &mut main, &mut tail)?;
+        self.emit_loop(unroll, None, &mut main, &mut tail)?;
         for &acc in &accs[1..] {
             combine_into(&mut self.asm, combine, accs[0], acc)?;
         }
@@ -731,12 +887,36 @@ impl Gen<'_> {
         }
         let scratch = self.free.clone();
         let unroll = if body.ops.len() <= 24 { 4 } else { 2 };
+        // After folds the row is cache-resident and this pass makes no
+        // memory reads of its own: prefetch the next row of the streams the
+        // first fold reads, so the memory system stays busy.
+        let streams = self.prog.num_streams();
+        let mut next_rows: Vec<AsmRegister64> = Vec::new();
+        if let Some(first) = self.prog.folds.first() {
+            for (k, &spare) in first.element.inputs_used().iter().zip(STREAM_GPRS[streams..].iter()) {
+                let k = *k as usize;
+                self.asm.a.mov(spare, self.stream(k))?;
+                self.asm.a.add(spare, qword_ptr(rdi + (OFF_STRIDES + 8 * k as i32)))?;
+                next_rows.push(spare);
+            }
+        }
+        // Streaming stores need aligned addresses: align the first output
+        // (with several outputs only if they share alignment; else skip).
+        let streaming = self.prog.streaming_stores && body.outputs.len() == 1;
         let body_m = body.clone();
         let scratch_m = scratch.clone();
         let mut main = |g: &mut Gen, at: Mem, _copy: usize| -> Result<(), CodegenError> {
+            for &n in &next_rows {
+                g.asm.a.prefetcht0(byte_ptr(n + IDX * 4 + at.disp))?;
+            }
             let regs = g.lower(&body_m, Some(at), &[], &scratch_m)?;
             for (j, r) in regs.into_iter().enumerate() {
-                g.asm.store(Mem { base: g.stream(ni + j), ..at }, r)?;
+                let dst = Mem { base: g.stream(ni + j), ..at };
+                if streaming {
+                    g.asm.store_nt(dst, r)?;
+                } else {
+                    g.asm.store(dst, r)?;
+                }
             }
             Ok(())
         };
@@ -749,7 +929,7 @@ impl Gen<'_> {
             }
             Ok(())
         };
-        self.emit_loop(unroll, &mut main, &mut tail)
+        self.emit_loop(unroll, streaming.then_some(ni), &mut main, &mut tail)
     }
 
     /// Reductions: the body (no element inputs) once per row, lane 0 stored.

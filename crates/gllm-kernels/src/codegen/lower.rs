@@ -329,7 +329,7 @@ fn emit_op(
                 temps.push(regs.take(op)?);
             }
             match op {
-                Exp(_) => math::exp(asm, pool, dst, x, [temps[0], temps[1]])?,
+                Exp(_) => math::exp(asm, pool, dst, x, &temps)?,
                 Log(_) => math::log(asm, pool, dst, x, [temps[0], temps[1], temps[2], temps[3]])?,
                 _ => math::tanh(asm, pool, dst, x, [temps[0], temps[1], temps[2], temps[3]])?,
             }

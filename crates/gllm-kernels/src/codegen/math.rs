@@ -57,16 +57,17 @@ fn horner(asm: &mut VecAsm, pool: &mut ConstPool, d: V, r: V, coeffs: &[f32]) ->
     Ok(())
 }
 
-/// `d = exp(x)`. Temporaries: `t[0]`, `t[1]`. `x` may be `d`.
-pub fn exp(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 2]) -> R {
+/// `d = exp(x)`. Temporaries: two, or four for a shorter dependency chain
+/// (the polynomial in r² instead of r). `x` may be `d`.
+pub fn exp(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: &[V]) -> R {
     exp_scaled(asm, pool, d, x, t, 0)
 }
 
 /// `d = exp(x)·2^extra` with a single rounding, for `x ≤ 0` and
 /// `0 ≤ extra ≤ 64` (so a tiny result keeps full precision until the caller
 /// scales it back).
-fn exp_scaled(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 2], extra: i32) -> R {
-    let [t1, t2] = t;
+fn exp_scaled(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: &[V], extra: i32) -> R {
+    let (t1, t2) = (t[0], t[1]);
     // Clamp with the constant first so a NaN x survives (x86 max/min return
     // their second operand when either is NaN).
     // With the result scaled by 2^extra, underflow to zero happens that much later.
@@ -80,7 +81,20 @@ fn exp_scaled(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 2], ext
     asm.round_nearest(t1, t1)?;
     asm.fnmadd231(t2, t1, Src::Mem(pool.splat(LN2_HI)))?;
     asm.fnmadd231(t2, t1, Src::Mem(pool.splat(LN2_LO)))?;
-    horner(asm, pool, d, t2, &EXP_POLY)?;
+    if let [_, _, r2, q, ..] = *t {
+        // Horner in r² over linear pieces: c7..c0 as (c7 r + c6), (c5 r + c4), …
+        // — 4 dependent FMAs after r² instead of 7.
+        asm.mul(r2, t2, Src::Reg(t2))?;
+        asm.load(d, Src::Mem(pool.splat(EXP_POLY[0])))?;
+        asm.fmadd213(d, t2, Src::Mem(pool.splat(EXP_POLY[1])))?;
+        for pair in EXP_POLY[2..].chunks(2) {
+            asm.load(q, Src::Mem(pool.splat(pair[0])))?;
+            asm.fmadd213(q, t2, Src::Mem(pool.splat(pair[1])))?;
+            asm.fmadd213(d, r2, Src::Reg(q))?;
+        }
+    } else {
+        horner(asm, pool, d, t2, &EXP_POLY)?;
+    }
     if extra != 0 {
         asm.add(t1, t1, Src::Mem(pool.splat(extra as f32)))?;
     }
@@ -196,7 +210,7 @@ pub fn tanh(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 4]) -> R 
     asm.and(t0, x, Src::Mem(pool.splat_bits(ABS)))?;
     // |x| ≥ 0.625: 1 − 2/(exp(2|x|) + 1).
     asm.add(d, t0, Src::Reg(t0))?;
-    exp(asm, pool, d, d, [t1, t2])?;
+    exp(asm, pool, d, d, &[t1, t2])?;
     asm.add(d, d, Src::Mem(pool.splat(1.0)))?;
     asm.load(t1, Src::Mem(pool.splat(2.0)))?;
     asm.div(d, t1, Src::Reg(d))?;
@@ -222,7 +236,7 @@ pub fn sigmoid(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 4]) ->
     let x = preserve(asm, d, x, t3)?;
     asm.and(t0, x, Src::Mem(pool.splat_bits(ABS)))?;
     asm.xor(d, t0, Src::Mem(pool.splat_bits(SIGN)))?;
-    exp(asm, pool, d, d, [t1, t2])?; // e^(−|x|) in (0, 1]
+    exp(asm, pool, d, d, &[t1, t2])?; // e^(−|x|) in (0, 1]
     asm.add(t1, d, Src::Mem(pool.splat(1.0)))?;
     asm.load(t2, Src::Mem(pool.splat(1.0)))?;
     asm.div(t2, t2, Src::Reg(t1))?; // 1/(1+t)
@@ -286,19 +300,17 @@ pub fn gelu(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 7]) -> R 
     // kept scaled by 2^64 so that it stays normal down to y = −104.
     asm.and(x2h, ph, Src::Mem(pool.splat_bits(ABS)))?;
     asm.xor(d, x2h, Src::Mem(pool.splat_bits(SIGN)))?;
-    exp_scaled(asm, pool, d, d, [x2l, sh], 64)?;
+    exp_scaled(asm, pool, d, d, &[x2l, sh], 64)?;
     asm.and(sl, ph, Src::Mem(pool.splat_bits(SIGN)))?; // sign(yh)
     asm.xor(pl, pl, Src::Reg(sl))?; // sign·yl
     asm.fnmadd231_reg(d, pl, d)?; // t − (sign·yl)·t
-                                  // s = 1/(1 + t); sigmoid(y) = y ≥ 0 ? s : t·s.
+                                  // gelu = y ≥ 0 ? x/(1+t) : x·t/(1+t), one division each (fewer roundings).
     asm.mul(x2h, d, Src::Mem(pool.splat(TWO_POW_M64)))?; // t
-    asm.add(x2h, x2h, m(pool, 1.0))?;
-    asm.load(sh, m(pool, 1.0))?;
-    asm.div(sh, sh, Src::Reg(x2h))?; // s
-    asm.mul(x2l, d, Src::Reg(sh))?; // 2^64·t·s
-    asm.mul(x2l, x2l, Src::Reg(x))?;
-    asm.mul(x2l, x2l, Src::Mem(pool.splat(TWO_POW_M64)))?; // x·t·s, one final rounding
-    asm.mul(sh, sh, Src::Reg(x))?; // x·s
+    asm.add(x2h, x2h, m(pool, 1.0))?; // 1 + t
+    asm.mul(x2l, d, Src::Reg(x))?; // 2^64·x·t
+    asm.div(x2l, x2l, Src::Reg(x2h))?;
+    asm.mul(x2l, x2l, Src::Mem(pool.splat(TWO_POW_M64)))?; // x·t/(1+t), scaled back
+    asm.div(sh, x, Src::Reg(x2h))?; // x/(1+t)
     let negative = mask_reg(asm, sl);
     asm.cmp(negative, ph, Src::Mem(pool.splat(0.0)), cmp::LT_OS)?;
     asm.blend(d, sh, Src::Reg(x2l), negative)
@@ -382,7 +394,7 @@ impl MathKernel {
         };
         let body = |asm: &mut VecAsm, pool: &mut ConstPool| -> R {
             match f {
-                MathFn::Exp => exp(asm, pool, d, x, [t[0], t[1]]),
+                MathFn::Exp => exp(asm, pool, d, x, &t[..4]),
                 MathFn::Log => log(asm, pool, d, x, [t[0], t[1], t[2], t[3]]),
                 MathFn::Tanh => tanh(asm, pool, d, x, [t[0], t[1], t[2], t[3]]),
                 MathFn::Sigmoid => sigmoid(asm, pool, d, x, [t[0], t[1], t[2], t[3]]),

@@ -212,6 +212,15 @@ impl VecAsm {
         Ok(())
     }
 
+    /// Non-temporal store (the address must be vector-aligned).
+    pub fn store_nt(&mut self, m: Mem, v: V) -> R {
+        match self.isa {
+            Isa::Avx512 => self.a.vmovntps(zmmword_ptr(m.op()), z(v))?,
+            Isa::Avx2 => self.a.vmovntps(ymmword_ptr(m.op()), y(v))?,
+        }
+        Ok(())
+    }
+
     /// Stores lane 0 as one f32.
     pub fn store_low(&mut self, m: Mem, v: V) -> R {
         self.evex_if_high(v, |a| a.vmovss(dword_ptr(m.op()), xmm_of(v)))
