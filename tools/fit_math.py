@@ -43,10 +43,10 @@ def report(name, coeffs):
     print(f"{name}: [" + ", ".join(repr(float(f32(c))) for c in coeffs) + "]")
 
 
-# exp(r) on |r| <= ln2/2: p(r) = 1 + r + c2 r^2 + ... + c7 r^7 (c0 = c1 = 1 fixed).
+# exp(r) on |r| <= ln2/2: p(r) = 1 + r + c2 r^2 + ... + c6 r^6 (c0 = c1 = 1 fixed).
 lo, hi = -0.3466, 0.3466
 xs = cheb(lo, hi, 400)
-deg = 7
+deg = 6
 basis = [lambda x, k=k: x ** k for k in range(2, deg + 1)]
 c = lsq(xs, basis, lambda x: float(mp.exp(x)) - 1 - x, lambda x: 1 / float(mp.exp(x)))
 exp_coeffs = list(reversed([1.0, 1.0] + list(c)))

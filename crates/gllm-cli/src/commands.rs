@@ -4,9 +4,10 @@ use crate::{DeviceArgs, ExplainArgs, ProfileArgs, RunArgs};
 use anyhow::{bail, Context, Result};
 use gllm::layer_graph::decoder_stack;
 use gllm::LlamaConfig;
+use gllm_kernels::codegen::group::CompiledGroup;
 use gllm_kernels::codegen::MulAddKernel;
 use gllm_kernels::device::{DeviceProfile, Isa};
-use gllm_kernels::fusion::fuse;
+use gllm_kernels::fusion::{fuse, FusionStrategy};
 use gllm_kernels::scalar::ScalarOpRegistry;
 use gllm_kernels::trace::{CodeMap, ProcessMemory};
 use std::time::Instant;
@@ -88,6 +89,40 @@ pub fn run(args: &RunArgs) -> Result<()> {
         plan.buffers.scratchpad_bytes as f64 / (1 << 20) as f64
     );
     println!("             (`gllm explain --model llama-7b` shows one layer's plan)\n");
+
+    // Phase 3a: every non-GEMM group of a SmolLM2 layer, compiled and run.
+    let small = LlamaConfig::smollm2_135m();
+    let layer = decoder_stack(&small, 16, 1);
+    let sem = layer.analyse(registry).context("analysing the SmolLM2 layer")?;
+    let layer_plan = fuse(&layer, &profile)?;
+    let started = Instant::now();
+    let mut compiled = Vec::new();
+    for group in layer_plan.groups.iter().filter(|g| !matches!(g.strategy, FusionStrategy::Gemm(_))) {
+        let cg = CompiledGroup::compile(&sem, group, &profile)
+            .with_context(|| format!("compiling group {} ({})", group.id, group.strategy.name()))?;
+        compiled.push(cg);
+    }
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    for cg in &compiled {
+        let data: Vec<Vec<f32>> = cg
+            .inputs()
+            .iter()
+            .map(|&t| (0..sem.tensors[t].desc.numel()).map(|i| ((i % 23) as f32 - 11.0) * 0.05).collect())
+            .collect();
+        let ins: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+        let mut out = vec![0.0f32; sem.tensors[cg.output()].desc.numel()];
+        cg.run(&ins, &mut out)?;
+        if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+            bail!("a compiled group produced a non-finite value at element {bad}");
+        }
+    }
+    println!(
+        "phase 3a     compiled the {} non-GEMM groups of a SmolLM2-135M layer (norms, RoPE, softmax) in {compile_ms:.2} ms and ran them",
+        compiled.len()
+    );
+    println!(
+        "             (`cargo bench -p gllm-kernels --bench loops` measures them against memory bandwidth)\n"
+    );
 
     let started = Instant::now();
     let kernel = MulAddKernel::compile(&profile).context("JIT-compiling the mul-add kernel")?;

@@ -219,42 +219,10 @@ fn every_builtin_non_gemm_op_matches_its_reference() {
 
 #[test]
 fn unseen_ops_compile_with_no_emitter_change() {
-    let mut registry = ScalarOpRegistry::with_builtins();
-    let unary = gllm_kernels::scalar::OpSignature::new(
-        vec![Arg::Element { name: "x", role: gllm_kernels::scalar::TensorRole::Activation }],
-        Returns::Element,
-    )
-    .unwrap();
-    let fns: [(&str, extern "C" fn(f32) -> f32); 4] = [
-        ("softplus", support::unseen::gk_softplus),
-        ("hard_swish", support::unseen::gk_hard_swish),
-        ("mish", support::unseen::gk_mish),
-        ("squared_relu", support::unseen::gk_squared_relu),
-    ];
-    let kinds: Vec<OpKind> =
-        fns.iter().map(|(n, f)| registry.register_custom(n, *f, unary.clone()).unwrap()).collect();
-    let mean_sig = gllm_kernels::scalar::OpSignature::new(
-        vec![
-            Arg::Input {
-                name: "x",
-                role: gllm_kernels::scalar::TensorRole::Activation,
-                len: gllm_kernels::scalar::Len::Dim(0),
-            },
-            Arg::Dim { name: "n" },
-        ],
-        Returns::RowScalar,
-    )
-    .unwrap();
-    let mean = registry
-        .register_custom(
-            "mean",
-            support::unseen::gk_mean as unsafe extern "C" fn(*const f32, usize) -> f32,
-            mean_sig,
-        )
-        .unwrap();
+    let (registry, kinds) = support::unseen_registry();
     let mut rng = Rng(0x5eed_0002);
     for profile in profiles() {
-        for &k in kinds.iter().chain([&mean]) {
+        for &k in &kinds {
             check_op(registry.get(k).unwrap(), &profile, &lengths(), 4, &mut rng);
         }
     }

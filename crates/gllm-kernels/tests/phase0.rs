@@ -6,7 +6,7 @@
 mod support;
 
 use gllm_kernels::scalar::{
-    AbiReturn, AbiType, Arg, Len, OpKind, OpSignature, Returns, ScalarOpRegistry, TensorRole,
+    AbiReturn, AbiType, Arg, OpKind, OpSignature, Returns, ScalarOpRegistry, TensorRole,
 };
 use gllm_kernels::trace::{analyse_in, BufferMemory, ComputePattern, OpClass, ProcessMemory, TraceErrorKind};
 use std::sync::Arc;
@@ -104,37 +104,9 @@ fn unknown_names_and_bad_signatures_are_errors() {
     assert!(OpSignature::new(vec![Arg::Dim { name: "n" }], Returns::RowScalar).is_err(), "no input");
 }
 
-fn unseen_registry() -> (ScalarOpRegistry, Vec<OpKind>) {
-    let mut r = ScalarOpRegistry::empty();
-    let unary =
-        OpSignature::new(vec![Arg::Element { name: "x", role: TensorRole::Activation }], Returns::Element)
-            .unwrap();
-    let f: [(&str, extern "C" fn(f32) -> f32); 4] = [
-        ("softplus", unseen::gk_softplus),
-        ("hard_swish", unseen::gk_hard_swish),
-        ("mish", unseen::gk_mish),
-        ("squared_relu", unseen::gk_squared_relu),
-    ];
-    let mut kinds: Vec<OpKind> =
-        f.iter().map(|(n, f)| r.register_custom(n, *f, unary.clone()).unwrap()).collect();
-    let mean = OpSignature::new(
-        vec![
-            Arg::Input { name: "x", role: TensorRole::Activation, len: Len::Dim(0) },
-            Arg::Dim { name: "n" },
-        ],
-        Returns::RowScalar,
-    )
-    .unwrap();
-    kinds.push(
-        r.register_custom("mean", unseen::gk_mean as unsafe extern "C" fn(*const f32, usize) -> f32, mean)
-            .unwrap(),
-    );
-    (r, kinds)
-}
-
 #[test]
 fn unseen_ops_are_analysed_with_no_analyser_change() {
-    let (registry, kinds) = unseen_registry();
+    let (registry, kinds) = support::unseen_registry();
     let mut rng = Rng(42);
     for kind in kinds {
         let op = registry.get(kind).unwrap();
@@ -151,7 +123,7 @@ fn unseen_ops_are_analysed_with_no_analyser_change() {
 /// Registers the fixture library's copy of every op (same signatures) so the
 /// same checks run on code compiled at another opt-level / target-cpu.
 fn fixture_registry(lib: &libloading::Library) -> ScalarOpRegistry {
-    let (unseen, _) = unseen_registry();
+    let (unseen, _) = support::unseen_registry();
     let builtins = ScalarOpRegistry::global();
     let mut r = ScalarOpRegistry::empty();
     for op in builtins.iter().chain(unseen.iter()) {
@@ -209,7 +181,7 @@ fn fixture_registry(lib: &libloading::Library) -> ScalarOpRegistry {
 #[test]
 fn analyser_copes_with_opt_levels_1_2_3_with_and_without_native() {
     let builtins = ScalarOpRegistry::global();
-    let (unseen, _) = unseen_registry();
+    let (unseen, _) = support::unseen_registry();
     let mut rng = Rng(7);
     assert_eq!(trace_fixtures::FIXTURES.len(), 6);
     for &(opt, native, path) in trace_fixtures::FIXTURES {

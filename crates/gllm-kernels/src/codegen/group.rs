@@ -42,26 +42,7 @@ fn append(out: &mut Body, body: &Body, leaf: &mut dyn FnMut(&TraceOp) -> Option<
             map.push(v);
             continue;
         }
-        let r = |v: ValueId| map[v as usize];
-        use TraceOp::*;
-        let new = match *op {
-            Add(a, b) => Add(r(a), r(b)),
-            Sub(a, b) => Sub(r(a), r(b)),
-            Mul(a, b) => Mul(r(a), r(b)),
-            Div(a, b) => Div(r(a), r(b)),
-            Max(a, b) => Max(r(a), r(b)),
-            Min(a, b) => Min(r(a), r(b)),
-            Fma(a, b, c) => Fma(r(a), r(b), r(c)),
-            Neg(a) => Neg(r(a)),
-            Abs(a) => Abs(r(a)),
-            Sqrt(a) => Sqrt(r(a)),
-            Exp(a) => Exp(r(a)),
-            Log(a) => Log(r(a)),
-            Tanh(a) => Tanh(r(a)),
-            Cmp(p, a, b) => Cmp(p, r(a), r(b)),
-            Select(c, a, b) => Select(r(c), r(a), r(b)),
-            leaf => leaf,
-        };
+        let new = op.map_operands(|v| map[v as usize]);
         out.ops.push(new);
         map.push((out.ops.len() - 1) as ValueId);
     }

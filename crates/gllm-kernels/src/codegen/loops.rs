@@ -283,26 +283,7 @@ pub fn prune(body: &Body) -> Body {
 }
 
 fn remap(op: &TraceOp, m: &[ValueId]) -> TraceOp {
-    use TraceOp::*;
-    let r = |v: ValueId| m[v as usize];
-    match *op {
-        Add(a, b) => Add(r(a), r(b)),
-        Sub(a, b) => Sub(r(a), r(b)),
-        Mul(a, b) => Mul(r(a), r(b)),
-        Div(a, b) => Div(r(a), r(b)),
-        Max(a, b) => Max(r(a), r(b)),
-        Min(a, b) => Min(r(a), r(b)),
-        Fma(a, b, c) => Fma(r(a), r(b), r(c)),
-        Neg(a) => Neg(r(a)),
-        Abs(a) => Abs(r(a)),
-        Sqrt(a) => Sqrt(r(a)),
-        Exp(a) => Exp(r(a)),
-        Log(a) => Log(r(a)),
-        Tanh(a) => Tanh(r(a)),
-        Cmp(p, a, b) => Cmp(p, r(a), r(b)),
-        Select(c, a, b) => Select(r(c), r(a), r(b)),
-        leaf => leaf,
-    }
+    op.map_operands(|v| m[v as usize])
 }
 
 /// The highest fold index a value depends on (None: no fold).
@@ -798,6 +779,25 @@ impl Gen<'_> {
         scratch_registers(body, u8::MAX, self.asm.isa)
     }
 
+    /// After the first fold a row is cache-resident and later passes make no
+    /// memory reads of their own: they prefetch (into L2) the next row of the
+    /// streams the first fold reads, so DRAM stays busy while they compute.
+    /// Returns the registers holding the next rows' addresses (spare stream
+    /// registers; as many streams as there are spares).
+    fn next_row_prefetch(&mut self) -> Result<Vec<AsmRegister64>, CodegenError> {
+        let mut next_rows = Vec::new();
+        let Some(first) = self.prog.folds.first() else { return Ok(next_rows) };
+        let streams = self.prog.num_streams();
+        for (k, &spare) in first.element.inputs_used().iter().zip(STREAM_GPRS[streams..].iter()) {
+            let k = *k as usize;
+            let base = self.stream(k);
+            self.asm.a.mov(spare, base)?;
+            self.asm.a.add(spare, qword_ptr(rdi + (OFF_STRIDES + 8 * k as i32)))?;
+            next_rows.push(spare);
+        }
+        Ok(next_rows)
+    }
+
     fn emit_fold(&mut self, f: usize) -> Result<(), CodegenError> {
         let fold = self.prog.folds[f].clone();
         let used_inputs = fold.element.inputs_used();
@@ -817,7 +817,11 @@ impl Gen<'_> {
         let scratch_main = scratch.clone();
         let memo =
             (self.prog.memo_fold == Some(f)).then_some(self.prog.num_inputs + self.prog.body.outputs.len());
+        let next_rows = if f > 0 { self.next_row_prefetch()? } else { Vec::new() };
         let mut main = |g: &mut Gen, at: Mem, copy: usize| -> Result<(), CodegenError> {
+            for &n in &next_rows {
+                g.asm.a.prefetcht1(byte_ptr(n + IDX * 4 + at.disp))?;
+            }
             let r = g.lower(&element, Some(at), &[], &scratch_main)?[0];
             if let Some(out) = memo {
                 g.asm.store(Mem { base: g.stream(out), ..at }, r)?;
@@ -887,19 +891,7 @@ impl Gen<'_> {
         }
         let scratch = self.free.clone();
         let unroll = if body.ops.len() <= 24 { 4 } else { 2 };
-        // After folds the row is cache-resident and this pass makes no
-        // memory reads of its own: prefetch the next row of the streams the
-        // first fold reads, so the memory system stays busy.
-        let streams = self.prog.num_streams();
-        let mut next_rows: Vec<AsmRegister64> = Vec::new();
-        if let Some(first) = self.prog.folds.first() {
-            for (k, &spare) in first.element.inputs_used().iter().zip(STREAM_GPRS[streams..].iter()) {
-                let k = *k as usize;
-                self.asm.a.mov(spare, self.stream(k))?;
-                self.asm.a.add(spare, qword_ptr(rdi + (OFF_STRIDES + 8 * k as i32)))?;
-                next_rows.push(spare);
-            }
-        }
+        let next_rows = self.next_row_prefetch()?;
         // Streaming stores need aligned addresses: align the first output
         // (with several outputs only if they share alignment; else skip).
         let streaming = self.prog.streaming_stores && body.outputs.len() == 1;
@@ -907,7 +899,7 @@ impl Gen<'_> {
         let scratch_m = scratch.clone();
         let mut main = |g: &mut Gen, at: Mem, _copy: usize| -> Result<(), CodegenError> {
             for &n in &next_rows {
-                g.asm.a.prefetcht0(byte_ptr(n + IDX * 4 + at.disp))?;
+                g.asm.a.prefetcht1(byte_ptr(n + IDX * 4 + at.disp))?;
             }
             let regs = g.lower(&body_m, Some(at), &[], &scratch_m)?;
             for (j, r) in regs.into_iter().enumerate() {

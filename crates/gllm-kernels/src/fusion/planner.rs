@@ -390,7 +390,7 @@ impl Planner<'_, '_> {
     /// Orders the groups topologically and fills in their interfaces and
     /// parallel strategies. Falls back to one group per node should the
     /// grouping ever create a cycle between groups.
-    fn finish(self) -> Vec<FusionGroup> {
+    fn finish(mut self) -> Vec<FusionGroup> {
         let sem = self.sem;
         let group_of: Vec<usize> = self.group_of.iter().map(|g| g.expect("every node is grouped")).collect();
         let order = match topo_groups(sem, &self.drafts, &group_of, &self.pos) {
@@ -398,26 +398,31 @@ impl Planner<'_, '_> {
             None => return self.fallback(),
         };
         let threads = parallel::threads_for(self.profile);
-        let mut drafts: Vec<Option<Draft>> = self.drafts.into_iter().map(Some).collect();
+        let mut drafts: Vec<Option<Draft>> = std::mem::take(&mut self.drafts).into_iter().map(Some).collect();
         order
             .into_iter()
             .enumerate()
             .map(|(id, d)| {
                 let draft = drafts[d].take().expect("each draft once");
-                let (inputs, outputs) = interface(sem, &draft.nodes, d, &group_of);
-                let parallel = choose_parallel(sem, &draft, &self.blocking, self.profile, threads);
-                FusionGroup {
-                    id,
-                    nodes: draft.nodes,
-                    strategy: draft.strategy,
-                    inputs,
-                    outputs,
-                    carried: draft.carried,
-                    parallel,
-                    reasons: draft.reasons,
-                }
+                self.build(id, d, draft, &group_of, threads)
             })
             .collect()
+    }
+
+    /// The final group `id` from draft number `d`.
+    fn build(&self, id: usize, d: usize, draft: Draft, group_of: &[usize], threads: usize) -> FusionGroup {
+        let (inputs, outputs) = interface(self.sem, &draft.nodes, d, group_of);
+        let parallel = choose_parallel(self.sem, &draft, &self.blocking, self.profile, threads);
+        FusionGroup {
+            id,
+            nodes: draft.nodes,
+            strategy: draft.strategy,
+            inputs,
+            outputs,
+            carried: draft.carried,
+            parallel,
+            reasons: draft.reasons,
+        }
     }
 
     fn fallback(&self) -> Vec<FusionGroup> {
@@ -434,18 +439,7 @@ impl Planner<'_, '_> {
                     reasons: vec!["fusion disabled: grouping created a dependency cycle".into()],
                     carried: Vec::new(),
                 };
-                let (inputs, outputs) = interface(self.sem, &draft.nodes, n, &group_of);
-                let parallel = choose_parallel(self.sem, &draft, &self.blocking, self.profile, threads);
-                FusionGroup {
-                    id,
-                    nodes: draft.nodes,
-                    strategy: draft.strategy,
-                    inputs,
-                    outputs,
-                    carried: Vec::new(),
-                    parallel,
-                    reasons: draft.reasons,
-                }
+                self.build(id, n, draft, &group_of, threads)
             })
             .collect()
     }

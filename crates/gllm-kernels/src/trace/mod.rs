@@ -113,6 +113,30 @@ pub enum TraceOp {
 }
 
 impl TraceOp {
+    /// The same op reading `f(v)` instead of each operand `v` (renumbering
+    /// when bodies are pruned, reordered or composed).
+    pub fn map_operands(&self, f: impl Fn(ValueId) -> ValueId) -> TraceOp {
+        use TraceOp::*;
+        match *self {
+            Add(a, b) => Add(f(a), f(b)),
+            Sub(a, b) => Sub(f(a), f(b)),
+            Mul(a, b) => Mul(f(a), f(b)),
+            Div(a, b) => Div(f(a), f(b)),
+            Max(a, b) => Max(f(a), f(b)),
+            Min(a, b) => Min(f(a), f(b)),
+            Fma(a, b, c) => Fma(f(a), f(b), f(c)),
+            Neg(a) => Neg(f(a)),
+            Abs(a) => Abs(f(a)),
+            Sqrt(a) => Sqrt(f(a)),
+            Exp(a) => Exp(f(a)),
+            Log(a) => Log(f(a)),
+            Tanh(a) => Tanh(f(a)),
+            Cmp(p, a, b) => Cmp(p, f(a), f(b)),
+            Select(c, a, b) => Select(f(c), f(a), f(b)),
+            leaf => leaf,
+        }
+    }
+
     /// Values this op reads.
     pub fn operands(&self) -> Vec<ValueId> {
         use TraceOp::*;

@@ -2,7 +2,9 @@
 //! reference-vs-trace checker every Phase 0 test uses.
 #![allow(dead_code)]
 
-use gllm_kernels::scalar::{AbiValue, Arg, FnForm, OpSignature, Returns, ScalarFn};
+use gllm_kernels::scalar::{
+    AbiValue, Arg, FnForm, Len, OpKind, OpSignature, Returns, ScalarFn, ScalarOpRegistry, TensorRole,
+};
 use gllm_kernels::trace::{ComputePattern, OpTrace};
 
 pub mod unseen {
@@ -248,4 +250,34 @@ fn check_slices(
         }
     }
     Ok(compared)
+}
+
+/// A registry holding only the five unseen ops (softplus, hard-swish, mish,
+/// squared ReLU, mean), and their kinds.
+pub fn unseen_registry() -> (ScalarOpRegistry, Vec<OpKind>) {
+    let mut r = ScalarOpRegistry::empty();
+    let unary =
+        OpSignature::new(vec![Arg::Element { name: "x", role: TensorRole::Activation }], Returns::Element)
+            .unwrap();
+    let f: [(&str, extern "C" fn(f32) -> f32); 4] = [
+        ("softplus", unseen::gk_softplus),
+        ("hard_swish", unseen::gk_hard_swish),
+        ("mish", unseen::gk_mish),
+        ("squared_relu", unseen::gk_squared_relu),
+    ];
+    let mut kinds: Vec<OpKind> =
+        f.iter().map(|(n, f)| r.register_custom(n, *f, unary.clone()).unwrap()).collect();
+    let mean = OpSignature::new(
+        vec![
+            Arg::Input { name: "x", role: TensorRole::Activation, len: Len::Dim(0) },
+            Arg::Dim { name: "n" },
+        ],
+        Returns::RowScalar,
+    )
+    .unwrap();
+    kinds.push(
+        r.register_custom("mean", unseen::gk_mean as unsafe extern "C" fn(*const f32, usize) -> f32, mean)
+            .unwrap(),
+    );
+    (r, kinds)
 }
