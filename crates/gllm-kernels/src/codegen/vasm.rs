@@ -212,6 +212,21 @@ impl VecAsm {
         Ok(())
     }
 
+    /// AVX-512: `d += a · broadcast(f32 at m)` with an embedded broadcast.
+    pub fn fmadd231_bcst(&mut self, d: V, a: V, m: Mem) -> R {
+        self.a.vfmadd231ps(z(d), z(a), dword_bcst(m.op()))?;
+        Ok(())
+    }
+
+    /// `d = broadcast(f32 at m)`.
+    pub fn broadcast_mem(&mut self, d: V, m: Mem) -> R {
+        match self.isa {
+            Isa::Avx512 => self.a.vbroadcastss(z(d), dword_ptr(m.op()))?,
+            Isa::Avx2 => self.a.vbroadcastss(y(d), dword_ptr(m.op()))?,
+        }
+        Ok(())
+    }
+
     /// Non-temporal store (the address must be vector-aligned).
     pub fn store_nt(&mut self, m: Mem, v: V) -> R {
         match self.isa {

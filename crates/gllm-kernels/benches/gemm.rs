@@ -1,0 +1,139 @@
+//! JIT GEMM throughput against this machine's FMA peak (an FMA-chain probe
+//! run in the same process) and OpenBLAS (numpy, run in the same benchmark
+//! when python3 + numpy are available). Medians of several runs.
+//! `cargo bench -p gllm-kernels --bench gemm`
+
+use gllm_kernels::codegen::gemm::GemmKernel;
+use gllm_kernels::codegen::vasm::{Src, VecAsm, V};
+use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::runtime::ExecutableCode;
+use std::process::Command;
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// GFLOP/s of independent FMA chains on one core (12 accumulators).
+fn fma_peak(isa: Isa) -> f64 {
+    let mut asm = VecAsm::new(isa).unwrap();
+    use iced_x86::code_asm::*;
+    let mut top = asm.a.create_label();
+    for r in 0..14u8 {
+        asm.xor(V(r), V(r), Src::Reg(V(r))).unwrap();
+    }
+    asm.a.set_label(&mut top).unwrap();
+    for r in 0..12u8 {
+        asm.fmadd231(V(r), V(12), Src::Reg(V(13))).unwrap();
+    }
+    asm.a.dec(rdi).unwrap();
+    asm.a.jnz(top).unwrap();
+    asm.vzeroupper().unwrap();
+    asm.a.ret().unwrap();
+    let code = ExecutableCode::new(&asm.a.assemble(0).unwrap()).unwrap();
+    let f: extern "C" fn(u64) = unsafe { std::mem::transmute(code.entry()) };
+    let iters = 20_000_000u64;
+    let t = median(
+        (0..5)
+            .map(|_| {
+                let s = Instant::now();
+                f(iters);
+                s.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    (iters * 12 * isa.f32_lanes() as u64 * 2) as f64 / t / 1e9
+}
+
+/// Read bandwidth (GB/s): the JIT reduce_sum kernel over 64 MiB (2 rows, so
+/// two threads can split it).
+fn read_bandwidth(profile: &DeviceProfile, threads: usize) -> f64 {
+    use gllm_kernels::codegen::loops::{LoopKernel, LoopProgram};
+    use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
+    let op = ScalarOpRegistry::global().get(OpKind::ReduceSum).unwrap();
+    let k = LoopKernel::compile(&LoopProgram::from_trace(&op.trace().unwrap(), vec![]).unwrap(), profile)
+        .unwrap();
+    let n = 1usize << 24;
+    let v: Vec<f32> = (0..n).map(|i| (i % 3) as f32).collect();
+    let mut out = [0.0f32; 2];
+    let t = median(
+        (0..7)
+            .map(|_| {
+                let s = Instant::now();
+                k.run(&[&v], &mut [&mut out], 2, n / 2, threads).unwrap();
+                s.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    (n * 4) as f64 / t / 1e9
+}
+
+fn openblas(m: usize, n: usize, k: usize, threads: usize) -> Option<f64> {
+    let script = format!(
+        "import numpy as np, time\n\
+         a=np.random.rand({m},{k}).astype(np.float32); b=np.random.rand({k},{n}).astype(np.float32)\n\
+         a@b\n\
+         ts=[]\n\
+         for _ in range(7):\n\
+         \x20t=time.perf_counter(); a@b; ts.append(time.perf_counter()-t)\n\
+         print(sorted(ts)[3])"
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("OPENBLAS_NUM_THREADS", threads.to_string())
+        .env("OMP_NUM_THREADS", threads.to_string())
+        .output()
+        .ok()?;
+    let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some(2.0 * (m * n * k) as f64 / secs / 1e9)
+}
+
+fn main() {
+    let profile = DeviceProfile::detect().expect("AVX2 or AVX-512 CPU");
+    let peak = fma_peak(profile.isa);
+    let peak_ymm = fma_peak(Isa::Avx2);
+    let g = GemmKernel::compile(&profile).unwrap();
+    let b = g.blocking();
+    println!(
+        "{} ({}), microkernel {}×{}, KC {}, MC {}, NC {}\nFMA peak per core measured now: {peak:.0} GFLOP/s ({}), {peak_ymm:.0} GFLOP/s (ymm)\n",
+        profile.name, profile.isa, b.mr, b.nr, b.kc, b.mc, b.nc, profile.isa
+    );
+    let read_bw = [read_bandwidth(&profile, 1), read_bandwidth(&profile, 2)];
+    println!(
+        "read bandwidth measured now: {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)\n",
+        read_bw[0], read_bw[1]
+    );
+    println!("| M×K×N | threads | ours GFLOP/s | % of peak | B read GB/s (% of read BW) | OpenBLAS GFLOP/s | ours / OpenBLAS |");
+    println!("|---|---|---|---|---|---|---|");
+    for (m, k, n) in [(128, 4096, 4096), (32, 4096, 4096), (1, 4096, 4096), (1, 4096, 11008)] {
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        let bm: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
+        let packed = g.pack_b(&bm, k, n).unwrap();
+        let mut c = vec![0.0f32; m * n];
+        for threads in [1usize, 2] {
+            g.gemm_prepacked(&a, &packed, &mut c, m, threads).unwrap();
+            let runs = if m == 1 { 15 } else { 7 };
+            let t = median(
+                (0..runs)
+                    .map(|_| {
+                        let s = Instant::now();
+                        g.gemm_prepacked(&a, &packed, &mut c, m, threads).unwrap();
+                        s.elapsed().as_secs_f64()
+                    })
+                    .collect(),
+            );
+            let ours = 2.0 * (m * n * k) as f64 / t / 1e9;
+            let ob = openblas(m, n, k, threads);
+            let b_gbs = (k * n * 4) as f64 / t / 1e9;
+            println!(
+                "| {m}×{k}×{n} | {threads} | {ours:.1} | {:.0}% | {b_gbs:.1} ({:.0}%) | {} | {} |",
+                100.0 * ours / (peak * threads as f64),
+                100.0 * b_gbs / read_bw[threads - 1],
+                ob.map_or("n/a".into(), |v| format!("{v:.1}")),
+                ob.map_or("n/a".into(), |v| format!("{:.2}×", ours / v)),
+            );
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! JIT GEMM: `C = A·B` (f32, row-major), BLIS-style.
+//!
+//! The loops are the classic five: NC columns of C at a time (B panel in L3),
+//! KC deep (packed B micro-panels in L1), MC rows (packed A block in L2), then
+//! NR × MR register tiles computed by a JIT-generated microkernel. MR × NR, KC,
+//! MC and NC all come from [`GemmBlocking`] (i.e. from the DeviceProfile).
+//! Packing and the loop nest are Rust; the microkernel is generated machine
+//! code, one per ISA. Threads split the NC loop (each thread packs its own
+//! panels), or M when N is too narrow.
+//!
+//! Status: plain GEMM and prepacked B. Epilogue injection, tile-level norm
+//! fusion and the GEMV path are the next steps (issue #7).
+
+use super::vasm::{Mem, Src, VecAsm, V};
+use super::CodegenError;
+use crate::device::{DeviceProfile, GemmBlocking, Isa};
+use crate::runtime::ExecutableCode;
+
+/// `fn(a_panel, b_panel, c, ldc_elems, kc, accumulate)`.
+type MicroFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
+
+/// A compiled GEMM for one profile.
+#[derive(Debug)]
+pub struct GemmKernel {
+    micro: ExecutableCode,
+    /// GEMV kernels over 1..=GEMV_PANELS packed B panels at once.
+    gemv: Vec<ExecutableCode>,
+    blocking: GemmBlocking,
+    isa: Isa,
+}
+
+/// B panels one GEMV kernel call streams side by side (its accumulators).
+const GEMV_PANELS: usize = 4;
+
+/// `fn(x, first_panel, y, kc, panel_stride_bytes, accumulate)`.
+type GemvFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
+
+/// B packed once (e.g. a weight at load time) in the kernel's panel layout.
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    kc: usize,
+    nr: usize,
+    /// For each KC block (in order), NR-wide panels of `kc_len × NR`, zero-padded.
+    data: Vec<f32>,
+    /// Offset of each KC block in `data`.
+    block_offsets: Vec<usize>,
+}
+
+impl PackedB {
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+}
+
+impl GemmKernel {
+    /// Generates the microkernel for `profile` (whose ISA must run here).
+    pub fn compile(profile: &DeviceProfile) -> Result<GemmKernel, CodegenError> {
+        if !profile.runs_on_host() {
+            return Err(CodegenError::IsaNotOnHost { isa: profile.isa });
+        }
+        let blocking = profile.gemm_blocking();
+        let bytes = microkernel(profile.isa, &blocking)?;
+        let gemv = (1..=GEMV_PANELS)
+            .map(|p| {
+                ExecutableCode::new(&gemv_kernel(profile.isa, &blocking, p)?).map_err(CodegenError::from)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GemmKernel { micro: ExecutableCode::new(&bytes)?, gemv, blocking, isa: profile.isa })
+    }
+
+    pub fn blocking(&self) -> &GemmBlocking {
+        &self.blocking
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The generated microkernel's machine code.
+    pub fn microkernel_code(&self) -> &ExecutableCode {
+        &self.micro
+    }
+
+    /// `c[m×n] = a[m×k] · b[k×n]`, all row-major and contiguous, on up to `threads` threads.
+    pub fn gemm(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        (m, n, k): (usize, usize, usize),
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        check_len("A", a.len(), m * k)?;
+        check_len("B", b.len(), k * n)?;
+        check_len("C", c.len(), m * n)?;
+        self.run(a, BSource::RowMajor(b), c, (m, n, k), threads)
+    }
+
+    /// Packs `b[k×n]` (row-major) once, for [`GemmKernel::gemm_prepacked`].
+    pub fn pack_b(&self, b: &[f32], k: usize, n: usize) -> Result<PackedB, CodegenError> {
+        check_len("B", b.len(), k * n)?;
+        let (kc, nr) = (self.blocking.kc, self.blocking.nr);
+        let mut data = Vec::new();
+        let mut block_offsets = Vec::new();
+        for pc in (0..k).step_by(kc.max(1)) {
+            let kb = kc.min(k - pc);
+            block_offsets.push(data.len());
+            let start = data.len();
+            data.resize(start + n.div_ceil(nr) * nr * kb, 0.0);
+            pack_b_block(&mut data[start..], b, n, pc, kb, 0, n, nr);
+        }
+        Ok(PackedB { k, n, kc, nr, data, block_offsets })
+    }
+
+    /// `c = a · B` with B packed by [`GemmKernel::pack_b`].
+    pub fn gemm_prepacked(
+        &self,
+        a: &[f32],
+        b: &PackedB,
+        c: &mut [f32],
+        m: usize,
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        if b.kc != self.blocking.kc || b.nr != self.blocking.nr {
+            return Err(CodegenError::BadArguments("B was packed for another blocking".into()));
+        }
+        let (n, k) = (b.n, b.k);
+        check_len("A", a.len(), m * k)?;
+        check_len("C", c.len(), m * n)?;
+        if m == 1 && k > 0 && n > 0 {
+            return self.gemv_prepacked(a, b, c, threads);
+        }
+        self.run(a, BSource::Packed(b), c, (m, n, k), threads)
+    }
+
+    /// `y[n] = x[k] · B`: streams each packed panel once, several side by
+    /// side; the panels are split across threads.
+    fn gemv_prepacked(
+        &self,
+        x: &[f32],
+        b: &PackedB,
+        y: &mut [f32],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        let nr = b.nr;
+        let panels = b.n.div_ceil(nr);
+        let threads = threads.max(1).min(panels);
+        let per = panels.div_ceil(threads);
+        let y_addr = y.as_mut_ptr() as usize;
+        let work = |t: usize| {
+            let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
+            if p0 >= p1 {
+                return;
+            }
+            let mut acc = vec![0.0f32; (p1 - p0) * nr];
+            for (bi, pc) in (0..b.k).step_by(b.kc).enumerate() {
+                let kb = b.kc.min(b.k - pc);
+                let stride = nr * kb;
+                for g in (p0..p1).step_by(GEMV_PANELS) {
+                    let count = GEMV_PANELS.min(p1 - g);
+                    let f: GemvFn = unsafe_gemv(&self.gemv[count - 1]);
+                    let first = &b.data[b.block_offsets[bi] + g * stride..];
+                    let out = &mut acc[(g - p0) * nr..(g - p0 + count) * nr];
+                    // SAFETY: `first` starts `count` panels of kb·NR values
+                    // each, `stride` apart; `out` has count·NR elements; x has
+                    // k ≥ pc + kb elements.
+                    unsafe {
+                        f(
+                            x[pc..].as_ptr(),
+                            first.as_ptr(),
+                            out.as_mut_ptr(),
+                            kb,
+                            stride * 4,
+                            usize::from(bi > 0),
+                        )
+                    };
+                }
+            }
+            let c0 = p0 * nr;
+            let c1 = (p1 * nr).min(b.n);
+            // SAFETY: threads own disjoint column ranges [c0, c1) of y (n elements).
+            let y = unsafe { std::slice::from_raw_parts_mut(y_addr as *mut f32, b.n) };
+            y[c0..c1].copy_from_slice(&acc[..c1 - c0]);
+        };
+        if threads == 1 {
+            work(0);
+        } else {
+            rayon::scope(|s| {
+                for t in 0..threads {
+                    let work = &work;
+                    s.spawn(move |_| work(t));
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        a: &[f32],
+        b: BSource,
+        c: &mut [f32],
+        (m, n, k): (usize, usize, usize),
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            c.fill(0.0);
+            return Ok(());
+        }
+        let bl = &self.blocking;
+        let threads = threads.max(1);
+        let c_addr = c.as_mut_ptr() as usize;
+        // Split columns (NR multiples) across threads when wide enough, else rows.
+        let col_split = n >= threads * bl.nr * 2 || m < threads * bl.mr;
+        let parts: Vec<(usize, usize, usize, usize)> = if threads == 1 {
+            vec![(0, m, 0, n)]
+        } else if col_split {
+            let per = n.div_ceil(threads).div_ceil(bl.nr) * bl.nr;
+            (0..threads).map(|t| (0, m, t * per, ((t + 1) * per).min(n))).filter(|p| p.2 < p.3).collect()
+        } else {
+            let per = m.div_ceil(threads).div_ceil(bl.mr) * bl.mr;
+            (0..threads).map(|t| (t * per, ((t + 1) * per).min(m), 0, n)).filter(|p| p.0 < p.1).collect()
+        };
+        let work = |&(m0, m1, n0, n1): &(usize, usize, usize, usize)| {
+            // SAFETY: parts cover disjoint row or column ranges of C, so no
+            // two threads write the same element; C has m·n elements (checked).
+            let c = unsafe { std::slice::from_raw_parts_mut(c_addr as *mut f32, m * n) };
+            self.block(a, &b, c, (m, n, k), (m0, m1), (n0, n1));
+        };
+        if parts.len() == 1 {
+            work(&parts[0]);
+        } else {
+            rayon::scope(|s| {
+                for p in &parts {
+                    let work = &work;
+                    s.spawn(move |_| work(p));
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The BLIS loop nest over rows `m0..m1` and columns `n0..n1` of C.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        a: &[f32],
+        b: &BSource,
+        c: &mut [f32],
+        (_m, n, k): (usize, usize, usize),
+        (m0, m1): (usize, usize),
+        (n0, n1): (usize, usize),
+    ) {
+        let bl = &self.blocking;
+        let (mr, nr) = (bl.mr, bl.nr);
+        let micro: MicroFn = unsafe_micro(&self.micro);
+        let mut a_pack = vec![0.0f32; bl.mc.div_ceil(mr) * mr * bl.kc];
+        let mut b_pack = Vec::new();
+        let mut edge = vec![0.0f32; mr * nr];
+        for jc in (n0..n1).step_by(bl.nc) {
+            let nb = bl.nc.min(n1 - jc);
+            for (bi, pc) in (0..k).step_by(bl.kc).enumerate() {
+                let kb = bl.kc.min(k - pc);
+                let b_panels: &[f32] = match b {
+                    BSource::RowMajor(bm) => {
+                        b_pack.resize(nb.div_ceil(nr) * nr * kb, 0.0);
+                        pack_b_block(&mut b_pack, bm, n, pc, kb, jc, nb, nr);
+                        &b_pack
+                    }
+                    BSource::Packed(p) => {
+                        // Panels of the prepacked block starting at column jc.
+                        let off = p.block_offsets[bi] + (jc / nr) * nr * kb;
+                        &p.data[off..]
+                    }
+                };
+                let accumulate = usize::from(pc > 0);
+                for ic in (m0..m1).step_by(bl.mc) {
+                    let mb = bl.mc.min(m1 - ic);
+                    pack_a_block(&mut a_pack, a, k, ic, mb, pc, kb, mr);
+                    for jr in (0..nb).step_by(nr) {
+                        let nw = nr.min(nb - jr);
+                        let bp = &b_panels[(jr / nr) * nr * kb..];
+                        for ir in (0..mb).step_by(mr) {
+                            let mh = mr.min(mb - ir);
+                            let ap = &a_pack[(ir / mr) * mr * kb..];
+                            let row = ic + ir;
+                            let col = jc + jr;
+                            if mh == mr && nw == nr {
+                                // SAFETY: full tile: rows row..row+MR and
+                                // columns col..col+NR of C exist (ldc = n);
+                                // panels hold kb·MR and kb·NR values.
+                                unsafe {
+                                    micro(
+                                        ap.as_ptr(),
+                                        bp.as_ptr(),
+                                        c[row * n + col..].as_mut_ptr(),
+                                        n,
+                                        kb,
+                                        accumulate,
+                                    )
+                                };
+                            } else {
+                                // Edge tile: compute the full tile into a
+                                // buffer (padding is zeros), copy the valid part.
+                                // SAFETY: `edge` is MR×NR with ldc = NR.
+                                unsafe { micro(ap.as_ptr(), bp.as_ptr(), edge.as_mut_ptr(), nr, kb, 0) };
+                                for r in 0..mh {
+                                    let dst = &mut c[(row + r) * n + col..(row + r) * n + col + nw];
+                                    let src = &edge[r * nr..r * nr + nw];
+                                    if accumulate == 1 {
+                                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                                    } else {
+                                        dst.copy_from_slice(src);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum BSource<'a> {
+    RowMajor(&'a [f32]),
+    Packed(&'a PackedB),
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<(), CodegenError> {
+    if got != want {
+        return Err(CodegenError::BadArguments(format!("{what} has {got} elements, expected {want}")));
+    }
+    Ok(())
+}
+
+fn unsafe_gemv(code: &ExecutableCode) -> GemvFn {
+    // SAFETY: generated by `gemv_kernel` for this signature and sealed r-x.
+    unsafe { std::mem::transmute::<*const u8, GemvFn>(code.entry()) }
+}
+
+fn unsafe_micro(code: &ExecutableCode) -> MicroFn {
+    // SAFETY: the code was generated by `microkernel` for this signature and
+    // sealed r-x; calling it is only done with valid panels (see `block`).
+    unsafe { std::mem::transmute::<*const u8, MicroFn>(code.entry()) }
+}
+
+/// A rows `ic..ic+mb`, depth `pc..pc+kb` into MR-row panels, k-major
+/// (`panel[k·MR + r]`), the last panel zero-padded.
+#[allow(clippy::too_many_arguments)]
+fn pack_a_block(
+    dst: &mut [f32],
+    a: &[f32],
+    lda: usize,
+    ic: usize,
+    mb: usize,
+    pc: usize,
+    kb: usize,
+    mr: usize,
+) {
+    for (p, i0) in (0..mb).step_by(mr).enumerate() {
+        let panel = &mut dst[p * mr * kb..(p + 1) * mr * kb];
+        let rows = mr.min(mb - i0);
+        for r in 0..mr {
+            if r < rows {
+                let src = &a[(ic + i0 + r) * lda + pc..(ic + i0 + r) * lda + pc + kb];
+                for (kk, &v) in src.iter().enumerate() {
+                    panel[kk * mr + r] = v;
+                }
+            } else {
+                for kk in 0..kb {
+                    panel[kk * mr + r] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// B rows `pc..pc+kb`, columns `jc..jc+nb` into NR-column panels, k-major
+/// (`panel[k·NR + c]`), the last panel zero-padded.
+#[allow(clippy::too_many_arguments)]
+fn pack_b_block(
+    dst: &mut [f32],
+    b: &[f32],
+    ldb: usize,
+    pc: usize,
+    kb: usize,
+    jc: usize,
+    nb: usize,
+    nr: usize,
+) {
+    for (p, j0) in (0..nb).step_by(nr).enumerate() {
+        let panel = &mut dst[p * nr * kb..(p + 1) * nr * kb];
+        let cols = nr.min(nb - j0);
+        for kk in 0..kb {
+            let src = &b[(pc + kk) * ldb + jc + j0..(pc + kk) * ldb + jc + j0 + cols];
+            let row = &mut panel[kk * nr..(kk + 1) * nr];
+            row[..cols].copy_from_slice(src);
+            row[cols..].fill(0.0);
+        }
+    }
+}
+
+/// The MR×NR microkernel: `C[MR×NR] (+)= Apanel · Bpanel` over `kc` steps.
+/// SysV: rdi = A panel, rsi = B panel, rdx = C, rcx = ldc (elements),
+/// r8 = kc, r9 = accumulate (0/1).
+fn microkernel(isa: Isa, blocking: &GemmBlocking) -> Result<Vec<u8>, CodegenError> {
+    use iced_x86::code_asm::{r8, r9, rax, rcx, rdi, rdx, rsi};
+    let mut asm = VecAsm::new(isa)?;
+    let lanes = isa.f32_lanes();
+    let nv = blocking.nr / lanes;
+    let (mr, nr) = (blocking.mr, blocking.nr);
+    let vb = isa.vector_bytes() as i32;
+    let acc = |r: usize, v: usize| V((r * nv + v) as u8);
+    let bregs: Vec<V> = (0..nv).map(|v| V((mr * nv + v) as u8)).collect();
+    let bcast = V((mr * nv + nv) as u8);
+    for r in 0..mr {
+        for v in 0..nv {
+            asm.xor(acc(r, v), acc(r, v), Src::Reg(acc(r, v)))?;
+        }
+    }
+    let mut k_loop = asm.a.create_label();
+    let mut store = asm.a.create_label();
+    asm.a.test(r8, r8)?;
+    asm.a.jz(store)?;
+    asm.a.set_label(&mut k_loop)?;
+    for (v, &b) in bregs.iter().enumerate() {
+        asm.load(b, Src::Mem(Mem::base(rsi, v as i32 * vb)))?;
+    }
+    for r in 0..mr {
+        let a_elem = Mem::base(rdi, (r * 4) as i32);
+        match isa {
+            Isa::Avx512 => {
+                for (v, &b) in bregs.iter().enumerate() {
+                    asm.fmadd231_bcst(acc(r, v), b, a_elem)?;
+                }
+            }
+            Isa::Avx2 => {
+                asm.broadcast_mem(bcast, a_elem)?;
+                for (v, &b) in bregs.iter().enumerate() {
+                    asm.fmadd231(acc(r, v), b, Src::Reg(bcast))?;
+                }
+            }
+        }
+    }
+    asm.a.add(rdi, (mr * 4) as i32)?;
+    asm.a.add(rsi, (nr * 4) as i32)?;
+    asm.a.dec(r8)?;
+    asm.a.jnz(k_loop)?;
+    asm.a.set_label(&mut store)?;
+    asm.a.shl(rcx, 2)?;
+    let mut overwrite = asm.a.create_label();
+    let mut done = asm.a.create_label();
+    asm.a.test(r9, r9)?;
+    asm.a.jz(overwrite)?;
+    for pass in 0..2 {
+        if pass == 1 {
+            asm.a.set_label(&mut overwrite)?;
+        }
+        asm.a.mov(rax, rdx)?;
+        for r in 0..mr {
+            for v in 0..nv {
+                let at = Mem::base(rax, v as i32 * vb);
+                if pass == 0 {
+                    asm.add(acc(r, v), acc(r, v), Src::Mem(at))?;
+                }
+                asm.store(at, acc(r, v))?;
+            }
+            if r + 1 < mr {
+                asm.a.add(rax, rcx)?;
+            }
+        }
+        if pass == 0 {
+            asm.a.jmp(done)?;
+        }
+    }
+    asm.a.set_label(&mut done)?;
+    asm.vzeroupper()?;
+    asm.a.ret()?;
+    Ok(asm.a.assemble(0)?)
+}
+
+/// GEMV over `panels` packed B panels side by side: `y[panels·NR] (+)= x[kc] · B`.
+/// SysV: rdi = x, rsi = first panel, rdx = y, rcx = kc, r8 = panel stride
+/// (bytes), r9 = accumulate. Memory-bound: one broadcast of x[k] feeds
+/// `panels × NR/lanes` FMAs on freshly streamed B rows.
+fn gemv_kernel(isa: Isa, blocking: &GemmBlocking, panels: usize) -> Result<Vec<u8>, CodegenError> {
+    use iced_x86::code_asm::{r10, r11, r8, r9, rax, rcx, rdi, rdx, rsi};
+    let mut asm = VecAsm::new(isa)?;
+    let nv = blocking.nr / isa.f32_lanes();
+    let vb = isa.vector_bytes() as i32;
+    let acc = |p: usize, v: usize| V((p * nv + v) as u8);
+    let bcast = V((panels * nv) as u8);
+    let bases = [rsi, r10, r11, rax];
+    for p in 0..panels {
+        for v in 0..nv {
+            asm.xor(acc(p, v), acc(p, v), Src::Reg(acc(p, v)))?;
+        }
+    }
+    // Panel base pointers.
+    for p in 1..panels {
+        asm.a.lea(bases[p], iced_x86::code_asm::ptr(bases[p - 1] + r8))?;
+    }
+    let mut k_loop = asm.a.create_label();
+    let mut store = asm.a.create_label();
+    asm.a.test(rcx, rcx)?;
+    asm.a.jz(store)?;
+    asm.a.set_label(&mut k_loop)?;
+    asm.broadcast_mem(bcast, Mem::base(rdi, 0))?;
+    for (p, &base) in bases.iter().enumerate().take(panels) {
+        for v in 0..nv {
+            asm.fmadd231(acc(p, v), bcast, Src::Mem(Mem::base(base, v as i32 * vb)))?;
+        }
+    }
+    asm.a.add(rdi, 4)?;
+    for &base in bases.iter().take(panels) {
+        asm.a.add(base, (blocking.nr * 4) as i32)?;
+    }
+    asm.a.dec(rcx)?;
+    asm.a.jnz(k_loop)?;
+    asm.a.set_label(&mut store)?;
+    let mut overwrite = asm.a.create_label();
+    let mut done = asm.a.create_label();
+    asm.a.test(r9, r9)?;
+    asm.a.jz(overwrite)?;
+    for pass in 0..2 {
+        if pass == 1 {
+            asm.a.set_label(&mut overwrite)?;
+        }
+        for p in 0..panels {
+            for v in 0..nv {
+                let at = Mem::base(rdx, ((p * nv + v) as i32) * vb);
+                if pass == 0 {
+                    asm.add(acc(p, v), acc(p, v), Src::Mem(at))?;
+                }
+                asm.store(at, acc(p, v))?;
+            }
+        }
+        if pass == 0 {
+            asm.a.jmp(done)?;
+        }
+    }
+    asm.a.set_label(&mut done)?;
+    asm.vzeroupper()?;
+    asm.a.ret()?;
+    Ok(asm.a.assemble(0)?)
+}

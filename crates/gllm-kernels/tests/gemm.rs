@@ -1,0 +1,120 @@
+//! JIT GEMM against the scalar MatMul reference on awkward shapes, both ISAs,
+//! prepacked B, and 1 vs 2 threads.
+
+mod support;
+
+use gllm_kernels::codegen::gemm::GemmKernel;
+use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::scalar::ops::gk_matmul;
+use support::Rng;
+
+fn profiles() -> Vec<DeviceProfile> {
+    let host = DeviceProfile::detect().unwrap();
+    let mut v = vec![host.clone().with_isa(Isa::Avx2).unwrap()];
+    if host.features.supports(Isa::Avx512) {
+        v.push(host.with_isa(Isa::Avx512).unwrap());
+    }
+    v
+}
+
+fn reference(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut c = vec![0.0; m * n];
+    // SAFETY: a is m·k, b is k·n, c is m·n.
+    unsafe { gk_matmul(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), m, n, k) };
+    c
+}
+
+/// |c − ref| ≤ 2·K·2⁻²⁴·Σₚ|a_ip·b_pj| (both sums' rounding, any order) + the smallest normal.
+fn check(got: &[f32], want: &[f32], a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), what: &str) {
+    for i in 0..m {
+        for j in 0..n {
+            let mag: f64 = (0..k).map(|p| (a[i * k + p] as f64 * b[p * n + j] as f64).abs()).sum();
+            let bound = 2.0 * k as f64 * f32::EPSILON as f64 / 2.0 * mag + f32::MIN_POSITIVE as f64;
+            let err = (got[i * n + j] as f64 - want[i * n + j] as f64).abs();
+            assert!(
+                err <= bound,
+                "{what} {m}×{n}×{k} C[{i},{j}] = {} vs {} (bound {bound:e})",
+                got[i * n + j],
+                want[i * n + j]
+            );
+        }
+    }
+}
+
+fn shapes() -> Vec<(usize, usize, usize)> {
+    let small = [1usize, 2, 3, 15, 16, 17, 31, 33, 63, 65];
+    let mut v = Vec::new();
+    for (i, &m) in small.iter().enumerate() {
+        for (j, &n) in small.iter().enumerate() {
+            // Every (m, n) pair with three depths, cycling through the set.
+            for d in 0..3 {
+                v.push((m, n, small[(i + j + 3 * d) % small.len()]));
+            }
+        }
+    }
+    v.extend([
+        (127, 257, 65),
+        (257, 33, 127),
+        (1000, 17, 31),
+        (31, 1000, 65),
+        (65, 31, 1000),
+        (257, 257, 257),
+        (1, 1000, 257),
+        (0, 5, 3),
+        (4, 0, 3),
+        (4, 5, 0),
+    ]);
+    v
+}
+
+#[test]
+fn gemm_matches_the_scalar_reference() {
+    let mut rng = Rng(31);
+    for profile in profiles() {
+        let g = GemmKernel::compile(&profile).unwrap();
+        for (m, n, k) in shapes() {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let want = reference(&a, &b, m, n, k);
+            let mut c = vec![f32::NAN; m * n];
+            g.gemm(&a, &b, &mut c, (m, n, k), 1).unwrap();
+            check(&c, &want, &a, &b, (m, n, k), &format!("{}", profile.isa));
+            let packed = g.pack_b(&b, k, n).unwrap();
+            let mut c2 = vec![f32::NAN; m * n];
+            g.gemm_prepacked(&a, &packed, &mut c2, m, 1).unwrap();
+            assert!(
+                c.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "prepacked differs {m}×{n}×{k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_and_two_threads_agree_bit_for_bit() {
+    let mut rng = Rng(32);
+    for profile in profiles() {
+        let g = GemmKernel::compile(&profile).unwrap();
+        for (m, n, k) in [(128, 512, 300), (300, 16, 200), (7, 1000, 513)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let mut one = vec![0.0; m * n];
+            let mut two = vec![1.0; m * n];
+            g.gemm(&a, &b, &mut one, (m, n, k), 1).unwrap();
+            g.gemm(&a, &b, &mut two, (m, n, k), 2).unwrap();
+            assert!(one.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}×{n}×{k}");
+            let want = reference(&a, &b, m, n, k);
+            check(&one, &want, &a, &b, (m, n, k), "threads");
+        }
+    }
+}
+
+#[test]
+fn wrong_lengths_are_errors() {
+    let g = GemmKernel::compile(&profiles()[0]).unwrap();
+    let mut c = vec![0.0; 6];
+    let e = g.gemm(&[0.0; 5], &[0.0; 12], &mut c, (2, 3, 4), 1).unwrap_err();
+    assert_eq!(e.to_string(), "A has 5 elements, expected 8");
+    let e = g.gemm(&[0.0; 8], &[0.0; 12], &mut c[..5], (2, 3, 4), 1).unwrap_err();
+    assert_eq!(e.to_string(), "C has 5 elements, expected 6");
+}
