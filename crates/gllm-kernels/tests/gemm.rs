@@ -118,3 +118,148 @@ fn wrong_lengths_are_errors() {
     let e = g.gemm(&[0.0; 8], &[0.0; 12], &mut c[..5], (2, 3, 4), 1).unwrap_err();
     assert_eq!(e.to_string(), "C has 5 elements, expected 6");
 }
+
+mod epilogue {
+    use super::*;
+    use gllm_kernels::codegen::gemm::GemmEpilogue;
+    use gllm_kernels::scalar::ops::*;
+    use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
+
+    fn body(kind: OpKind) -> gllm_kernels::trace::Body {
+        ScalarOpRegistry::global().trace(kind).unwrap().body.clone()
+    }
+
+    fn ulps(a: f32, b: f32) -> u32 {
+        if a == b || a.is_nan() && b.is_nan() {
+            0
+        } else {
+            (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+        }
+    }
+
+    /// (epilogue, extras as (is_full_matrix), scalar composition, ulp bound, fits AVX2)
+    type Case = (&'static str, GemmEpilogue, Vec<bool>, fn(f32, &[f32]) -> f32, u32, bool);
+
+    fn cases() -> Vec<Case> {
+        vec![
+            (
+                "bias",
+                GemmEpilogue::new().then(&body(OpKind::BiasAdd), 0, &[]).unwrap(),
+                vec![false],
+                |c, e| gk_bias_add(c, e[0]),
+                0,
+                true,
+            ),
+            (
+                "residual",
+                GemmEpilogue::new().then(&body(OpKind::Add), 0, &[]).unwrap(),
+                vec![true],
+                |c, e| gk_add(c, e[0]),
+                0,
+                true,
+            ),
+            (
+                "scale",
+                GemmEpilogue::new().then(&body(OpKind::Scale), 0, &[0.125]).unwrap(),
+                vec![],
+                |c, _| gk_scale(c, 0.125),
+                0,
+                true,
+            ),
+            (
+                "relu",
+                GemmEpilogue::new().then(&body(OpKind::Relu), 0, &[]).unwrap(),
+                vec![],
+                |c, _| gk_relu(c),
+                0,
+                true,
+            ),
+            (
+                "bias·silu·mul(up)",
+                GemmEpilogue::new()
+                    .then(&body(OpKind::BiasAdd), 0, &[])
+                    .unwrap()
+                    .then(&body(OpKind::Silu), 0, &[])
+                    .unwrap()
+                    .then(&body(OpKind::Mul), 0, &[])
+                    .unwrap(),
+                vec![false, true],
+                |c, e| gk_mul(gk_silu(gk_bias_add(c, e[0])), e[1]),
+                4,
+                false,
+            ),
+        ]
+    }
+
+    #[test]
+    fn epilogues_match_the_composed_references() {
+        let mut rng = Rng(33);
+        for profile in profiles() {
+            let plain = GemmKernel::compile(&profile).unwrap();
+            for (name, epi, full, reference, bound, fits_avx2) in cases() {
+                let fused = match GemmKernel::compile_with_epilogue(&profile, &epi) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        assert!(profile.isa == Isa::Avx2 && !fits_avx2, "{name} on {}: {e}", profile.isa);
+                        assert_eq!(
+                            e.to_string(),
+                            "cannot generate code for an epilogue needing 5 scratch registers: the 6×16 microkernel leaves 1"
+                        );
+                        continue;
+                    }
+                };
+                for (m, n, k) in
+                    [(1, 1, 1), (13, 33, 17), (24, 64, 300), (12, 32, 128), (100, 70, 257), (5, 3, 0)]
+                {
+                    let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                    let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                    let extras: Vec<Vec<f32>> = full
+                        .iter()
+                        .map(|&f| (0..if f { m * n } else { n }).map(|_| rng.uniform(-2.0, 2.0)).collect())
+                        .collect();
+                    let ex: Vec<&[f32]> = extras.iter().map(|v| v.as_slice()).collect();
+                    let mut raw = vec![0.0; m * n];
+                    plain.gemm(&a, &b, &mut raw, (m, n, k), 1).unwrap();
+                    for threads in [1, 2] {
+                        let mut c = vec![f32::NAN; m * n];
+                        fused.gemm_with(&a, &b, &mut c, (m, n, k), &ex, threads).unwrap();
+                        let packed = fused.pack_b(&b, k, n).unwrap();
+                        let mut c2 = vec![f32::NAN; m * n];
+                        fused.gemm_prepacked_with(&a, &packed, &mut c2, m, &ex, threads).unwrap();
+                        for i in 0..m {
+                            for j in 0..n {
+                                let e: Vec<f32> = extras
+                                    .iter()
+                                    .map(|v| if v.len() == n { v[j] } else { v[i * n + j] })
+                                    .collect();
+                                let want = reference(raw[i * n + j], &e);
+                                for (what, got) in [("gemm", c[i * n + j]), ("prepacked", c2[i * n + j])] {
+                                    assert!(
+                                        ulps(got, want) <= bound,
+                                        "{name} {what} on {} {m}×{n}×{k} t={threads} [{i},{j}]: {got} vs {want}",
+                                        profile.isa
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extra_operands_are_checked() {
+        let profile = profiles().remove(0);
+        let g = GemmKernel::compile_with_epilogue(
+            &profile,
+            &GemmEpilogue::new().then(&body(OpKind::BiasAdd), 0, &[]).unwrap(),
+        )
+        .unwrap();
+        let mut c = vec![0.0; 6];
+        let e = g.gemm_with(&[0.0; 8], &[0.0; 12], &mut c, (2, 3, 4), &[], 1).unwrap_err();
+        assert_eq!(e.to_string(), "the epilogue reads 1 extra operand(s), 0 given");
+        let e = g.gemm_with(&[0.0; 8], &[0.0; 12], &mut c, (2, 3, 4), &[&[0.0; 4]], 1).unwrap_err();
+        assert_eq!(e.to_string(), "extra operand 0 has 4 elements; expected 3 (one row) or 6 (2×3)");
+    }
+}

@@ -11,10 +11,14 @@
 //! Status: plain GEMM and prepacked B. Epilogue injection, tile-level norm
 //! fusion and the GEMV path are the next steps (issue #7).
 
+use super::compose::append_consumer;
+use super::loops::{LoopKernel, LoopProgram};
 use super::vasm::{Mem, Src, VecAsm, V};
 use super::CodegenError;
 use crate::device::{DeviceProfile, GemmBlocking, Isa};
+use crate::fusion::pressure::scratch_registers;
 use crate::runtime::ExecutableCode;
+use crate::trace::{Body, TraceOp};
 
 /// `fn(a_panel, b_panel, c, ldc_elems, kc, accumulate)`.
 type MicroFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
@@ -27,6 +31,100 @@ pub struct GemmKernel {
     gemv: Vec<ExecutableCode>,
     blocking: GemmBlocking,
     isa: Isa,
+    epilogue: Option<CompiledEpilogue>,
+}
+
+/// Most extra operands (bias, residual, …) one epilogue chain may read.
+pub const MAX_EPILOGUE_EXTRAS: usize = 3;
+
+/// Elementwise consumers applied to C's accumulators before the single store.
+///
+/// Built from trace bodies, whatever ops they came from: `Input(0)` of the
+/// composed body is the GEMM result; each consumer's other input becomes an
+/// extra operand — one row of N (a bias, broadcast over the rows) or a full
+/// M×N matrix (a residual).
+#[derive(Debug, Clone)]
+pub struct GemmEpilogue {
+    body: Body,
+    params: Vec<f32>,
+    extras: usize,
+}
+
+impl Default for GemmEpilogue {
+    fn default() -> Self {
+        GemmEpilogue {
+            body: Body { ops: vec![TraceOp::Input(0)], outputs: vec![0] },
+            params: Vec::new(),
+            extras: 0,
+        }
+    }
+}
+
+impl GemmEpilogue {
+    /// No consumers yet.
+    pub fn new() -> GemmEpilogue {
+        GemmEpilogue::default()
+    }
+
+    /// Appends a consumer: its input `data_slot` is the value so far, its
+    /// other input (if any) the next extra operand; `params` are its scalar
+    /// arguments.
+    pub fn then(
+        mut self,
+        consumer: &Body,
+        data_slot: usize,
+        params: &[f32],
+    ) -> Result<GemmEpilogue, CodegenError> {
+        let inputs =
+            consumer.inputs_used().iter().map(|&k| k as usize + 1).max().unwrap_or(0).max(data_slot + 1);
+        let mut streams = Vec::with_capacity(inputs);
+        for slot in 0..inputs {
+            if slot == data_slot {
+                streams.push(None);
+            } else {
+                self.extras += 1;
+                if self.extras > MAX_EPILOGUE_EXTRAS {
+                    return Err(CodegenError::Unsupported(format!(
+                        "more than {MAX_EPILOGUE_EXTRAS} extra operands in one GEMM epilogue"
+                    )));
+                }
+                streams.push(Some(self.extras as u8));
+            }
+        }
+        let base = self.params.len() as u8;
+        self.params.extend_from_slice(params);
+        append_consumer(&mut self.body, consumer, data_slot, &streams, base)?;
+        Ok(self)
+    }
+
+    /// Extra operands the epilogue reads, in order.
+    pub fn num_extras(&self) -> usize {
+        self.extras
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.ops.len() == 1
+    }
+}
+
+/// An epilogue in its two forms: inside the microkernel (full tiles) and as
+/// a loop kernel over C (edge tiles), both lowered from the same body.
+#[derive(Debug)]
+struct CompiledEpilogue {
+    micro: ExecutableCode,
+    pool: super::pool::PoolData,
+    edges: LoopKernel,
+    extras: usize,
+}
+
+/// What the epilogue microkernel reads through r9.
+#[repr(C)]
+struct EpiArgs {
+    accumulate: usize,
+    pool: *const u8,
+    extras: [*const f32; MAX_EPILOGUE_EXTRAS],
+    /// Bytes between an extra operand's rows (0 = broadcast row).
+    ld_bytes: [usize; MAX_EPILOGUE_EXTRAS],
 }
 
 /// B panels one GEMV kernel call streams side by side (its accumulators).
@@ -71,7 +169,41 @@ impl GemmKernel {
                 ExecutableCode::new(&gemv_kernel(profile.isa, &blocking, p)?).map_err(CodegenError::from)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(GemmKernel { micro: ExecutableCode::new(&bytes)?, gemv, blocking, isa: profile.isa })
+        Ok(GemmKernel {
+            micro: ExecutableCode::new(&bytes)?,
+            gemv,
+            blocking,
+            isa: profile.isa,
+            epilogue: None,
+        })
+    }
+
+    /// A GEMM whose result goes through `epilogue` before it is stored.
+    /// Refused when the chain needs more scratch registers than the
+    /// microkernel leaves free (the planner's rule, `GemmBlocking::spare_regs`).
+    pub fn compile_with_epilogue(
+        profile: &DeviceProfile,
+        epilogue: &GemmEpilogue,
+    ) -> Result<GemmKernel, CodegenError> {
+        let mut g = GemmKernel::compile(profile)?;
+        if epilogue.is_empty() {
+            return Ok(g);
+        }
+        let need = scratch_registers(&epilogue.body, 0, profile.isa);
+        if need > g.blocking.spare_regs {
+            return Err(CodegenError::Unsupported(format!(
+                "an epilogue needing {need} scratch registers: the {}×{} microkernel leaves {}",
+                g.blocking.mr, g.blocking.nr, g.blocking.spare_regs
+            )));
+        }
+        let mut pool = super::pool::ConstPool::new();
+        let micro =
+            ExecutableCode::new(&microkernel_with_epilogue(profile.isa, &g.blocking, epilogue, &mut pool)?)?;
+        let prog =
+            LoopProgram::elementwise(epilogue.body.clone(), 1 + epilogue.extras, epilogue.params.clone());
+        let edges = LoopKernel::compile(&prog, profile)?;
+        g.epilogue = Some(CompiledEpilogue { micro, pool: pool.finish(), edges, extras: epilogue.extras });
+        Ok(g)
     }
 
     pub fn blocking(&self) -> &GemmBlocking {
@@ -96,10 +228,52 @@ impl GemmKernel {
         (m, n, k): (usize, usize, usize),
         threads: usize,
     ) -> Result<(), CodegenError> {
+        self.gemm_with(a, b, c, (m, n, k), &[], threads)
+    }
+
+    /// [`GemmKernel::gemm`] with the epilogue's extra operands (each N or M×N).
+    pub fn gemm_with(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        (m, n, k): (usize, usize, usize),
+        extras: &[&[f32]],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
         check_len("A", a.len(), m * k)?;
         check_len("B", b.len(), k * n)?;
         check_len("C", c.len(), m * n)?;
-        self.run(a, BSource::RowMajor(b), c, (m, n, k), threads)
+        let extras = self.check_extras(extras, m, n)?;
+        self.run(a, BSource::RowMajor(b), c, (m, n, k), &extras, threads)
+    }
+
+    /// Row strides (elements; 0 = broadcast) of the extra operands, checked.
+    fn check_extras(
+        &self,
+        extras: &[&[f32]],
+        m: usize,
+        n: usize,
+    ) -> Result<Vec<(usize, usize)>, CodegenError> {
+        let want = self.epilogue.as_ref().map_or(0, |e| e.extras);
+        if extras.len() != want {
+            return Err(CodegenError::BadArguments(format!(
+                "the epilogue reads {want} extra operand(s), {} given",
+                extras.len()
+            )));
+        }
+        extras
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match e.len() {
+                l if l == m * n => Ok((e.as_ptr() as usize, n)),
+                l if l == n => Ok((e.as_ptr() as usize, 0)),
+                l => Err(CodegenError::BadArguments(format!(
+                    "extra operand {i} has {l} elements; expected {n} (one row) or {} ({m}×{n})",
+                    m * n
+                ))),
+            })
+            .collect()
     }
 
     /// Packs `b[k×n]` (row-major) once, for [`GemmKernel::gemm_prepacked`].
@@ -127,16 +301,30 @@ impl GemmKernel {
         m: usize,
         threads: usize,
     ) -> Result<(), CodegenError> {
+        self.gemm_prepacked_with(a, b, c, m, &[], threads)
+    }
+
+    /// [`GemmKernel::gemm_prepacked`] with the epilogue's extra operands.
+    pub fn gemm_prepacked_with(
+        &self,
+        a: &[f32],
+        b: &PackedB,
+        c: &mut [f32],
+        m: usize,
+        extras: &[&[f32]],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
         if b.kc != self.blocking.kc || b.nr != self.blocking.nr {
             return Err(CodegenError::BadArguments("B was packed for another blocking".into()));
         }
         let (n, k) = (b.n, b.k);
         check_len("A", a.len(), m * k)?;
         check_len("C", c.len(), m * n)?;
-        if m == 1 && k > 0 && n > 0 {
+        let extras = self.check_extras(extras, m, n)?;
+        if m == 1 && k > 0 && n > 0 && self.epilogue.is_none() {
             return self.gemv_prepacked(a, b, c, threads);
         }
-        self.run(a, BSource::Packed(b), c, (m, n, k), threads)
+        self.run(a, BSource::Packed(b), c, (m, n, k), &extras, threads)
     }
 
     /// `y[n] = x[k] · B`: streams each packed panel once, several side by
@@ -207,6 +395,7 @@ impl GemmKernel {
         b: BSource,
         c: &mut [f32],
         (m, n, k): (usize, usize, usize),
+        extras: &[(usize, usize)],
         threads: usize,
     ) -> Result<(), CodegenError> {
         if m == 0 || n == 0 {
@@ -214,6 +403,10 @@ impl GemmKernel {
         }
         if k == 0 {
             c.fill(0.0);
+            if let Some(e) = &self.epilogue {
+                // SAFETY: C is m·n, extras checked against m and n.
+                unsafe { self.edge_epilogue(e, c.as_mut_ptr(), n, extras, (0, m), (0, n)) };
+            }
             return Ok(());
         }
         let bl = &self.blocking;
@@ -234,7 +427,7 @@ impl GemmKernel {
             // SAFETY: parts cover disjoint row or column ranges of C, so no
             // two threads write the same element; C has m·n elements (checked).
             let c = unsafe { std::slice::from_raw_parts_mut(c_addr as *mut f32, m * n) };
-            self.block(a, &b, c, (m, n, k), (m0, m1), (n0, n1));
+            self.block(a, &b, c, (m, n, k), (m0, m1), (n0, n1), extras);
         };
         if parts.len() == 1 {
             work(&parts[0]);
@@ -259,6 +452,7 @@ impl GemmKernel {
         (_m, n, k): (usize, usize, usize),
         (m0, m1): (usize, usize),
         (n0, n1): (usize, usize),
+        extras: &[(usize, usize)],
     ) {
         let bl = &self.blocking;
         let (mr, nr) = (bl.mr, bl.nr);
@@ -283,6 +477,7 @@ impl GemmKernel {
                     }
                 };
                 let accumulate = usize::from(pc > 0);
+                let last = pc + kb == k;
                 for ic in (m0..m1).step_by(bl.mc) {
                     let mb = bl.mc.min(m1 - ic);
                     pack_a_block(&mut a_pack, a, k, ic, mb, pc, kb, mr);
@@ -295,19 +490,39 @@ impl GemmKernel {
                             let row = ic + ir;
                             let col = jc + jr;
                             if mh == mr && nw == nr {
-                                // SAFETY: full tile: rows row..row+MR and
-                                // columns col..col+NR of C exist (ldc = n);
-                                // panels hold kb·MR and kb·NR values.
-                                unsafe {
-                                    micro(
-                                        ap.as_ptr(),
-                                        bp.as_ptr(),
-                                        c[row * n + col..].as_mut_ptr(),
-                                        n,
-                                        kb,
-                                        accumulate,
-                                    )
-                                };
+                                match (&self.epilogue, last) {
+                                    (Some(e), true) => {
+                                        let args = epi_args(e, extras, accumulate, row, col);
+                                        let f: EpiMicroFn = unsafe_epi_micro(&e.micro);
+                                        // SAFETY: as below; the extras cover
+                                        // C's shape (checked), offset to this tile.
+                                        unsafe {
+                                            f(
+                                                ap.as_ptr(),
+                                                bp.as_ptr(),
+                                                c[row * n + col..].as_mut_ptr(),
+                                                n,
+                                                kb,
+                                                &args,
+                                            )
+                                        };
+                                    }
+                                    _ => {
+                                        // SAFETY: full tile: rows row..row+MR and
+                                        // columns col..col+NR of C exist (ldc = n);
+                                        // panels hold kb·MR and kb·NR values.
+                                        unsafe {
+                                            micro(
+                                                ap.as_ptr(),
+                                                bp.as_ptr(),
+                                                c[row * n + col..].as_mut_ptr(),
+                                                n,
+                                                kb,
+                                                accumulate,
+                                            )
+                                        };
+                                    }
+                                }
                             } else {
                                 // Edge tile: compute the full tile into a
                                 // buffer (padding is zeros), copy the valid part.
@@ -328,7 +543,87 @@ impl GemmKernel {
                 }
             }
         }
+        if let Some(e) = &self.epilogue {
+            // Edge tiles were stored raw: apply the epilogue to them now.
+            let full_m = m0 + (m1 - m0) / mr * mr;
+            let full_n = n0 + (n1 - n0) / nr * nr;
+            // SAFETY: both regions lie inside this part's rows/columns of C.
+            unsafe {
+                self.edge_epilogue(e, c.as_mut_ptr(), n, extras, (full_m, m1), (n0, n1));
+                self.edge_epilogue(e, c.as_mut_ptr(), n, extras, (m0, full_m), (full_n, n1));
+            }
+        }
     }
+
+    /// Runs the epilogue's loop kernel in place over rows `r0..r1`, columns
+    /// `c0..c1` of C (row stride `n`).
+    ///
+    /// # Safety
+    /// The region must lie in C (m·n elements) and in the extras' shapes.
+    unsafe fn edge_epilogue(
+        &self,
+        e: &CompiledEpilogue,
+        c: *mut f32,
+        n: usize,
+        extras: &[(usize, usize)],
+        (r0, r1): (usize, usize),
+        (c0, c1): (usize, usize),
+    ) {
+        use super::loops::{KernelArgs, MAX_STREAMS};
+        if r0 >= r1 || c0 >= c1 {
+            return;
+        }
+        let mut args = KernelArgs {
+            ptrs: [std::ptr::null_mut(); MAX_STREAMS],
+            strides: [0; MAX_STREAMS],
+            len: c1 - c0,
+            rows: r1 - r0,
+            pool: std::ptr::null(),
+        };
+        // SAFETY (pointer arithmetic): inside C and the extras by the caller's contract.
+        let origin = unsafe { c.add(r0 * n + c0) };
+        args.ptrs[0] = origin;
+        args.strides[0] = (n * 4) as isize;
+        for (j, &(ptr, ld)) in extras.iter().enumerate() {
+            args.ptrs[1 + j] = (ptr + (r0 * ld + c0) * 4) as *mut f32;
+            args.strides[1 + j] = (ld * 4) as isize;
+        }
+        let out = 1 + extras.len();
+        args.ptrs[out] = origin;
+        args.strides[out] = (n * 4) as isize;
+        // SAFETY: the region is valid for reads and writes (caller); the
+        // kernel writes each C element after reading it (in place).
+        unsafe { e.edges.call(args) };
+    }
+}
+
+/// The epilogue microkernel's argument block for the tile at (`row`, `col`).
+fn epi_args(
+    e: &CompiledEpilogue,
+    extras: &[(usize, usize)],
+    accumulate: usize,
+    row: usize,
+    col: usize,
+) -> EpiArgs {
+    let mut args = EpiArgs {
+        accumulate,
+        pool: e.pool.as_ptr(),
+        extras: [std::ptr::null(); MAX_EPILOGUE_EXTRAS],
+        ld_bytes: [0; MAX_EPILOGUE_EXTRAS],
+    };
+    for (j, &(ptr, ld)) in extras.iter().enumerate() {
+        args.extras[j] = (ptr + (row * ld + col) * 4) as *const f32;
+        args.ld_bytes[j] = ld * 4;
+    }
+    args
+}
+
+/// `fn(a_panel, b_panel, c, ldc_elems, kc, &EpiArgs)`.
+type EpiMicroFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, *const EpiArgs);
+
+fn unsafe_epi_micro(code: &ExecutableCode) -> EpiMicroFn {
+    // SAFETY: generated by `microkernel_with_epilogue` for this signature.
+    unsafe { std::mem::transmute::<*const u8, EpiMicroFn>(code.entry()) }
 }
 
 enum BSource<'a> {
@@ -408,6 +703,134 @@ fn pack_b_block(
             row[cols..].fill(0.0);
         }
     }
+}
+
+/// Accumulator register of row `r`, vector `v`.
+fn acc_reg(blocking: &GemmBlocking, lanes: usize, r: usize, v: usize) -> V {
+    V((r * (blocking.nr / lanes) + v) as u8)
+}
+
+/// The k loop shared by both microkernels: zeroes the accumulators, then
+/// `acc += A panel · B panel` over r8 = kc steps (rdi = A, rsi = B).
+fn emit_k_loop(asm: &mut VecAsm, blocking: &GemmBlocking) -> Result<(), CodegenError> {
+    use iced_x86::code_asm::{r8, rdi, rsi};
+    let isa = asm.isa;
+    let lanes = isa.f32_lanes();
+    let nv = blocking.nr / lanes;
+    let (mr, nr) = (blocking.mr, blocking.nr);
+    let vb = isa.vector_bytes() as i32;
+    let acc = |r: usize, v: usize| acc_reg(blocking, lanes, r, v);
+    let bregs: Vec<V> = (0..nv).map(|v| V((mr * nv + v) as u8)).collect();
+    let bcast = V((mr * nv + nv) as u8);
+    for r in 0..mr {
+        for v in 0..nv {
+            asm.xor(acc(r, v), acc(r, v), Src::Reg(acc(r, v)))?;
+        }
+    }
+    let mut k_loop = asm.a.create_label();
+    let mut end = asm.a.create_label();
+    asm.a.test(r8, r8)?;
+    asm.a.jz(end)?;
+    asm.a.set_label(&mut k_loop)?;
+    for (v, &b) in bregs.iter().enumerate() {
+        asm.load(b, Src::Mem(Mem::base(rsi, v as i32 * vb)))?;
+    }
+    for r in 0..mr {
+        let a_elem = Mem::base(rdi, (r * 4) as i32);
+        match isa {
+            Isa::Avx512 => {
+                for (v, &b) in bregs.iter().enumerate() {
+                    asm.fmadd231_bcst(acc(r, v), b, a_elem)?;
+                }
+            }
+            Isa::Avx2 => {
+                asm.broadcast_mem(bcast, a_elem)?;
+                for (v, &b) in bregs.iter().enumerate() {
+                    asm.fmadd231(acc(r, v), b, Src::Reg(bcast))?;
+                }
+            }
+        }
+    }
+    asm.a.add(rdi, (mr * 4) as i32)?;
+    asm.a.add(rsi, (nr * 4) as i32)?;
+    asm.a.dec(r8)?;
+    asm.a.jnz(k_loop)?;
+    asm.a.set_label(&mut end)?;
+    Ok(())
+}
+
+/// The microkernel with an epilogue, for the last KC block of full tiles.
+/// SysV: rdi = A panel, rsi = B panel, rdx = C, rcx = ldc (elements),
+/// r8 = kc, r9 = &EpiArgs. Accumulators (+ C when accumulating) go through
+/// the epilogue body in place, using only `spare_regs` scratch registers,
+/// then are stored once.
+fn microkernel_with_epilogue(
+    isa: Isa,
+    blocking: &GemmBlocking,
+    epilogue: &GemmEpilogue,
+    pool: &mut super::pool::ConstPool,
+) -> Result<Vec<u8>, CodegenError> {
+    use super::lower::{emit_trace_ops, InPlace, Operand};
+    use iced_x86::code_asm::{qword_ptr, r10, r8, r9, rax, rcx, rdi, rdx, rsi};
+    let mut asm = VecAsm::new(isa)?;
+    let lanes = isa.f32_lanes();
+    let nv = blocking.nr / lanes;
+    let vb = isa.vector_bytes() as i32;
+    let regs = isa.num_simd_regs();
+    let scratch: Vec<V> = (regs - blocking.spare_regs..regs).map(|r| V(r as u8)).collect();
+    emit_k_loop(&mut asm, blocking)?;
+    // Epilogue phase: rdi, rsi, r8 now hold the extra operands' row pointers.
+    let extra_regs = [rdi, rsi, r8];
+    asm.a.shl(rcx, 2)?;
+    asm.a.mov(super::pool::POOL_REG, qword_ptr(r9 + 8))?;
+    for (j, &reg) in extra_regs.iter().enumerate().take(epilogue.extras) {
+        asm.a.mov(reg, qword_ptr(r9 + (16 + 8 * j as i32)))?;
+    }
+    let ld_off = |j: usize| 16 + 8 * MAX_EPILOGUE_EXTRAS as i32 + 8 * j as i32;
+    asm.a.mov(r10, qword_ptr(r9))?;
+    asm.a.mov(rax, rdx)?;
+    for r in 0..blocking.mr {
+        let mut no_acc = asm.a.create_label();
+        asm.a.test(r10, r10)?;
+        asm.a.jz(no_acc)?;
+        for v in 0..nv {
+            let a = acc_reg(blocking, lanes, r, v);
+            asm.add(a, a, Src::Mem(Mem::base(rax, v as i32 * vb)))?;
+        }
+        asm.a.set_label(&mut no_acc)?;
+        for v in 0..nv {
+            let a = acc_reg(blocking, lanes, r, v);
+            let mut leaf = |op: &TraceOp, pool: &mut super::pool::ConstPool| match *op {
+                TraceOp::Input(k) if k >= 1 && (k as usize) <= epilogue.extras => {
+                    Ok(Operand::Mem(Mem::base(extra_regs[k as usize - 1], v as i32 * vb)))
+                }
+                TraceOp::Param(p) => epilogue
+                    .params
+                    .get(p as usize)
+                    .map(|&x| Operand::Mem(pool.splat(x)))
+                    .ok_or_else(|| CodegenError::BadArguments(format!("epilogue parameter {p} missing"))),
+                other => Err(CodegenError::Unsupported(format!("`{other}` in a GEMM epilogue"))),
+            };
+            emit_trace_ops(
+                &mut asm,
+                pool,
+                &epilogue.body,
+                &mut leaf,
+                Some(InPlace { input: 0, reg: a }),
+                &scratch,
+            )?;
+            asm.store(Mem::base(rax, v as i32 * vb), a)?;
+        }
+        if r + 1 < blocking.mr {
+            asm.a.add(rax, rcx)?;
+            for (j, &reg) in extra_regs.iter().enumerate().take(epilogue.extras) {
+                asm.a.add(reg, qword_ptr(r9 + ld_off(j)))?;
+            }
+        }
+    }
+    asm.vzeroupper()?;
+    asm.a.ret()?;
+    Ok(asm.a.assemble(0)?)
 }
 
 /// The MR×NR microkernel: `C[MR×NR] (+)= Apanel · Bpanel` over `kc` steps.

@@ -6,12 +6,13 @@
 //! parameters are renumbered. Still no per-operator code: what each node
 //! computes comes from its trace.
 
+use super::compose::append_consumer;
 use super::loops::{LoopKernel, LoopProgram};
 use super::CodegenError;
 use crate::device::DeviceProfile;
 use crate::fusion::{FusionGroup, FusionStrategy, ParallelStrategy};
 use crate::graph::{OpParams, SemanticGraph, TensorId};
-use crate::trace::{Body, ComputePattern, OpTrace, TraceOp, ValueId};
+use crate::trace::{Body, ComputePattern, OpTrace, TraceOp};
 
 /// How the group's tensors map onto the kernel's rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,21 +33,6 @@ pub struct CompiledGroup {
     inputs: Vec<TensorId>,
     output: TensorId,
     threads: usize,
-}
-
-/// Appends `body` to `out`, mapping its leaves; returns its outputs' new ids.
-fn append(out: &mut Body, body: &Body, leaf: &mut dyn FnMut(&TraceOp) -> Option<ValueId>) -> Vec<ValueId> {
-    let mut map: Vec<ValueId> = Vec::with_capacity(body.ops.len());
-    for op in &body.ops {
-        if let Some(v) = leaf(op) {
-            map.push(v);
-            continue;
-        }
-        let new = op.map_operands(|v| map[v as usize]);
-        out.ops.push(new);
-        map.push((out.ops.len() - 1) as ValueId);
-    }
-    body.outputs.iter().map(|&o| map[o as usize]).collect()
 }
 
 impl CompiledGroup {
@@ -118,32 +104,13 @@ impl CompiledGroup {
             let n = &sem.nodes[node];
             let param_base = params.len() as u8;
             params.extend(sem.node(node).op.params.scalar_args());
-            let prev = *prog_trace.body.outputs.first().ok_or_else(|| {
-                CodegenError::Unsupported("an epilogue after an op with no element outputs".into())
-            })?;
-            let mut input_map: Vec<Option<u8>> = Vec::new();
-            for (slot, &t) in n.inputs.iter().enumerate() {
-                input_map.push((slot != data_slot).then(|| stream_of(t, &mut streams)));
-            }
-            let body = n.trace.body.clone();
-            let mut new_body = prog_trace.body.clone();
-            let outs = append(&mut new_body, &body, &mut |op| match *op {
-                TraceOp::Input(k) if k as usize == data_slot => Some(prev),
-                _ => None,
-            });
-            // Rename the appended ops' remaining leaves.
-            let start = prog_trace.body.ops.len();
-            for op in &mut new_body.ops[start..] {
-                match *op {
-                    TraceOp::Input(k) => {
-                        *op = TraceOp::Input(input_map[k as usize].expect("non-data inputs are streams"))
-                    }
-                    TraceOp::Param(k) => *op = TraceOp::Param(param_base + k),
-                    _ => {}
-                }
-            }
-            new_body.outputs = outs;
-            prog_trace.body = new_body;
+            let input_map: Vec<Option<u8>> = n
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(slot, &t)| (slot != data_slot).then(|| stream_of(t, &mut streams)))
+                .collect();
+            append_consumer(&mut prog_trace.body, &n.trace.body, data_slot, &input_map, param_base)?;
         }
         let num_inputs = streams.len();
         // Inputs of the composed body are streams; shift nothing else.

@@ -70,23 +70,29 @@ pub fn emit_trace_ops(
     for &o in &body.outputs {
         last_use[o as usize] = usize::MAX;
     }
-    let data_last = in_place.and_then(|ip| {
-        ops.iter()
-            .enumerate()
-            .filter(|(_, op)| **op == TraceOp::Input(ip.input))
-            .map(|(i, _)| last_use[i])
-            .max()
-    });
     let single_output = (body.outputs.len() == 1).then(|| body.outputs[0] as usize);
     let mut regs = RegFile { free: scratch.iter().rev().copied().collect(), kfree: LOWERING_KREGS.to_vec() };
     let mut val: Vec<Option<Operand>> = vec![None; n];
     let mut owned = vec![false; n];
+    // Several `Input(data)` ops are one register: one of them owns it, with
+    // the latest last use of all.
+    let mut data_owner = None;
+    if let Some(ip) = in_place {
+        let data_ops: Vec<usize> = (0..n).filter(|&i| ops[i] == TraceOp::Input(ip.input)).collect();
+        if let Some(&first) = data_ops.first() {
+            let latest = data_ops.iter().map(|&d| last_use[d]).max().expect("non-empty");
+            last_use[first] = latest;
+            data_owner = Some(first);
+        }
+    }
 
     for (i, op) in ops.iter().enumerate() {
         let operand = |j: u32| val[j as usize].expect("SSA operands precede their uses");
         match *op {
             TraceOp::Input(k) if in_place.is_some_and(|ip| ip.input == k) => {
+                // The data register is released like any value after its last use.
                 val[i] = Some(Operand::Reg(in_place.expect("checked").reg));
+                owned[i] = data_owner == Some(i);
             }
             TraceOp::Const(bits) => val[i] = Some(Operand::Mem(pool.splat_bits(bits))),
             TraceOp::Input(_)
@@ -123,8 +129,6 @@ pub fn emit_trace_ops(
                 owned[i] = true;
             }
             _ => {
-                let into_data =
-                    in_place.is_some() && single_output == Some(i) && data_last.is_none_or(|l| l <= i);
                 let dying: Vec<V> = op
                     .operands()
                     .iter()
@@ -134,16 +138,20 @@ pub fn emit_trace_ops(
                         _ => None,
                     })
                     .collect();
-                let dst = if into_data {
-                    in_place.expect("checked").reg
+                // The final result goes to the data register when it can.
+                let prefer = in_place.filter(|_| single_output == Some(i)).map(|ip| ip.reg);
+                let dst = if let Some(&r) = dying.iter().find(|&&r| Some(r) == prefer) {
+                    r
                 } else if let Some(&r) = dying.first() {
                     r
+                } else if let Some(pos) = prefer.and_then(|p| regs.free.iter().position(|&r| r == p)) {
+                    regs.free.remove(pos)
                 } else {
                     regs.take(op)?
                 };
                 emit_op(asm, pool, &mut regs, op, dst, &|j| operand(j))?;
                 val[i] = Some(Operand::Reg(dst));
-                owned[i] = !into_data;
+                owned[i] = true;
             }
         }
         // Release operands whose last use this was (except a reused destination).
@@ -167,7 +175,13 @@ pub fn emit_trace_ops(
     let mut out = Vec::with_capacity(body.outputs.len());
     for &o in &body.outputs {
         match val[o as usize].expect("outputs are defined") {
-            Operand::Reg(r) => out.push(r),
+            Operand::Reg(r) => match in_place {
+                Some(ip) if body.outputs.len() == 1 => {
+                    asm.mov(ip.reg, r)?;
+                    out.push(ip.reg);
+                }
+                _ => out.push(r),
+            },
             Operand::Mem(m) => {
                 let r = match in_place {
                     Some(ip) if body.outputs.len() == 1 => ip.reg,

@@ -37,15 +37,19 @@ enum Home {
 /// Scratch vector registers needed to evaluate `body` in place on the
 /// register holding input `data_input`, for the given ISA.
 ///
-/// Model: every computed value takes a register from its definition to its
-/// last use; a value's register may be reused for the result of the op
-/// where it dies; the final result is written into the data register when
-/// the data input is dead by then. Memory operands cost nothing unless an
-/// instruction needs them in a register (first operand of a non-commutative
-/// op, comparisons, FMAs with two memory operands), which costs one register.
+/// Model: the data register holds the input until its last use, then is a
+/// register like any other; every computed value takes a register from its
+/// definition to its last use, and may take over the register of an operand
+/// that dies at that op; the final result ends in the data register (one
+/// move if needed). Memory operands cost nothing unless an instruction needs
+/// them in a register (first operand of a non-commutative op, comparisons,
+/// FMAs with two memory operands), which costs one register. The count is
+/// the peak number of registers in use, minus the data register itself.
 pub fn scratch_registers(body: &Body, data_input: u8, isa: Isa) -> usize {
     let ops = &body.ops;
-    let Some(&result) = body.outputs.first() else { return 0 };
+    if body.outputs.is_empty() {
+        return 0;
+    }
     let mut last_use = vec![0usize; ops.len()];
     for (i, op) in ops.iter().enumerate() {
         for a in op.operands() {
@@ -67,32 +71,29 @@ pub fn scratch_registers(body: &Body, data_input: u8, isa: Isa) -> usize {
             _ => Home::Register,
         })
         .collect();
-    let data_last_use = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, op)| matches!(op, TraceOp::Input(k) if *k == data_input))
-        .map(|(i, _)| last_use[i])
-        .max()
-        .unwrap_or(0);
-    let mut live = 0usize;
-    let mut peak = 0usize;
+    // All `Input(data)` ops are one value: the data register.
+    let data_last = (0..ops.len()).filter(|&i| home[i] == Home::Data).map(|i| last_use[i]).max();
+    let mut live = usize::from(data_last.is_some());
+    let mut peak = 1usize;
     for (i, op) in ops.iter().enumerate() {
         if home[i] != Home::Register {
             continue;
         }
         let operands = op.operands();
-        let dying = |a: &ValueId| last_use[*a as usize] == i && home[*a as usize] == Home::Register;
-        let freed = {
-            let mut d: Vec<ValueId> = operands.iter().copied().filter(dying).collect();
-            d.dedup();
-            d.len()
-        };
-        let into_data = i as ValueId == result && data_last_use <= i;
-        // During the op: live values, its result (unless it reuses a dying
-        // operand or the data register), the math routine's temps, and one
-        // temporary when an operand must be in a register but the result's
-        // register is still an input.
-        let result_reg = usize::from(!into_data && freed == 0);
+        let mut dying: Vec<ValueId> = operands
+            .iter()
+            .copied()
+            .filter(|&a| home[a as usize] == Home::Register && last_use[a as usize] == i)
+            .collect();
+        dying.sort_unstable();
+        dying.dedup();
+        let data_dies = data_last == Some(i) && operands.iter().any(|&a| home[a as usize] == Home::Data);
+        let freed = dying.len() + usize::from(data_dies);
+        // During the op: registers in use, its result (unless it takes over
+        // a dying operand's), the math routine's temps, and one temporary
+        // when an operand must be in a register but the result's register
+        // is still an input.
+        let result_reg = usize::from(freed == 0);
         let is_mem = |a: &ValueId| home[*a as usize] == Home::Memory;
         let temp = match op {
             TraceOp::Sub(a, _) | TraceOp::Div(a, _) | TraceOp::Max(a, _) | TraceOp::Min(a, _) => {
@@ -105,9 +106,9 @@ pub fn scratch_registers(body: &Body, data_input: u8, isa: Isa) -> usize {
         };
         let during = live + result_reg + math_temps(op) + usize::from(temp);
         peak = peak.max(during);
-        live = live + usize::from(!into_data) - freed;
+        live = live + 1 - freed;
     }
-    peak
+    peak - 1
 }
 
 #[cfg(test)]
