@@ -263,3 +263,91 @@ mod epilogue {
         assert_eq!(e.to_string(), "extra operand 0 has 4 elements; expected 3 (one row) or 6 (2×3)");
     }
 }
+
+mod group {
+    use super::*;
+    use gllm_kernels::codegen::gemm::{gemm_group, GemmEpilogue, GroupMember, TileProducer};
+    use gllm_kernels::codegen::loops::{LoopKernel, LoopProgram};
+    use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
+
+    fn rms_kernel(profile: &DeviceProfile) -> LoopKernel {
+        let t = ScalarOpRegistry::global().trace(OpKind::RmsNorm).unwrap();
+        LoopKernel::compile(&LoopProgram::from_trace(&t, vec![1e-5]).unwrap(), profile).unwrap()
+    }
+
+    #[test]
+    fn tile_level_norm_and_shared_input_equal_the_unfused_sequence() {
+        let mut rng = Rng(34);
+        for profile in profiles() {
+            let rms = rms_kernel(&profile);
+            let plain = GemmKernel::compile(&profile).unwrap();
+            let bias = GemmEpilogue::new()
+                .then(&ScalarOpRegistry::global().trace(OpKind::BiasAdd).unwrap().body, 0, &[])
+                .unwrap();
+            let with_bias = GemmKernel::compile_with_epilogue(&profile, &bias).unwrap();
+            let mc = plain.blocking().mc;
+            for (m, k) in [(1, 1), (5, 17), (13, 300), (100, 64), (mc + 7, 33)] {
+                let ns = [33usize, 1, 100];
+                let x: Vec<f32> = (0..m * k).map(|_| rng.uniform(-2.0, 2.0)).collect();
+                let w: Vec<f32> = (0..k).map(|_| rng.uniform(0.5, 1.5)).collect();
+                let bs: Vec<Vec<f32>> =
+                    ns.iter().map(|&n| (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect()).collect();
+                let packed: Vec<_> =
+                    bs.iter().zip(&ns).map(|(b, &n)| plain.pack_b(b, k, n).unwrap()).collect();
+                let bias_v: Vec<f32> = (0..ns[2]).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                // Unfused: the norm over all rows, then each GEMM.
+                let mut normed = vec![0.0; m * k];
+                rms.run(&[&x, &w], &mut [&mut normed], m, k, 1).unwrap();
+                let mut want: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0.0; m * n]).collect();
+                plain.gemm_prepacked(&normed, &packed[0], &mut want[0], m, 1).unwrap();
+                plain.gemm_prepacked(&normed, &packed[1], &mut want[1], m, 1).unwrap();
+                with_bias.gemm_prepacked_with(&normed, &packed[2], &mut want[2], m, &[&bias_v], 1).unwrap();
+                for threads in [1, 2] {
+                    let mut got: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+                    {
+                        let (g0, rest) = got.split_at_mut(1);
+                        let (g1, g2) = rest.split_at_mut(1);
+                        let no_extras: [&[f32]; 0] = [];
+                        let bias_extra = [&bias_v[..]];
+                        let mut members = [
+                            GroupMember { gemm: &plain, b: &packed[0], c: &mut g0[0], extras: &no_extras },
+                            GroupMember { gemm: &plain, b: &packed[1], c: &mut g1[0], extras: &no_extras },
+                            GroupMember {
+                                gemm: &with_bias,
+                                b: &packed[2],
+                                c: &mut g2[0],
+                                extras: &bias_extra,
+                            },
+                        ];
+                        let weight = [&w[..]];
+                        let producer = TileProducer { kernel: &rms, inputs: &weight };
+                        gemm_group(&x, m, Some(producer), &mut members, threads).unwrap();
+                    }
+                    for (i, (g, wv)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            g.iter().zip(wv).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{} member {i} m={m} k={k} threads={threads}",
+                            profile.isa
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn group_members_must_agree() {
+        let profile = profiles().remove(0);
+        let g = GemmKernel::compile(&profile).unwrap();
+        let b1 = g.pack_b(&[0.0; 8], 4, 2).unwrap();
+        let b2 = g.pack_b(&[0.0; 6], 3, 2).unwrap();
+        let (mut c1, mut c2) = (vec![0.0; 2], vec![0.0; 2]);
+        let none: [&[f32]; 0] = [];
+        let mut members = [
+            GroupMember { gemm: &g, b: &b1, c: &mut c1, extras: &none },
+            GroupMember { gemm: &g, b: &b2, c: &mut c2, extras: &none },
+        ];
+        let e = gemm_group(&[0.0; 4], 1, None, &mut members, 1).unwrap_err();
+        assert_eq!(e.to_string(), "member 1 does not share K = 4 and the blocking of member 0");
+    }
+}

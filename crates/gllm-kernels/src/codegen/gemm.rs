@@ -456,7 +456,6 @@ impl GemmKernel {
     ) {
         let bl = &self.blocking;
         let (mr, nr) = (bl.mr, bl.nr);
-        let micro: MicroFn = unsafe_micro(&self.micro);
         let mut a_pack = vec![0.0f32; bl.mc.div_ceil(mr) * mr * bl.kc];
         let mut b_pack = Vec::new();
         let mut edge = vec![0.0f32; mr * nr];
@@ -481,65 +480,8 @@ impl GemmKernel {
                 for ic in (m0..m1).step_by(bl.mc) {
                     let mb = bl.mc.min(m1 - ic);
                     pack_a_block(&mut a_pack, a, k, ic, mb, pc, kb, mr);
-                    for jr in (0..nb).step_by(nr) {
-                        let nw = nr.min(nb - jr);
-                        let bp = &b_panels[(jr / nr) * nr * kb..];
-                        for ir in (0..mb).step_by(mr) {
-                            let mh = mr.min(mb - ir);
-                            let ap = &a_pack[(ir / mr) * mr * kb..];
-                            let row = ic + ir;
-                            let col = jc + jr;
-                            if mh == mr && nw == nr {
-                                match (&self.epilogue, last) {
-                                    (Some(e), true) => {
-                                        let args = epi_args(e, extras, accumulate, row, col);
-                                        let f: EpiMicroFn = unsafe_epi_micro(&e.micro);
-                                        // SAFETY: as below; the extras cover
-                                        // C's shape (checked), offset to this tile.
-                                        unsafe {
-                                            f(
-                                                ap.as_ptr(),
-                                                bp.as_ptr(),
-                                                c[row * n + col..].as_mut_ptr(),
-                                                n,
-                                                kb,
-                                                &args,
-                                            )
-                                        };
-                                    }
-                                    _ => {
-                                        // SAFETY: full tile: rows row..row+MR and
-                                        // columns col..col+NR of C exist (ldc = n);
-                                        // panels hold kb·MR and kb·NR values.
-                                        unsafe {
-                                            micro(
-                                                ap.as_ptr(),
-                                                bp.as_ptr(),
-                                                c[row * n + col..].as_mut_ptr(),
-                                                n,
-                                                kb,
-                                                accumulate,
-                                            )
-                                        };
-                                    }
-                                }
-                            } else {
-                                // Edge tile: compute the full tile into a
-                                // buffer (padding is zeros), copy the valid part.
-                                // SAFETY: `edge` is MR×NR with ldc = NR.
-                                unsafe { micro(ap.as_ptr(), bp.as_ptr(), edge.as_mut_ptr(), nr, kb, 0) };
-                                for r in 0..mh {
-                                    let dst = &mut c[(row + r) * n + col..(row + r) * n + col + nw];
-                                    let src = &edge[r * nr..r * nr + nw];
-                                    if accumulate == 1 {
-                                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                                    } else {
-                                        dst.copy_from_slice(src);
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    let step = TileStep { kb, accumulate, last };
+                    self.tiles(&a_pack, b_panels, c, n, step, (ic, mb), (jc, nb), extras, &mut edge);
                 }
             }
         }
@@ -551,6 +493,76 @@ impl GemmKernel {
             unsafe {
                 self.edge_epilogue(e, c.as_mut_ptr(), n, extras, (full_m, m1), (n0, n1));
                 self.edge_epilogue(e, c.as_mut_ptr(), n, extras, (m0, full_m), (full_n, n1));
+            }
+        }
+    }
+
+    /// All MR×NR tiles of one packed A block (rows `row0..row0+mb`) against
+    /// the packed B panels of columns `col0..col0+nb`, for one KC step.
+    #[allow(clippy::too_many_arguments)]
+    fn tiles(
+        &self,
+        a_pack: &[f32],
+        b_panels: &[f32],
+        c: &mut [f32],
+        n: usize,
+        step: TileStep,
+        (row0, mb): (usize, usize),
+        (col0, nb): (usize, usize),
+        extras: &[(usize, usize)],
+        edge: &mut [f32],
+    ) {
+        let (mr, nr) = (self.blocking.mr, self.blocking.nr);
+        let TileStep { kb, accumulate, last } = step;
+        let micro: MicroFn = unsafe_micro(&self.micro);
+        for jr in (0..nb).step_by(nr) {
+            let nw = nr.min(nb - jr);
+            let bp = &b_panels[(jr / nr) * nr * kb..];
+            for ir in (0..mb).step_by(mr) {
+                let mh = mr.min(mb - ir);
+                let ap = &a_pack[(ir / mr) * mr * kb..];
+                let row = row0 + ir;
+                let col = col0 + jr;
+                if mh == mr && nw == nr {
+                    match (&self.epilogue, last) {
+                        (Some(e), true) => {
+                            let args = epi_args(e, extras, accumulate, row, col);
+                            let f: EpiMicroFn = unsafe_epi_micro(&e.micro);
+                            // SAFETY: as below; the extras cover C's shape
+                            // (checked), offset to this tile.
+                            unsafe {
+                                f(ap.as_ptr(), bp.as_ptr(), c[row * n + col..].as_mut_ptr(), n, kb, &args)
+                            };
+                        }
+                        // SAFETY: full tile: rows row..row+MR and columns
+                        // col..col+NR of C exist (ldc = n); panels hold kb·MR
+                        // and kb·NR values.
+                        _ => unsafe {
+                            micro(
+                                ap.as_ptr(),
+                                bp.as_ptr(),
+                                c[row * n + col..].as_mut_ptr(),
+                                n,
+                                kb,
+                                accumulate,
+                            )
+                        },
+                    }
+                } else {
+                    // Edge tile: the full tile into a buffer (padding is
+                    // zeros), then the valid part (its epilogue runs later).
+                    // SAFETY: `edge` is MR×NR with ldc = NR.
+                    unsafe { micro(ap.as_ptr(), bp.as_ptr(), edge.as_mut_ptr(), nr, kb, 0) };
+                    for r in 0..mh {
+                        let dst = &mut c[(row + r) * n + col..(row + r) * n + col + nw];
+                        let src = &edge[r * nr..r * nr + nw];
+                        if accumulate == 1 {
+                            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                        } else {
+                            dst.copy_from_slice(src);
+                        }
+                    }
+                }
             }
         }
     }
@@ -624,6 +636,16 @@ type EpiMicroFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, 
 fn unsafe_epi_micro(code: &ExecutableCode) -> EpiMicroFn {
     // SAFETY: generated by `microkernel_with_epilogue` for this signature.
     unsafe { std::mem::transmute::<*const u8, EpiMicroFn>(code.entry()) }
+}
+
+/// One KC step of the tile loop.
+#[derive(Clone, Copy)]
+struct TileStep {
+    kb: usize,
+    /// Add to C (not the first KC block).
+    accumulate: usize,
+    /// The last KC block: apply the epilogue.
+    last: bool,
 }
 
 enum BSource<'a> {
@@ -713,7 +735,7 @@ fn acc_reg(blocking: &GemmBlocking, lanes: usize, r: usize, v: usize) -> V {
 /// The k loop shared by both microkernels: zeroes the accumulators, then
 /// `acc += A panel · B panel` over r8 = kc steps (rdi = A, rsi = B).
 fn emit_k_loop(asm: &mut VecAsm, blocking: &GemmBlocking) -> Result<(), CodegenError> {
-    use iced_x86::code_asm::{r8, rdi, rsi};
+    use iced_x86::code_asm::{r10, r8, rdi, rsi};
     let isa = asm.isa;
     let lanes = isa.f32_lanes();
     let nv = blocking.nr / lanes;
@@ -727,34 +749,46 @@ fn emit_k_loop(asm: &mut VecAsm, blocking: &GemmBlocking) -> Result<(), CodegenE
             asm.xor(acc(r, v), acc(r, v), Src::Reg(acc(r, v)))?;
         }
     }
-    let mut k_loop = asm.a.create_label();
-    let mut end = asm.a.create_label();
-    asm.a.test(r8, r8)?;
-    asm.a.jz(end)?;
-    asm.a.set_label(&mut k_loop)?;
-    for (v, &b) in bregs.iter().enumerate() {
-        asm.load(b, Src::Mem(Mem::base(rsi, v as i32 * vb)))?;
-    }
-    for r in 0..mr {
-        let a_elem = Mem::base(rdi, (r * 4) as i32);
-        match isa {
-            Isa::Avx512 => {
+    // One k step at panel offset `step` (A: MR floats, B: NR floats per step).
+    let emit_step = |asm: &mut VecAsm, step: i32| -> Result<(), CodegenError> {
+        let (a_off, b_off) = (step * (mr * 4) as i32, step * (nr * 4) as i32);
+        for (v, &b) in bregs.iter().enumerate() {
+            asm.load(b, Src::Mem(Mem::base(rsi, b_off + v as i32 * vb)))?;
+        }
+        for r in 0..mr {
+            let a_elem = Mem::base(rdi, a_off + (r * 4) as i32);
+            // AVX-512 folds the broadcast into each FMA; AVX2 broadcasts once per row.
+            if isa == Isa::Avx512 {
                 for (v, &b) in bregs.iter().enumerate() {
                     asm.fmadd231_bcst(acc(r, v), b, a_elem)?;
                 }
-            }
-            Isa::Avx2 => {
+            } else {
                 asm.broadcast_mem(bcast, a_elem)?;
                 for (v, &b) in bregs.iter().enumerate() {
                     asm.fmadd231(acc(r, v), b, Src::Reg(bcast))?;
                 }
             }
         }
-    }
-    asm.a.add(rdi, (mr * 4) as i32)?;
-    asm.a.add(rsi, (nr * 4) as i32)?;
-    asm.a.dec(r8)?;
-    asm.a.jnz(k_loop)?;
+        Ok(())
+    };
+    // Two k steps per iteration, then the odd one.
+    let mut pair_loop = asm.a.create_label();
+    let mut odd = asm.a.create_label();
+    let mut end = asm.a.create_label();
+    asm.a.mov(r10, r8)?;
+    asm.a.shr(r10, 1)?;
+    asm.a.jz(odd)?;
+    asm.a.set_label(&mut pair_loop)?;
+    emit_step(asm, 0)?;
+    emit_step(asm, 1)?;
+    asm.a.add(rdi, (2 * mr * 4) as i32)?;
+    asm.a.add(rsi, (2 * nr * 4) as i32)?;
+    asm.a.dec(r10)?;
+    asm.a.jnz(pair_loop)?;
+    asm.a.set_label(&mut odd)?;
+    asm.a.test(r8, 1)?;
+    asm.a.jz(end)?;
+    emit_step(asm, 0)?;
     asm.a.set_label(&mut end)?;
     Ok(())
 }
@@ -837,49 +871,14 @@ fn microkernel_with_epilogue(
 /// SysV: rdi = A panel, rsi = B panel, rdx = C, rcx = ldc (elements),
 /// r8 = kc, r9 = accumulate (0/1).
 fn microkernel(isa: Isa, blocking: &GemmBlocking) -> Result<Vec<u8>, CodegenError> {
-    use iced_x86::code_asm::{r8, r9, rax, rcx, rdi, rdx, rsi};
+    use iced_x86::code_asm::{r9, rax, rcx, rdx};
     let mut asm = VecAsm::new(isa)?;
     let lanes = isa.f32_lanes();
     let nv = blocking.nr / lanes;
-    let (mr, nr) = (blocking.mr, blocking.nr);
+    let mr = blocking.mr;
     let vb = isa.vector_bytes() as i32;
-    let acc = |r: usize, v: usize| V((r * nv + v) as u8);
-    let bregs: Vec<V> = (0..nv).map(|v| V((mr * nv + v) as u8)).collect();
-    let bcast = V((mr * nv + nv) as u8);
-    for r in 0..mr {
-        for v in 0..nv {
-            asm.xor(acc(r, v), acc(r, v), Src::Reg(acc(r, v)))?;
-        }
-    }
-    let mut k_loop = asm.a.create_label();
-    let mut store = asm.a.create_label();
-    asm.a.test(r8, r8)?;
-    asm.a.jz(store)?;
-    asm.a.set_label(&mut k_loop)?;
-    for (v, &b) in bregs.iter().enumerate() {
-        asm.load(b, Src::Mem(Mem::base(rsi, v as i32 * vb)))?;
-    }
-    for r in 0..mr {
-        let a_elem = Mem::base(rdi, (r * 4) as i32);
-        match isa {
-            Isa::Avx512 => {
-                for (v, &b) in bregs.iter().enumerate() {
-                    asm.fmadd231_bcst(acc(r, v), b, a_elem)?;
-                }
-            }
-            Isa::Avx2 => {
-                asm.broadcast_mem(bcast, a_elem)?;
-                for (v, &b) in bregs.iter().enumerate() {
-                    asm.fmadd231(acc(r, v), b, Src::Reg(bcast))?;
-                }
-            }
-        }
-    }
-    asm.a.add(rdi, (mr * 4) as i32)?;
-    asm.a.add(rsi, (nr * 4) as i32)?;
-    asm.a.dec(r8)?;
-    asm.a.jnz(k_loop)?;
-    asm.a.set_label(&mut store)?;
+    let acc = |r: usize, v: usize| acc_reg(blocking, lanes, r, v);
+    emit_k_loop(&mut asm, blocking)?;
     asm.a.shl(rcx, 2)?;
     let mut overwrite = asm.a.create_label();
     let mut done = asm.a.create_label();
@@ -976,4 +975,123 @@ fn gemv_kernel(isa: Isa, blocking: &GemmBlocking, panels: usize) -> Result<Vec<u
     asm.vzeroupper()?;
     asm.a.ret()?;
     Ok(asm.a.assemble(0)?)
+}
+
+/// A row-wise producer of A (RMSNorm, LayerNorm) run on each MC block of
+/// rows inside the GEMM (tile-level fusion): its output rows go to a
+/// scratch block that A-packing reads, and never to memory as a whole.
+pub struct TileProducer<'a> {
+    /// The producer compiled as a loop kernel (its first input is A's source).
+    pub kernel: &'a LoopKernel,
+    /// Its other inputs (e.g. the norm weight, one row of K).
+    pub inputs: &'a [&'a [f32]],
+}
+
+/// One GEMM of a group sharing one A operand (Q/K/V, gate/up).
+pub struct GroupMember<'a> {
+    /// The kernel (with this member's epilogue, if any).
+    pub gemm: &'a GemmKernel,
+    pub b: &'a PackedB,
+    pub c: &'a mut [f32],
+    /// The epilogue's extra operands.
+    pub extras: &'a [&'a [f32]],
+}
+
+/// `c_i = producer(a) · B_i` for every member, packing each A block once for
+/// all members and computing the producer per MC block of rows (no full
+/// intermediate). `a` is M × K; all members must share K and blocking.
+/// Rows are split across threads in MR multiples.
+pub fn gemm_group(
+    a: &[f32],
+    m: usize,
+    producer: Option<TileProducer>,
+    members: &mut [GroupMember],
+    threads: usize,
+) -> Result<(), CodegenError> {
+    let Some(first) = members.first() else { return Ok(()) };
+    let (k, blocking) = (first.b.k, *first.gemm.blocking());
+    check_len("A", a.len(), m * k)?;
+    let mut extras = Vec::with_capacity(members.len());
+    for (i, mb) in members.iter().enumerate() {
+        if mb.b.k != k || *mb.gemm.blocking() != blocking || mb.b.kc != blocking.kc || mb.b.nr != blocking.nr
+        {
+            return Err(CodegenError::BadArguments(format!(
+                "member {i} does not share K = {k} and the blocking of member 0"
+            )));
+        }
+        check_len(&format!("C of member {i}"), mb.c.len(), m * mb.b.n)?;
+        extras.push(mb.gemm.check_extras(mb.extras, m, mb.b.n)?);
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    let mr = blocking.mr;
+    let threads = threads.max(1).min(m.div_ceil(mr));
+    let per = m.div_ceil(threads).div_ceil(mr) * mr;
+    let outs: Vec<(usize, usize)> =
+        members.iter_mut().map(|mb| (mb.c.as_mut_ptr() as usize, mb.c.len())).collect();
+    let members: &[GroupMember] = members;
+    let work = |t: usize| -> Result<(), CodegenError> {
+        let (m0, m1) = (t * per, ((t + 1) * per).min(m));
+        if m0 >= m1 {
+            return Ok(());
+        }
+        let (mc, kc, nr) = (blocking.mc, blocking.kc, blocking.nr);
+        let mut scratch = if producer.is_some() { vec![0.0f32; mc.min(m1 - m0) * k] } else { Vec::new() };
+        let mut a_pack = vec![0.0f32; mc.div_ceil(mr) * mr * kc];
+        let mut edge = vec![0.0f32; mr * nr];
+        for ic in (m0..m1).step_by(mc) {
+            let mb = mc.min(m1 - ic);
+            let (src, src_row) = match &producer {
+                Some(p) => {
+                    let mut ins: Vec<&[f32]> = vec![&a[ic * k..(ic + mb) * k]];
+                    ins.extend_from_slice(p.inputs);
+                    p.kernel.run(&ins, &mut [&mut scratch[..mb * k]], mb, k, 1)?;
+                    (&scratch[..], 0)
+                }
+                None => (a, ic),
+            };
+            for (bi, pc) in (0..k).step_by(kc).enumerate() {
+                let kb = kc.min(k - pc);
+                pack_a_block(&mut a_pack, src, k, src_row, mb, pc, kb, mr);
+                let step = TileStep { kb, accumulate: usize::from(pc > 0), last: pc + kb == k };
+                for (i, mbr) in members.iter().enumerate() {
+                    let n = mbr.b.n;
+                    // SAFETY: threads own disjoint row ranges of every C.
+                    let c = unsafe { std::slice::from_raw_parts_mut(outs[i].0 as *mut f32, outs[i].1) };
+                    let panels = &mbr.b.data[mbr.b.block_offsets[bi]..];
+                    mbr.gemm.tiles(&a_pack, panels, c, n, step, (ic, mb), (0, n), &extras[i], &mut edge);
+                }
+            }
+        }
+        for (i, mbr) in members.iter().enumerate() {
+            if let Some(e) = &mbr.gemm.epilogue {
+                let n = mbr.b.n;
+                let full_m = m0 + (m1 - m0) / mr * mr;
+                let full_n = n / nr * nr;
+                let c = outs[i].0 as *mut f32;
+                // SAFETY: both regions lie in this thread's rows of C_i.
+                unsafe {
+                    mbr.gemm.edge_epilogue(e, c, n, &extras[i], (full_m, m1), (0, n));
+                    mbr.gemm.edge_epilogue(e, c, n, &extras[i], (m0, full_m), (full_n, n));
+                }
+            }
+        }
+        Ok(())
+    };
+    if threads == 1 {
+        return work(0);
+    }
+    let results: Vec<Result<(), CodegenError>> = {
+        let slots: Vec<std::sync::Mutex<Option<Result<(), CodegenError>>>> =
+            (0..threads).map(|_| std::sync::Mutex::new(None)).collect();
+        rayon::scope(|s| {
+            for (t, slot) in slots.iter().enumerate() {
+                let work = &work;
+                s.spawn(move |_| *slot.lock().expect("not poisoned") = Some(work(t)));
+            }
+        });
+        slots.into_iter().map(|s| s.into_inner().expect("not poisoned").unwrap_or(Ok(()))).collect()
+    };
+    results.into_iter().collect()
 }
