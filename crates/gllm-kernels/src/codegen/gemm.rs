@@ -27,7 +27,7 @@ type MicroFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usi
 #[derive(Debug)]
 pub struct GemmKernel {
     micro: ExecutableCode,
-    /// GEMV kernels over 1..=GEMV_PANELS packed B panels at once.
+    /// GEMV kernels over 1, 2, … packed B panels at once (up to `gemv_panels`).
     gemv: Vec<ExecutableCode>,
     blocking: GemmBlocking,
     isa: Isa,
@@ -127,8 +127,16 @@ struct EpiArgs {
     ld_bytes: [usize; MAX_EPILOGUE_EXTRAS],
 }
 
-/// B panels one GEMV kernel call streams side by side (its accumulators).
-const GEMV_PANELS: usize = 4;
+/// Most B panels one GEMV kernel call streams side by side (more streams
+/// keep more memory requests in flight; bounded by the accumulators).
+const GEMV_PANELS: usize = 8;
+
+/// Panels a GEMV call can stream on `isa`: accumulators for each panel plus
+/// the broadcast register must fit the register file.
+fn gemv_panels(isa: Isa, blocking: &GemmBlocking) -> usize {
+    let nv = blocking.nr / isa.f32_lanes();
+    ((isa.num_simd_regs() - 1) / nv).min(GEMV_PANELS)
+}
 
 /// `fn(x, first_panel, y, kc, panel_stride_bytes, accumulate)`.
 type GemvFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
@@ -164,7 +172,7 @@ impl GemmKernel {
         }
         let blocking = profile.gemm_blocking();
         let bytes = microkernel(profile.isa, &blocking)?;
-        let gemv = (1..=GEMV_PANELS)
+        let gemv = (1..=gemv_panels(profile.isa, &blocking))
             .map(|p| {
                 ExecutableCode::new(&gemv_kernel(profile.isa, &blocking, p)?).map_err(CodegenError::from)
             })
@@ -350,8 +358,9 @@ impl GemmKernel {
             for (bi, pc) in (0..b.k).step_by(b.kc).enumerate() {
                 let kb = b.kc.min(b.k - pc);
                 let stride = nr * kb;
-                for g in (p0..p1).step_by(GEMV_PANELS) {
-                    let count = GEMV_PANELS.min(p1 - g);
+                let group = self.gemv.len();
+                for g in (p0..p1).step_by(group) {
+                    let count = group.min(p1 - g);
                     let f: GemvFn = unsafe_gemv(&self.gemv[count - 1]);
                     let first = &b.data[b.block_offsets[bi] + g * stride..];
                     let out = &mut acc[(g - p0) * nr..(g - p0 + count) * nr];
@@ -916,13 +925,17 @@ fn microkernel(isa: Isa, blocking: &GemmBlocking) -> Result<Vec<u8>, CodegenErro
 /// (bytes), r9 = accumulate. Memory-bound: one broadcast of x[k] feeds
 /// `panels × NR/lanes` FMAs on freshly streamed B rows.
 fn gemv_kernel(isa: Isa, blocking: &GemmBlocking, panels: usize) -> Result<Vec<u8>, CodegenError> {
-    use iced_x86::code_asm::{r10, r11, r8, r9, rax, rcx, rdi, rdx, rsi};
+    use iced_x86::code_asm::{r10, r11, r12, r13, r14, r8, r9, rax, rbx, rcx, rdi, rdx, rsi};
     let mut asm = VecAsm::new(isa)?;
     let nv = blocking.nr / isa.f32_lanes();
     let vb = isa.vector_bytes() as i32;
     let acc = |p: usize, v: usize| V((p * nv + v) as u8);
     let bcast = V((panels * nv) as u8);
-    let bases = [rsi, r10, r11, rax];
+    let bases = [rsi, r10, r11, rax, rbx, r12, r13, r14];
+    let saved = [rbx, r12, r13, r14];
+    for &r in &saved {
+        asm.a.push(r)?;
+    }
     for p in 0..panels {
         for v in 0..nv {
             asm.xor(acc(p, v), acc(p, v), Src::Reg(acc(p, v)))?;
@@ -972,6 +985,9 @@ fn gemv_kernel(isa: Isa, blocking: &GemmBlocking, panels: usize) -> Result<Vec<u
         }
     }
     asm.a.set_label(&mut done)?;
+    for &r in saved.iter().rev() {
+        asm.a.pop(r)?;
+    }
     asm.vzeroupper()?;
     asm.a.ret()?;
     Ok(asm.a.assemble(0)?)
