@@ -351,3 +351,50 @@ mod group {
         assert_eq!(e.to_string(), "member 1 does not share K = 4 and the blocking of member 0");
     }
 }
+
+#[test]
+fn the_planned_epilogue_runs_as_planned() {
+    use gllm_kernels::codegen::gemm::GemmEpilogue;
+    use gllm_kernels::fusion::{fuse, FusionStrategy};
+    use gllm_kernels::graph::{CompilerGraph, CompilerOp, MatMulParams, TensorDesc};
+    use gllm_kernels::scalar::ops::{gk_bias_add, gk_silu};
+    use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
+    let host = DeviceProfile::detect().unwrap();
+    if !host.features.supports(Isa::Avx512) {
+        return; // SiLU does not fit the AVX2 microkernel's free registers.
+    }
+    let profile = host.with_isa(Isa::Avx512).unwrap();
+    let (m, n, k) = (37, 70, 50);
+    let mut g = CompilerGraph::new();
+    let x = g.input("x", TensorDesc::f32([m, k]));
+    let w = g.weight("w", TensorDesc::f32([k, n]));
+    let bias = g.weight("bias", TensorDesc::f32([n]));
+    let y =
+        g.node("proj", CompilerOp::matmul(MatMulParams::new(m, n, k)), vec![x, w], TensorDesc::f32([m, n]));
+    let z = g.node("bias", CompilerOp::new(OpKind::BiasAdd), vec![y, bias], TensorDesc::f32([m, n]));
+    let s = g.node("act", CompilerOp::new(OpKind::Silu), vec![z], TensorDesc::f32([m, n]));
+    g.output(s);
+    let plan = fuse(&g, &profile).unwrap();
+    let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
+    let FusionStrategy::Gemm(f) = &plan.groups[0].strategy else { panic!("not a GEMM group") };
+    assert_eq!(f.members[0].epilogue.len(), 2);
+    let (epi, extras) = GemmEpilogue::from_plan(&sem, &f.members[0].epilogue).unwrap();
+    assert_eq!(extras.len(), 1);
+    let kernel = GemmKernel::compile_with_epilogue(&profile, &epi).unwrap();
+    let mut rng = Rng(35);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let bv: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mut c = vec![0.0; m * n];
+    kernel.gemm_with(&a, &b, &mut c, (m, n, k), &[&bv], 2).unwrap();
+    let mut raw = vec![0.0; m * n];
+    GemmKernel::compile(&profile).unwrap().gemm(&a, &b, &mut raw, (m, n, k), 1).unwrap();
+    for i in 0..m * n {
+        let want = gk_silu(gk_bias_add(raw[i], bv[i % n]));
+        assert!(
+            (c[i] - want).abs() <= 4.0 * f32::EPSILON * want.abs().max(f32::MIN_POSITIVE),
+            "[{i}] {} vs {want}",
+            c[i]
+        );
+    }
+}

@@ -97,6 +97,25 @@ impl GemmEpilogue {
         Ok(self)
     }
 
+    /// The epilogue a fusion plan chose for one GEMM, and the tensors its
+    /// extra operands come from (in the order `gemm_with` takes them).
+    pub fn from_plan(
+        sem: &crate::graph::SemanticGraph,
+        ops: &[crate::fusion::EpilogueOp],
+    ) -> Result<(GemmEpilogue, Vec<crate::graph::TensorId>), CodegenError> {
+        let mut epilogue = GemmEpilogue::new();
+        let mut extras = Vec::new();
+        for op in ops {
+            let params = sem.node(op.node).op.params.scalar_args();
+            epilogue = epilogue.then(&op.trace.body, op.data_input, &params)?;
+            extras.extend(op.extra);
+        }
+        if extras.len() != epilogue.extras {
+            return Err(CodegenError::Unsupported("an epilogue op reading more than one extra input".into()));
+        }
+        Ok((epilogue, extras))
+    }
+
     /// Extra operands the epilogue reads, in order.
     pub fn num_extras(&self) -> usize {
         self.extras
