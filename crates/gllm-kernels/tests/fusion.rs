@@ -99,7 +99,7 @@ fn tile_fusion_threshold_is_three_quarters_of_l1() {
     assert_eq!(gemm_group(&zen, 1).producer.unwrap().placement, ProducerPlacement::ComputeRoot);
     assert!(matches!(
         gemm_group(&hsw, 1).producer.unwrap().placement,
-        ProducerPlacement::TileLevelFusion { tile_rows: 126, .. }
+        ProducerPlacement::TileLevelFusion { tile_rows: 42, .. }
     ));
 }
 
