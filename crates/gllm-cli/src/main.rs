@@ -81,6 +81,13 @@ pub struct ExplainArgs {
 }
 
 fn main() -> Result<()> {
+    // Die quietly on a closed pipe (`gllm explain … | head`) like other Unix
+    // tools, instead of panicking inside `println!`.
+    // SAFETY: called first in main, before any other thread exists; restores
+    // the default disposition of a signal Rust's runtime set to "ignore".
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => commands::run(&args),
