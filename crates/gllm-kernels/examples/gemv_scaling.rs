@@ -25,6 +25,11 @@ fn main() {
             .collect();
         ts.sort_by(f64::total_cmp);
         let gbs = |t: f64| (k * n * 4) as f64 / t / 1e9;
-        println!("{threads} thread(s): B at {:.1} GB/s median (min time {:.1}, max time {:.1})", gbs(ts[15]), gbs(ts[0]), gbs(ts[30]));
+        println!(
+            "{threads} thread(s): B at {:.1} GB/s median (min time {:.1}, max time {:.1})",
+            gbs(ts[15]),
+            gbs(ts[0]),
+            gbs(ts[30])
+        );
     }
 }
