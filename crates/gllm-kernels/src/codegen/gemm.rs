@@ -27,11 +27,21 @@ type MicroFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usi
 #[derive(Debug)]
 pub struct GemmKernel {
     micro: ExecutableCode,
-    /// GEMV kernels over 1, 2, … packed B panels at once (up to `gemv_panels`).
-    gemv: Vec<ExecutableCode>,
+    /// Microkernels for the last, partial row tile: `rows[r - 1]` computes
+    /// only r < MR rows, straight into C; and the GEMV kernels over 1, 2, …
+    /// packed B panels. Generated on first use, so compiling a GEMM stays
+    /// cheap for callers that never need them.
+    variants: std::sync::OnceLock<Result<Variants, String>>,
     blocking: GemmBlocking,
     isa: Isa,
     epilogue: Option<CompiledEpilogue>,
+}
+
+/// Kernels generated on first use (see [`GemmKernel`]).
+#[derive(Debug)]
+struct Variants {
+    rows: Vec<ExecutableCode>,
+    gemv: Vec<ExecutableCode>,
 }
 
 /// Most extra operands (bias, residual, …) one epilogue chain may read.
@@ -190,19 +200,32 @@ impl GemmKernel {
             return Err(CodegenError::IsaNotOnHost { isa: profile.isa });
         }
         let blocking = profile.gemm_blocking();
-        let bytes = microkernel(profile.isa, &blocking)?;
-        let gemv = (1..=gemv_panels(profile.isa, &blocking))
-            .map(|p| {
-                ExecutableCode::new(&gemv_kernel(profile.isa, &blocking, p)?).map_err(CodegenError::from)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = microkernel(profile.isa, &blocking, blocking.mr)?;
         Ok(GemmKernel {
             micro: ExecutableCode::new(&bytes)?,
-            gemv,
+            variants: std::sync::OnceLock::new(),
             blocking,
             isa: profile.isa,
             epilogue: None,
         })
+    }
+
+    /// The partial-row and GEMV kernels, generated on first call.
+    fn variants(&self) -> Result<&Variants, CodegenError> {
+        let (isa, bl) = (self.isa, &self.blocking);
+        let built = self.variants.get_or_init(|| {
+            let build = || -> Result<Variants, CodegenError> {
+                let rows = (1..bl.mr)
+                    .map(|r| ExecutableCode::new(&microkernel(isa, bl, r)?).map_err(CodegenError::from))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let gemv = (1..=gemv_panels(isa, bl))
+                    .map(|p| ExecutableCode::new(&gemv_kernel(isa, bl, p)?).map_err(CodegenError::from))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Variants { rows, gemv })
+            };
+            build().map_err(|e| e.to_string())
+        });
+        built.as_ref().map_err(|e| CodegenError::Unsupported(format!("GEMM kernel variants ({e})")))
     }
 
     /// A GEMM whose result goes through `epilogue` before it is stored.
@@ -363,6 +386,7 @@ impl GemmKernel {
         y: &mut [f32],
         threads: usize,
     ) -> Result<(), CodegenError> {
+        let gemv = &self.variants()?.gemv;
         let nr = b.nr;
         let panels = b.n.div_ceil(nr);
         let threads = threads.max(1).min(panels);
@@ -377,10 +401,10 @@ impl GemmKernel {
             for (bi, pc) in (0..b.k).step_by(b.kc).enumerate() {
                 let kb = b.kc.min(b.k - pc);
                 let stride = nr * kb;
-                let group = self.gemv.len();
+                let group = gemv.len();
                 for g in (p0..p1).step_by(group) {
                     let count = group.min(p1 - g);
-                    let f: GemvFn = unsafe_gemv(&self.gemv[count - 1]);
+                    let f: GemvFn = unsafe_gemv(&gemv[count - 1]);
                     let first = &b.data[b.block_offsets[bi] + g * stride..];
                     let out = &mut acc[(g - p0) * nr..(g - p0 + count) * nr];
                     // SAFETY: `first` starts `count` panels of kb·NR values
@@ -429,6 +453,7 @@ impl GemmKernel {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        self.variants()?;
         if k == 0 {
             c.fill(0.0);
             if let Some(e) = &self.epilogue {
@@ -576,6 +601,21 @@ impl GemmKernel {
                             )
                         },
                     }
+                } else if nw == nr && !(self.epilogue.is_some() && last) {
+                    // Partial row tile, full columns: the row-count variant
+                    // writes its mh rows straight into C.
+                    let rows = &self
+                        .variants
+                        .get()
+                        .and_then(|v| v.as_ref().ok())
+                        .expect("variants built by run")
+                        .rows;
+                    let f: MicroFn = unsafe_micro(&rows[mh - 1]);
+                    // SAFETY: rows row..row+mh and columns col..col+NR of C
+                    // exist; the kernel touches only those rows.
+                    unsafe {
+                        f(ap.as_ptr(), bp.as_ptr(), c[row * n + col..].as_mut_ptr(), n, kb, accumulate)
+                    };
                 } else {
                     // Edge tile: the full tile into a buffer (padding is
                     // zeros), then the valid part (its epilogue runs later).
@@ -762,7 +802,8 @@ fn acc_reg(blocking: &GemmBlocking, lanes: usize, r: usize, v: usize) -> V {
 
 /// The k loop shared by both microkernels: zeroes the accumulators, then
 /// `acc += A panel · B panel` over r8 = kc steps (rdi = A, rsi = B).
-fn emit_k_loop(asm: &mut VecAsm, blocking: &GemmBlocking) -> Result<(), CodegenError> {
+/// Only the first `rows` rows of the tile are computed (edge variants).
+fn emit_k_loop(asm: &mut VecAsm, blocking: &GemmBlocking, rows: usize) -> Result<(), CodegenError> {
     use iced_x86::code_asm::{r10, r8, rdi, rsi};
     let isa = asm.isa;
     let lanes = isa.f32_lanes();
@@ -772,7 +813,7 @@ fn emit_k_loop(asm: &mut VecAsm, blocking: &GemmBlocking) -> Result<(), CodegenE
     let acc = |r: usize, v: usize| acc_reg(blocking, lanes, r, v);
     let bregs: Vec<V> = (0..nv).map(|v| V((mr * nv + v) as u8)).collect();
     let bcast = V((mr * nv + nv) as u8);
-    for r in 0..mr {
+    for r in 0..rows {
         for v in 0..nv {
             asm.xor(acc(r, v), acc(r, v), Src::Reg(acc(r, v)))?;
         }
@@ -783,7 +824,7 @@ fn emit_k_loop(asm: &mut VecAsm, blocking: &GemmBlocking) -> Result<(), CodegenE
         for (v, &b) in bregs.iter().enumerate() {
             asm.load(b, Src::Mem(Mem::base(rsi, b_off + v as i32 * vb)))?;
         }
-        for r in 0..mr {
+        for r in 0..rows {
             let a_elem = Mem::base(rdi, a_off + (r * 4) as i32);
             // AVX-512 folds the broadcast into each FMA; AVX2 broadcasts once per row.
             if isa == Isa::Avx512 {
@@ -840,7 +881,7 @@ fn microkernel_with_epilogue(
     let vb = isa.vector_bytes() as i32;
     let regs = isa.num_simd_regs();
     let scratch: Vec<V> = (regs - blocking.spare_regs..regs).map(|r| V(r as u8)).collect();
-    emit_k_loop(&mut asm, blocking)?;
+    emit_k_loop(&mut asm, blocking, blocking.mr)?;
     // Epilogue phase: rdi, rsi, r8 now hold the extra operands' row pointers.
     let extra_regs = [rdi, rsi, r8];
     asm.a.shl(rcx, 2)?;
@@ -898,15 +939,16 @@ fn microkernel_with_epilogue(
 /// The MR×NR microkernel: `C[MR×NR] (+)= Apanel · Bpanel` over `kc` steps.
 /// SysV: rdi = A panel, rsi = B panel, rdx = C, rcx = ldc (elements),
 /// r8 = kc, r9 = accumulate (0/1).
-fn microkernel(isa: Isa, blocking: &GemmBlocking) -> Result<Vec<u8>, CodegenError> {
+/// Computes (and stores) only the first `rows` rows of the tile.
+fn microkernel(isa: Isa, blocking: &GemmBlocking, rows: usize) -> Result<Vec<u8>, CodegenError> {
     use iced_x86::code_asm::{r9, rax, rcx, rdx};
     let mut asm = VecAsm::new(isa)?;
     let lanes = isa.f32_lanes();
     let nv = blocking.nr / lanes;
-    let mr = blocking.mr;
     let vb = isa.vector_bytes() as i32;
     let acc = |r: usize, v: usize| acc_reg(blocking, lanes, r, v);
-    emit_k_loop(&mut asm, blocking)?;
+    let mr = rows;
+    emit_k_loop(&mut asm, blocking, rows)?;
     asm.a.shl(rcx, 2)?;
     let mut overwrite = asm.a.create_label();
     let mut done = asm.a.create_label();
@@ -1056,6 +1098,7 @@ pub fn gemm_group(
         }
         check_len(&format!("C of member {i}"), mb.c.len(), m * mb.b.n)?;
         extras.push(mb.gemm.check_extras(mb.extras, m, mb.b.n)?);
+        mb.gemm.variants()?;
     }
     if m == 0 {
         return Ok(());
