@@ -46,27 +46,53 @@ fn fma_peak(isa: Isa) -> f64 {
     (iters * 12 * isa.f32_lanes() as u64 * 2) as f64 / t / 1e9
 }
 
-/// Read bandwidth (GB/s): the JIT reduce_sum kernel over 64 MiB (2 rows, so
-/// two threads can split it).
+/// Read bandwidth (GB/s) of `threads` threads, each summing its share of a
+/// 192 MiB buffer as 8 interleaved streams (the GEMV's access pattern, with
+/// nothing but loads and adds): the ceiling the GEMV is compared with.
 fn read_bandwidth(profile: &DeviceProfile, threads: usize) -> f64 {
-    use gllm_kernels::codegen::loops::{LoopKernel, LoopProgram};
-    use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
-    let op = ScalarOpRegistry::global().get(OpKind::ReduceSum).unwrap();
-    let k = LoopKernel::compile(&LoopProgram::from_trace(&op.trace().unwrap(), vec![]).unwrap(), profile)
-        .unwrap();
-    let n = 1usize << 24;
-    let v: Vec<f32> = (0..n).map(|i| (i % 3) as f32).collect();
-    let mut out = [0.0f32; 2];
+    use iced_x86::code_asm::*;
+    let isa = profile.isa;
+    let vb = isa.vector_bytes() as i32;
+    let mut asm = VecAsm::new(isa).unwrap();
+    // SysV: rdi = base, rsi = bytes per stream (multiple of the vector size).
+    let streams = [rdi, rax, rcx, rdx, r8, r9, r10, r11];
+    for s in 1..8 {
+        asm.a.lea(streams[s], ptr(streams[s - 1] + rsi)).unwrap();
+    }
+    for r in 0..8u8 {
+        asm.xor(V(r), V(r), Src::Reg(V(r))).unwrap();
+    }
+    let mut top = asm.a.create_label();
+    asm.a.set_label(&mut top).unwrap();
+    for (r, &sreg) in streams.iter().enumerate() {
+        asm.add(V(r as u8), V(r as u8), Src::Mem(gllm_kernels::codegen::vasm::Mem::base(sreg, 0))).unwrap();
+        asm.a.add(sreg, vb).unwrap();
+    }
+    asm.a.sub(rsi, vb).unwrap();
+    asm.a.jnz(top).unwrap();
+    asm.vzeroupper().unwrap();
+    asm.a.ret().unwrap();
+    let code = ExecutableCode::new(&asm.a.assemble(0).unwrap()).unwrap();
+    let f: extern "C" fn(*const f32, usize) = unsafe { std::mem::transmute(code.entry()) };
+    let total = 48usize << 20; // floats: 192 MiB, beyond any cache
+    let v = vec![1.0f32; total];
+    let per_thread = total / threads;
     let t = median(
-        (0..7)
+        (0..5)
             .map(|_| {
                 let s = Instant::now();
-                k.run(&[&v], &mut [&mut out], 2, n / 2, threads).unwrap();
+                std::thread::scope(|sc| {
+                    for part in v.chunks(per_thread) {
+                        let addr = part.as_ptr() as usize;
+                        let bytes = part.len() * 4 / 8 / vb as usize * vb as usize;
+                        sc.spawn(move || f(addr as *const f32, bytes));
+                    }
+                });
                 s.elapsed().as_secs_f64()
             })
             .collect(),
     );
-    (n * 4) as f64 / t / 1e9
+    (total * 4) as f64 / t / 1e9
 }
 
 fn openblas(m: usize, n: usize, k: usize, threads: usize) -> Option<f64> {
