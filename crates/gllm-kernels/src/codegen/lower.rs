@@ -102,6 +102,7 @@ pub fn emit_trace_ops(
             | TraceOp::FoldResult(_)
             | TraceOp::RowScalar(_) => val[i] = Some(leaf(op, pool)?),
             TraceOp::Cmp(pred, a, b) => {
+                let (a_id, b_id) = (a, b);
                 let (a, b) = (operand(a), operand(b));
                 let mask = match asm.isa {
                     Isa::Avx512 => {
@@ -111,7 +112,19 @@ pub fn emit_trace_ops(
                             .ok_or_else(|| CodegenError::OutOfRegisters { op: op.to_string() })?;
                         Mask::K(K(k))
                     }
-                    Isa::Avx2 => Mask::V(regs.take(op)?),
+                    Isa::Avx2 => {
+                        // The mask vector takes over a dying operand's register when it can.
+                        let dying = [a_id, b_id].into_iter().find_map(|v| match val[v as usize] {
+                            Some(Operand::Reg(r)) if last_use[v as usize] == i && owned[v as usize] => {
+                                Some(r)
+                            }
+                            _ => None,
+                        });
+                        match dying {
+                            Some(r) => Mask::V(r),
+                            None => Mask::V(regs.take(op)?),
+                        }
+                    }
                 };
                 // The first comparison operand must be a register.
                 let ra = match a {
@@ -134,7 +147,8 @@ pub fn emit_trace_ops(
                     .iter()
                     .filter(|&&a| last_use[a as usize] == i && owned[a as usize])
                     .filter_map(|&a| match val[a as usize] {
-                        Some(Operand::Reg(r)) => Some(r),
+                        // An AVX2 mask dies into a plain register too.
+                        Some(Operand::Reg(r)) | Some(Operand::Mask(Mask::V(r))) => Some(r),
                         _ => None,
                     })
                     .collect();
@@ -164,9 +178,13 @@ pub fn emit_trace_ops(
                 continue;
             }
             match val[a] {
-                Some(Operand::Reg(r)) if val[i] != Some(Operand::Reg(r)) => regs.free.push(r),
+                Some(Operand::Reg(r))
+                    if val[i] != Some(Operand::Reg(r)) && val[i] != Some(Operand::Mask(Mask::V(r))) =>
+                {
+                    regs.free.push(r)
+                }
                 Some(Operand::Mask(Mask::K(k))) => regs.kfree.push(k.0),
-                Some(Operand::Mask(Mask::V(r))) => regs.free.push(r),
+                Some(Operand::Mask(Mask::V(r))) if val[i] != Some(Operand::Reg(r)) => regs.free.push(r),
                 _ => {}
             }
         }
@@ -229,8 +247,9 @@ fn emit_op(
     dst: V,
     operand: &dyn Fn(u32) -> Operand,
 ) -> Result<(), CodegenError> {
+    // The vector register an operand occupies (an AVX2 mask is one too).
     let reg_of = |o: Operand| match o {
-        Operand::Reg(r) => Some(r),
+        Operand::Reg(r) | Operand::Mask(Mask::V(r)) => Some(r),
         _ => None,
     };
     // Puts operand `a` in a register: `dst` itself unless another operand
@@ -289,7 +308,8 @@ fn emit_op(
         Fma(a, b, c) => {
             let (a, b, c) = (operand(a), operand(b), operand(c));
             if reg_of(c) == Some(dst) {
-                // dst = a·b + dst
+                // dst = a·b + dst (the product commutes: a register factor first)
+                let (a, b) = if matches!(a, Operand::Mem(_)) { (b, a) } else { (a, b) };
                 let (ra, t) = in_reg(asm, regs, a, &[b, c])?;
                 asm.fmadd231(dst, ra, src(b)?)?;
                 release(regs, t);
@@ -359,7 +379,8 @@ fn emit_op(
                 }
             };
             let (a, b) = (operand(a), operand(b));
-            let (rb, t) = in_reg(asm, regs, b, &[a])?;
+            // Loading b must not clobber the mask when the result takes its register.
+            let (rb, t) = in_reg(asm, regs, b, &[a, Operand::Mask(mask)])?;
             asm.blend(dst, rb, src(a)?, mask)?;
             release(regs, t);
         }
