@@ -498,7 +498,9 @@ impl Machine<'_> {
     }
 
     fn push(&mut self, v: IntVal) -> Res<()> {
-        let sp = self.need(self.gpr[4])? - 8;
+        // Wrapping: analysed code may point rsp anywhere; the store rejects
+        // addresses outside the known regions.
+        let sp = self.need(self.gpr[4])?.wrapping_sub(8);
         self.gpr[4] = IntVal::known(sp);
         self.store_int(sp, v, 8)
     }
@@ -506,7 +508,7 @@ impl Machine<'_> {
     fn pop(&mut self) -> Res<IntVal> {
         let sp = self.need(self.gpr[4])?;
         let v = self.load_int(sp, 8)?;
-        self.gpr[4] = IntVal::known(sp + 8);
+        self.gpr[4] = IntVal::known(sp.wrapping_add(8));
         Ok(v)
     }
 
