@@ -9,7 +9,7 @@
 //! A function pointer has two roles: it is callable (the correctness reference
 //! for every generated kernel) and its machine code is what Phase 0 analyses.
 //! Adding an operator is writing one function and registering it — at build
-//! time in [`builtin`], or at run time with [`ScalarOpRegistry::register_custom`].
+//! time in `scalar/builtin.rs`, or at run time with [`ScalarOpRegistry::register_custom`].
 
 pub mod abi;
 mod builtin;
