@@ -398,3 +398,123 @@ fn the_planned_epilogue_runs_as_planned() {
         );
     }
 }
+
+/// A plan's GEMM group compiled and run as planned — tile-level fusion on a
+/// small-L1 profile, compute root on the normal one — equals the unfused
+/// sequence bit for bit.
+#[test]
+fn planned_gemm_groups_run_as_planned() {
+    use gllm_kernels::codegen::gemm::CompiledGemmGroup;
+    use gllm_kernels::codegen::group::CompiledGroup;
+    use gllm_kernels::fusion::{fuse, FusionStrategy, ProducerPlacement};
+    use gllm_kernels::graph::{CompilerGraph, CompilerOp, MatMulParams, TensorDesc};
+    use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
+    let (m, k, nq, nk) = (29, 300, 70, 33);
+    let mut g = CompilerGraph::new();
+    let x = g.input("x", TensorDesc::f32([m, k]));
+    let nw = g.weight("norm", TensorDesc::f32([k]));
+    let wq = g.weight("wq", TensorDesc::f32([k, nq]));
+    let wk = g.weight("wk", TensorDesc::f32([k, nk]));
+    let bk = g.weight("bk", TensorDesc::f32([nk]));
+    let normed = g.node("norm", CompilerOp::rms_norm(1e-5), vec![x, nw], TensorDesc::f32([m, k]));
+    let q = g.node(
+        "q",
+        CompilerOp::matmul(MatMulParams::new(m, nq, k)),
+        vec![normed.clone(), wq],
+        TensorDesc::f32([m, nq]),
+    );
+    let kk = g.node(
+        "k",
+        CompilerOp::matmul(MatMulParams::new(m, nk, k)),
+        vec![normed, wk],
+        TensorDesc::f32([m, nk]),
+    );
+    let kb = g.node("k_bias", CompilerOp::new(OpKind::BiasAdd), vec![kk, bk], TensorDesc::f32([m, nk]));
+    g.output(q);
+    g.output(kb);
+    let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
+    let mut rng = Rng(36);
+    let mut values: std::collections::HashMap<usize, Vec<f32>> = std::collections::HashMap::new();
+    for t in sem.tensors.iter().filter(|t| t.producer.is_none()) {
+        values.insert(t.id, (0..t.desc.numel()).map(|_| rng.uniform(-1.0, 1.0)).collect());
+    }
+    let mut results: Vec<Vec<Vec<f32>>> = Vec::new();
+    for small_l1 in [false, true] {
+        let mut profile = profiles().pop().unwrap();
+        if small_l1 {
+            profile.caches.l1d.size_bytes = 1024; // a 1200-byte row no longer fits
+        }
+        let plan = fuse(&g, &profile).unwrap();
+        let mut store = values.clone();
+        let mut outs = Vec::new();
+        for group in &plan.groups {
+            match &group.strategy {
+                FusionStrategy::Gemm(f) => {
+                    let tiled =
+                        matches!(f.producer.unwrap().placement, ProducerPlacement::TileLevelFusion { .. });
+                    assert_eq!(tiled, small_l1);
+                    let cg = CompiledGemmGroup::compile(&sem, group, &profile).unwrap();
+                    let kernel = cg.member_kernel(0).unwrap();
+                    let packed: Vec<_> = f
+                        .members
+                        .iter()
+                        .map(|mb| {
+                            let w = sem.nodes[mb.node].inputs[1];
+                            let n = sem.tensors[w].desc.shape[1];
+                            kernel.pack_b(&store[&w], k, n).unwrap()
+                        })
+                        .collect();
+                    let packed_refs: Vec<_> = packed.iter().collect();
+                    let mut bufs: Vec<Vec<f32>> =
+                        cg.outputs().iter().map(|&t| vec![f32::NAN; sem.tensors[t].desc.numel()]).collect();
+                    {
+                        let mut out_refs: Vec<&mut [f32]> =
+                            bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+                        let lookup = |t: usize| store[&t].as_slice();
+                        cg.run(&lookup, &packed_refs, &mut out_refs).unwrap();
+                    }
+                    for (t, b) in cg.outputs().into_iter().zip(bufs) {
+                        store.insert(t, b);
+                    }
+                }
+                _ => {
+                    let cg = CompiledGroup::compile(&sem, group, &profile).unwrap();
+                    let ins: Vec<&[f32]> = cg.inputs().iter().map(|t| store[t].as_slice()).collect();
+                    let mut out = vec![f32::NAN; sem.tensors[cg.output()].desc.numel()];
+                    cg.run(&ins, &mut out).unwrap();
+                    store.insert(cg.output(), out);
+                }
+            }
+        }
+        for t in sem.tensors.iter().filter(|t| t.is_graph_output) {
+            outs.push(store[&t.id].clone());
+        }
+        results.push(outs);
+    }
+    for (a, b) in results[0].iter().zip(&results[1]) {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "tile-fused and compute-root plans differ"
+        );
+        assert!(a.iter().all(|v| v.is_finite()));
+    }
+    // And against the scalar references: norm, then matmul (+ bias).
+    let mut normed_ref = vec![0.0; m * k];
+    let (xv, wv) = (&values[&0], &values[&1]);
+    for r in 0..m {
+        // SAFETY: one row of k elements in and out.
+        unsafe {
+            gllm_kernels::scalar::ops::gk_rms_norm(
+                xv[r * k..].as_ptr(),
+                wv.as_ptr(),
+                normed_ref[r * k..].as_mut_ptr(),
+                k,
+                1e-5,
+            )
+        };
+    }
+    let q_ref = reference(&normed_ref, &values[&sem.nodes[1].inputs[1]], m, nq, k);
+    for (got, want) in results[0][0].iter().zip(&q_ref) {
+        assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{got} vs {want}");
+    }
+}

@@ -1173,3 +1173,139 @@ pub fn gemm_group(
     };
     results.into_iter().collect()
 }
+
+/// A GEMM fusion group of a plan, compiled: one kernel per member (with the
+/// epilogue the plan chose) and, under tile-level fusion, the row producer.
+/// The plan decides everything; this only turns its decisions into code.
+#[derive(Debug)]
+pub struct CompiledGemmGroup {
+    members: Vec<PlannedMember>,
+    producer: Option<(LoopKernel, Vec<crate::graph::TensorId>)>,
+    /// The tensor A is made from (the producer's input under tile fusion).
+    a: crate::graph::TensorId,
+    m: usize,
+    k: usize,
+    threads: usize,
+}
+
+#[derive(Debug)]
+struct PlannedMember {
+    gemm: GemmKernel,
+    /// The weight B (to be prepacked by the caller with [`GemmKernel::pack_b`]).
+    weight: crate::graph::TensorId,
+    extras: Vec<crate::graph::TensorId>,
+    /// The tensor this member writes (its epilogue's last output).
+    output: crate::graph::TensorId,
+}
+
+impl CompiledGemmGroup {
+    /// Compiles `group` (a `FusionStrategy::Gemm` group of `sem`'s plan).
+    pub fn compile(
+        sem: &crate::graph::SemanticGraph,
+        group: &crate::fusion::FusionGroup,
+        profile: &DeviceProfile,
+    ) -> Result<CompiledGemmGroup, CodegenError> {
+        use crate::fusion::{FusionStrategy, ParallelStrategy, ProducerPlacement, RowProducer};
+        let FusionStrategy::Gemm(f) = &group.strategy else {
+            return Err(CodegenError::Unsupported("a non-GEMM group in the GEMM compiler".into()));
+        };
+        let first =
+            f.members.first().ok_or_else(|| CodegenError::Unsupported("an empty GEMM group".into()))?;
+        let p = *sem.node(first.node).op.matmul_params().ok_or_else(|| {
+            CodegenError::Unsupported("a GEMM group member without MatMul parameters".into())
+        })?;
+        let mut members = Vec::new();
+        for mb in &f.members {
+            let mp = sem.node(mb.node).op.matmul_params().copied().unwrap_or(p);
+            if mp.batch != 1 || mp.transpose_b {
+                return Err(CodegenError::Unsupported(format!(
+                    "batched or transposed-B GEMM `{}` (attention GEMMs come later)",
+                    sem.node(mb.node).name
+                )));
+            }
+            let (epilogue, extras) = GemmEpilogue::from_plan(sem, &mb.epilogue)?;
+            let output =
+                mb.epilogue.last().map_or(sem.nodes[mb.node].outputs[0], |e| sem.nodes[e.node].outputs[0]);
+            members.push(PlannedMember {
+                gemm: GemmKernel::compile_with_epilogue(profile, &epilogue)?,
+                weight: sem.nodes[mb.node].inputs[1],
+                extras,
+                output,
+            });
+        }
+        let (producer, a) = match f.producer {
+            Some(RowProducer { node, placement: ProducerPlacement::TileLevelFusion { .. }, .. }) => {
+                let prog =
+                    LoopProgram::from_trace(&sem.nodes[node].trace, sem.node(node).op.params.scalar_args())?;
+                let inputs = sem.nodes[node].inputs.clone();
+                (Some((LoopKernel::compile(&prog, profile)?, inputs[1..].to_vec())), inputs[0])
+            }
+            _ => (None, sem.nodes[first.node].inputs[0]),
+        };
+        let threads = match group.parallel {
+            ParallelStrategy::Sequential => 1,
+            other => other.threads(),
+        };
+        Ok(CompiledGemmGroup { members, producer, a, m: p.m, k: p.k, threads })
+    }
+
+    /// The tensors `run` reads: A's source, then each member's weight, then
+    /// each member's epilogue extras, then the producer's other inputs.
+    pub fn inputs(&self) -> Vec<crate::graph::TensorId> {
+        let mut v = vec![self.a];
+        v.extend(self.members.iter().map(|m| m.weight));
+        v.extend(self.members.iter().flat_map(|m| m.extras.iter().copied()));
+        if let Some((_, ins)) = &self.producer {
+            v.extend(ins.iter().copied());
+        }
+        v
+    }
+
+    /// The tensors `run` writes, one per member, in member order.
+    pub fn outputs(&self) -> Vec<crate::graph::TensorId> {
+        self.members.iter().map(|m| m.output).collect()
+    }
+
+    /// The member kernel that packs weight `i` (all members share one blocking).
+    pub fn member_kernel(&self, i: usize) -> Option<&GemmKernel> {
+        self.members.get(i).map(|m| &m.gemm)
+    }
+
+    /// Runs the group. `tensor` resolves activations and extras, `weights`
+    /// holds each member's packed B (in member order).
+    pub fn run<'t>(
+        &self,
+        tensor: &dyn Fn(crate::graph::TensorId) -> &'t [f32],
+        weights: &[&PackedB],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), CodegenError> {
+        if weights.len() != self.members.len() || outputs.len() != self.members.len() {
+            return Err(CodegenError::BadArguments(format!(
+                "the group has {} members; got {} weights and {} outputs",
+                self.members.len(),
+                weights.len(),
+                outputs.len()
+            )));
+        }
+        let extras: Vec<Vec<&[f32]>> =
+            self.members.iter().map(|m| m.extras.iter().map(|&t| tensor(t)).collect()).collect();
+        let producer_inputs: Vec<&[f32]> = self
+            .producer
+            .as_ref()
+            .map(|(_, ins)| ins.iter().map(|&t| tensor(t)).collect())
+            .unwrap_or_default();
+        let mut members: Vec<GroupMember> = self
+            .members
+            .iter()
+            .zip(weights)
+            .zip(outputs.iter_mut())
+            .zip(&extras)
+            .map(|(((m, b), c), e)| GroupMember { gemm: &m.gemm, b, c, extras: e })
+            .collect();
+        let producer =
+            self.producer.as_ref().map(|(kernel, _)| TileProducer { kernel, inputs: &producer_inputs });
+        let a = tensor(self.a);
+        check_len("A", a.len(), self.m * self.k)?;
+        gemm_group(a, self.m, producer, &mut members, self.threads)
+    }
+}
