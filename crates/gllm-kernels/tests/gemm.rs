@@ -518,3 +518,75 @@ fn planned_gemm_groups_run_as_planned() {
         assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{got} vs {want}");
     }
 }
+
+/// Attention-shaped batched GEMMs (heads as column blocks, grouped-query
+/// sharing, transposed K, a shared mask in the epilogue) against loops over
+/// the scalar definition.
+#[test]
+fn batched_attention_gemms_match_the_definition() {
+    use gllm_kernels::codegen::gemm::GemmEpilogue;
+    use gllm_kernels::graph::{BatchLayout, MatMulParams};
+    use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
+    let (seq, heads, kv, hd) = (7, 4, 2, 16);
+    let g_size = heads / kv;
+    let scale = 0.25f32;
+    let mut rng = Rng(37);
+    let q: Vec<f32> = (0..seq * heads * hd).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let k: Vec<f32> = (0..seq * kv * hd).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let v: Vec<f32> = (0..seq * kv * hd).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mask: Vec<f32> = (0..seq * seq).map(|x| if x % seq > x / seq { -1e9 } else { 0.0 }).collect();
+    let reg = ScalarOpRegistry::global();
+    let epi = GemmEpilogue::new()
+        .then(&reg.trace(OpKind::Scale).unwrap().body, 0, &[scale])
+        .unwrap()
+        .then(&reg.trace(OpKind::Add).unwrap().body, 0, &[])
+        .unwrap();
+    for profile in profiles() {
+        let scores_k = GemmKernel::compile_with_epilogue(&profile, &epi).unwrap();
+        let p = MatMulParams {
+            batch: heads,
+            b_shared_by: g_size,
+            transpose_b: true,
+            a_layout: BatchLayout::Interleaved,
+            b_layout: BatchLayout::Interleaved,
+            c_layout: BatchLayout::Stacked,
+            ..MatMulParams::new(seq, seq, hd)
+        };
+        for threads in [1, 2] {
+            let mut scores = vec![f32::NAN; heads * seq * seq];
+            scores_k.gemm_batched(&q, &k, &mut scores, &p, &[&mask], threads).unwrap();
+            for h in 0..heads {
+                for i in 0..seq {
+                    for j in 0..seq {
+                        let dot: f32 = (0..hd).map(|x| q[i * heads * hd + h * hd + x] * k[j * kv * hd + (h / g_size) * hd + x]).sum();
+                        let want = dot * scale + mask[i * seq + j];
+                        let got = scores[(h * seq + i) * seq + j];
+                        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{} scores[{h},{i},{j}] {got} vs {want}", profile.isa);
+                    }
+                }
+            }
+            // P·V back into the heads' column blocks.
+            let pv = GemmKernel::compile(&profile).unwrap();
+            let p2 = MatMulParams {
+                batch: heads,
+                b_shared_by: g_size,
+                a_layout: BatchLayout::Stacked,
+                b_layout: BatchLayout::Interleaved,
+                c_layout: BatchLayout::Interleaved,
+                ..MatMulParams::new(seq, hd, seq)
+            };
+            let probs: Vec<f32> = (0..heads * seq * seq).map(|_| rng.uniform(0.0, 1.0)).collect();
+            let mut out = vec![f32::NAN; seq * heads * hd];
+            pv.gemm_batched(&probs, &v, &mut out, &p2, &[], threads).unwrap();
+            for h in 0..heads {
+                for i in 0..seq {
+                    for d in 0..hd {
+                        let want: f32 = (0..seq).map(|j| probs[(h * seq + i) * seq + j] * v[j * kv * hd + (h / g_size) * hd + d]).sum();
+                        let got = out[i * heads * hd + h * hd + d];
+                        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{} out[{i},{h},{d}] {got} vs {want}", profile.isa);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1186,6 +1186,8 @@ pub struct CompiledGemmGroup {
     m: usize,
     k: usize,
     threads: usize,
+    /// Set for a batched (attention) GEMM: its B is an activation, not a weight.
+    batched: Option<crate::graph::MatMulParams>,
 }
 
 #[derive(Debug)]
@@ -1214,15 +1216,14 @@ impl CompiledGemmGroup {
         let p = *sem.node(first.node).op.matmul_params().ok_or_else(|| {
             CodegenError::Unsupported("a GEMM group member without MatMul parameters".into())
         })?;
+        let batched = (p.batch != 1 || p.transpose_b).then_some(p);
+        if batched.is_some() && (f.members.len() != 1 || f.producer.is_some()) {
+            return Err(CodegenError::Unsupported(
+                "a batched GEMM sharing its input or with a tile-fused producer".into(),
+            ));
+        }
         let mut members = Vec::new();
         for mb in &f.members {
-            let mp = sem.node(mb.node).op.matmul_params().copied().unwrap_or(p);
-            if mp.batch != 1 || mp.transpose_b {
-                return Err(CodegenError::Unsupported(format!(
-                    "batched or transposed-B GEMM `{}` (attention GEMMs come later)",
-                    sem.node(mb.node).name
-                )));
-            }
             let (epilogue, extras) = GemmEpilogue::from_plan(sem, &mb.epilogue)?;
             let output =
                 mb.epilogue.last().map_or(sem.nodes[mb.node].outputs[0], |e| sem.nodes[e.node].outputs[0]);
@@ -1246,7 +1247,7 @@ impl CompiledGemmGroup {
             ParallelStrategy::Sequential => 1,
             other => other.threads(),
         };
-        Ok(CompiledGemmGroup { members, producer, a, m: p.m, k: p.k, threads })
+        Ok(CompiledGemmGroup { members, producer, a, m: p.m, k: p.k, threads, batched })
     }
 
     /// The tensors `run` reads: A's source, then each member's weight, then
@@ -1271,14 +1272,29 @@ impl CompiledGemmGroup {
         self.members.get(i).map(|m| &m.gemm)
     }
 
+    /// Whether this is a batched (attention) GEMM, whose B is an activation
+    /// read through `tensor` instead of a packed weight.
+    pub fn is_batched(&self) -> bool {
+        self.batched.is_some()
+    }
+
     /// Runs the group. `tensor` resolves activations and extras, `weights`
-    /// holds each member's packed B (in member order).
+    /// holds each member's packed B (in member order; empty for a batched
+    /// group).
     pub fn run<'t>(
         &self,
         tensor: &dyn Fn(crate::graph::TensorId) -> &'t [f32],
         weights: &[&PackedB],
         outputs: &mut [&mut [f32]],
     ) -> Result<(), CodegenError> {
+        if let Some(p) = &self.batched {
+            let [out] = outputs else {
+                return Err(CodegenError::BadArguments("a batched GEMM group has one output".into()));
+            };
+            let m = &self.members[0];
+            let extras: Vec<&[f32]> = m.extras.iter().map(|&t| tensor(t)).collect();
+            return m.gemm.gemm_batched(tensor(self.a), tensor(m.weight), out, p, &extras, self.threads);
+        }
         if weights.len() != self.members.len() || outputs.len() != self.members.len() {
             return Err(CodegenError::BadArguments(format!(
                 "the group has {} members; got {} weights and {} outputs",
@@ -1307,5 +1323,101 @@ impl CompiledGemmGroup {
         let a = tensor(self.a);
         check_len("A", a.len(), self.m * self.k)?;
         gemm_group(a, self.m, producer, &mut members, self.threads)
+    }
+}
+
+impl GemmKernel {
+    /// A batched GEMM as the graph describes it (attention): for each batch
+    /// element `i`, `C_i = A_i · B_{i / b_shared_by}` (B transposed when
+    /// `transpose_b`), each operand Stacked (`[batch, rows, cols]`) or
+    /// Interleaved (`[rows, batch·cols]`). Extras are one row of N, an M×N
+    /// matrix shared by every batch element (a mask), or one M×N matrix per
+    /// element.
+    ///
+    /// First version: each batch element's operands are gathered into
+    /// contiguous buffers and the result scattered back; batch elements are
+    /// split across threads.
+    pub fn gemm_batched(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        p: &crate::graph::MatMulParams,
+        extras: &[&[f32]],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        use crate::graph::BatchLayout;
+        let (m, n, k, batch) = (p.m, p.n, p.k, p.batch);
+        if batch == 0 || p.b_shared_by == 0 || batch % p.b_shared_by != 0 {
+            return Err(CodegenError::BadArguments(format!(
+                "batch {batch} must be a non-zero multiple of b_shared_by {}",
+                p.b_shared_by
+            )));
+        }
+        let b_batch = batch / p.b_shared_by;
+        check_len("A", a.len(), batch * m * k)?;
+        check_len("B", b.len(), b_batch * k * n)?;
+        check_len("C", c.len(), batch * m * n)?;
+        let per_batch_extra = |e: &[f32]| e.len() == batch * m * n && batch > 1;
+        for (i, e) in extras.iter().enumerate() {
+            if !(e.len() == n || e.len() == m * n || per_batch_extra(e)) {
+                return Err(CodegenError::BadArguments(format!(
+                    "extra operand {i} has {} elements; expected {n}, {} or {}",
+                    e.len(),
+                    m * n,
+                    batch * m * n
+                )));
+            }
+        }
+        // Element (r, col) of batch element `i` of an operand with `rows × cols` per element.
+        let at = |layout: BatchLayout, count: usize, i: usize, rows: usize, cols: usize, r: usize, col: usize| match layout {
+            BatchLayout::Stacked => (i * rows + r) * cols + col,
+            BatchLayout::Interleaved => r * (count * cols) + i * cols + col,
+        };
+        let c_addr = c.as_mut_ptr() as usize;
+        let work = |i: usize| -> Result<(), CodegenError> {
+            let ai: Vec<f32> = (0..m * k).map(|x| a[at(p.a_layout, batch, i, m, k, x / k, x % k)]).collect();
+            let bi_idx = i / p.b_shared_by;
+            let bi: Vec<f32> = (0..k * n)
+                .map(|x| {
+                    let (row, col) = (x / n, x % n);
+                    if p.transpose_b {
+                        b[at(p.b_layout, b_batch, bi_idx, n, k, col, row)]
+                    } else {
+                        b[at(p.b_layout, b_batch, bi_idx, k, n, row, col)]
+                    }
+                })
+                .collect();
+            let ex: Vec<&[f32]> = extras
+                .iter()
+                .map(|e| if per_batch_extra(e) { &e[i * m * n..(i + 1) * m * n] } else { *e })
+                .collect();
+            let mut ci = vec![0.0f32; m * n];
+            self.gemm_with(&ai, &bi, &mut ci, (m, n, k), &ex, 1)?;
+            // SAFETY: batch elements write disjoint elements of C (each
+            // (i, r, col) maps to a distinct index in either layout).
+            let c = unsafe { std::slice::from_raw_parts_mut(c_addr as *mut f32, batch * m * n) };
+            for (x, v) in ci.into_iter().enumerate() {
+                c[at(p.c_layout, batch, i, m, n, x / n, x % n)] = v;
+            }
+            Ok(())
+        };
+        let threads = threads.max(1).min(batch);
+        if threads == 1 {
+            return (0..batch).try_for_each(work);
+        }
+        let per = batch.div_ceil(threads);
+        let results: Vec<std::sync::Mutex<Result<(), CodegenError>>> =
+            (0..threads).map(|_| std::sync::Mutex::new(Ok(()))).collect();
+        rayon::scope(|s| {
+            for (t, slot) in results.iter().enumerate() {
+                let work = &work;
+                s.spawn(move |_| {
+                    let r = (t * per..((t + 1) * per).min(batch)).try_for_each(work);
+                    *slot.lock().expect("not poisoned") = r;
+                });
+            }
+        });
+        results.into_iter().map(|r| r.into_inner().expect("not poisoned")).collect()
     }
 }
