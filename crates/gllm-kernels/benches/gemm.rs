@@ -196,7 +196,7 @@ fn fused_rows(profile: &DeviceProfile, g: &GemmKernel) {
     let fused = time(&mut || {
         let none: [&[f32]; 0] = [];
         let weight = [&w[..]];
-        let mut members = [GroupMember { gemm: g, b: &packed, c: &mut c, extras: &none }];
+        let mut members = [GroupMember { gemm: g, b: &packed, c: &mut c, extras: &none, from_members: &[] }];
         gemm_group(&x, m, Some(TileProducer { kernel: &rms, inputs: &weight }), &mut members, 1).unwrap();
     });
     println!("\nRMSNorm → GEMM tile-fused, {m}×{k}×{n}, 1 thread: {:.2} ms vs GEMM alone {:.2} ms = {:.3}× (target ≤ 1.05×)", fused * 1e3, alone * 1e3, fused / alone);
@@ -213,9 +213,9 @@ fn fused_rows(profile: &DeviceProfile, g: &GemmKernel) {
     let shared = time(&mut || {
         let none: [&[f32]; 0] = [];
         let mut members = [
-            GroupMember { gemm: g, b: &bq, c: &mut cq, extras: &none },
-            GroupMember { gemm: g, b: &bk, c: &mut ck, extras: &none },
-            GroupMember { gemm: g, b: &bv, c: &mut cv, extras: &none },
+            GroupMember { gemm: g, b: &bq, c: &mut cq, extras: &none, from_members: &[] },
+            GroupMember { gemm: g, b: &bk, c: &mut ck, extras: &none, from_members: &[] },
+            GroupMember { gemm: g, b: &bv, c: &mut cv, extras: &none, from_members: &[] },
         ];
         gemm_group(&x, m, None, &mut members, 1).unwrap();
     });

@@ -310,13 +310,26 @@ mod group {
                         let no_extras: [&[f32]; 0] = [];
                         let bias_extra = [&bias_v[..]];
                         let mut members = [
-                            GroupMember { gemm: &plain, b: &packed[0], c: &mut g0[0], extras: &no_extras },
-                            GroupMember { gemm: &plain, b: &packed[1], c: &mut g1[0], extras: &no_extras },
+                            GroupMember {
+                                gemm: &plain,
+                                b: &packed[0],
+                                c: &mut g0[0],
+                                extras: &no_extras,
+                                from_members: &[],
+                            },
+                            GroupMember {
+                                gemm: &plain,
+                                b: &packed[1],
+                                c: &mut g1[0],
+                                extras: &no_extras,
+                                from_members: &[],
+                            },
                             GroupMember {
                                 gemm: &with_bias,
                                 b: &packed[2],
                                 c: &mut g2[0],
                                 extras: &bias_extra,
+                                from_members: &[],
                             },
                         ];
                         let weight = [&w[..]];
@@ -344,8 +357,8 @@ mod group {
         let (mut c1, mut c2) = (vec![0.0; 2], vec![0.0; 2]);
         let none: [&[f32]; 0] = [];
         let mut members = [
-            GroupMember { gemm: &g, b: &b1, c: &mut c1, extras: &none },
-            GroupMember { gemm: &g, b: &b2, c: &mut c2, extras: &none },
+            GroupMember { gemm: &g, b: &b1, c: &mut c1, extras: &none, from_members: &[] },
+            GroupMember { gemm: &g, b: &b2, c: &mut c2, extras: &none, from_members: &[] },
         ];
         let e = gemm_group(&[0.0; 4], 1, None, &mut members, 1).unwrap_err();
         assert_eq!(e.to_string(), "member 1 does not share K = 4 and the blocking of member 0");
@@ -558,10 +571,16 @@ fn batched_attention_gemms_match_the_definition() {
             for h in 0..heads {
                 for i in 0..seq {
                     for j in 0..seq {
-                        let dot: f32 = (0..hd).map(|x| q[i * heads * hd + h * hd + x] * k[j * kv * hd + (h / g_size) * hd + x]).sum();
+                        let dot: f32 = (0..hd)
+                            .map(|x| q[i * heads * hd + h * hd + x] * k[j * kv * hd + (h / g_size) * hd + x])
+                            .sum();
                         let want = dot * scale + mask[i * seq + j];
                         let got = scores[(h * seq + i) * seq + j];
-                        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{} scores[{h},{i},{j}] {got} vs {want}", profile.isa);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                            "{} scores[{h},{i},{j}] {got} vs {want}",
+                            profile.isa
+                        );
                     }
                 }
             }
@@ -581,9 +600,15 @@ fn batched_attention_gemms_match_the_definition() {
             for h in 0..heads {
                 for i in 0..seq {
                     for d in 0..hd {
-                        let want: f32 = (0..seq).map(|j| probs[(h * seq + i) * seq + j] * v[j * kv * hd + (h / g_size) * hd + d]).sum();
+                        let want: f32 = (0..seq)
+                            .map(|j| probs[(h * seq + i) * seq + j] * v[j * kv * hd + (h / g_size) * hd + d])
+                            .sum();
                         let got = out[i * heads * hd + h * hd + d];
-                        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{} out[{i},{h},{d}] {got} vs {want}", profile.isa);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                            "{} out[{i},{h},{d}] {got} vs {want}",
+                            profile.isa
+                        );
                     }
                 }
             }

@@ -126,3 +126,186 @@ fn every_non_gemm_group_of_a_layer_compiles_and_runs() {
         assert!(compiled >= 5, "norms, ropes and softmax at least");
     }
 }
+
+/// A whole SmolLM2-shaped decoder layer (random weights) planned for this
+/// machine and executed group by group through the JIT — norms, projections
+/// with shared input, RoPE, attention GEMMs with the scale·mask epilogue,
+/// softmax, SwiGLU, residuals — against node-by-node evaluation of the traces
+/// and a plain batched matmul.
+#[test]
+fn a_decoder_layer_runs_through_the_jit() {
+    use gllm_kernels::codegen::gemm::CompiledGemmGroup;
+    use gllm_kernels::codegen::group::CompiledGroup;
+    use gllm_kernels::fusion::FusionStrategy;
+    use gllm_kernels::graph::{BatchLayout, OpParams};
+    use gllm_kernels::scalar::ScalarOpRegistry;
+    use gllm_kernels::trace::ComputePattern;
+    use std::collections::HashMap;
+
+    let cfg = LlamaConfig::smollm2_135m();
+    let seq = 5;
+    let g = decoder_layer(&cfg, seq);
+    let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
+    // Deterministic inputs and weights, small enough to keep activations O(1).
+    let mut state = 0x1234_5678u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let mut values: HashMap<usize, Vec<f32>> = HashMap::new();
+    for t in sem.tensors.iter().filter(|t| t.producer.is_none()) {
+        let name = &sem.tensors[t.id].source;
+        let name = format!("{name}");
+        let n = t.desc.numel();
+        let v: Vec<f32> = if name.contains("norm") {
+            (0..n).map(|_| 1.0 + 0.1 * next()).collect()
+        } else if name.contains("causal_mask") || name.contains("input 3") {
+            (0..n).map(|x| if x % seq > x / seq { -1e9 } else { 0.0 }).collect()
+        } else if name.starts_with("weight") {
+            (0..n).map(|_| 0.05 * next()).collect()
+        } else {
+            (0..n).map(|_| next()).collect()
+        };
+        values.insert(t.id, v);
+    }
+
+    // Reference: node by node.
+    let mut want = values.clone();
+    for &id in &sem.order {
+        let node = &sem.nodes[id];
+        let cnode = sem.node(id);
+        let out_desc = &sem.tensors[node.outputs[0]].desc;
+        let ins: Vec<&Vec<f32>> = node.inputs.iter().map(|t| &want[t]).collect();
+        let params = cnode.op.params.scalar_args();
+        let mut out = vec![0.0f32; out_desc.numel()];
+        match (&node.trace.pattern, &cnode.op.params) {
+            (ComputePattern::Gemm { .. }, OpParams::MatMul(p)) => {
+                let at = |layout: BatchLayout,
+                          count: usize,
+                          i: usize,
+                          rows: usize,
+                          cols: usize,
+                          r: usize,
+                          c: usize| match layout {
+                    BatchLayout::Stacked => (i * rows + r) * cols + c,
+                    BatchLayout::Interleaved => r * (count * cols) + i * cols + c,
+                };
+                let bb = p.batch / p.b_shared_by;
+                for i in 0..p.batch {
+                    for r in 0..p.m {
+                        for c in 0..p.n {
+                            let mut s = 0.0f32;
+                            for x in 0..p.k {
+                                let a = ins[0][at(p.a_layout, p.batch, i, p.m, p.k, r, x)];
+                                let b = if p.transpose_b {
+                                    ins[1][at(p.b_layout, bb, i / p.b_shared_by, p.n, p.k, c, x)]
+                                } else {
+                                    ins[1][at(p.b_layout, bb, i / p.b_shared_by, p.k, p.n, x, c)]
+                                };
+                                s += a * b;
+                            }
+                            out[at(p.c_layout, p.batch, i, p.m, p.n, r, c)] = s;
+                        }
+                    }
+                }
+            }
+            (_, OpParams::Rope { head_dim, .. }) => {
+                let half = head_dim / 2;
+                let width = out_desc.row_len();
+                for t in 0..out_desc.rows() {
+                    for h in 0..width / head_dim {
+                        let b = t * width + h * head_dim;
+                        let (x0, x1) = (&ins[0][b..b + half], &ins[0][b + half..b + head_dim]);
+                        let (c, s) = (&ins[1][t * half..(t + 1) * half], &ins[2][t * half..(t + 1) * half]);
+                        let (mut o0, mut o1) = (vec![0.0; half], vec![0.0; half]);
+                        node.trace.eval(&[x0, x1, c, s], &[], &[], &mut [&mut o0, &mut o1]).unwrap();
+                        out[b..b + half].copy_from_slice(&o0);
+                        out[b + half..b + head_dim].copy_from_slice(&o1);
+                    }
+                }
+            }
+            (ComputePattern::NormLike, _) => {
+                let n = out_desc.row_len();
+                for r in 0..out_desc.rows() {
+                    let row_ins: Vec<&[f32]> = ins
+                        .iter()
+                        .map(|v| if v.len() == n { &v[..] } else { &v[r * n..(r + 1) * n] })
+                        .collect();
+                    node.trace.eval(&row_ins, &params, &[n], &mut [&mut out[r * n..(r + 1) * n]]).unwrap();
+                }
+            }
+            _ => {
+                let len = out.len();
+                let full: Vec<Vec<f32>> =
+                    ins.iter().map(|v| (0..len).map(|x| v[x % v.len()]).collect()).collect();
+                let refs: Vec<&[f32]> = full.iter().map(|v| v.as_slice()).collect();
+                node.trace.eval(&refs, &params, &[], &mut [&mut out]).unwrap();
+            }
+        }
+        want.insert(node.outputs[0], out);
+    }
+
+    // The JIT, group by group as planned, on every ISA this CPU runs (the
+    // plans differ: SiLU·up is a GEMM epilogue on AVX-512, a fused loop on AVX2).
+    let host = DeviceProfile::detect().unwrap();
+    let isas: Vec<gllm_kernels::device::Isa> =
+        [gllm_kernels::device::Isa::Avx2, gllm_kernels::device::Isa::Avx512]
+            .into_iter()
+            .filter(|&i| host.features.supports(i))
+            .collect();
+    for isa in isas {
+        let profile = host.clone().with_isa(isa).unwrap();
+        let p = fuse(&g, &profile).unwrap();
+        let mut got = values.clone();
+        for group in &p.groups {
+            if let FusionStrategy::Gemm(f) = &group.strategy {
+                let cg = CompiledGemmGroup::compile(&sem, group, &profile)
+                    .unwrap_or_else(|e| panic!("group {}: {e}", group.id));
+                let packed: Vec<_> = if cg.is_batched() {
+                    Vec::new()
+                } else {
+                    f.members
+                        .iter()
+                        .map(|mb| {
+                            let w = sem.nodes[mb.node].inputs[1];
+                            let shape = &sem.tensors[w].desc.shape;
+                            cg.member_kernel(0).unwrap().pack_b(&got[&w], shape[0], shape[1]).unwrap()
+                        })
+                        .collect()
+                };
+                let packed_refs: Vec<_> = packed.iter().collect();
+                let mut bufs: Vec<Vec<f32>> =
+                    cg.outputs().iter().map(|&t| vec![f32::NAN; sem.tensors[t].desc.numel()]).collect();
+                {
+                    let mut outs: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+                    let lookup = |t: usize| got[&t].as_slice();
+                    cg.run(&lookup, &packed_refs, &mut outs)
+                        .unwrap_or_else(|e| panic!("group {}: {e}", group.id));
+                }
+                for (t, b) in cg.outputs().into_iter().zip(bufs) {
+                    got.insert(t, b);
+                }
+            } else {
+                let cg = CompiledGroup::compile(&sem, group, &profile)
+                    .unwrap_or_else(|e| panic!("group {}: {e}", group.id));
+                let ins: Vec<&[f32]> = cg.inputs().iter().map(|t| got[t].as_slice()).collect();
+                let mut out = vec![f32::NAN; sem.tensors[cg.output()].desc.numel()];
+                cg.run(&ins, &mut out).unwrap();
+                got.insert(cg.output(), out);
+            }
+        }
+        for t in sem.tensors.iter().filter(|t| t.is_graph_output) {
+            let (a, b) = (&got[&t.id], &want[&t.id]);
+            let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(x.is_finite(), "output [{i}] is {x}");
+                assert!(
+                    (x - y).abs() <= 1e-4 * scale.max(1.0),
+                    "{isa} output [{i}]: JIT {x} vs reference {y} (scale {scale})"
+                );
+            }
+        }
+    }
+}

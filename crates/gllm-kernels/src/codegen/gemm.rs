@@ -1072,6 +1072,10 @@ pub struct GroupMember<'a> {
     pub c: &'a mut [f32],
     /// The epilogue's extra operands.
     pub extras: &'a [&'a [f32]],
+    /// Extra operands that are another member's result instead: `(slot, j)`
+    /// reads member `j`'s C as extra `slot` (SiLU(gate)·up, with up computed
+    /// first in the same group). The slice at `slot` in `extras` is ignored.
+    pub from_members: &'a [(usize, usize)],
 }
 
 /// `c_i = producer(a) · B_i` for every member, packing each A block once for
@@ -1088,6 +1092,8 @@ pub fn gemm_group(
     let Some(first) = members.first() else { return Ok(()) };
     let (k, blocking) = (first.b.k, *first.gemm.blocking());
     check_len("A", a.len(), m * k)?;
+    let outs: Vec<(usize, usize)> =
+        members.iter_mut().map(|mb| (mb.c.as_mut_ptr() as usize, mb.c.len())).collect();
     let mut extras = Vec::with_capacity(members.len());
     for (i, mb) in members.iter().enumerate() {
         if mb.b.k != k || *mb.gemm.blocking() != blocking || mb.b.kc != blocking.kc || mb.b.nr != blocking.nr
@@ -1097,7 +1103,38 @@ pub fn gemm_group(
             )));
         }
         check_len(&format!("C of member {i}"), mb.c.len(), m * mb.b.n)?;
-        extras.push(mb.gemm.check_extras(mb.extras, m, mb.b.n)?);
+        let n = mb.b.n;
+        let mut ex = Vec::with_capacity(mb.extras.len());
+        for (slot, e) in mb.extras.iter().enumerate() {
+            let source = mb.from_members.iter().find(|&&(s, _)| s == slot).map(|&(_, j)| j);
+            let (ptr, len) = match source {
+                Some(j) if j < outs.len() && j != i => outs[j],
+                Some(j) => {
+                    return Err(CodegenError::BadArguments(format!(
+                        "member {i}'s extra {slot} names member {j}, which is not another member"
+                    )))
+                }
+                None => (e.as_ptr() as usize, e.len()),
+            };
+            ex.push(match len {
+                l if l == m * n => (ptr, n),
+                l if l == n => (ptr, 0),
+                l => {
+                    return Err(CodegenError::BadArguments(format!(
+                        "member {i}'s extra operand {slot} has {l} elements; expected {n} or {}",
+                        m * n
+                    )))
+                }
+            });
+        }
+        let want = mb.gemm.epilogue.as_ref().map_or(0, |e| e.extras);
+        if ex.len() != want {
+            return Err(CodegenError::BadArguments(format!(
+                "member {i}: the epilogue reads {want} extra operand(s), {} given",
+                ex.len()
+            )));
+        }
+        extras.push(ex);
         mb.gemm.variants()?;
     }
     if m == 0 {
@@ -1303,8 +1340,22 @@ impl CompiledGemmGroup {
                 outputs.len()
             )));
         }
-        let extras: Vec<Vec<&[f32]>> =
-            self.members.iter().map(|m| m.extras.iter().map(|&t| tensor(t)).collect()).collect();
+        // An extra that another member writes is read from that member's C.
+        let member_of = |t: crate::graph::TensorId| self.members.iter().position(|m| m.output == t);
+        let extras: Vec<Vec<&[f32]>> = self
+            .members
+            .iter()
+            .map(|m| {
+                m.extras.iter().map(|&t| if member_of(t).is_some() { &[][..] } else { tensor(t) }).collect()
+            })
+            .collect();
+        let from: Vec<Vec<(usize, usize)>> = self
+            .members
+            .iter()
+            .map(|m| {
+                m.extras.iter().enumerate().filter_map(|(slot, &t)| member_of(t).map(|j| (slot, j))).collect()
+            })
+            .collect();
         let producer_inputs: Vec<&[f32]> = self
             .producer
             .as_ref()
@@ -1315,8 +1366,8 @@ impl CompiledGemmGroup {
             .iter()
             .zip(weights)
             .zip(outputs.iter_mut())
-            .zip(&extras)
-            .map(|(((m, b), c), e)| GroupMember { gemm: &m.gemm, b, c, extras: e })
+            .zip(extras.iter().zip(&from))
+            .map(|(((m, b), c), (e, f))| GroupMember { gemm: &m.gemm, b, c, extras: e, from_members: f })
             .collect();
         let producer =
             self.producer.as_ref().map(|(kernel, _)| TileProducer { kernel, inputs: &producer_inputs });
@@ -1370,10 +1421,13 @@ impl GemmKernel {
             }
         }
         // Element (r, col) of batch element `i` of an operand with `rows × cols` per element.
-        let at = |layout: BatchLayout, count: usize, i: usize, rows: usize, cols: usize, r: usize, col: usize| match layout {
-            BatchLayout::Stacked => (i * rows + r) * cols + col,
-            BatchLayout::Interleaved => r * (count * cols) + i * cols + col,
-        };
+        let at =
+            |layout: BatchLayout, count: usize, i: usize, rows: usize, cols: usize, r: usize, col: usize| {
+                match layout {
+                    BatchLayout::Stacked => (i * rows + r) * cols + col,
+                    BatchLayout::Interleaved => r * (count * cols) + i * cols + col,
+                }
+            };
         let c_addr = c.as_mut_ptr() as usize;
         let work = |i: usize| -> Result<(), CodegenError> {
             let ai: Vec<f32> = (0..m * k).map(|x| a[at(p.a_layout, batch, i, m, k, x / k, x % k)]).collect();
@@ -1418,6 +1472,6 @@ impl GemmKernel {
                 });
             }
         });
-        results.into_iter().map(|r| r.into_inner().expect("not poisoned")).collect()
+        results.into_iter().try_for_each(|r| r.into_inner().expect("not poisoned"))
     }
 }
