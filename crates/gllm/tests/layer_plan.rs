@@ -296,6 +296,38 @@ fn a_decoder_layer_runs_through_the_jit() {
                 got.insert(cg.output(), out);
             }
         }
+        // The same through the library entry point: compile_graph → prepare_weights → run.
+        let layer =
+            gllm_kernels::codegen::layer::compile_graph(&g, &profile, ScalarOpRegistry::global()).unwrap();
+        let by_name: HashMap<String, &Vec<f32>> = sem
+            .tensors
+            .iter()
+            .filter_map(|t| match &t.source {
+                gllm_kernels::graph::TensorRef::Weight(n) => Some((n.clone(), &values[&t.id])),
+                _ => None,
+            })
+            .collect();
+        let prepared = layer.prepare_weights(&|name: &str| by_name.get(name).map(|v| v.as_slice())).unwrap();
+        let mut input_ids: Vec<(usize, usize)> = sem
+            .tensors
+            .iter()
+            .filter_map(|t| match t.source {
+                gllm_kernels::graph::TensorRef::Input(k) => Some((k, t.id)),
+                _ => None,
+            })
+            .collect();
+        input_ids.sort_unstable();
+        let inputs: Vec<&[f32]> = input_ids.iter().map(|(_, id)| values[id].as_slice()).collect();
+        let outputs = layer.run(&prepared, &inputs).unwrap();
+        let out_ids: Vec<usize> =
+            g.outputs.iter().map(|r| sem.tensors.iter().position(|t| &t.source == r).unwrap()).collect();
+        assert_eq!(outputs.len(), out_ids.len());
+        for (o, id) in outputs.iter().zip(&out_ids) {
+            assert!(
+                o.iter().zip(&got[id]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa}: compile_graph differs"
+            );
+        }
         for t in sem.tensors.iter().filter(|t| t.is_graph_output) {
             let (a, b) = (&got[&t.id], &want[&t.id]);
             let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));

@@ -11,6 +11,7 @@
 pub mod compose;
 pub mod gemm;
 pub mod group;
+pub mod layer;
 pub mod loops;
 pub mod lower;
 pub mod math;

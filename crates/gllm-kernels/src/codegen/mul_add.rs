@@ -24,6 +24,8 @@ pub enum CodegenError {
     Unsupported(String),
     #[error("{0}")]
     BadArguments(String),
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
 }
 
 type MulAddFn = unsafe extern "C" fn(a: *const f32, b: *const f32, out: *mut f32, n: usize);

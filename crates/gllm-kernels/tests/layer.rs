@@ -1,0 +1,82 @@
+//! `compile_graph`: a small graph end to end, and its errors.
+
+use gllm_kernels::codegen::layer::compile_graph;
+use gllm_kernels::device::DeviceProfile;
+use gllm_kernels::graph::{CompilerGraph, CompilerOp, MatMulParams, TensorDesc};
+use gllm_kernels::scalar::ops::{gk_matmul, gk_rms_norm, gk_silu};
+use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
+
+fn graph() -> CompilerGraph {
+    let (m, k, n) = (3, 40, 24);
+    let mut g = CompilerGraph::new();
+    let x = g.input("x", TensorDesc::f32([m, k]));
+    let nw = g.weight("norm", TensorDesc::f32([k]));
+    let w = g.weight("w", TensorDesc::f32([k, n]));
+    let h = g.node("norm", CompilerOp::rms_norm(1e-5), vec![x, nw], TensorDesc::f32([m, k]));
+    let y =
+        g.node("proj", CompilerOp::matmul(MatMulParams::new(m, n, k)), vec![h, w], TensorDesc::f32([m, n]));
+    let z = g.node("act", CompilerOp::new(OpKind::Silu), vec![y], TensorDesc::f32([m, n]));
+    g.output(z);
+    g
+}
+
+#[test]
+fn a_small_graph_runs_and_matches_the_references() {
+    let (m, k, n) = (3, 40, 24);
+    let g = graph();
+    let layer = compile_graph(&g, &DeviceProfile::detect().unwrap(), ScalarOpRegistry::global()).unwrap();
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 * 0.1 - 0.5).collect();
+    let nw: Vec<f32> = (0..k).map(|i| 1.0 + (i % 3) as f32 * 0.1).collect();
+    let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.02 - 0.06).collect();
+    let weights = layer
+        .prepare_weights(&|name: &str| match name {
+            "norm" => Some(&nw[..]),
+            "w" => Some(&w[..]),
+            _ => None,
+        })
+        .unwrap();
+    let out = layer.run(&weights, &[&x]).unwrap();
+    let mut normed = vec![0.0; m * k];
+    for r in 0..m {
+        // SAFETY: one row of k elements in and out.
+        unsafe { gk_rms_norm(x[r * k..].as_ptr(), nw.as_ptr(), normed[r * k..].as_mut_ptr(), k, 1e-5) };
+    }
+    let mut y = vec![0.0; m * n];
+    // SAFETY: m·k, k·n and m·n elements.
+    unsafe { gk_matmul(normed.as_ptr(), w.as_ptr(), y.as_mut_ptr(), m, n, k) };
+    for (got, yv) in out[0].iter().zip(&y) {
+        let want = gk_silu(*yv);
+        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{got} vs {want}");
+    }
+}
+
+#[test]
+fn bad_weights_and_inputs_are_named() {
+    let g = graph();
+    let layer = compile_graph(&g, &DeviceProfile::detect().unwrap(), ScalarOpRegistry::global()).unwrap();
+    let nw = [1.0f32; 40];
+    let w = vec![0.0f32; 40 * 24];
+    let e = layer.prepare_weights(&|name: &str| (name == "norm").then_some(&nw[..])).err().unwrap();
+    assert_eq!(e.to_string(), "weight `w` is missing");
+    let short = [0.0f32; 7];
+    let e = layer
+        .prepare_weights(&|name: &str| match name {
+            "norm" => Some(&short[..]),
+            _ => Some(&w[..]),
+        })
+        .err()
+        .unwrap();
+    assert_eq!(e.to_string(), "weight `norm` has 7 elements, the graph declares 40");
+    let weights = layer
+        .prepare_weights(&|name: &str| if name == "norm" { Some(&nw[..]) } else { Some(&w[..]) })
+        .unwrap();
+    let e = layer.run(&weights, &[]).unwrap_err();
+    assert_eq!(e.to_string(), "the graph takes 1 inputs, 0 given");
+    let e = layer.run(&weights, &[&short]).unwrap_err();
+    assert_eq!(e.to_string(), "input 0 has 7 elements, the graph declares 120");
+    // A malformed graph is reported by the validator, with the node.
+    let mut bad = graph();
+    bad.nodes[2].outputs[0] = TensorDesc::f32([3, 25]);
+    let e = compile_graph(&bad, &DeviceProfile::detect().unwrap(), ScalarOpRegistry::global()).err().unwrap();
+    assert_eq!(e.to_string(), "node 2 `act` (silu): output 0 has shape [3, 25], expected [3, 24]");
+}
