@@ -330,15 +330,11 @@ struct Layout<'p> {
 struct Gen<'p> {
     asm: VecAsm,
     pool: ConstPool,
-    prog: &'p LoopProgram,
     layout: Layout<'p>,
     /// Vector registers not reserved for fold results, row scalars, the row
     /// length or the AVX2 tail mask.
     free: Vec<V>,
-    dim: Option<V>,
     tail_mask: Mask,
-    folds: Vec<V>,
-    row_scalars: Vec<V>,
 }
 
 impl LoopKernel {
@@ -368,17 +364,12 @@ impl LoopKernel {
         let folds: Vec<V> = prog.folds.iter().map(|_| take()).collect();
         let row_scalars: Vec<V> = prog.row.outputs.iter().map(|_| take()).collect();
         all.reverse();
-        let layout = Layout { prog, dim, folds: folds.clone(), row_scalars: row_scalars.clone() };
         let mut g = Gen {
             asm: VecAsm::new(isa)?,
             pool: ConstPool::new(),
-            prog,
-            layout,
+            layout: Layout { prog, dim, folds, row_scalars },
             free: all,
-            dim,
             tail_mask,
-            folds,
-            row_scalars,
         };
         g.emit()?;
         let Gen { mut asm, pool, .. } = g;
@@ -592,7 +583,7 @@ impl Gen<'_> {
     }
 
     fn emit(&mut self) -> Result<(), CodegenError> {
-        let streams = self.prog.num_streams();
+        let streams = self.layout.prog.num_streams();
         let a = &mut self.asm.a;
         for r in CALLEE_SAVED {
             a.push(r)?;
@@ -606,20 +597,20 @@ impl Gen<'_> {
         let mut done = a.create_label();
         a.test(ROWS, ROWS)?;
         a.jz(done)?;
-        if let Some(d) = self.dim {
+        if let Some(d) = self.layout.dim {
             self.asm.cvt_gpr_to_low(d, LEN)?;
             self.asm.broadcast_low(d, d)?;
         }
         let mut row_loop = self.asm.a.create_label();
         self.asm.a.set_label(&mut row_loop)?;
-        for f in 0..self.prog.folds.len() {
+        for f in 0..self.layout.prog.folds.len() {
             self.emit_fold(f)?;
             self.emit_row_scalars(Some(f as u8))?;
         }
-        if self.prog.folds.is_empty() {
+        if self.layout.prog.folds.is_empty() {
             self.emit_row_scalars(None)?;
         }
-        if self.prog.per_row_output {
+        if self.layout.prog.per_row_output {
             self.emit_row_output()?;
         } else {
             self.emit_element_pass()?;
@@ -631,7 +622,7 @@ impl Gen<'_> {
         self.asm.a.jnz(row_loop)?;
         let a = &mut self.asm.a;
         a.set_label(&mut done)?;
-        if self.prog.streaming_stores {
+        if self.layout.prog.streaming_stores {
             // Non-temporal stores are weakly ordered: publish them before returning.
             a.sfence()?;
         }
@@ -659,10 +650,11 @@ impl Gen<'_> {
     /// Computes the row body's outputs that depend on folds up to `upto`
     /// (and not on later ones) into their row-scalar registers.
     fn emit_row_scalars(&mut self, upto: Option<u8>) -> Result<(), CodegenError> {
-        let row = &self.prog.row;
+        let row = &self.layout.prog.row;
         let ready: Vec<usize> = (0..row.outputs.len())
             .filter(|&j| {
-                fold_depth(row, row.outputs[j]) == upto || (upto.is_none() && self.prog.folds.is_empty())
+                fold_depth(row, row.outputs[j]) == upto
+                    || (upto.is_none() && self.layout.prog.folds.is_empty())
             })
             .collect();
         if ready.is_empty() {
@@ -673,7 +665,7 @@ impl Gen<'_> {
         let scratch = self.free.clone();
         let regs = self.lower(&sub, None, &[], &scratch)?;
         for (&j, r) in ready.iter().zip(regs) {
-            self.asm.mov(self.row_scalars[j], r)?;
+            self.asm.mov(self.layout.row_scalars[j], r)?;
         }
         Ok(())
     }
@@ -786,8 +778,8 @@ impl Gen<'_> {
     /// registers; as many streams as there are spares).
     fn next_row_prefetch(&mut self) -> Result<Vec<AsmRegister64>, CodegenError> {
         let mut next_rows = Vec::new();
-        let Some(first) = self.prog.folds.first() else { return Ok(next_rows) };
-        let streams = self.prog.num_streams();
+        let Some(first) = self.layout.prog.folds.first() else { return Ok(next_rows) };
+        let streams = self.layout.prog.num_streams();
         for (k, &spare) in first.element.inputs_used().iter().zip(STREAM_GPRS[streams..].iter()) {
             let k = *k as usize;
             let base = self.stream(k);
@@ -799,7 +791,7 @@ impl Gen<'_> {
     }
 
     fn emit_fold(&mut self, f: usize) -> Result<(), CodegenError> {
-        let fold = self.prog.folds[f].clone();
+        let fold = self.layout.prog.folds[f].clone();
         let used_inputs = fold.element.inputs_used();
         let need = self.pressure(&fold.element) + used_inputs.len() + 1;
         let unroll = [4usize, 2, 1].into_iter().find(|&u| self.free.len() >= u + need).unwrap_or(1);
@@ -815,8 +807,8 @@ impl Gen<'_> {
         let combine = fold.combine;
         let element = fold.element.clone();
         let scratch_main = scratch.clone();
-        let memo =
-            (self.prog.memo_fold == Some(f)).then_some(self.prog.num_inputs + self.prog.body.outputs.len());
+        let memo = (self.layout.prog.memo_fold == Some(f))
+            .then_some(self.layout.prog.num_inputs + self.layout.prog.body.outputs.len());
         let next_rows = if f > 0 { self.next_row_prefetch()? } else { Vec::new() };
         let mut main = |g: &mut Gen, at: Mem, copy: usize| -> Result<(), CodegenError> {
             for &n in &next_rows {
@@ -863,7 +855,7 @@ impl Gen<'_> {
         combine_into(&mut self.asm, combine, acc, t)?;
         self.asm.permilps(t, acc, 0xB1)?;
         combine_into(&mut self.asm, combine, acc, t)?;
-        self.asm.mov(self.folds[f], acc)
+        self.asm.mov(self.layout.folds[f], acc)
     }
 
     /// Masked loads of the inputs `body` uses, into the first registers of
@@ -883,8 +875,8 @@ impl Gen<'_> {
     }
 
     fn emit_element_pass(&mut self) -> Result<(), CodegenError> {
-        let body = self.prog.body.clone();
-        let ni = self.prog.num_inputs;
+        let body = self.layout.prog.body.clone();
+        let ni = self.layout.prog.num_inputs;
         let need = self.pressure(&body) + body.inputs_used().len() + body.outputs.len();
         if self.free.len() < need {
             return Err(CodegenError::OutOfRegisters { op: "element body".into() });
@@ -894,7 +886,7 @@ impl Gen<'_> {
         let next_rows = self.next_row_prefetch()?;
         // Streaming stores need aligned addresses: align the first output
         // (with several outputs only if they share alignment; else skip).
-        let streaming = self.prog.streaming_stores && body.outputs.len() == 1;
+        let streaming = self.layout.prog.streaming_stores && body.outputs.len() == 1;
         let body_m = body.clone();
         let scratch_m = scratch.clone();
         let mut main = |g: &mut Gen, at: Mem, _copy: usize| -> Result<(), CodegenError> {
@@ -926,10 +918,10 @@ impl Gen<'_> {
 
     /// Reductions: the body (no element inputs) once per row, lane 0 stored.
     fn emit_row_output(&mut self) -> Result<(), CodegenError> {
-        let body = self.prog.body.clone();
+        let body = self.layout.prog.body.clone();
         let scratch = self.free.clone();
         let regs = self.lower(&body, None, &[], &scratch)?;
-        let ni = self.prog.num_inputs;
+        let ni = self.layout.prog.num_inputs;
         for (j, r) in regs.into_iter().enumerate() {
             self.asm.store_low(Mem::base(self.stream(ni + j), 0), r)?;
         }
