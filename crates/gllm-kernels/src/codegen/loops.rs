@@ -750,20 +750,7 @@ impl Gen<'_> {
     /// Sets the tail mask to the first `count` lanes (`count` in a GPR other
     /// than TMP, which this clobbers).
     fn set_tail_mask(&mut self, count: AsmRegister64) -> Result<(), CodegenError> {
-        match self.tail_mask {
-            Mask::K(_) => self.asm.set_k1_from_count(count, r13d),
-            Mask::V(m) => {
-                // mask = table[8 − count ..]: `count` all-ones lanes.
-                let mut lanes_tbl = [0u32; 16];
-                lanes_tbl[..8].fill(u32::MAX);
-                let tbl = self.pool.table(lanes_tbl);
-                let a = &mut self.asm.a;
-                a.mov(TMP, count)?;
-                a.neg(TMP)?;
-                a.add(TMP, 8)?;
-                self.asm.load(m, Src::Mem(Mem { base: POOL_REG, index: Some(TMP), disp: tbl.disp }))
-            }
-        }
+        self.asm.set_tail_mask(self.tail_mask, count, TMP, &mut self.pool)
     }
 
     /// Vector registers a body needs beyond its loads.

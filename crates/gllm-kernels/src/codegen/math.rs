@@ -420,17 +420,7 @@ impl MathKernel {
         asm.a.mov(r9, rdx)?;
         asm.a.sub(r9, rax)?;
         asm.a.jz(done)?;
-        match tail_mask {
-            Mask::K(_) => asm.set_k1_from_count(r9, r10d)?,
-            Mask::V(m) => {
-                let mut lanes_tbl = [0u32; 16];
-                lanes_tbl[..8].fill(u32::MAX);
-                let tbl = pool.table(lanes_tbl);
-                asm.a.neg(r9)?;
-                asm.a.add(r9, 8)?;
-                asm.load(m, Src::Mem(Mem { base: super::pool::POOL_REG, index: Some(r9), disp: tbl.disp }))?;
-            }
-        }
+        asm.set_tail_mask(tail_mask, r9, r10, &mut pool)?;
         asm.load_masked(x, Mem::indexed(rdi, rax), tail_mask)?;
         body(&mut asm, &mut pool)?;
         asm.store_masked(Mem::indexed(rsi, rax), d, tail_mask)?;

@@ -374,6 +374,30 @@ impl VecAsm {
         Ok(())
     }
 
+    /// Sets `mask` to its first `count` lanes (`count` in a GPR; clobbers
+    /// `scratch`): k1 on AVX-512, a vector from a pool table on AVX2.
+    pub fn set_tail_mask(
+        &mut self,
+        mask: Mask,
+        count: AsmRegister64,
+        scratch: AsmRegister64,
+        pool: &mut super::pool::ConstPool,
+    ) -> R {
+        match mask {
+            Mask::K(_) => self.set_k1_from_count(count, gpr32_of(scratch)),
+            Mask::V(m) => {
+                // mask = table[8 − count ..]: `count` all-ones lanes, then zeros.
+                let mut lanes = [0u32; 16];
+                lanes[..8].fill(u32::MAX);
+                let tbl = pool.table(lanes);
+                self.a.mov(scratch, count)?;
+                self.a.neg(scratch)?;
+                self.a.add(scratch, 8)?;
+                self.load(m, Src::Mem(Mem { base: tbl.base, index: Some(scratch), disp: tbl.disp }))
+            }
+        }
+    }
+
     pub fn vzeroupper(&mut self) -> R {
         self.a.vzeroupper()?;
         Ok(())
