@@ -305,6 +305,17 @@ impl GemmKernel {
         m: usize,
         n: usize,
     ) -> Result<Vec<(usize, usize)>, CodegenError> {
+        self.extra_layouts(extras.iter().map(|e| (e.as_ptr() as usize, e.len())).collect(), m, n)
+    }
+
+    /// `(address, elements)` of each extra operand → `(address, row stride)`:
+    /// one row of N (stride 0, broadcast) or an M×N matrix (stride N).
+    fn extra_layouts(
+        &self,
+        extras: Vec<(usize, usize)>,
+        m: usize,
+        n: usize,
+    ) -> Result<Vec<(usize, usize)>, CodegenError> {
         let want = self.epilogue.as_ref().map_or(0, |e| e.extras);
         if extras.len() != want {
             return Err(CodegenError::BadArguments(format!(
@@ -313,11 +324,11 @@ impl GemmKernel {
             )));
         }
         extras
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, e)| match e.len() {
-                l if l == m * n => Ok((e.as_ptr() as usize, n)),
-                l if l == n => Ok((e.as_ptr() as usize, 0)),
+            .map(|(i, (ptr, len))| match len {
+                l if l == m * n => Ok((ptr, n)),
+                l if l == n => Ok((ptr, 0)),
                 l => Err(CodegenError::BadArguments(format!(
                     "extra operand {i} has {l} elements; expected {n} (one row) or {} ({m}×{n})",
                     m * n
@@ -1103,11 +1114,10 @@ pub fn gemm_group(
             )));
         }
         check_len(&format!("C of member {i}"), mb.c.len(), m * mb.b.n)?;
-        let n = mb.b.n;
-        let mut ex = Vec::with_capacity(mb.extras.len());
+        let mut resolved = Vec::with_capacity(mb.extras.len());
         for (slot, e) in mb.extras.iter().enumerate() {
             let source = mb.from_members.iter().find(|&&(s, _)| s == slot).map(|&(_, j)| j);
-            let (ptr, len) = match source {
+            resolved.push(match source {
                 Some(j) if j < outs.len() && j != i => outs[j],
                 Some(j) => {
                     return Err(CodegenError::BadArguments(format!(
@@ -1115,25 +1125,12 @@ pub fn gemm_group(
                     )))
                 }
                 None => (e.as_ptr() as usize, e.len()),
-            };
-            ex.push(match len {
-                l if l == m * n => (ptr, n),
-                l if l == n => (ptr, 0),
-                l => {
-                    return Err(CodegenError::BadArguments(format!(
-                        "member {i}'s extra operand {slot} has {l} elements; expected {n} or {}",
-                        m * n
-                    )))
-                }
             });
         }
-        let want = mb.gemm.epilogue.as_ref().map_or(0, |e| e.extras);
-        if ex.len() != want {
-            return Err(CodegenError::BadArguments(format!(
-                "member {i}: the epilogue reads {want} extra operand(s), {} given",
-                ex.len()
-            )));
-        }
+        let ex = mb
+            .gemm
+            .extra_layouts(resolved, m, mb.b.n)
+            .map_err(|e| CodegenError::BadArguments(format!("member {i}: {e}")))?;
         extras.push(ex);
         mb.gemm.variants()?;
     }
