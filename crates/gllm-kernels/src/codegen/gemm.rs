@@ -17,6 +17,7 @@ use super::vasm::{Mem, Src, VecAsm, V};
 use super::CodegenError;
 use crate::device::{DeviceProfile, GemmBlocking, Isa};
 use crate::fusion::pressure::scratch_registers;
+use crate::runtime::dispatch::for_each_part;
 use crate::runtime::ExecutableCode;
 use crate::trace::{Body, TraceOp};
 
@@ -403,10 +404,10 @@ impl GemmKernel {
         let threads = threads.max(1).min(panels);
         let per = panels.div_ceil(threads);
         let y_addr = y.as_mut_ptr() as usize;
-        let work = |t: usize| {
+        let work = |t: usize| -> Result<(), CodegenError> {
             let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
             if p0 >= p1 {
-                return;
+                return Ok(());
             }
             let mut acc = vec![0.0f32; (p1 - p0) * nr];
             for (bi, pc) in (0..b.k).step_by(b.kc).enumerate() {
@@ -438,18 +439,9 @@ impl GemmKernel {
             // SAFETY: threads own disjoint column ranges [c0, c1) of y (n elements).
             let y = unsafe { std::slice::from_raw_parts_mut(y_addr as *mut f32, b.n) };
             y[c0..c1].copy_from_slice(&acc[..c1 - c0]);
+            Ok(())
         };
-        if threads == 1 {
-            work(0);
-        } else {
-            rayon::scope(|s| {
-                for t in 0..threads {
-                    let work = &work;
-                    s.spawn(move |_| work(t));
-                }
-            });
-        }
-        Ok(())
+        for_each_part(threads, work)
     }
 
     fn run(
@@ -487,23 +479,14 @@ impl GemmKernel {
             let per = m.div_ceil(threads).div_ceil(bl.mr) * bl.mr;
             (0..threads).map(|t| (t * per, ((t + 1) * per).min(m), 0, n)).filter(|p| p.0 < p.1).collect()
         };
-        let work = |&(m0, m1, n0, n1): &(usize, usize, usize, usize)| {
+        let work = |&(m0, m1, n0, n1): &(usize, usize, usize, usize)| -> Result<(), CodegenError> {
             // SAFETY: parts cover disjoint row or column ranges of C, so no
             // two threads write the same element; C has m·n elements (checked).
             let c = unsafe { std::slice::from_raw_parts_mut(c_addr as *mut f32, m * n) };
             self.block(a, &b, c, (m, n, k), (m0, m1), (n0, n1), extras);
+            Ok(())
         };
-        if parts.len() == 1 {
-            work(&parts[0]);
-        } else {
-            rayon::scope(|s| {
-                for p in &parts {
-                    let work = &work;
-                    s.spawn(move |_| work(p));
-                }
-            });
-        }
-        Ok(())
+        for_each_part(parts.len(), |i| work(&parts[i]))
     }
 
     /// The BLIS loop nest over rows `m0..m1` and columns `n0..n1` of C.
@@ -1191,21 +1174,7 @@ pub fn gemm_group(
         }
         Ok(())
     };
-    if threads == 1 {
-        return work(0);
-    }
-    let results: Vec<Result<(), CodegenError>> = {
-        let slots: Vec<std::sync::Mutex<Option<Result<(), CodegenError>>>> =
-            (0..threads).map(|_| std::sync::Mutex::new(None)).collect();
-        rayon::scope(|s| {
-            for (t, slot) in slots.iter().enumerate() {
-                let work = &work;
-                s.spawn(move |_| *slot.lock().expect("not poisoned") = Some(work(t)));
-            }
-        });
-        slots.into_iter().map(|s| s.into_inner().expect("not poisoned").unwrap_or(Ok(()))).collect()
-    };
-    results.into_iter().collect()
+    for_each_part(threads, work)
 }
 
 /// A GEMM fusion group of a plan, compiled: one kernel per member (with the
@@ -1454,21 +1423,7 @@ impl GemmKernel {
             Ok(())
         };
         let threads = threads.max(1).min(batch);
-        if threads == 1 {
-            return (0..batch).try_for_each(work);
-        }
         let per = batch.div_ceil(threads);
-        let results: Vec<std::sync::Mutex<Result<(), CodegenError>>> =
-            (0..threads).map(|_| std::sync::Mutex::new(Ok(()))).collect();
-        rayon::scope(|s| {
-            for (t, slot) in results.iter().enumerate() {
-                let work = &work;
-                s.spawn(move |_| {
-                    let r = (t * per..((t + 1) * per).min(batch)).try_for_each(work);
-                    *slot.lock().expect("not poisoned") = r;
-                });
-            }
-        });
-        results.into_iter().try_for_each(|r| r.into_inner().expect("not poisoned"))
+        for_each_part(threads, |t| (t * per..((t + 1) * per).min(batch)).try_for_each(&work))
     }
 }

@@ -15,6 +15,7 @@ use super::vasm::{Mask, Mem, Src, VecAsm, K, V};
 use super::CodegenError;
 use crate::device::{DeviceProfile, Isa};
 use crate::fusion::pressure::scratch_registers;
+use crate::runtime::dispatch::for_each_part;
 use crate::runtime::ExecutableCode;
 use crate::trace::{Body, ComputePattern, OpTrace, TraceOp, ValueId};
 use iced_x86::code_asm::*;
@@ -508,30 +509,24 @@ impl LoopKernel {
             drop(scratch);
         };
         let threads = threads.max(1);
-        if threads == 1 {
-            run_part(0, rows, 0, row_len);
-        } else if rows >= threads {
+        if threads > 1 && rows >= threads {
             let per = rows.div_ceil(threads);
-            rayon::scope(|s| {
-                for t in 0..threads {
-                    let r0 = t * per;
-                    if r0 < rows {
-                        let run_part = &run_part;
-                        s.spawn(move |_| run_part(r0, per.min(rows - r0), 0, row_len));
-                    }
+            for_each_part(threads, |t| {
+                let r0 = t * per;
+                if r0 < rows {
+                    run_part(r0, per.min(rows - r0), 0, row_len);
                 }
-            });
-        } else if rows == 1 && !self.has_folds && !self.per_row_output {
+                Ok::<(), CodegenError>(())
+            })?;
+        } else if threads > 1 && rows == 1 && !self.has_folds && !self.per_row_output {
             let per = row_len.div_ceil(threads).div_ceil(lanes) * lanes;
-            rayon::scope(|s| {
-                for t in 0..threads {
-                    let c0 = t * per;
-                    if c0 < row_len {
-                        let run_part = &run_part;
-                        s.spawn(move |_| run_part(0, 1, c0, per.min(row_len - c0)));
-                    }
+            for_each_part(threads, |t| {
+                let c0 = t * per;
+                if c0 < row_len {
+                    run_part(0, 1, c0, per.min(row_len - c0));
                 }
-            });
+                Ok::<(), CodegenError>(())
+            })?;
         } else {
             run_part(0, rows, 0, row_len);
         }

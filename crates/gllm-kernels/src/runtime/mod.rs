@@ -9,6 +9,7 @@
 //! read+execute before any pointer into them is handed out. Dropping the value
 //! unmaps the pages.
 
+pub mod dispatch;
 mod executable;
 
 pub use executable::{ExecutableCode, RuntimeError};
