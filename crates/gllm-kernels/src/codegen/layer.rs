@@ -13,6 +13,7 @@ use crate::device::DeviceProfile;
 use crate::fusion::{fuse_with, FusionPlan, FusionStrategy};
 use crate::graph::{CompilerGraph, SemanticGraph, TensorId, TensorRef};
 use crate::scalar::ScalarOpRegistry;
+use std::borrow::Cow;
 
 enum Unit {
     Loop(CompiledGroup),
@@ -169,7 +170,8 @@ impl CompiledLayer {
                 inputs.len()
             )));
         }
-        let mut store: Vec<Option<Vec<f32>>> = vec![None; self.numel.len()];
+        // Inputs and weights are borrowed; only what the groups compute is owned.
+        let mut store: Vec<Option<Cow<[f32]>>> = vec![None; self.numel.len()];
         for (&id, data) in self.graph_inputs.iter().zip(inputs) {
             if data.len() != self.numel[id] {
                 return Err(CodegenError::BadArguments(format!(
@@ -179,10 +181,10 @@ impl CompiledLayer {
                     self.numel[id]
                 )));
             }
-            store[id] = Some(data.to_vec());
+            store[id] = Some(Cow::Borrowed(data));
         }
         for (id, data) in &weights.plain {
-            store[*id] = Some(data.clone());
+            store[*id] = Some(Cow::Borrowed(data));
         }
         for unit in &self.units {
             match unit {
@@ -191,7 +193,7 @@ impl CompiledLayer {
                         cg.inputs().iter().map(|&t| tensor(&store, t)).collect::<Result<_, _>>()?;
                     let mut out = vec![0.0f32; self.numel[cg.output()]];
                     cg.run(&ins, &mut out)?;
-                    store[cg.output()] = Some(out);
+                    store[cg.output()] = Some(Cow::Owned(out));
                 }
                 Unit::Gemm { group, weights: ids } => {
                     let packed: Vec<&PackedB> = ids
@@ -218,7 +220,7 @@ impl CompiledLayer {
                         group.run(&lookup, &packed, &mut outs)?;
                     }
                     for (t, b) in group.outputs().into_iter().zip(bufs) {
-                        store[t] = Some(b);
+                        store[t] = Some(Cow::Owned(b));
                     }
                 }
             }
@@ -227,7 +229,7 @@ impl CompiledLayer {
     }
 }
 
-fn tensor(store: &[Option<Vec<f32>>], t: TensorId) -> Result<&[f32], CodegenError> {
+fn tensor<'s>(store: &'s [Option<Cow<[f32]>>], t: TensorId) -> Result<&'s [f32], CodegenError> {
     store[t]
         .as_deref()
         .ok_or_else(|| CodegenError::BadArguments(format!("tensor {t} is read before it is computed")))
