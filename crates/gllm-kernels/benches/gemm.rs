@@ -8,12 +8,9 @@ use gllm_kernels::codegen::vasm::{Src, VecAsm, V};
 use gllm_kernels::device::{DeviceProfile, Isa};
 use gllm_kernels::runtime::ExecutableCode;
 use std::process::Command;
-use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+mod common;
+use common::{median_time, warm_median_time};
 
 /// GFLOP/s of independent FMA chains on one core (12 accumulators).
 fn fma_peak(isa: Isa) -> f64 {
@@ -34,15 +31,9 @@ fn fma_peak(isa: Isa) -> f64 {
     let code = ExecutableCode::new(&asm.a.assemble(0).unwrap()).unwrap();
     let f: extern "C" fn(u64) = unsafe { std::mem::transmute(code.entry()) };
     let iters = 20_000_000u64;
-    let t = median(
-        (0..5)
-            .map(|_| {
-                let s = Instant::now();
-                f(iters);
-                s.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
+    let t = median_time(5, || {
+        f(iters);
+    });
     (iters * 12 * isa.f32_lanes() as u64 * 2) as f64 / t / 1e9
 }
 
@@ -77,21 +68,15 @@ fn read_bandwidth(profile: &DeviceProfile, threads: usize) -> f64 {
     let total = 48usize << 20; // floats: 192 MiB, beyond any cache
     let v = vec![1.0f32; total];
     let per_thread = total / threads;
-    let t = median(
-        (0..5)
-            .map(|_| {
-                let s = Instant::now();
-                std::thread::scope(|sc| {
-                    for part in v.chunks(per_thread) {
-                        let addr = part.as_ptr() as usize;
-                        let bytes = part.len() * 4 / 8 / vb as usize * vb as usize;
-                        sc.spawn(move || f(addr as *const f32, bytes));
-                    }
-                });
-                s.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
+    let t = median_time(5, || {
+        std::thread::scope(|sc| {
+            for part in v.chunks(per_thread) {
+                let addr = part.as_ptr() as usize;
+                let bytes = part.len() * 4 / 8 / vb as usize * vb as usize;
+                sc.spawn(move || f(addr as *const f32, bytes));
+            }
+        });
+    });
     (total * 4) as f64 / t / 1e9
 }
 
@@ -141,15 +126,9 @@ fn main() {
         for threads in [1usize, 2] {
             g.gemm_prepacked(&a, &packed, &mut c, m, threads).unwrap();
             let runs = if m == 1 { 15 } else { 7 };
-            let t = median(
-                (0..runs)
-                    .map(|_| {
-                        let s = Instant::now();
-                        g.gemm_prepacked(&a, &packed, &mut c, m, threads).unwrap();
-                        s.elapsed().as_secs_f64()
-                    })
-                    .collect(),
-            );
+            let t = median_time(runs, || {
+                g.gemm_prepacked(&a, &packed, &mut c, m, threads).unwrap();
+            });
             let ours = 2.0 * (m * n * k) as f64 / t / 1e9;
             let ob = openblas(m, n, k, threads);
             let b_gbs = (k * n * 4) as f64 / t / 1e9;
@@ -180,18 +159,7 @@ fn fused_rows(profile: &DeviceProfile, g: &GemmKernel) {
     let rms_t = ScalarOpRegistry::global().trace(OpKind::RmsNorm).unwrap();
     let rms = LoopKernel::compile(&LoopProgram::from_trace(&rms_t, vec![1e-5]).unwrap(), profile).unwrap();
     let mut c = vec![0.0f32; m * n];
-    let time = |f: &mut dyn FnMut()| {
-        f();
-        median(
-            (0..7)
-                .map(|_| {
-                    let s = Instant::now();
-                    f();
-                    s.elapsed().as_secs_f64()
-                })
-                .collect(),
-        )
-    };
+    let time = |f: &mut dyn FnMut()| warm_median_time(7, f);
     let alone = time(&mut || g.gemm_prepacked(&x, &packed, &mut c, m, 1).unwrap());
     let fused = time(&mut || {
         let none: [&[f32]; 0] = [];
@@ -228,28 +196,16 @@ fn fused_rows(profile: &DeviceProfile, g: &GemmKernel) {
     let silu = &ScalarOpRegistry::global().trace(OpKind::Silu).unwrap().body;
     let bias = &ScalarOpRegistry::global().trace(OpKind::BiasAdd).unwrap().body;
     let epi = GemmEpilogue::new().then(bias, 0, &[]).unwrap().then(silu, 0, &[]).unwrap();
-    let compile = median(
-        (0..21)
-            .map(|_| {
-                let s = Instant::now();
-                std::hint::black_box(GemmKernel::compile_with_epilogue(profile, &epi).ok());
-                s.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
+    let compile = median_time(21, || {
+        std::hint::black_box(GemmKernel::compile_with_epilogue(profile, &epi).ok());
+    });
     // First use also generates the partial-row and GEMV variants.
     let (a1, b1, bias1) = (vec![0.5f32; 7 * 64], vec![0.25f32; 64 * 64], vec![0.0f32; 64]);
-    let first_use = median(
-        (0..21)
-            .map(|_| {
-                let s = Instant::now();
-                let kern = GemmKernel::compile_with_epilogue(profile, &epi).unwrap();
-                let mut c1 = vec![0.0f32; 7 * 64];
-                kern.gemm_with(&a1, &b1, &mut c1, (7, 64, 64), &[&bias1], 1).unwrap();
-                s.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
+    let first_use = median_time(21, || {
+        let kern = GemmKernel::compile_with_epilogue(profile, &epi).unwrap();
+        let mut c1 = vec![0.0f32; 7 * 64];
+        kern.gemm_with(&a1, &b1, &mut c1, (7, 64, 64), &[&bias1], 1).unwrap();
+    });
     println!(
         "JIT compile of a GEMM with a bias·SiLU epilogue: {:.0} µs (target < 1 ms); with the partial-row and GEMV variants generated on first use: {:.0} µs",
         compile * 1e6,

@@ -13,28 +13,15 @@ use gllm_kernels::fusion::fuse;
 use gllm_kernels::graph::{CompilerGraph, CompilerOp, TensorDesc};
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use std::hint::black_box;
-use std::time::Instant;
 
 const N: usize = 1 << 24;
 const ROW: usize = 4096;
 const RUNS: usize = 11;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+mod common;
 
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..RUNS)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
+fn time(f: impl FnMut()) -> f64 {
+    common::warm_median_time(RUNS, f)
 }
 
 fn kernel(kind: OpKind, params: Vec<f32>, profile: &DeviceProfile) -> LoopKernel {

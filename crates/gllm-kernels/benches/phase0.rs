@@ -5,10 +5,8 @@
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+mod common;
+use common::median;
 
 fn main() {
     let runs = 15;
