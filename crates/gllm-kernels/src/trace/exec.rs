@@ -63,6 +63,14 @@ enum Flags {
     Unknown,
 }
 
+impl Flags {
+    /// Flags after an integer result `r` of `bits` width: ZF, SF and PF come
+    /// from the result, CF and OF from the instruction's own rule.
+    fn of_result(r: u64, bits: u32, cf: bool, of: bool) -> Flags {
+        Flags::Known { cf, of, zf: r == 0, sf: sign_bit(r, bits), pf: parity(r) }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Cell {
     Lane(ExprId),
@@ -634,7 +642,7 @@ impl Machine<'_> {
     // ---------- flags ----------
 
     fn set_flags_logic(&mut self, r: u64, bits: u32) {
-        self.flags = Flags::Known { cf: false, of: false, zf: r == 0, sf: sign_bit(r, bits), pf: parity(r) };
+        self.flags = Flags::of_result(r, bits, false, false);
     }
 
     fn cond(&self, cc: ConditionCode) -> Res<bool> {
@@ -870,7 +878,7 @@ impl Machine<'_> {
             Xor => (x ^ y, false, false),
             _ => return Err(self.unsupported()),
         };
-        self.flags = Flags::Known { cf, of, zf: r == 0, sf: sign_bit(r, bits), pf: parity(r) };
+        self.flags = Flags::of_result(r, bits, cf, of);
         if !matches!(mn, Cmp | Test) {
             self.set_int_dest(IntVal::known(r))?;
         }
@@ -893,36 +901,14 @@ impl Machine<'_> {
             Not => mask_bits(!x, bits),
             _ => return Err(self.unsupported()),
         };
-        match mn {
-            Inc => {
-                self.flags = Flags::Known {
-                    cf: old_cf,
-                    of: r == 1 << (bits - 1),
-                    zf: r == 0,
-                    sf: sign_bit(r, bits),
-                    pf: parity(r),
-                }
-            }
-            Dec => {
-                self.flags = Flags::Known {
-                    cf: old_cf,
-                    of: x == 1 << (bits - 1),
-                    zf: r == 0,
-                    sf: sign_bit(r, bits),
-                    pf: parity(r),
-                }
-            }
-            Neg => {
-                self.flags = Flags::Known {
-                    cf: x != 0,
-                    of: x == 1 << (bits - 1),
-                    zf: r == 0,
-                    sf: sign_bit(r, bits),
-                    pf: parity(r),
-                }
-            }
-            _ => {}
-        }
+        let min = 1 << (bits - 1);
+        let (cf, of) = match mn {
+            Inc => (old_cf, r == min),
+            Dec => (old_cf, x == min),
+            Neg => (x != 0, x == min),
+            _ => return self.set_int_dest(IntVal::known(r)), // NOT leaves the flags alone
+        };
+        self.flags = Flags::of_result(r, bits, cf, of);
         self.set_int_dest(IntVal::known(r))
     }
 
@@ -964,7 +950,7 @@ impl Machine<'_> {
                 Shl | Sal => n <= bits as u64 && (x >> (bits as u64 - n)) & 1 == 1,
                 _ => (x >> (n - 1)) & 1 == 1,
             };
-            self.flags = Flags::Known { cf, of: false, zf: r == 0, sf: sign_bit(r, bits), pf: parity(r) };
+            self.flags = Flags::of_result(r, bits, cf, false);
         }
         self.set_int_dest(IntVal::known(r))
     }
