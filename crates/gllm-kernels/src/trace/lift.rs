@@ -248,6 +248,38 @@ fn prefix(k: usize) -> u128 {
     }
 }
 
+/// A value for every node reachable from `roots`, children before parents,
+/// without recursion (traces can be deep). `leaf` settles a node without
+/// looking at its children; `combine` gets the node and its children's values.
+fn bottom_up<T: Copy>(
+    ctx: &Ctx,
+    roots: &[ExprId],
+    leaf: impl Fn(ExprId) -> Option<T>,
+    mut combine: impl FnMut(ExprId, &[T]) -> Res<T>,
+) -> Res<HashMap<ExprId, T>> {
+    let mut value: HashMap<ExprId, T> = HashMap::new();
+    let mut stack: Vec<(ExprId, bool)> = roots.iter().map(|&r| (r, false)).collect();
+    while let Some((node, expanded)) = stack.pop() {
+        if value.contains_key(&node) {
+            continue;
+        }
+        if let Some(v) = leaf(node) {
+            value.insert(node, v);
+            continue;
+        }
+        let kids = ctx.pool.children(node);
+        if !expanded {
+            stack.push((node, true));
+            stack.extend(kids.iter().filter(|k| !value.contains_key(k)).map(|&k| (k, false)));
+            continue;
+        }
+        let kid_values: Vec<T> = kids.iter().map(|k| value[k]).collect();
+        let v = combine(node, &kid_values)?;
+        value.insert(node, v);
+    }
+    Ok(value)
+}
+
 /// Which fold positions each node depends on (opaque nodes depend on none).
 fn positions(
     ctx: &Ctx,
@@ -255,37 +287,17 @@ fn positions(
     roots: &[ExprId],
     opaque: &HashSet<ExprId>,
 ) -> Res<HashMap<ExprId, u128>> {
-    let mut deps: HashMap<ExprId, u128> = HashMap::new();
-    let mut stack: Vec<(ExprId, bool)> = roots.iter().map(|&r| (r, false)).collect();
-    while let Some((node, expanded)) = stack.pop() {
-        if deps.contains_key(&node) {
-            continue;
-        }
-        if opaque.contains(&node) {
-            deps.insert(node, 0);
-            continue;
-        }
-        let kids = ctx.pool.children(node);
-        if !expanded {
-            stack.push((node, true));
-            stack.extend(kids.iter().filter(|k| !deps.contains_key(k)).map(|&k| (k, false)));
-            continue;
-        }
-        let d = match ctx.pool.get(node) {
-            Expr::Load { input, index } => match geo.pos(input, index as usize) {
-                Some(p) => 1u128 << p,
-                None if geo.is_elem(index as usize) => 0,
-                None => {
-                    return Err(ctx.err(format!(
-                        "reads element {index} of input {input}, outside what this output may depend on"
-                    )))
-                }
-            },
-            _ => kids.iter().fold(0, |acc, k| acc | deps[k]),
-        };
-        deps.insert(node, d);
-    }
-    Ok(deps)
+    let leaf = |node| opaque.contains(&node).then_some(0);
+    bottom_up(ctx, roots, leaf, |node, kids| match ctx.pool.get(node) {
+        Expr::Load { input, index } => match geo.pos(input, index as usize) {
+            Some(p) => Ok(1u128 << p),
+            None if geo.is_elem(index as usize) => Ok(0),
+            None => Err(ctx.err(format!(
+                "reads element {index} of input {input}, outside what this output may depend on"
+            ))),
+        },
+        _ => Ok(kids.iter().fold(0, |acc, k| acc | k)),
+    })
 }
 
 struct Builder<'a> {
@@ -522,7 +534,7 @@ fn analyse_folds(ctx: &Ctx, geo: Geometry, roots: &[ExprId]) -> Res<FoldAnalysis
     let tops: HashMap<ExprId, u8> = found.iter().enumerate().map(|(i, f)| (f.top, i as u8)).collect();
     // With every fold opaque: nodes depending on no position.
     let deps = positions(ctx, geo, roots, &opaque)?;
-    let depends_on_fold = fold_dependence(ctx, roots, &tops);
+    let depends_on_fold = fold_dependence(ctx, roots, &tops)?;
     let mut analysis =
         FoldAnalysis { tops, deps, depends_on_fold, folds: Vec::new(), row_scalars: Vec::new() };
 
@@ -639,27 +651,10 @@ fn lift_element(
 }
 
 /// Nodes (reachable from roots) that depend on some fold's result.
-fn fold_dependence(ctx: &Ctx, roots: &[ExprId], tops: &HashMap<ExprId, u8>) -> HashSet<ExprId> {
-    let mut memo: HashMap<ExprId, bool> = HashMap::new();
-    let mut stack: Vec<(ExprId, bool)> = roots.iter().map(|&r| (r, false)).collect();
-    while let Some((node, expanded)) = stack.pop() {
-        if memo.contains_key(&node) {
-            continue;
-        }
-        if tops.contains_key(&node) {
-            memo.insert(node, true);
-            continue;
-        }
-        let kids = ctx.pool.children(node);
-        if !expanded {
-            stack.push((node, true));
-            stack.extend(kids.iter().filter(|k| !memo.contains_key(k)).map(|&k| (k, false)));
-            continue;
-        }
-        let any = kids.iter().any(|k| memo[k]);
-        memo.insert(node, any);
-    }
-    memo.into_iter().filter(|(_, v)| *v).map(|(k, _)| k).collect()
+fn fold_dependence(ctx: &Ctx, roots: &[ExprId], tops: &HashMap<ExprId, u8>) -> Res<HashSet<ExprId>> {
+    let leaf = |node| tops.contains_key(&node).then_some(true);
+    let depends = bottom_up(ctx, roots, leaf, |_, kids| Ok(kids.iter().any(|&k| k)))?;
+    Ok(depends.into_iter().filter(|&(_, d)| d).map(|(node, _)| node).collect())
 }
 
 /// Node → first-visit index of a left-to-right DFS from the roots (a
