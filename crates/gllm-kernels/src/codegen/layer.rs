@@ -10,7 +10,7 @@ use super::gemm::{CompiledGemmGroup, PackedB};
 use super::group::CompiledGroup;
 use super::CodegenError;
 use crate::device::DeviceProfile;
-use crate::fusion::{fuse_with, FusionPlan, FusionStrategy};
+use crate::fusion::{self, FusionPlan, FusionStrategy};
 use crate::graph::{CompilerGraph, SemanticGraph, TensorId, TensorRef};
 use crate::scalar::ScalarOpRegistry;
 use std::borrow::Cow;
@@ -47,8 +47,8 @@ pub fn compile_graph(
     profile: &DeviceProfile,
     registry: &ScalarOpRegistry,
 ) -> Result<CompiledLayer, CodegenError> {
-    let plan = fuse_with(graph, profile, registry)?;
     let sem = graph.analyse(registry)?;
+    let plan = fusion::plan(&sem, profile);
     CompiledLayer::from_plan(&sem, plan, profile)
 }
 
