@@ -9,7 +9,7 @@ use gllm_kernels::codegen::group::CompiledGroup;
 use gllm_kernels::codegen::layer::compile_graph;
 use gllm_kernels::codegen::MulAddKernel;
 use gllm_kernels::device::{DeviceProfile, Isa};
-use gllm_kernels::fusion::{fuse, FusionStrategy};
+use gllm_kernels::fusion::{self, fuse, FusionStrategy};
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use gllm_kernels::trace::{CodeMap, ProcessMemory};
 use std::time::Instant;
@@ -96,7 +96,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let small = LlamaConfig::smollm2_135m();
     let layer = decoder_stack(&small, 16, 1);
     let sem = layer.analyse(registry).context("analysing the SmolLM2 layer")?;
-    let layer_plan = fuse(&layer, &profile)?;
+    let layer_plan = fusion::plan(&sem, &profile);
     let started = Instant::now();
     let mut compiled = Vec::new();
     for group in layer_plan.groups.iter().filter(|g| !matches!(g.strategy, FusionStrategy::Gemm(_))) {

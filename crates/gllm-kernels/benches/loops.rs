@@ -9,7 +9,7 @@
 
 use gllm_kernels::codegen::loops::{LoopKernel, LoopProgram};
 use gllm_kernels::device::DeviceProfile;
-use gllm_kernels::fusion::fuse;
+use gllm_kernels::fusion;
 use gllm_kernels::graph::{CompilerGraph, CompilerOp, TensorDesc};
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use std::hint::black_box;
@@ -53,8 +53,8 @@ fn main() {
         }
         let y = g.node("op", op, ins, TensorDesc::f32([rows, ROW]));
         g.output(y);
-        let plan = fuse(&g, &profile).unwrap();
         let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
+        let plan = fusion::plan(&sem, &profile);
         gllm_kernels::codegen::group::CompiledGroup::compile(&sem, &plan.groups[0], &profile).unwrap()
     };
     let rms = single(CompilerOp::rms_norm(1e-5), true);
@@ -73,7 +73,7 @@ fn main() {
     let c = g.node("add", CompilerOp::new(OpKind::Add), vec![b, gres], TensorDesc::f32([N / ROW, ROW]));
     g.output(c);
     let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
-    let plan = fuse(&g, &profile).unwrap();
+    let plan = fusion::plan(&sem, &profile);
     let chain =
         gllm_kernels::codegen::group::CompiledGroup::compile(&sem, &plan.groups[0], &profile).unwrap();
     let chain_inputs: Vec<&[f32]> = chain

@@ -96,7 +96,7 @@ fn stacked_layers_reuse_the_scratchpad() {
 fn every_non_gemm_group_of_a_layer_compiles_and_runs() {
     use gllm_kernels::codegen::group::CompiledGroup;
     use gllm_kernels::device::Isa;
-    use gllm_kernels::fusion::FusionStrategy;
+    use gllm_kernels::fusion::{plan, FusionStrategy};
     use gllm_kernels::scalar::ScalarOpRegistry;
     let host = DeviceProfile::detect().unwrap();
     let mut isas = vec![Isa::Avx2];
@@ -107,7 +107,7 @@ fn every_non_gemm_group_of_a_layer_compiles_and_runs() {
     let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
     for isa in isas {
         let profile = host.clone().with_isa(isa).unwrap();
-        let p = fuse(&g, &profile).unwrap();
+        let p = plan(&sem, &profile);
         let mut compiled = 0;
         for grp in p.groups.iter().filter(|grp| !matches!(grp.strategy, FusionStrategy::Gemm(_))) {
             let cg = CompiledGroup::compile(&sem, grp, &profile)
@@ -257,7 +257,7 @@ fn a_decoder_layer_runs_through_the_jit() {
             .collect();
     for isa in isas {
         let profile = host.clone().with_isa(isa).unwrap();
-        let p = fuse(&g, &profile).unwrap();
+        let p = gllm_kernels::fusion::plan(&sem, &profile);
         let mut got = values.clone();
         for group in &p.groups {
             if let FusionStrategy::Gemm(f) = &group.strategy {
