@@ -1210,7 +1210,7 @@ impl CompiledGemmGroup {
         group: &crate::fusion::FusionGroup,
         profile: &DeviceProfile,
     ) -> Result<CompiledGemmGroup, CodegenError> {
-        use crate::fusion::{FusionStrategy, ParallelStrategy, ProducerPlacement, RowProducer};
+        use crate::fusion::{FusionStrategy, ProducerPlacement, RowProducer};
         let FusionStrategy::Gemm(f) = &group.strategy else {
             return Err(CodegenError::Unsupported("a non-GEMM group in the GEMM compiler".into()));
         };
@@ -1246,10 +1246,7 @@ impl CompiledGemmGroup {
             }
             _ => (None, sem.nodes[first.node].inputs[0]),
         };
-        let threads = match group.parallel {
-            ParallelStrategy::Sequential => 1,
-            other => other.threads(),
-        };
+        let threads = group.parallel.threads();
         Ok(CompiledGemmGroup { members, producer, a, m: p.m, k: p.k, threads, batched })
     }
 

@@ -10,7 +10,7 @@ use super::compose::append_consumer;
 use super::loops::{LoopKernel, LoopProgram};
 use super::CodegenError;
 use crate::device::DeviceProfile;
-use crate::fusion::{FusionGroup, FusionStrategy, ParallelStrategy};
+use crate::fusion::{FusionGroup, FusionStrategy};
 use crate::graph::{OpParams, SemanticGraph, TensorId};
 use crate::trace::{Body, ComputePattern, OpTrace, TraceOp};
 
@@ -146,10 +146,7 @@ impl CompiledGroup {
                 }
             }
         };
-        let threads = match group.parallel {
-            ParallelStrategy::Sequential => 1,
-            p => p.threads(),
-        };
+        let threads = group.parallel.threads();
         Ok(CompiledGroup { kernel, shape, inputs: streams_dedup(&streams), output, threads })
     }
 
@@ -203,7 +200,7 @@ impl CompiledGroup {
                 // Per token: rows = heads, the halves of x at stride head_dim,
                 // the token's table row broadcast over its heads.
                 for t in 0..tokens {
-                    self.rope_token(x, tables, output, t, heads, head_dim)?;
+                    self.rope_token(x, tables, output, t, heads, head_dim);
                 }
                 Ok(())
             }
@@ -218,7 +215,7 @@ impl CompiledGroup {
         t: usize,
         heads: usize,
         head_dim: usize,
-    ) -> Result<(), CodegenError> {
+    ) {
         use super::loops::{KernelArgs, MAX_STREAMS};
         let half = head_dim / 2;
         let base = t * heads * head_dim;
@@ -247,7 +244,6 @@ impl CompiledGroup {
         // `half` elements; each output element is written once, after its
         // two inputs are read (in place is allowed).
         unsafe { self.kernel.call(args) };
-        Ok(())
     }
 }
 
