@@ -532,16 +532,8 @@ impl GemmKernel {
                 }
             }
         }
-        if let Some(e) = &self.epilogue {
-            // Edge tiles were stored raw: apply the epilogue to them now.
-            let full_m = m0 + (m1 - m0) / mr * mr;
-            let full_n = n0 + (n1 - n0) / nr * nr;
-            // SAFETY: both regions lie inside this part's rows/columns of C.
-            unsafe {
-                self.edge_epilogue(e, c.as_mut_ptr(), n, extras, (full_m, m1), (n0, n1));
-                self.edge_epilogue(e, c.as_mut_ptr(), n, extras, (m0, full_m), (full_n, n1));
-            }
-        }
+        // SAFETY: this part's rows and columns lie in C and the extras.
+        unsafe { self.finish_edge_tiles(c.as_mut_ptr(), n, extras, (m0, m1), (n0, n1)) };
     }
 
     /// All MR×NR tiles of one packed A block (rows `row0..row0+mb`) against
@@ -626,6 +618,29 @@ impl GemmKernel {
                     }
                 }
             }
+        }
+    }
+
+    /// Applies the epilogue (if any) to the edge tiles of rows `m0..m1`,
+    /// columns `n0..n1` of C: `tiles` stored them raw.
+    ///
+    /// # Safety
+    /// The region must lie in C (row stride `n`) and in the extras' shapes.
+    unsafe fn finish_edge_tiles(
+        &self,
+        c: *mut f32,
+        n: usize,
+        extras: &[(usize, usize)],
+        (m0, m1): (usize, usize),
+        (n0, n1): (usize, usize),
+    ) {
+        let Some(e) = &self.epilogue else { return };
+        let full_m = m0 + (m1 - m0) / self.blocking.mr * self.blocking.mr;
+        let full_n = n0 + (n1 - n0) / self.blocking.nr * self.blocking.nr;
+        // SAFETY: both regions lie inside the caller's region.
+        unsafe {
+            self.edge_epilogue(e, c, n, extras, (full_m, m1), (n0, n1));
+            self.edge_epilogue(e, c, n, extras, (m0, full_m), (full_n, n1));
         }
     }
 
@@ -1123,8 +1138,6 @@ pub fn gemm_group(
     let mr = blocking.mr;
     let threads = threads.max(1).min(m.div_ceil(mr));
     let per = m.div_ceil(threads).div_ceil(mr) * mr;
-    let outs: Vec<(usize, usize)> =
-        members.iter_mut().map(|mb| (mb.c.as_mut_ptr() as usize, mb.c.len())).collect();
     let members: &[GroupMember] = members;
     let work = |t: usize| -> Result<(), CodegenError> {
         let (m0, m1) = (t * per, ((t + 1) * per).min(m));
@@ -1160,17 +1173,9 @@ pub fn gemm_group(
             }
         }
         for (i, mbr) in members.iter().enumerate() {
-            if let Some(e) = &mbr.gemm.epilogue {
-                let n = mbr.b.n;
-                let full_m = m0 + (m1 - m0) / mr * mr;
-                let full_n = n / nr * nr;
-                let c = outs[i].0 as *mut f32;
-                // SAFETY: both regions lie in this thread's rows of C_i.
-                unsafe {
-                    mbr.gemm.edge_epilogue(e, c, n, &extras[i], (full_m, m1), (0, n));
-                    mbr.gemm.edge_epilogue(e, c, n, &extras[i], (m0, full_m), (full_n, n));
-                }
-            }
+            let n = mbr.b.n;
+            // SAFETY: this thread's rows of C_i lie in C_i and its extras.
+            unsafe { mbr.gemm.finish_edge_tiles(outs[i].0 as *mut f32, n, &extras[i], (m0, m1), (0, n)) };
         }
         Ok(())
     };
