@@ -9,6 +9,8 @@ use gllm_kernels::graph::{CompilerGraph, CompilerOp, MatMulParams, TensorDesc, T
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use proptest::prelude::*;
 
+mod support;
+
 fn preset(name: &str) -> DeviceProfile {
     DeviceProfile::preset(name).unwrap()
 }
@@ -319,20 +321,7 @@ fn random_graph(choices: &[(u8, u16, u16)], rows: usize) -> CompilerGraph {
         let r = g.node(name, node_op, inputs, out(width));
         tensors.push((r, width));
     }
-    // Every unread node output becomes a graph output (the validator wants no dead code).
-    let mut read = vec![false; g.nodes.len()];
-    for n in &g.nodes {
-        for r in &n.inputs {
-            if let TensorRef::Node { node, .. } = r {
-                read[*node] = true;
-            }
-        }
-    }
-    for (i, r) in read.iter().enumerate() {
-        if !r || i % 5 == 0 {
-            g.output(TensorRef::node(i));
-        }
-    }
+    support::output_unread_nodes(&mut g, 5);
     g
 }
 

@@ -37,19 +37,7 @@ fn random_graph(choices: &[(u8, u16, u16)], rows: usize, n: usize) -> CompilerGr
         };
         tensors.push(g.node(name, cop, ins, full()));
     }
-    let mut read = vec![false; g.nodes.len()];
-    for node in &g.nodes {
-        for r in &node.inputs {
-            if let TensorRef::Node { node, .. } = r {
-                read[*node] = true;
-            }
-        }
-    }
-    for (i, r) in read.iter().enumerate() {
-        if !r || i % 4 == 0 {
-            g.output(TensorRef::node(i));
-        }
-    }
+    support::output_unread_nodes(&mut g, 4);
     g
 }
 

@@ -1,7 +1,8 @@
-//! Shared test helpers: deterministic random data and the one
-//! reference-vs-trace checker every Phase 0 test uses.
+//! Shared test helpers: deterministic random data, the one
+//! reference-vs-trace checker every Phase 0 test uses, and random-graph glue.
 #![allow(dead_code)]
 
+use gllm_kernels::graph::{CompilerGraph, TensorRef};
 use gllm_kernels::scalar::{
     AbiValue, Arg, FnForm, Len, OpKind, OpSignature, Returns, ScalarFn, ScalarOpRegistry, TensorRole,
 };
@@ -280,4 +281,23 @@ pub fn unseen_registry() -> (ScalarOpRegistry, Vec<OpKind>) {
             .unwrap(),
     );
     (r, kinds)
+}
+
+/// Makes every node output nobody reads a graph output (the validator
+/// rejects dead code), plus every `also_every`-th node's, so random graphs
+/// also have outputs that are read inside the graph.
+pub fn output_unread_nodes(g: &mut CompilerGraph, also_every: usize) {
+    let mut read = vec![false; g.nodes.len()];
+    for node in &g.nodes {
+        for r in &node.inputs {
+            if let TensorRef::Node { node, .. } = r {
+                read[*node] = true;
+            }
+        }
+    }
+    for (i, r) in read.iter().enumerate() {
+        if !r || i % also_every == 0 {
+            g.output(TensorRef::node(i));
+        }
+    }
 }
