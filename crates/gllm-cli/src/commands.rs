@@ -3,6 +3,7 @@
 use crate::{DeviceArgs, ExplainArgs, ProfileArgs, RunArgs};
 use anyhow::{bail, Context, Result};
 use gllm::layer_graph::decoder_stack;
+use gllm::synthetic::SyntheticData;
 use gllm::LlamaConfig;
 use gllm_kernels::codegen::gemm::{GemmEpilogue, GemmKernel};
 use gllm_kernels::codegen::group::CompiledGroup;
@@ -165,36 +166,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let started = Instant::now();
     let layer = compile_graph(&layer_graph, &profile, registry).context("compiling the SmolLM2 layer")?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
-    let weights: std::collections::HashMap<String, Vec<f32>> = layer_graph
-        .weights
-        .iter()
-        .map(|(name, d)| {
-            let v = if name.contains("norm") {
-                (0..d.numel()).map(|_| 1.0 + 0.1 * next()).collect()
-            } else {
-                (0..d.numel()).map(|_| 0.05 * next()).collect()
-            };
-            (name.clone(), v)
-        })
-        .collect();
-    let prepared = layer.prepare_weights(&|name: &str| weights.get(name).map(|v| v.as_slice()))?;
-    let inputs: Vec<Vec<f32>> = layer_graph
-        .inputs
-        .iter()
-        .map(|(name, d)| match name.as_str() {
-            "causal_mask" => {
-                (0..d.numel()).map(|x| if x % tokens > x / tokens { -1e9 } else { 0.0 }).collect()
-            }
-            _ => (0..d.numel()).map(|_| next()).collect(),
-        })
-        .collect();
+    let data = SyntheticData::for_graph(&layer_graph, tokens, 0x9e37_79b9_7f4a_7c15);
+    let prepared = layer.prepare_weights(&|name: &str| data.weights.get(name).map(|v| v.as_slice()))?;
+    let inputs = &data.inputs;
     let input_refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
     let mut times = Vec::new();
     let mut outputs = Vec::new();

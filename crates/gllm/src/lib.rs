@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod layer_graph;
+pub mod synthetic;
 
 pub use config::{LlamaConfig, MODEL_NAMES};

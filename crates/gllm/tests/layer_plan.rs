@@ -137,7 +137,7 @@ fn a_decoder_layer_runs_through_the_jit() {
     use gllm_kernels::codegen::gemm::CompiledGemmGroup;
     use gllm_kernels::codegen::group::CompiledGroup;
     use gllm_kernels::fusion::FusionStrategy;
-    use gllm_kernels::graph::{BatchLayout, OpParams};
+    use gllm_kernels::graph::{BatchLayout, OpParams, TensorRef};
     use gllm_kernels::scalar::ScalarOpRegistry;
     use gllm_kernels::trace::ComputePattern;
     use std::collections::HashMap;
@@ -147,26 +147,13 @@ fn a_decoder_layer_runs_through_the_jit() {
     let g = decoder_layer(&cfg, seq);
     let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
     // Deterministic inputs and weights, small enough to keep activations O(1).
-    let mut state = 0x1234_5678u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
+    let data = gllm::synthetic::SyntheticData::for_graph(&g, seq, 0x1234_5678);
     let mut values: HashMap<usize, Vec<f32>> = HashMap::new();
     for t in sem.tensors.iter().filter(|t| t.producer.is_none()) {
-        let name = &sem.tensors[t.id].source;
-        let name = format!("{name}");
-        let n = t.desc.numel();
-        let v: Vec<f32> = if name.contains("norm") {
-            (0..n).map(|_| 1.0 + 0.1 * next()).collect()
-        } else if name.contains("causal_mask") || name.contains("input 3") {
-            (0..n).map(|x| if x % seq > x / seq { -1e9 } else { 0.0 }).collect()
-        } else if name.starts_with("weight") {
-            (0..n).map(|_| 0.05 * next()).collect()
-        } else {
-            (0..n).map(|_| next()).collect()
+        let v = match &t.source {
+            TensorRef::Input(k) => data.inputs[*k].clone(),
+            TensorRef::Weight(name) => data.weights[name].clone(),
+            TensorRef::Node { .. } => unreachable!("tensors without a producer are inputs or weights"),
         };
         values.insert(t.id, v);
     }
@@ -303,7 +290,7 @@ fn a_decoder_layer_runs_through_the_jit() {
             .tensors
             .iter()
             .filter_map(|t| match &t.source {
-                gllm_kernels::graph::TensorRef::Weight(n) => Some((n.clone(), &values[&t.id])),
+                TensorRef::Weight(n) => Some((n.clone(), &values[&t.id])),
                 _ => None,
             })
             .collect();
