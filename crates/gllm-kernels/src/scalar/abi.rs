@@ -47,42 +47,23 @@ pub trait AbiArg: Copy {
     fn from_value(v: &AbiValue) -> Option<Self>;
 }
 
-impl AbiArg for f32 {
-    const TYPE: AbiType = AbiType::F32;
-    fn from_value(v: &AbiValue) -> Option<Self> {
-        match *v {
-            AbiValue::F32(x) => Some(x),
-            _ => None,
+/// `impl AbiArg` for a Rust type carried by the `AbiValue` (and `AbiType`)
+/// variant of the same name.
+macro_rules! abi_arg {
+    ($($rust:ty => $variant:ident),* $(,)?) => {$(
+        impl AbiArg for $rust {
+            const TYPE: AbiType = AbiType::$variant;
+            fn from_value(v: &AbiValue) -> Option<Self> {
+                match *v {
+                    AbiValue::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
         }
-    }
+    )*};
 }
-impl AbiArg for usize {
-    const TYPE: AbiType = AbiType::Usize;
-    fn from_value(v: &AbiValue) -> Option<Self> {
-        match *v {
-            AbiValue::Usize(x) => Some(x),
-            _ => None,
-        }
-    }
-}
-impl AbiArg for *const f32 {
-    const TYPE: AbiType = AbiType::ConstPtr;
-    fn from_value(v: &AbiValue) -> Option<Self> {
-        match *v {
-            AbiValue::ConstPtr(x) => Some(x),
-            _ => None,
-        }
-    }
-}
-impl AbiArg for *mut f32 {
-    const TYPE: AbiType = AbiType::MutPtr;
-    fn from_value(v: &AbiValue) -> Option<Self> {
-        match *v {
-            AbiValue::MutPtr(x) => Some(x),
-            _ => None,
-        }
-    }
-}
+
+abi_arg!(f32 => F32, usize => Usize, *const f32 => ConstPtr, *mut f32 => MutPtr);
 
 /// A Rust type that can be the return type of a scalar reference function.
 pub trait AbiRet {
