@@ -677,7 +677,7 @@ impl Gen<'_> {
     ) -> Result<(), CodegenError> {
         let lanes = self.asm.lanes() as i32;
         let vb = self.asm.vector_bytes();
-        let at = |disp: i32| Mem { base: rdi, index: Some(IDX), disp };
+        let at = |disp: i32| Mem { base: rdi, index: Some(IDX), disp, splat: false };
         let mut after_main = self.asm.a.create_label();
         let mut main_loop = self.asm.a.create_label();
         let mut single = self.asm.a.create_label();
@@ -809,7 +809,7 @@ impl Gen<'_> {
             let (loaded, rest) = g.masked_loads(&element_t, &scratch_t)?;
             let r = g.lower(&element_t, None, &loaded, &rest)?[0];
             if let Some(out) = memo {
-                g.asm.store_masked(Mem { base: g.stream(out), index: Some(IDX), disp: 0 }, r, g.tail_mask)?;
+                g.asm.store_masked(Mem::indexed(g.stream(out), IDX), r, g.tail_mask)?;
             }
             // Inactive lanes contribute the identity.
             let t = *rest
@@ -849,7 +849,7 @@ impl Gen<'_> {
         }
         let mut loaded = Vec::new();
         for (i, &k) in used.iter().enumerate() {
-            let at = Mem { base: self.stream(k as usize), index: Some(IDX), disp: 0 };
+            let at = Mem::indexed(self.stream(k as usize), IDX);
             self.asm.load_masked(scratch[i], at, self.tail_mask)?;
             loaded.push((k, scratch[i]));
         }
@@ -890,7 +890,7 @@ impl Gen<'_> {
             let (loaded, rest) = g.masked_loads(&body, &scratch)?;
             let regs = g.lower(&body, None, &loaded, &rest)?;
             for (j, r) in regs.into_iter().enumerate() {
-                let at = Mem { base: g.stream(ni + j), index: Some(IDX), disp: 0 };
+                let at = Mem::indexed(g.stream(ni + j), IDX);
                 g.asm.store_masked(at, r, g.tail_mask)?;
             }
             Ok(())

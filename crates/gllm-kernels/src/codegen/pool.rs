@@ -25,7 +25,7 @@ impl ConstPool {
     /// A vector of `bits` in every lane, as a memory operand.
     pub fn splat_bits(&mut self, bits: u32) -> Mem {
         let line = Line([bits; 16]);
-        self.line(line)
+        Mem { splat: true, ..self.line(line) }
     }
 
     pub fn splat(&mut self, value: f32) -> Mem {

@@ -23,15 +23,20 @@ pub struct Mem {
     pub base: AsmRegister64,
     pub index: Option<AsmRegister64>,
     pub disp: i32,
+    /// The address holds one f32 repeated over a full vector line (a
+    /// constant-pool splat). AVX-512 reads it as a 4-byte embedded broadcast:
+    /// this machine class loads only one full zmm per cycle but two
+    /// broadcasts, so constants as full-width operands starve the FP pipes.
+    pub splat: bool,
 }
 
 impl Mem {
     pub fn base(base: AsmRegister64, disp: i32) -> Mem {
-        Mem { base, index: None, disp }
+        Mem { base, index: None, disp, splat: false }
     }
 
     pub fn indexed(base: AsmRegister64, index: AsmRegister64) -> Mem {
-        Mem { base, index: Some(index), disp: 0 }
+        Mem { base, index: Some(index), disp: 0, splat: false }
     }
 
     /// The same address `bytes` further on.
@@ -44,6 +49,21 @@ impl Mem {
             Some(i) => self.base + i * 4 + self.disp,
             None => self.base + self.disp,
         }
+    }
+
+    /// As a zmm source operand: an embedded broadcast for splats.
+    fn zmm_src(self) -> AsmMemoryOperand {
+        if self.splat {
+            dword_bcst(self.op())
+        } else {
+            zmmword_ptr(self.op())
+        }
+    }
+
+    /// As a zmm destination or a whole-vector load (no broadcast form).
+    fn zmm(self) -> AsmMemoryOperand {
+        debug_assert!(!self.splat, "a constant-pool splat used as a vector address");
+        zmmword_ptr(self.op())
     }
 }
 
@@ -101,7 +121,7 @@ macro_rules! ternary {
         pub fn $name(&mut self, d: V, a: V, b: Src) -> R {
             match (self.isa, b) {
                 (Isa::Avx512, Src::Reg(b)) => self.a.$ins(z(d), z(a), z(b))?,
-                (Isa::Avx512, Src::Mem(m)) => self.a.$ins(z(d), z(a), zmmword_ptr(m.op()))?,
+                (Isa::Avx512, Src::Mem(m)) => self.a.$ins(z(d), z(a), m.zmm_src())?,
                 (Isa::Avx2, Src::Reg(b)) => self.a.$ins(y(d), y(a), y(b))?,
                 (Isa::Avx2, Src::Mem(m)) => self.a.$ins(y(d), y(a), ymmword_ptr(m.op()))?,
             }
@@ -116,7 +136,7 @@ macro_rules! unary {
         pub fn $name(&mut self, d: V, a: Src) -> R {
             match (self.isa, a) {
                 (Isa::Avx512, Src::Reg(a)) => self.a.$ins(z(d), z(a))?,
-                (Isa::Avx512, Src::Mem(m)) => self.a.$ins(z(d), zmmword_ptr(m.op()))?,
+                (Isa::Avx512, Src::Mem(m)) => self.a.$ins(z(d), m.zmm_src())?,
                 (Isa::Avx2, Src::Reg(a)) => self.a.$ins(y(d), y(a))?,
                 (Isa::Avx2, Src::Mem(m)) => self.a.$ins(y(d), ymmword_ptr(m.op()))?,
             }
@@ -166,9 +186,10 @@ impl VecAsm {
         fmadd213 => vfmadd213ps, fmadd231 => vfmadd231ps, fmadd132 => vfmadd132ps,
         fnmadd231 => vfnmadd231ps,
         paddd => vpaddd, psubd => vpsubd,
+        permps => vpermps,
     }
 
-    unary! { load => vmovups, sqrt => vsqrtps, cvtps2dq => vcvtps2dq, cvtdq2ps => vcvtdq2ps }
+    unary! { sqrt => vsqrtps, cvtps2dq => vcvtps2dq, cvtdq2ps => vcvtdq2ps }
 
     with_imm! { psrad => vpsrad, psrld => vpsrld, pslld => vpslld, permilps => vpermilps }
 
@@ -196,6 +217,37 @@ impl VecAsm {
         self.fnmadd231(d, a, Src::Reg(b))
     }
 
+    /// `d = a` from a register or memory (a splat: broadcast on AVX-512).
+    pub fn load(&mut self, d: V, a: Src) -> R {
+        match (self.isa, a) {
+            (Isa::Avx512, Src::Reg(a)) => self.a.vmovups(z(d), z(a))?,
+            (Isa::Avx512, Src::Mem(m)) if m.splat => self.a.vbroadcastss(z(d), dword_ptr(m.op()))?,
+            (Isa::Avx512, Src::Mem(m)) => self.a.vmovups(z(d), m.zmm())?,
+            (Isa::Avx2, Src::Reg(a)) => self.a.vmovups(y(d), y(a))?,
+            (Isa::Avx2, Src::Mem(m)) => self.a.vmovups(y(d), ymmword_ptr(m.op()))?,
+        }
+        Ok(())
+    }
+
+    /// AVX-512 only: `d = sign(a)·min(|a|, |b|)` by `vrangeps`, a symmetric
+    /// clamp in one instruction. NaN inputs do not survive it (see `keep_nan`).
+    pub fn range_min_abs(&mut self, d: V, a: V, b: Src) -> R {
+        match b {
+            Src::Reg(b) => self.a.vrangeps(z(d), z(a), z(b), 0b0010)?,
+            Src::Mem(m) => self.a.vrangeps(z(d), z(a), m.zmm_src(), 0b0010)?,
+        }
+        Ok(())
+    }
+
+    /// AVX-512 only: `d = isnan(a) ? quiet(a) : d` in one `vfixupimmps`.
+    pub fn keep_nan(&mut self, d: V, a: V, pool: &mut super::pool::ConstPool) -> R {
+        // One response nibble per input class: QNaN and SNaN → QNaN(a)
+        // (token 2), every other class keeps d (token 0).
+        let table = pool.splat_bits(0x22);
+        self.a.vfixupimmps(z(d), z(a), table.zmm_src(), 0)?;
+        Ok(())
+    }
+
     /// `d = a` (register copy; nothing if the same register).
     pub fn mov(&mut self, d: V, a: V) -> R {
         if d != a {
@@ -206,7 +258,7 @@ impl VecAsm {
 
     pub fn store(&mut self, m: Mem, v: V) -> R {
         match self.isa {
-            Isa::Avx512 => self.a.vmovups(zmmword_ptr(m.op()), z(v))?,
+            Isa::Avx512 => self.a.vmovups(m.zmm(), z(v))?,
             Isa::Avx2 => self.a.vmovups(ymmword_ptr(m.op()), y(v))?,
         }
         Ok(())
@@ -230,7 +282,7 @@ impl VecAsm {
     /// Non-temporal store (the address must be vector-aligned).
     pub fn store_nt(&mut self, m: Mem, v: V) -> R {
         match self.isa {
-            Isa::Avx512 => self.a.vmovntps(zmmword_ptr(m.op()), z(v))?,
+            Isa::Avx512 => self.a.vmovntps(m.zmm(), z(v))?,
             Isa::Avx2 => self.a.vmovntps(ymmword_ptr(m.op()), y(v))?,
         }
         Ok(())
@@ -257,7 +309,7 @@ impl VecAsm {
     /// Loads the active lanes of `m` and zeroes the rest.
     pub fn load_masked(&mut self, d: V, m: Mem, mask: Mask) -> R {
         match mask {
-            Mask::K(km) => self.a.vmovups(masked(z(d), km).z(), zmmword_ptr(m.op()))?,
+            Mask::K(km) => self.a.vmovups(masked(z(d), km).z(), m.zmm())?,
             Mask::V(mv) => self.a.vmaskmovps(y(d), y(mv), ymmword_ptr(m.op()))?,
         }
         Ok(())
@@ -266,7 +318,7 @@ impl VecAsm {
     /// Stores only the active lanes.
     pub fn store_masked(&mut self, m: Mem, v: V, mask: Mask) -> R {
         match mask {
-            Mask::K(km) => self.a.vmovups(masked_mem(zmmword_ptr(m.op()), km), z(v))?,
+            Mask::K(km) => self.a.vmovups(masked_mem(m.zmm(), km), z(v))?,
             Mask::V(mv) => self.a.vmaskmovps(ymmword_ptr(m.op()), y(mv), y(v))?,
         }
         Ok(())
@@ -304,7 +356,7 @@ impl VecAsm {
     pub fn cmp(&mut self, d: Mask, a: V, b: Src, pred: i32) -> R {
         match (d, b) {
             (Mask::K(m), Src::Reg(b)) => self.a.vcmpps(k(m), z(a), z(b), pred)?,
-            (Mask::K(m), Src::Mem(mb)) => self.a.vcmpps(k(m), z(a), zmmword_ptr(mb.op()), pred)?,
+            (Mask::K(m), Src::Mem(mb)) => self.a.vcmpps(k(m), z(a), mb.zmm_src(), pred)?,
             (Mask::V(v), Src::Reg(b)) => self.a.vcmpps(y(v), y(a), y(b), pred)?,
             (Mask::V(v), Src::Mem(mb)) => self.a.vcmpps(y(v), y(a), ymmword_ptr(mb.op()), pred)?,
         }
@@ -315,7 +367,7 @@ impl VecAsm {
     pub fn blend(&mut self, d: V, a: V, b: Src, mask: Mask) -> R {
         match (mask, b) {
             (Mask::K(m), Src::Reg(b)) => self.a.vblendmps(masked(z(d), m), z(a), z(b))?,
-            (Mask::K(m), Src::Mem(mb)) => self.a.vblendmps(masked(z(d), m), z(a), zmmword_ptr(mb.op()))?,
+            (Mask::K(m), Src::Mem(mb)) => self.a.vblendmps(masked(z(d), m), z(a), mb.zmm_src())?,
             (Mask::V(v), Src::Reg(b)) => self.a.vblendvps(y(d), y(a), y(b), y(v))?,
             (Mask::V(v), Src::Mem(mb)) => self.a.vblendvps(y(d), y(a), ymmword_ptr(mb.op()), y(v))?,
         }
@@ -326,7 +378,7 @@ impl VecAsm {
     pub fn add_masked(&mut self, d: V, a: V, b: Src, m: K) -> R {
         match b {
             Src::Reg(b) => self.a.vaddps(masked(z(d), m), z(a), z(b))?,
-            Src::Mem(mb) => self.a.vaddps(masked(z(d), m), z(a), zmmword_ptr(mb.op()))?,
+            Src::Mem(mb) => self.a.vaddps(masked(z(d), m), z(a), mb.zmm_src())?,
         }
         Ok(())
     }
@@ -393,7 +445,10 @@ impl VecAsm {
                 self.a.mov(scratch, count)?;
                 self.a.neg(scratch)?;
                 self.a.add(scratch, 8)?;
-                self.load(m, Src::Mem(Mem { base: tbl.base, index: Some(scratch), disp: tbl.disp }))
+                self.load(
+                    m,
+                    Src::Mem(Mem { base: tbl.base, index: Some(scratch), disp: tbl.disp, splat: false }),
+                )
             }
         }
     }
