@@ -100,3 +100,19 @@ for xv in grid:
     ref = float(mp.tanh(float(xv)))
     err = max(err, abs(float(y) - ref) / ref)
 print(f"  max rel err {err:.3e} = {err / 2**-24:.3f} half-ulps")
+
+# AVX-512 table exp: exp(x) = 2^m * T[i] * (1 + q(r)), |r| <= ln2/32 (2 % slack),
+# q(r) = r*(1 + r*(c2 + r*c3)); fitted on the error of 1 + q relative to e^r.
+R = float(mp.log(2)) / 32 * 1.02
+xs = cheb(-R, R, 400)
+A = np.array([[x ** 2 / np.exp(x), x ** 3 / np.exp(x)] for x in xs])
+y = np.array([(float(mp.exp(x)) - 1 - x) / np.exp(x) for x in xs])
+c2, c3 = (f32(c) for c in np.linalg.lstsq(A, y, rcond=None)[0])
+report("expm1 small (c3, c2)", [c3, c2])
+err = 0
+for r in np.linspace(-R, R, 20001).astype(np.float32):
+    q = f32(fma32(fma32(fma32(c3, r, c2), r, f32(1.0)), r, f32(0.0)))
+    err = max(err, abs(1 + float(q) - float(mp.exp(float(r)))) / float(mp.exp(float(r))))
+print(f"  max rel err {err:.3e} = {err / 2**-24:.3f} half-ulps")
+table = [f32(2 ** (i / 16)) for i in range(16)]
+print("2^(i/16) bits:", ", ".join(hex(np.float32(t).view(np.uint32)) for t in table))
