@@ -1,5 +1,7 @@
 //! Memory-bound kernels on 16M-element tensors against this machine's
-//! memory bandwidth measured in the same run. Medians of several runs.
+//! memory bandwidth measured in the same run. Medians of several rounds in
+//! which every job (references and kernels) runs once, so drift in the
+//! machine's bandwidth affects all of them alike.
 //! `cargo bench -p gllm-kernels --bench loops`
 //!
 //! Bytes are counted once per tensor read or written (STREAM convention);
@@ -20,10 +22,6 @@ const RUNS: usize = 11;
 
 mod common;
 
-fn time(f: impl FnMut()) -> f64 {
-    common::warm_median_time(RUNS, f)
-}
-
 fn kernel(kind: OpKind, params: Vec<f32>, profile: &DeviceProfile) -> LoopKernel {
     let op = ScalarOpRegistry::global().get(kind).unwrap();
     LoopKernel::compile(&LoopProgram::from_trace(&op.trace().unwrap(), params).unwrap(), profile).unwrap()
@@ -38,6 +36,7 @@ fn main() {
     let mut out = vec![0.0f32; N];
     let mut t1 = vec![0.0f32; N];
     let mut t2 = vec![0.0f32; N];
+    let mut t3 = vec![0.0f32; N];
     let mb = (N * 4) as f64;
     println!("{} ({}), 16M f32 = 64 MiB per tensor, median of {RUNS}\n", profile.name, profile.isa);
 
@@ -93,27 +92,50 @@ fn main() {
     for &threads in &threads_list {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
-            let copy = time(|| {
+            use rayon::prelude::*;
+            let part = N / threads;
+            let mut copy = || {
                 if threads == 1 {
                     out.copy_from_slice(black_box(&x));
                 } else {
-                    use rayon::prelude::*;
-                    out.par_chunks_mut(N / threads)
-                        .zip(x.par_chunks(N / threads))
-                        .for_each(|(o, i)| o.copy_from_slice(i));
+                    out.par_chunks_mut(part).zip(x.par_chunks(part)).for_each(|(o, i)| o.copy_from_slice(i));
                 }
-            });
-            let triad = time(|| {
-                use rayon::prelude::*;
+            };
+            // A separate output so the jobs do not share buffers in odd ways.
+            let mut triad_out = vec![0.0f32; N];
+            let mut triad = || {
                 let s = black_box(0.5f32);
-                out.par_chunks_mut(N / threads)
-                    .zip(x.par_chunks(N / threads).zip(res.par_chunks(N / threads)))
-                    .for_each(|(o, (b, c))| {
+                triad_out.par_chunks_mut(part).zip(x.par_chunks(part).zip(res.par_chunks(part))).for_each(
+                    |(o, (b, c))| {
                         for ((o, b), c) in o.iter_mut().zip(b).zip(c) {
                             *o = b + s * c;
                         }
-                    });
-            });
+                    },
+                );
+            };
+            let mut rms_out = vec![0.0f32; N];
+            let mut rms_job = || rms.run_with_threads(&[&x, &w], &mut rms_out, threads).unwrap();
+            let mut softmax_out = vec![0.0f32; N];
+            let mut softmax_job = || softmax.run_with_threads(&[&x], &mut softmax_out, threads).unwrap();
+            let mut chain_out = vec![0.0f32; N];
+            let mut fused_job = || chain.run_with_threads(&chain_inputs, &mut chain_out, threads).unwrap();
+            let mut unfused_job = || {
+                silu.run(&[&x], &mut [&mut t1], 1, N, threads).unwrap();
+                mul.run(&[&t1, &w], &mut [&mut t2], rows, ROW, threads).unwrap();
+                add.run(&[&t2, &res], &mut [&mut t3], 1, N, threads).unwrap();
+            };
+            let t = common::interleaved_median_times(
+                RUNS,
+                &mut [
+                    &mut copy,
+                    &mut triad,
+                    &mut rms_job,
+                    &mut softmax_job,
+                    &mut fused_job,
+                    &mut unfused_job,
+                ],
+            );
+            let (copy, triad) = (t[0], t[1]);
             let copy_bw = 2.0 * mb / copy;
             let triad_bw = 3.0 * mb / triad;
             let best = copy_bw.max(triad_bw);
@@ -130,19 +152,11 @@ fn main() {
             };
             row("copy (rustc memcpy)", copy, 2.0);
             row("triad a = b + s·c (rustc)", triad, 3.0);
-            let t = time(|| rms.run_with_threads(&[&x, &w], &mut out, threads).unwrap());
-            row("rms_norm [4096 × 4096]", t, 2.0);
-            let t = time(|| softmax.run_with_threads(&[&x], &mut out, threads).unwrap());
-            row("softmax [4096 × 4096]", t, 2.0);
-            let fused = time(|| chain.run_with_threads(&chain_inputs, &mut out, threads).unwrap());
-            row("silu·mul·add fused", fused, 3.0);
-            let unfused = time(|| {
-                silu.run(&[&x], &mut [&mut t1], 1, N, threads).unwrap();
-                mul.run(&[&t1, &w], &mut [&mut t2], rows, ROW, threads).unwrap();
-                add.run(&[&t2, &res], &mut [&mut out], 1, N, threads).unwrap();
-            });
-            row("silu, mul, add unfused (3 kernels)", unfused, 3.0);
-            println!("| fused speed-up over unfused | {threads} | {:.2}× | | | | |", unfused / fused);
+            row("rms_norm [4096 × 4096]", t[2], 2.0);
+            row("softmax [4096 × 4096]", t[3], 2.0);
+            row("silu·mul·add fused", t[4], 3.0);
+            row("silu, mul, add unfused (3 kernels)", t[5], 3.0);
+            println!("| fused speed-up over unfused | {threads} | {:.2}× | | | | |", t[5] / t[4]);
         });
     }
 }
