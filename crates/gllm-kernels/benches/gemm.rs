@@ -37,47 +37,59 @@ fn fma_peak(isa: Isa) -> f64 {
     (iters * 12 * isa.f32_lanes() as u64 * 2) as f64 / t / 1e9
 }
 
-/// Read bandwidth (GB/s) of `threads` threads, each summing its share of a
-/// 192 MiB buffer as 8 interleaved streams (the GEMV's access pattern, with
-/// nothing but loads and adds): the ceiling the GEMV is compared with.
-fn read_bandwidth(profile: &DeviceProfile, threads: usize) -> f64 {
-    use iced_x86::code_asm::*;
-    let isa = profile.isa;
-    let vb = isa.vector_bytes() as i32;
-    let mut asm = VecAsm::new(isa).unwrap();
-    // SysV: rdi = base, rsi = bytes per stream (multiple of the vector size).
-    let streams = [rdi, rax, rcx, rdx, r8, r9, r10, r11];
-    for s in 1..8 {
-        asm.a.lea(streams[s], ptr(streams[s - 1] + rsi)).unwrap();
+/// A load-only read of a 192 MiB buffer (beyond any cache) as 8 interleaved
+/// streams per thread — the GEMV's access pattern with nothing but loads and
+/// adds: the ceiling the GEMV is compared with.
+struct ReadProbe {
+    code: ExecutableCode,
+    buf: Vec<f32>,
+}
+
+impl ReadProbe {
+    fn new(profile: &DeviceProfile) -> ReadProbe {
+        use iced_x86::code_asm::*;
+        let isa = profile.isa;
+        let vb = isa.vector_bytes() as i32;
+        let mut asm = VecAsm::new(isa).unwrap();
+        // SysV: rdi = base, rsi = bytes per stream (multiple of the vector size).
+        let streams = [rdi, rax, rcx, rdx, r8, r9, r10, r11];
+        for s in 1..8 {
+            asm.a.lea(streams[s], ptr(streams[s - 1] + rsi)).unwrap();
+        }
+        for r in 0..8u8 {
+            asm.xor(V(r), V(r), Src::Reg(V(r))).unwrap();
+        }
+        let mut top = asm.a.create_label();
+        asm.a.set_label(&mut top).unwrap();
+        for (r, &sreg) in streams.iter().enumerate() {
+            asm.add(V(r as u8), V(r as u8), Src::Mem(gllm_kernels::codegen::vasm::Mem::base(sreg, 0)))
+                .unwrap();
+            asm.a.add(sreg, vb).unwrap();
+        }
+        asm.a.sub(rsi, vb).unwrap();
+        asm.a.jnz(top).unwrap();
+        asm.vzeroupper().unwrap();
+        asm.a.ret().unwrap();
+        let code = ExecutableCode::new(&asm.a.assemble(0).unwrap()).unwrap();
+        ReadProbe { code, buf: vec![1.0f32; 48 << 20] }
     }
-    for r in 0..8u8 {
-        asm.xor(V(r), V(r), Src::Reg(V(r))).unwrap();
-    }
-    let mut top = asm.a.create_label();
-    asm.a.set_label(&mut top).unwrap();
-    for (r, &sreg) in streams.iter().enumerate() {
-        asm.add(V(r as u8), V(r as u8), Src::Mem(gllm_kernels::codegen::vasm::Mem::base(sreg, 0))).unwrap();
-        asm.a.add(sreg, vb).unwrap();
-    }
-    asm.a.sub(rsi, vb).unwrap();
-    asm.a.jnz(top).unwrap();
-    asm.vzeroupper().unwrap();
-    asm.a.ret().unwrap();
-    let code = ExecutableCode::new(&asm.a.assemble(0).unwrap()).unwrap();
-    let f: extern "C" fn(*const f32, usize) = unsafe { std::mem::transmute(code.entry()) };
-    let total = 48usize << 20; // floats: 192 MiB, beyond any cache
-    let v = vec![1.0f32; total];
-    let per_thread = total / threads;
-    let t = median_time(5, || {
+
+    /// Reads the whole buffer once, split over `threads` threads.
+    fn run(&self, threads: usize) {
+        let vb = 64;
+        let f: extern "C" fn(*const f32, usize) = unsafe { std::mem::transmute(self.code.entry()) };
         std::thread::scope(|sc| {
-            for part in v.chunks(per_thread) {
+            for part in self.buf.chunks(self.buf.len() / threads) {
                 let addr = part.as_ptr() as usize;
-                let bytes = part.len() * 4 / 8 / vb as usize * vb as usize;
+                let bytes = part.len() * 4 / 8 / vb * vb;
                 sc.spawn(move || f(addr as *const f32, bytes));
             }
         });
-    });
-    (total * 4) as f64 / t / 1e9
+    }
+
+    fn bytes(&self) -> f64 {
+        (self.buf.len() * 4) as f64
+    }
 }
 
 fn openblas(m: usize, n: usize, k: usize, threads: usize) -> Option<f64> {
@@ -111,35 +123,64 @@ fn main() {
         "{} ({}), microkernel {}×{}, KC {}, MC {}, NC {}\nFMA peak per core measured now: {peak:.0} GFLOP/s ({}), {peak_ymm:.0} GFLOP/s (ymm)\n",
         profile.name, profile.isa, b.mr, b.nr, b.kc, b.mc, b.nc, profile.isa
     );
-    let read_bw = [read_bandwidth(&profile, 1), read_bandwidth(&profile, 2)];
-    println!(
-        "read bandwidth measured now: {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)\n",
-        read_bw[0], read_bw[1]
-    );
-    println!("| M×K×N | threads | ours GFLOP/s | % of peak | B read GB/s (% of read BW) | OpenBLAS GFLOP/s | ours / OpenBLAS |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| M×K×N | threads | ours GFLOP/s | % of peak | OpenBLAS GFLOP/s | ours / OpenBLAS |");
+    println!("|---|---|---|---|---|---|");
+    let probe = ReadProbe::new(&profile);
+    let mut gemv_rows = Vec::new();
     for (m, k, n) in [(128, 4096, 4096), (32, 4096, 4096), (1, 4096, 4096), (1, 4096, 11008)] {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
         let bm: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
         let packed = g.pack_b(&bm, k, n).unwrap();
         let mut c = vec![0.0f32; m * n];
-        for threads in [1usize, 2] {
-            g.gemm_prepacked(&a, &packed, &mut c, m, threads).unwrap();
-            let runs = if m == 1 { 15 } else { 7 };
-            let t = median_time(runs, || {
-                g.gemm_prepacked(&a, &packed, &mut c, m, threads).unwrap();
-            });
+        let times: Vec<f64> = if m == 1 {
+            // The GEMV against the read probe, interleaved round by round.
+            let mut c2 = vec![0.0f32; m * n];
+            let t = common::interleaved_median_times(
+                15,
+                &mut [
+                    &mut || probe.run(1),
+                    &mut || probe.run(2),
+                    &mut || g.gemm_prepacked(&a, &packed, &mut c, m, 1).unwrap(),
+                    &mut || g.gemm_prepacked(&a, &packed, &mut c2, m, 2).unwrap(),
+                ],
+            );
+            let gbs = |secs: f64| (k * n * 4) as f64 / secs / 1e9;
+            let probe_gbs = |secs: f64| probe.bytes() / secs / 1e9;
+            gemv_rows.push((k, n, probe_gbs(t[0]), probe_gbs(t[1]), gbs(t[2]), gbs(t[3])));
+            vec![t[2], t[3]]
+        } else {
+            [1usize, 2]
+                .iter()
+                .map(|&threads| {
+                    g.gemm_prepacked(&a, &packed, &mut c, m, threads).unwrap();
+                    median_time(7, || g.gemm_prepacked(&a, &packed, &mut c, m, threads).unwrap())
+                })
+                .collect()
+        };
+        for (threads, t) in [1usize, 2].into_iter().zip(times) {
             let ours = 2.0 * (m * n * k) as f64 / t / 1e9;
             let ob = openblas(m, n, k, threads);
-            let b_gbs = (k * n * 4) as f64 / t / 1e9;
             println!(
-                "| {m}×{k}×{n} | {threads} | {ours:.1} | {:.0}% | {b_gbs:.1} ({:.0}%) | {} | {} |",
+                "| {m}×{k}×{n} | {threads} | {ours:.1} | {:.0}% | {} | {} |",
                 100.0 * ours / (peak * threads as f64),
-                100.0 * b_gbs / read_bw[threads - 1],
                 ob.map_or("n/a".into(), |v| format!("{v:.1}")),
                 ob.map_or("n/a".into(), |v| format!("{:.2}×", ours / v)),
             );
         }
+    }
+    println!(
+        "\nGEMV (M = 1) against the 8-stream read probe (192 MiB), measured in the same interleaved rounds:\n"
+    );
+    println!("| K×N | read probe 1 thr GB/s | GEMV 1 thr GB/s (% of probe) | read probe 2 thr GB/s (× 1 thr) | GEMV 2 thr GB/s (% of 2-thr probe) | GEMV 2 thr / 1-thr probe |");
+    println!("|---|---|---|---|---|---|");
+    for (k, n, p1, p2, g1, g2) in gemv_rows {
+        println!(
+            "| {k}×{n} | {p1:.1} | {g1:.1} ({:.0}%) | {p2:.1} ({:.2}×) | {g2:.1} ({:.0}%) | {:.2}× |",
+            100.0 * g1 / p1,
+            p2 / p1,
+            100.0 * g2 / p2,
+            g2 / p1
+        );
     }
 
     fused_rows(&profile, &g);
