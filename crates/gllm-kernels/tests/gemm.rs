@@ -537,10 +537,17 @@ fn planned_gemm_groups_run_as_planned() {
 /// the scalar definition.
 #[test]
 fn batched_attention_gemms_match_the_definition() {
+    // Small; several row and column tiles with edges (and K^T panels wider
+    // than one NR); one token (decode).
+    for (seq, heads, kv, hd) in [(7, 4, 2, 16), (45, 6, 2, 80), (1, 3, 3, 5)] {
+        batched_attention_case(seq, heads, kv, hd);
+    }
+}
+
+fn batched_attention_case(seq: usize, heads: usize, kv: usize, hd: usize) {
     use gllm_kernels::codegen::gemm::GemmEpilogue;
     use gllm_kernels::graph::{BatchLayout, MatMulParams};
     use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
-    let (seq, heads, kv, hd) = (7, 4, 2, 16);
     let g_size = heads / kv;
     let scale = 0.25f32;
     let mut rng = Rng(37);
@@ -578,7 +585,7 @@ fn batched_attention_gemms_match_the_definition() {
                         let got = scores[(h * seq + i) * seq + j];
                         assert!(
                             (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-                            "{} scores[{h},{i},{j}] {got} vs {want}",
+                            "{} seq {seq}: scores[{h},{i},{j}] {got} vs {want}",
                             profile.isa
                         );
                     }
@@ -606,7 +613,7 @@ fn batched_attention_gemms_match_the_definition() {
                         let got = out[i * heads * hd + h * hd + d];
                         assert!(
                             (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-                            "{} out[{i},{h},{d}] {got} vs {want}",
+                            "{} seq {seq}: out[{i},{h},{d}] {got} vs {want}",
                             profile.isa
                         );
                     }

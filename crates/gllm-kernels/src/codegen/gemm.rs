@@ -296,7 +296,18 @@ impl GemmKernel {
         check_len("B", b.len(), k * n)?;
         check_len("C", c.len(), m * n)?;
         let extras = self.check_extras(extras, m, n)?;
-        self.run(a, BSource::RowMajor(b), c, (m, n, k), &extras, threads)
+        let c = OutC { ptr: c.as_mut_ptr(), ld: n };
+        // SAFETY: A is m·k (lda k), B k·n (ldb n), C m·n (ldc n): checked above.
+        unsafe {
+            self.run(
+                RowsRef { data: a, ld: k },
+                BSource::RowMajor(RowsRef { data: b, ld: n }),
+                c,
+                (m, n, k),
+                &extras,
+                threads,
+            )
+        }
     }
 
     /// Row strides (elements; 0 = broadcast) of the extra operands, checked.
@@ -386,7 +397,9 @@ impl GemmKernel {
         if m == 1 && k > 0 && n > 0 && self.epilogue.is_none() {
             return self.gemv_prepacked(a, b, c, threads);
         }
-        self.run(a, BSource::Packed(b), c, (m, n, k), &extras, threads)
+        let c = OutC { ptr: c.as_mut_ptr(), ld: n };
+        // SAFETY: A is m·k (lda k), C m·n (ldc n): checked above; B was packed for k × n.
+        unsafe { self.run(RowsRef { data: a, ld: k }, BSource::Packed(b), c, (m, n, k), &extras, threads) }
     }
 
     /// `y[n] = x[k] · B`: streams each packed panel once, several side by
@@ -444,11 +457,17 @@ impl GemmKernel {
         for_each_part(threads, work)
     }
 
-    fn run(
+    /// The GEMM on operand views, split over up to `threads` threads.
+    ///
+    /// # Safety
+    /// `a` holds m rows of k elements at its row stride, `b` k × n, and C is
+    /// valid for writes of m rows of n elements at its row stride, not
+    /// overlapping A or B; `extras` lie in their operands' shapes.
+    unsafe fn run(
         &self,
-        a: &[f32],
+        a: RowsRef,
         b: BSource,
-        c: &mut [f32],
+        c: OutC,
         (m, n, k): (usize, usize, usize),
         extras: &[(usize, usize)],
         threads: usize,
@@ -456,18 +475,21 @@ impl GemmKernel {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        // Builds the row-count and GEMV variants on first use.
         self.variants()?;
         if k == 0 {
-            c.fill(0.0);
+            for r in 0..m {
+                // SAFETY: row r of C (caller's contract).
+                unsafe { std::slice::from_raw_parts_mut(c.ptr.add(r * c.ld), n).fill(0.0) };
+            }
             if let Some(e) = &self.epilogue {
-                // SAFETY: C is m·n, extras checked against m and n.
-                unsafe { self.edge_epilogue(e, c.as_mut_ptr(), n, extras, (0, m), (0, n)) };
+                // SAFETY: C is m × n at its stride, extras checked against m and n.
+                unsafe { self.edge_epilogue(e, c, extras, (0, m), (0, n)) };
             }
             return Ok(());
         }
         let bl = &self.blocking;
         let threads = threads.max(1);
-        let c_addr = c.as_mut_ptr() as usize;
         // Split columns (NR multiples) across threads when wide enough, else rows.
         let col_split = n >= threads * bl.nr * 2 || m < threads * bl.mr;
         let parts: Vec<(usize, usize, usize, usize)> = if threads == 1 {
@@ -479,24 +501,31 @@ impl GemmKernel {
             let per = m.div_ceil(threads).div_ceil(bl.mr) * bl.mr;
             (0..threads).map(|t| (t * per, ((t + 1) * per).min(m), 0, n)).filter(|p| p.0 < p.1).collect()
         };
-        let work = |&(m0, m1, n0, n1): &(usize, usize, usize, usize)| -> Result<(), CodegenError> {
+        let c_addr = c.ptr as usize;
+        let ldc = c.ld;
+        let work = |&(m0, m1, n0, n1): &(usize, usize, usize, usize)| {
+            let c = OutC { ptr: c_addr as *mut f32, ld: ldc };
             // SAFETY: parts cover disjoint row or column ranges of C, so no
-            // two threads write the same element; C has m·n elements (checked).
-            let c = unsafe { std::slice::from_raw_parts_mut(c_addr as *mut f32, m * n) };
-            self.block(a, &b, c, (m, n, k), (m0, m1), (n0, n1), extras);
-            Ok(())
+            // two threads write the same element; the rest is the caller's.
+            unsafe { self.block(a, &b, c, k, (m0, m1), (n0, n1), extras) };
+            Ok::<(), std::convert::Infallible>(())
         };
-        for_each_part(parts.len(), |i| work(&parts[i]))
+        // Infallible: the parts cannot fail.
+        let _ = for_each_part(parts.len(), |i| work(&parts[i]));
+        Ok(())
     }
 
     /// The BLIS loop nest over rows `m0..m1` and columns `n0..n1` of C.
+    ///
+    /// # Safety
+    /// As [`GemmKernel::run`], for this part of C.
     #[allow(clippy::too_many_arguments)]
-    fn block(
+    unsafe fn block(
         &self,
-        a: &[f32],
+        a: RowsRef,
         b: &BSource,
-        c: &mut [f32],
-        (_m, n, k): (usize, usize, usize),
+        c: OutC,
+        k: usize,
         (m0, m1): (usize, usize),
         (n0, n1): (usize, usize),
         extras: &[(usize, usize)],
@@ -513,7 +542,12 @@ impl GemmKernel {
                 let b_panels: &[f32] = match b {
                     BSource::RowMajor(bm) => {
                         b_pack.resize(nb.div_ceil(nr) * nr * kb, 0.0);
-                        pack_b_block(&mut b_pack, bm, n, pc, kb, jc, nb, nr);
+                        pack_b_block(&mut b_pack, bm.data, bm.ld, pc, kb, jc, nb, nr);
+                        &b_pack
+                    }
+                    BSource::Transposed(bt) => {
+                        b_pack.resize(nb.div_ceil(nr) * nr * kb, 0.0);
+                        pack_bt_block(&mut b_pack, bt.data, bt.ld, pc, kb, jc, nb, nr);
                         &b_pack
                     }
                     BSource::Packed(p) => {
@@ -526,25 +560,29 @@ impl GemmKernel {
                 let last = pc + kb == k;
                 for ic in (m0..m1).step_by(bl.mc) {
                     let mb = bl.mc.min(m1 - ic);
-                    pack_a_block(&mut a_pack, a, k, ic, mb, pc, kb, mr);
+                    pack_a_block(&mut a_pack, a.data, a.ld, ic, mb, pc, kb, mr);
                     let step = TileStep { kb, accumulate, last };
-                    self.tiles(&a_pack, b_panels, c, n, step, (ic, mb), (jc, nb), extras, &mut edge);
+                    // SAFETY: rows ic..ic+mb, columns jc..jc+nb lie in this part of C.
+                    unsafe { self.tiles(&a_pack, b_panels, c, step, (ic, mb), (jc, nb), extras, &mut edge) };
                 }
             }
         }
         // SAFETY: this part's rows and columns lie in C and the extras.
-        unsafe { self.finish_edge_tiles(c.as_mut_ptr(), n, extras, (m0, m1), (n0, n1)) };
+        unsafe { self.finish_edge_tiles(c, extras, (m0, m1), (n0, n1)) };
     }
 
     /// All MR×NR tiles of one packed A block (rows `row0..row0+mb`) against
     /// the packed B panels of columns `col0..col0+nb`, for one KC step.
+    ///
+    /// # Safety
+    /// Rows `row0..row0+mb`, columns `col0..col0+nb` of C are valid for
+    /// writes (and reads when accumulating), and lie in the extras' shapes.
     #[allow(clippy::too_many_arguments)]
-    fn tiles(
+    unsafe fn tiles(
         &self,
         a_pack: &[f32],
         b_panels: &[f32],
-        c: &mut [f32],
-        n: usize,
+        c: OutC,
         step: TileStep,
         (row0, mb): (usize, usize),
         (col0, nb): (usize, usize),
@@ -562,6 +600,9 @@ impl GemmKernel {
                 let ap = &a_pack[(ir / mr) * mr * kb..];
                 let row = row0 + ir;
                 let col = col0 + jr;
+                // SAFETY (pointer arithmetic): (row, col) lies in C (caller).
+                let tile = unsafe { c.ptr.add(row * c.ld + col) };
+                let ldc = c.ld;
                 if mh == mr && nw == nr {
                     match (&self.epilogue, last) {
                         (Some(e), true) => {
@@ -569,23 +610,12 @@ impl GemmKernel {
                             let f: EpiMicroFn = unsafe_epi_micro(&e.micro);
                             // SAFETY: as below; the extras cover C's shape
                             // (checked), offset to this tile.
-                            unsafe {
-                                f(ap.as_ptr(), bp.as_ptr(), c[row * n + col..].as_mut_ptr(), n, kb, &args)
-                            };
+                            unsafe { f(ap.as_ptr(), bp.as_ptr(), tile, ldc, kb, &args) };
                         }
                         // SAFETY: full tile: rows row..row+MR and columns
-                        // col..col+NR of C exist (ldc = n); panels hold kb·MR
+                        // col..col+NR of C exist (caller); panels hold kb·MR
                         // and kb·NR values.
-                        _ => unsafe {
-                            micro(
-                                ap.as_ptr(),
-                                bp.as_ptr(),
-                                c[row * n + col..].as_mut_ptr(),
-                                n,
-                                kb,
-                                accumulate,
-                            )
-                        },
+                        _ => unsafe { micro(ap.as_ptr(), bp.as_ptr(), tile, ldc, kb, accumulate) },
                     }
                 } else if nw == nr && !(self.epilogue.is_some() && last) {
                     // Partial row tile, full columns: the row-count variant
@@ -599,16 +629,15 @@ impl GemmKernel {
                     let f: MicroFn = unsafe_micro(&rows[mh - 1]);
                     // SAFETY: rows row..row+mh and columns col..col+NR of C
                     // exist; the kernel touches only those rows.
-                    unsafe {
-                        f(ap.as_ptr(), bp.as_ptr(), c[row * n + col..].as_mut_ptr(), n, kb, accumulate)
-                    };
+                    unsafe { f(ap.as_ptr(), bp.as_ptr(), tile, ldc, kb, accumulate) };
                 } else {
                     // Edge tile: the full tile into a buffer (padding is
                     // zeros), then the valid part (its epilogue runs later).
                     // SAFETY: `edge` is MR×NR with ldc = NR.
                     unsafe { micro(ap.as_ptr(), bp.as_ptr(), edge.as_mut_ptr(), nr, kb, 0) };
                     for r in 0..mh {
-                        let dst = &mut c[(row + r) * n + col..(row + r) * n + col + nw];
+                        // SAFETY: row + r, columns col..col+nw lie in C (caller).
+                        let dst = unsafe { std::slice::from_raw_parts_mut(tile.add(r * ldc), nw) };
                         let src = &edge[r * nr..r * nr + nw];
                         if accumulate == 1 {
                             dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
@@ -625,11 +654,10 @@ impl GemmKernel {
     /// columns `n0..n1` of C: `tiles` stored them raw.
     ///
     /// # Safety
-    /// The region must lie in C (row stride `n`) and in the extras' shapes.
+    /// The region must lie in C and in the extras' shapes.
     unsafe fn finish_edge_tiles(
         &self,
-        c: *mut f32,
-        n: usize,
+        c: OutC,
         extras: &[(usize, usize)],
         (m0, m1): (usize, usize),
         (n0, n1): (usize, usize),
@@ -639,21 +667,20 @@ impl GemmKernel {
         let full_n = n0 + (n1 - n0) / self.blocking.nr * self.blocking.nr;
         // SAFETY: both regions lie inside the caller's region.
         unsafe {
-            self.edge_epilogue(e, c, n, extras, (full_m, m1), (n0, n1));
-            self.edge_epilogue(e, c, n, extras, (m0, full_m), (full_n, n1));
+            self.edge_epilogue(e, c, extras, (full_m, m1), (n0, n1));
+            self.edge_epilogue(e, c, extras, (m0, full_m), (full_n, n1));
         }
     }
 
     /// Runs the epilogue's loop kernel in place over rows `r0..r1`, columns
-    /// `c0..c1` of C (row stride `n`).
+    /// `c0..c1` of C.
     ///
     /// # Safety
-    /// The region must lie in C (m·n elements) and in the extras' shapes.
+    /// The region must lie in C and in the extras' shapes.
     unsafe fn edge_epilogue(
         &self,
         e: &CompiledEpilogue,
-        c: *mut f32,
-        n: usize,
+        c: OutC,
         extras: &[(usize, usize)],
         (r0, r1): (usize, usize),
         (c0, c1): (usize, usize),
@@ -670,16 +697,16 @@ impl GemmKernel {
             pool: std::ptr::null(),
         };
         // SAFETY (pointer arithmetic): inside C and the extras by the caller's contract.
-        let origin = unsafe { c.add(r0 * n + c0) };
+        let origin = unsafe { c.ptr.add(r0 * c.ld + c0) };
         args.ptrs[0] = origin;
-        args.strides[0] = (n * 4) as isize;
+        args.strides[0] = (c.ld * 4) as isize;
         for (j, &(ptr, ld)) in extras.iter().enumerate() {
             args.ptrs[1 + j] = (ptr + (r0 * ld + c0) * 4) as *mut f32;
             args.strides[1 + j] = (ld * 4) as isize;
         }
         let out = 1 + extras.len();
         args.ptrs[out] = origin;
-        args.strides[out] = (n * 4) as isize;
+        args.strides[out] = (c.ld * 4) as isize;
         // SAFETY: the region is valid for reads and writes (caller); the
         // kernel writes each C element after reading it (in place).
         unsafe { e.edges.call(args) };
@@ -725,8 +752,27 @@ struct TileStep {
     last: bool,
 }
 
+/// Rows of a matrix operand: row r starts at `data[r·ld]`, elements contiguous.
+#[derive(Clone, Copy)]
+struct RowsRef<'a> {
+    data: &'a [f32],
+    ld: usize,
+}
+
+/// Where C is written: row r starts at `ptr + r·ld`, elements contiguous.
+/// A raw pointer because threads (and batch elements of interleaved
+/// layouts) write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct OutC {
+    ptr: *mut f32,
+    ld: usize,
+}
+
 enum BSource<'a> {
-    RowMajor(&'a [f32]),
+    /// B (k × n) row by row.
+    RowMajor(RowsRef<'a>),
+    /// Bᵀ (n × k) row by row: B[kk][col] = data[col·ld + kk] (attention's K).
+    Transposed(RowsRef<'a>),
     Packed(&'a PackedB),
 }
 
@@ -765,15 +811,13 @@ fn pack_a_block(
         let panel = &mut dst[p * mr * kb..(p + 1) * mr * kb];
         let rows = mr.min(mb - i0);
         for r in 0..mr {
+            // Row r of the block: every MR-th value of the panel from r.
+            let dst = panel[r..].iter_mut().step_by(mr);
             if r < rows {
                 let src = &a[(ic + i0 + r) * lda + pc..(ic + i0 + r) * lda + pc + kb];
-                for (kk, &v) in src.iter().enumerate() {
-                    panel[kk * mr + r] = v;
-                }
+                dst.zip(src).for_each(|(d, &v)| *d = v);
             } else {
-                for kk in 0..kb {
-                    panel[kk * mr + r] = 0.0;
-                }
+                dst.for_each(|d| *d = 0.0);
             }
         }
     }
@@ -800,6 +844,34 @@ fn pack_b_block(
             let row = &mut panel[kk * nr..(kk + 1) * nr];
             row[..cols].copy_from_slice(src);
             row[cols..].fill(0.0);
+        }
+    }
+}
+
+/// The same panels from Bᵀ: B[kk][col] = bt[col·ldbt + kk].
+#[allow(clippy::too_many_arguments)]
+fn pack_bt_block(
+    dst: &mut [f32],
+    bt: &[f32],
+    ldbt: usize,
+    pc: usize,
+    kb: usize,
+    jc: usize,
+    nb: usize,
+    nr: usize,
+) {
+    for (p, j0) in (0..nb).step_by(nr).enumerate() {
+        let panel = &mut dst[p * nr * kb..(p + 1) * nr * kb];
+        let cols = nr.min(nb - j0);
+        for c in 0..nr {
+            // Column c of the panel: every NR-th value from c.
+            let dst = panel[c..].iter_mut().step_by(nr);
+            if c < cols {
+                let src = &bt[(jc + j0 + c) * ldbt + pc..(jc + j0 + c) * ldbt + pc + kb];
+                dst.zip(src).for_each(|(d, &v)| *d = v);
+            } else {
+                dst.for_each(|d| *d = 0.0);
+            }
         }
     }
 }
@@ -1165,17 +1237,21 @@ pub fn gemm_group(
                 let step = TileStep { kb, accumulate: usize::from(pc > 0), last: pc + kb == k };
                 for (i, mbr) in members.iter().enumerate() {
                     let n = mbr.b.n;
-                    // SAFETY: threads own disjoint row ranges of every C.
-                    let c = unsafe { std::slice::from_raw_parts_mut(outs[i].0 as *mut f32, outs[i].1) };
+                    let c = OutC { ptr: outs[i].0 as *mut f32, ld: n };
                     let panels = &mbr.b.data[mbr.b.block_offsets[bi]..];
-                    mbr.gemm.tiles(&a_pack, panels, c, n, step, (ic, mb), (0, n), &extras[i], &mut edge);
+                    // SAFETY: C_i is m × n (checked); threads own disjoint row
+                    // ranges of every C; extras checked against m × n.
+                    unsafe {
+                        mbr.gemm.tiles(&a_pack, panels, c, step, (ic, mb), (0, n), &extras[i], &mut edge)
+                    };
                 }
             }
         }
         for (i, mbr) in members.iter().enumerate() {
             let n = mbr.b.n;
             // SAFETY: this thread's rows of C_i lie in C_i and its extras.
-            unsafe { mbr.gemm.finish_edge_tiles(outs[i].0 as *mut f32, n, &extras[i], (m0, m1), (0, n)) };
+            let c = OutC { ptr: outs[i].0 as *mut f32, ld: n };
+            unsafe { mbr.gemm.finish_edge_tiles(c, &extras[i], (m0, m1), (0, n)) };
         }
         Ok(())
     };
@@ -1388,41 +1464,42 @@ impl GemmKernel {
                 )));
             }
         }
-        // Element (r, col) of batch element `i` of an operand with `rows × cols` per element.
-        let at =
-            |layout: BatchLayout, count: usize, i: usize, rows: usize, cols: usize, r: usize, col: usize| {
-                match layout {
-                    BatchLayout::Stacked => (i * rows + r) * cols + col,
-                    BatchLayout::Interleaved => r * (count * cols) + i * cols + col,
-                }
-            };
+        // Views of batch element i: (offset, row stride) of a `rows × cols`
+        // element of an operand holding `count` of them.
+        let view = |layout: BatchLayout, count: usize, i: usize, rows: usize, cols: usize| match layout {
+            BatchLayout::Stacked => (i * rows * cols, cols),
+            BatchLayout::Interleaved => (i * cols, count * cols),
+        };
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        // With k = 0 the operands are empty and never read.
+        fn from(v: &[f32], off: usize) -> &[f32] {
+            v.get(off..).unwrap_or(&[])
+        }
         let c_addr = c.as_mut_ptr() as usize;
         let work = |i: usize| -> Result<(), CodegenError> {
-            let ai: Vec<f32> = (0..m * k).map(|x| a[at(p.a_layout, batch, i, m, k, x / k, x % k)]).collect();
-            let bi_idx = i / p.b_shared_by;
-            let bi: Vec<f32> = (0..k * n)
-                .map(|x| {
-                    let (row, col) = (x / n, x % n);
-                    if p.transpose_b {
-                        b[at(p.b_layout, b_batch, bi_idx, n, k, col, row)]
-                    } else {
-                        b[at(p.b_layout, b_batch, bi_idx, k, n, row, col)]
-                    }
-                })
-                .collect();
+            let (a_off, lda) = view(p.a_layout, batch, i, m, k);
+            let bi = i / p.b_shared_by;
+            let b_src = if p.transpose_b {
+                let (off, ld) = view(p.b_layout, b_batch, bi, n, k);
+                BSource::Transposed(RowsRef { data: from(b, off), ld })
+            } else {
+                let (off, ld) = view(p.b_layout, b_batch, bi, k, n);
+                BSource::RowMajor(RowsRef { data: from(b, off), ld })
+            };
+            let (c_off, ldc) = view(p.c_layout, batch, i, m, n);
             let ex: Vec<&[f32]> = extras
                 .iter()
                 .map(|e| if per_batch_extra(e) { &e[i * m * n..(i + 1) * m * n] } else { *e })
                 .collect();
-            let mut ci = vec![0.0f32; m * n];
-            self.gemm_with(&ai, &bi, &mut ci, (m, n, k), &ex, 1)?;
-            // SAFETY: batch elements write disjoint elements of C (each
-            // (i, r, col) maps to a distinct index in either layout).
-            let c = unsafe { std::slice::from_raw_parts_mut(c_addr as *mut f32, batch * m * n) };
-            for (x, v) in ci.into_iter().enumerate() {
-                c[at(p.c_layout, batch, i, m, n, x / n, x % n)] = v;
-            }
-            Ok(())
+            let ex = self.check_extras(&ex, m, n)?;
+            let c = OutC { ptr: (c_addr as *mut f32).wrapping_add(c_off), ld: ldc };
+            // SAFETY: element i's A, B and C views lie in the checked lengths
+            // (offset + (rows − 1)·ld + cols ≤ len in both layouts); batch
+            // elements write disjoint elements of C (each (i, r, col) maps to
+            // a distinct index in either layout), A and B are not C.
+            unsafe { self.run(RowsRef { data: from(a, a_off), ld: lda }, b_src, c, (m, n, k), &ex, 1) }
         };
         let threads = threads.max(1).min(batch);
         let per = batch.div_ceil(threads);
