@@ -1429,9 +1429,8 @@ impl GemmKernel {
     /// matrix shared by every batch element (a mask), or one M×N matrix per
     /// element.
     ///
-    /// First version: each batch element's operands are gathered into
-    /// contiguous buffers and the result scattered back; batch elements are
-    /// split across threads.
+    /// Each batch element runs on views of the operands (no copies); batch
+    /// elements are split across threads.
     pub fn gemm_batched(
         &self,
         a: &[f32],
