@@ -547,7 +547,7 @@ impl GemmKernel {
                     }
                     BSource::Transposed(bt) => {
                         b_pack.resize(nb.div_ceil(nr) * nr * kb, 0.0);
-                        pack_bt_block(&mut b_pack, bt.data, bt.ld, pc, kb, jc, nb, nr);
+                        pack_line_panels(&mut b_pack, bt.data, bt.ld, jc, nb, pc, kb, nr);
                         &b_pack
                     }
                     BSource::Packed(p) => {
@@ -560,7 +560,7 @@ impl GemmKernel {
                 let last = pc + kb == k;
                 for ic in (m0..m1).step_by(bl.mc) {
                     let mb = bl.mc.min(m1 - ic);
-                    pack_a_block(&mut a_pack, a.data, a.ld, ic, mb, pc, kb, mr);
+                    pack_line_panels(&mut a_pack, a.data, a.ld, ic, mb, pc, kb, mr);
                     let step = TileStep { kb, accumulate, last };
                     // SAFETY: rows ic..ic+mb, columns jc..jc+nb lie in this part of C.
                     unsafe { self.tiles(&a_pack, b_panels, c, step, (ic, mb), (jc, nb), extras, &mut edge) };
@@ -794,10 +794,12 @@ fn unsafe_micro(code: &ExecutableCode) -> MicroFn {
     unsafe { std::mem::transmute::<*const u8, MicroFn>(code.entry()) }
 }
 
-/// A rows `ic..ic+mb`, depth `pc..pc+kb` into MR-row panels, k-major
-/// (`panel[k·MR + r]`), the last panel zero-padded.
+/// Lines `ic..ic+mb` of `a` (each contiguous, `lda` apart), depth
+/// `pc..pc+kb`, into panels of `mr` lines, k-major (`panel[k·mr + r]`), the
+/// last panel zero-padded. Packs A (lines are rows, panels of MR) and B
+/// given as Bᵀ (lines are B's columns, panels of NR).
 #[allow(clippy::too_many_arguments)]
-fn pack_a_block(
+fn pack_line_panels(
     dst: &mut [f32],
     a: &[f32],
     lda: usize,
@@ -844,34 +846,6 @@ fn pack_b_block(
             let row = &mut panel[kk * nr..(kk + 1) * nr];
             row[..cols].copy_from_slice(src);
             row[cols..].fill(0.0);
-        }
-    }
-}
-
-/// The same panels from Bᵀ: B[kk][col] = bt[col·ldbt + kk].
-#[allow(clippy::too_many_arguments)]
-fn pack_bt_block(
-    dst: &mut [f32],
-    bt: &[f32],
-    ldbt: usize,
-    pc: usize,
-    kb: usize,
-    jc: usize,
-    nb: usize,
-    nr: usize,
-) {
-    for (p, j0) in (0..nb).step_by(nr).enumerate() {
-        let panel = &mut dst[p * nr * kb..(p + 1) * nr * kb];
-        let cols = nr.min(nb - j0);
-        for c in 0..nr {
-            // Column c of the panel: every NR-th value from c.
-            let dst = panel[c..].iter_mut().step_by(nr);
-            if c < cols {
-                let src = &bt[(jc + j0 + c) * ldbt + pc..(jc + j0 + c) * ldbt + pc + kb];
-                dst.zip(src).for_each(|(d, &v)| *d = v);
-            } else {
-                dst.for_each(|d| *d = 0.0);
-            }
         }
     }
 }
@@ -1233,7 +1207,7 @@ pub fn gemm_group(
             };
             for (bi, pc) in (0..k).step_by(kc).enumerate() {
                 let kb = kc.min(k - pc);
-                pack_a_block(&mut a_pack, src, k, src_row, mb, pc, kb, mr);
+                pack_line_panels(&mut a_pack, src, k, src_row, mb, pc, kb, mr);
                 let step = TileStep { kb, accumulate: usize::from(pc > 0), last: pc + kb == k };
                 for (i, mbr) in members.iter().enumerate() {
                     let n = mbr.b.n;
