@@ -352,6 +352,11 @@ impl GemmKernel {
     /// Packs `b[k×n]` (row-major) once, for [`GemmKernel::gemm_prepacked`].
     pub fn pack_b(&self, b: &[f32], k: usize, n: usize) -> Result<PackedB, CodegenError> {
         check_len("B", b.len(), k * n)?;
+        Ok(self.pack_view(RowsRef { data: b, ld: n }, false, k, n))
+    }
+
+    /// Packs a k × n B given row by row, or as Bᵀ when `transposed`.
+    fn pack_view(&self, b: RowsRef, transposed: bool, k: usize, n: usize) -> PackedB {
         let (kc, nr) = (self.blocking.kc, self.blocking.nr);
         let mut data = Vec::new();
         let mut block_offsets = Vec::new();
@@ -360,9 +365,14 @@ impl GemmKernel {
             block_offsets.push(data.len());
             let start = data.len();
             data.resize(start + n.div_ceil(nr) * nr * kb, 0.0);
-            pack_b_block(&mut data[start..], b, n, pc, kb, 0, n, nr);
+            let dst = &mut data[start..];
+            if transposed {
+                pack_line_panels(dst, b.data, b.ld, 0, n, pc, kb, nr);
+            } else {
+                pack_b_block(dst, b.data, b.ld, pc, kb, 0, n, nr);
+            }
         }
-        Ok(PackedB { k, n, kc, nr, data, block_offsets })
+        PackedB { k, n, kc, nr, data, block_offsets }
     }
 
     /// `c = a · B` with B packed by [`GemmKernel::pack_b`].
@@ -1451,15 +1461,29 @@ impl GemmKernel {
             v.get(off..).unwrap_or(&[])
         }
         let c_addr = c.as_mut_ptr() as usize;
+        // B element bi as rows (of Bᵀ when transposed).
+        let b_rows = |bi: usize| {
+            let (rows, cols) = if p.transpose_b { (n, k) } else { (k, n) };
+            let (off, ld) = view(p.b_layout, b_batch, bi, rows, cols);
+            RowsRef { data: from(b, off), ld }
+        };
+        let b_view = |bi: usize| match p.transpose_b {
+            true => BSource::Transposed(b_rows(bi)),
+            false => BSource::RowMajor(b_rows(bi)),
+        };
+        // A B shared by several batch elements (grouped-query attention's K
+        // and V) is packed once for all of them.
+        let shared: Vec<PackedB> = if p.b_shared_by > 1 {
+            (0..b_batch).map(|bi| self.pack_view(b_rows(bi), p.transpose_b, k, n)).collect()
+        } else {
+            Vec::new()
+        };
         let work = |i: usize| -> Result<(), CodegenError> {
             let (a_off, lda) = view(p.a_layout, batch, i, m, k);
             let bi = i / p.b_shared_by;
-            let b_src = if p.transpose_b {
-                let (off, ld) = view(p.b_layout, b_batch, bi, n, k);
-                BSource::Transposed(RowsRef { data: from(b, off), ld })
-            } else {
-                let (off, ld) = view(p.b_layout, b_batch, bi, k, n);
-                BSource::RowMajor(RowsRef { data: from(b, off), ld })
+            let b_src = match shared.get(bi) {
+                Some(packed) => BSource::Packed(packed),
+                None => b_view(bi),
             };
             let (c_off, ldc) = view(p.c_layout, batch, i, m, n);
             let ex: Vec<&[f32]> = extras
