@@ -232,6 +232,13 @@ fn unanalysable_code_is_a_clear_error_naming_function_address_and_instruction() 
         ("invalid bytes", &[0x06], 0, ""),
         // ret without touching xmm0? fine — but movd eax, xmm0; ret leaves xmm0 = x: use a bit op on data
         ("opaque bit trick", &[0x66, 0x0f, 0xdb, 0xc0 + 1, 0xc3], 0, "pand"),
+        // xor eax, eax; imul eax, eax (CF undefined); inc eax (keeps it); jb +0; ret
+        (
+            "branch on an undefined carry",
+            &[0x31, 0xc0, 0x0f, 0xaf, 0xc0, 0xff, 0xc0, 0x72, 0x00, 0xc3],
+            7,
+            "jb",
+        ),
     ];
     for (what, bytes, offset, text) in cases {
         let err = analyse_bytes(bytes).expect_err(what);
@@ -248,6 +255,8 @@ fn unanalysable_code_is_a_clear_error_naming_function_address_and_instruction() 
     assert!(matches!(err.kind, TraceErrorKind::StepLimit { .. }));
     let err = analyse_bytes(&[0xff, 0xe0]).unwrap_err();
     assert_eq!(err.kind, TraceErrorKind::IndirectBranch);
+    let err = analyse_bytes(&[0x31, 0xc0, 0x0f, 0xaf, 0xc0, 0xff, 0xc0, 0x72, 0x00, 0xc3]).unwrap_err();
+    assert_eq!(err.kind, TraceErrorKind::Undefined("carry flag".into()));
 }
 
 #[test]

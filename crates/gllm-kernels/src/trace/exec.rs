@@ -52,7 +52,8 @@ impl IntVal {
 #[derive(Debug, Clone, Copy)]
 enum Flags {
     Known {
-        cf: bool,
+        /// None: undefined (INC/DEC keep a CF that was never set).
+        cf: Option<bool>,
         zf: bool,
         sf: bool,
         of: bool,
@@ -66,7 +67,7 @@ enum Flags {
 impl Flags {
     /// Flags after an integer result `r` of `bits` width: ZF, SF and PF come
     /// from the result, CF and OF from the instruction's own rule.
-    fn of_result(r: u64, bits: u32, cf: bool, of: bool) -> Flags {
+    fn of_result(r: u64, bits: u32, cf: Option<bool>, of: bool) -> Flags {
         Flags::Known { cf, of, zf: r == 0, sf: sign_bit(r, bits), pf: parity(r) }
     }
 }
@@ -642,7 +643,7 @@ impl Machine<'_> {
     // ---------- flags ----------
 
     fn set_flags_logic(&mut self, r: u64, bits: u32) {
-        self.flags = Flags::of_result(r, bits, false, false);
+        self.flags = Flags::of_result(r, bits, Some(false), false);
     }
 
     fn cond(&self, cc: ConditionCode) -> Res<bool> {
@@ -651,15 +652,16 @@ impl Machine<'_> {
             Flags::Float => return Err(self.err(TraceErrorKind::DataDependentBranch)),
             Flags::Unknown => return Err(self.err(TraceErrorKind::Undefined("flags".into()))),
         };
+        let cf = || cf.ok_or_else(|| self.err(TraceErrorKind::Undefined("carry flag".into())));
         Ok(match cc {
             ConditionCode::o => of,
             ConditionCode::no => !of,
-            ConditionCode::b => cf,
-            ConditionCode::ae => !cf,
+            ConditionCode::b => cf()?,
+            ConditionCode::ae => !cf()?,
             ConditionCode::e => zf,
             ConditionCode::ne => !zf,
-            ConditionCode::be => cf || zf,
-            ConditionCode::a => !cf && !zf,
+            ConditionCode::be => cf()? || zf,
+            ConditionCode::a => !cf()? && !zf,
             ConditionCode::s => sf,
             ConditionCode::ns => !sf,
             ConditionCode::p => pf,
@@ -802,7 +804,7 @@ impl Machine<'_> {
                 self.write_gpr(Register::RAX, IntVal::known(lo))?;
                 self.write_gpr(Register::RDX, IntVal::known(hi))?;
                 self.flags = Flags::Known {
-                    cf: overflow,
+                    cf: Some(overflow),
                     of: overflow,
                     zf: false,
                     sf: sign_bit(lo, 64),
@@ -859,7 +861,7 @@ impl Machine<'_> {
         let b = self.int_op(1)?;
         let (x, y) = (mask_bits(self.need(a)?, bits), mask_bits(self.need(b)?, bits));
         let carry_in = match (mn, self.flags) {
-            (Adc | Sbb, Flags::Known { cf, .. }) => cf as u64,
+            (Adc | Sbb, Flags::Known { cf: Some(cf), .. }) => cf as u64,
             (Adc | Sbb, _) => return Err(self.err(TraceErrorKind::Undefined("carry flag".into()))),
             _ => 0,
         };
@@ -878,7 +880,7 @@ impl Machine<'_> {
             Xor => (x ^ y, false, false),
             _ => return Err(self.unsupported()),
         };
-        self.flags = Flags::of_result(r, bits, cf, of);
+        self.flags = Flags::of_result(r, bits, Some(cf), of);
         if !matches!(mn, Cmp | Test) {
             self.set_int_dest(IntVal::known(r))?;
         }
@@ -890,9 +892,10 @@ impl Machine<'_> {
         let bits = self.op_bits();
         let a = self.int_op(0)?;
         let x = mask_bits(self.need(a)?, bits);
+        // INC and DEC leave CF as it was, which may be undefined.
         let old_cf = match self.flags {
             Flags::Known { cf, .. } => cf,
-            _ => false,
+            _ => None,
         };
         let r = match mn {
             Inc => mask_bits(x.wrapping_add(1), bits),
@@ -905,7 +908,7 @@ impl Machine<'_> {
         let (cf, of) = match mn {
             Inc => (old_cf, r == min),
             Dec => (old_cf, x == min),
-            Neg => (x != 0, x == min),
+            Neg => (Some(x != 0), x == min),
             _ => return self.set_int_dest(IntVal::known(r)), // NOT leaves the flags alone
         };
         self.flags = Flags::of_result(r, bits, cf, of);
@@ -950,7 +953,7 @@ impl Machine<'_> {
                 Shl | Sal => n <= bits as u64 && (x >> (bits as u64 - n)) & 1 == 1,
                 _ => (x >> (n - 1)) & 1 == 1,
             };
-            self.flags = Flags::of_result(r, bits, cf, false);
+            self.flags = Flags::of_result(r, bits, Some(cf), false);
         }
         self.set_int_dest(IntVal::known(r))
     }

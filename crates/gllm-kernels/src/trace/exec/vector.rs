@@ -253,7 +253,7 @@ impl Machine<'_> {
                     (Some(x), Some(y)) => {
                         let (x, y) = (f32::from_bits(x), f32::from_bits(y));
                         let un = x.is_nan() || y.is_nan();
-                        Flags::Known { zf: un || x == y, pf: un, cf: un || x < y, of: false, sf: false }
+                        Flags::Known { zf: un || x == y, pf: un, cf: Some(un || x < y), of: false, sf: false }
                     }
                     _ => Flags::Float,
                 };
@@ -583,7 +583,7 @@ impl Machine<'_> {
                     any |= set;
                     all &= set;
                 }
-                self.flags = Flags::Known { zf: !any, cf: all, of: false, sf: false, pf: false };
+                self.flags = Flags::Known { zf: !any, cf: Some(all), of: false, sf: false, pf: false };
                 Ok(())
             }
             Kmovw | Kmovb | Kmovd | Kmovq => self.kmov(),
