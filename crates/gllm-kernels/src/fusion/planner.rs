@@ -29,8 +29,18 @@ struct Planner<'s, 'g> {
     blocking: GemmBlocking,
     /// Position of each node in the topological order.
     pos: Vec<usize>,
-    group_of: Vec<Option<usize>>,
+    group_of: Vec<NodeState>,
     drafts: Vec<Draft>,
+}
+
+/// Where the planner has put a node so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeState {
+    Free,
+    /// Taken by an epilogue chain of the GEMM group being built (so another
+    /// member's chain cannot take it too); grouped when that group is added.
+    Claimed,
+    Grouped(usize),
 }
 
 pub(super) fn group(sem: &SemanticGraph, profile: &DeviceProfile) -> Vec<FusionGroup> {
@@ -43,7 +53,7 @@ pub(super) fn group(sem: &SemanticGraph, profile: &DeviceProfile) -> Vec<FusionG
         profile,
         blocking: profile.gemm_blocking(),
         pos,
-        group_of: vec![None; sem.nodes.len()],
+        group_of: vec![NodeState::Free; sem.nodes.len()],
         drafts: Vec::new(),
     };
     for &n in &sem.order {
@@ -71,7 +81,7 @@ pub(super) fn group(sem: &SemanticGraph, profile: &DeviceProfile) -> Vec<FusionG
 
 impl Planner<'_, '_> {
     fn free(&self, n: NodeId) -> bool {
-        self.group_of[n].is_none()
+        self.group_of[n] == NodeState::Free
     }
 
     fn name(&self, n: NodeId) -> String {
@@ -82,8 +92,8 @@ impl Planner<'_, '_> {
     fn add(&mut self, nodes: Vec<NodeId>, strategy: FusionStrategy, reasons: Vec<String>) {
         let id = self.drafts.len();
         for &n in &nodes {
-            debug_assert!(self.group_of[n].is_none(), "node {n} planned twice");
-            self.group_of[n] = Some(id);
+            debug_assert!(!matches!(self.group_of[n], NodeState::Grouped(_)), "node {n} planned twice");
+            self.group_of[n] = NodeState::Grouped(id);
         }
         let carried = carried_values(self.sem, &nodes, &strategy);
         self.drafts.push(Draft { nodes, strategy, reasons, carried });
@@ -262,16 +272,11 @@ impl Planner<'_, '_> {
                 &mut reasons,
             );
             for e in &epilogue {
-                self.group_of[e.node] = Some(usize::MAX); // claimed; fixed by add()
+                self.group_of[e.node] = NodeState::Claimed;
             }
             built.push(GemmMember { node: m, epilogue });
         }
         order_members(&mut built, sem);
-        for b in &built {
-            for e in &b.epilogue {
-                self.group_of[e.node] = None;
-            }
-        }
         let mut nodes = Vec::new();
         if let Some(RowProducer { node, placement: ProducerPlacement::TileLevelFusion { .. }, .. }) = producer
         {
@@ -392,7 +397,14 @@ impl Planner<'_, '_> {
     /// grouping ever create a cycle between groups.
     fn finish(mut self) -> Vec<FusionGroup> {
         let sem = self.sem;
-        let group_of: Vec<usize> = self.group_of.iter().map(|g| g.expect("every node is grouped")).collect();
+        let group_of: Vec<usize> = self
+            .group_of
+            .iter()
+            .map(|g| match g {
+                NodeState::Grouped(id) => *id,
+                other => unreachable!("every node is grouped by the end, not {other:?}"),
+            })
+            .collect();
         let order = match topo_groups(sem, &self.drafts, &group_of, &self.pos) {
             Some(order) => order,
             None => return self.fallback(),
