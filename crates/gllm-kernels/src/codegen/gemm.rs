@@ -1233,8 +1233,8 @@ pub fn gemm_group(
         }
         for (i, mbr) in members.iter().enumerate() {
             let n = mbr.b.n;
-            // SAFETY: this thread's rows of C_i lie in C_i and its extras.
             let c = OutC { ptr: outs[i].0 as *mut f32, ld: n };
+            // SAFETY: this thread's rows of C_i lie in C_i and its extras.
             unsafe { mbr.gemm.finish_edge_tiles(c, &extras[i], (m0, m1), (0, n)) };
         }
         Ok(())
