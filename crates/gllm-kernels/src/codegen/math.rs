@@ -266,9 +266,13 @@ pub fn tanh(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 4]) -> R 
     let [t0, t1, t2, t3] = t;
     let x = preserve(asm, d, x, t3)?;
     asm.and(t0, x, Src::Mem(pool.splat_bits(ABS)))?;
-    // |x| ≥ 0.625: 1 − 2/(exp(2|x|) + 1).
+    // |x| ≥ 0.625: 1 − 2/(exp(2|x|) + 1). t3 is free unless it holds x.
     asm.add(d, t0, Src::Reg(t0))?;
-    exp(asm, pool, d, d, &[t1, t2])?;
+    if x == t3 {
+        exp(asm, pool, d, d, &[t1, t2])?;
+    } else {
+        exp(asm, pool, d, d, &[t1, t2, t3])?;
+    }
     asm.add(d, d, Src::Mem(pool.splat(1.0)))?;
     asm.load(t1, Src::Mem(pool.splat(2.0)))?;
     asm.div(d, t1, Src::Reg(d))?;
@@ -294,7 +298,10 @@ pub fn sigmoid(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 4]) ->
     let x = preserve(asm, d, x, t3)?;
     asm.and(t0, x, Src::Mem(pool.splat_bits(ABS)))?;
     asm.xor(d, t0, Src::Mem(pool.splat_bits(SIGN)))?;
-    exp(asm, pool, d, d, &[t1, t2])?; // e^(−|x|) in (0, 1]
+    // e^(−|x|) in (0, 1], in the degree-6 form: the table form is 10 %
+    // faster here but its error pattern raises sigmoid's worst case from
+    // 2.78 to 3.53 ulp (exhaustive check), and this is the accurate sigmoid.
+    exp(asm, pool, d, d, &[t1, t2])?;
     asm.add(t1, d, Src::Mem(pool.splat(1.0)))?;
     asm.load(t2, Src::Mem(pool.splat(1.0)))?;
     asm.div(t2, t2, Src::Reg(t1))?; // 1/(1+t)
