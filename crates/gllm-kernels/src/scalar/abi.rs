@@ -98,16 +98,15 @@ pub trait ScalarFnPtr: Copy + Send + Sync + 'static {
 
 macro_rules! impl_scalar_fn_ptr {
     ($($a:ident),*) => {
+        // A safe function is an unsafe one with an empty contract.
         impl<R: AbiRet + 'static, $($a: AbiArg + 'static),*> ScalarFnPtr for extern "C" fn($($a),*) -> R {
             fn address(self) -> usize { self as usize }
-            fn params() -> Vec<AbiType> { vec![$($a::TYPE),*] }
+            fn params() -> Vec<AbiType> { <unsafe extern "C" fn($($a),*) -> R as ScalarFnPtr>::params() }
             fn returns() -> AbiReturn { R::RETURN }
-            #[allow(non_snake_case, unused_variables, unused_mut, unused_assignments)]
             unsafe fn call_with(self, args: &[AbiValue]) -> Option<Option<f32>> {
-                let mut it = args.iter();
-                $(let $a = $a::from_value(it.next()?)?;)*
-                if it.next().is_some() { return None; }
-                Some(self($($a),*).into_f32())
+                let f: unsafe extern "C" fn($($a),*) -> R = self;
+                // SAFETY: forwarded; a safe function has no contract of its own.
+                unsafe { f.call_with(args) }
             }
         }
         impl<R: AbiRet + 'static, $($a: AbiArg + 'static),*> ScalarFnPtr for unsafe extern "C" fn($($a),*) -> R {
