@@ -301,7 +301,7 @@ impl GemmKernel {
         unsafe {
             self.run(
                 RowsRef { data: a, ld: k },
-                BSource::RowMajor(RowsRef { data: b, ld: n }),
+                BSource::View(BView { rows: RowsRef { data: b, ld: n }, transposed: false }),
                 c,
                 (m, n, k),
                 &extras,
@@ -352,11 +352,11 @@ impl GemmKernel {
     /// Packs `b[k×n]` (row-major) once, for [`GemmKernel::gemm_prepacked`].
     pub fn pack_b(&self, b: &[f32], k: usize, n: usize) -> Result<PackedB, CodegenError> {
         check_len("B", b.len(), k * n)?;
-        Ok(self.pack_view(RowsRef { data: b, ld: n }, false, k, n))
+        Ok(self.pack_view(BView { rows: RowsRef { data: b, ld: n }, transposed: false }, k, n))
     }
 
-    /// Packs a k × n B given row by row, or as Bᵀ when `transposed`.
-    fn pack_view(&self, b: RowsRef, transposed: bool, k: usize, n: usize) -> PackedB {
+    /// Packs a k × n B given as a view, once, for [`BSource::Packed`].
+    fn pack_view(&self, b: BView, k: usize, n: usize) -> PackedB {
         let (kc, nr) = (self.blocking.kc, self.blocking.nr);
         let mut data = Vec::new();
         let mut block_offsets = Vec::new();
@@ -365,12 +365,7 @@ impl GemmKernel {
             block_offsets.push(data.len());
             let start = data.len();
             data.resize(start + n.div_ceil(nr) * nr * kb, 0.0);
-            let dst = &mut data[start..];
-            if transposed {
-                pack_line_panels(dst, b.data, b.ld, 0, n, pc, kb, nr);
-            } else {
-                pack_b_block(dst, b.data, b.ld, pc, kb, 0, n, nr);
-            }
+            b.pack_block(&mut data[start..], pc, kb, 0, n, nr);
         }
         PackedB { k, n, kc, nr, data, block_offsets }
     }
@@ -550,14 +545,9 @@ impl GemmKernel {
             for (bi, pc) in (0..k).step_by(bl.kc).enumerate() {
                 let kb = bl.kc.min(k - pc);
                 let b_panels: &[f32] = match b {
-                    BSource::RowMajor(bm) => {
+                    BSource::View(v) => {
                         b_pack.resize(nb.div_ceil(nr) * nr * kb, 0.0);
-                        pack_b_block(&mut b_pack, bm.data, bm.ld, pc, kb, jc, nb, nr);
-                        &b_pack
-                    }
-                    BSource::Transposed(bt) => {
-                        b_pack.resize(nb.div_ceil(nr) * nr * kb, 0.0);
-                        pack_line_panels(&mut b_pack, bt.data, bt.ld, jc, nb, pc, kb, nr);
+                        v.pack_block(&mut b_pack, pc, kb, jc, nb, nr);
                         &b_pack
                     }
                     BSource::Packed(p) => {
@@ -778,11 +768,29 @@ struct OutC {
     ld: usize,
 }
 
+/// B as it lies in memory: k × n row by row, or (`transposed`) Bᵀ, n × k
+/// row by row, so B[kk][col] = data[col·ld + kk] (attention's K).
+#[derive(Clone, Copy)]
+struct BView<'a> {
+    rows: RowsRef<'a>,
+    transposed: bool,
+}
+
+impl BView<'_> {
+    /// B rows `pc..pc+kb`, columns `jc..jc+nb` into NR-column panels.
+    fn pack_block(&self, dst: &mut [f32], pc: usize, kb: usize, jc: usize, nb: usize, nr: usize) {
+        let RowsRef { data, ld } = self.rows;
+        if self.transposed {
+            pack_line_panels(dst, data, ld, jc, nb, pc, kb, nr);
+        } else {
+            pack_b_block(dst, data, ld, pc, kb, jc, nb, nr);
+        }
+    }
+}
+
 enum BSource<'a> {
-    /// B (k × n) row by row.
-    RowMajor(RowsRef<'a>),
-    /// Bᵀ (n × k) row by row: B[kk][col] = data[col·ld + kk] (attention's K).
-    Transposed(RowsRef<'a>),
+    /// Packed block by block as the loops reach it.
+    View(BView<'a>),
     Packed(&'a PackedB),
 }
 
@@ -1462,19 +1470,15 @@ impl GemmKernel {
         }
         let c_addr = c.as_mut_ptr() as usize;
         // B element bi as rows (of Bᵀ when transposed).
-        let b_rows = |bi: usize| {
+        let b_view = |bi: usize| {
             let (rows, cols) = if p.transpose_b { (n, k) } else { (k, n) };
             let (off, ld) = view(p.b_layout, b_batch, bi, rows, cols);
-            RowsRef { data: from(b, off), ld }
-        };
-        let b_view = |bi: usize| match p.transpose_b {
-            true => BSource::Transposed(b_rows(bi)),
-            false => BSource::RowMajor(b_rows(bi)),
+            BView { rows: RowsRef { data: from(b, off), ld }, transposed: p.transpose_b }
         };
         // A B shared by several batch elements (grouped-query attention's K
         // and V) is packed once for all of them.
         let shared: Vec<PackedB> = if p.b_shared_by > 1 {
-            (0..b_batch).map(|bi| self.pack_view(b_rows(bi), p.transpose_b, k, n)).collect()
+            (0..b_batch).map(|bi| self.pack_view(b_view(bi), k, n)).collect()
         } else {
             Vec::new()
         };
@@ -1483,7 +1487,7 @@ impl GemmKernel {
             let bi = i / p.b_shared_by;
             let b_src = match shared.get(bi) {
                 Some(packed) => BSource::Packed(packed),
-                None => b_view(bi),
+                None => BSource::View(b_view(bi)),
             };
             let (c_off, ldc) = view(p.c_layout, batch, i, m, n);
             let ex: Vec<&[f32]> = extras
