@@ -46,3 +46,4 @@ pub fn interleaved_median_times(runs: usize, jobs: &mut [&mut dyn FnMut()]) -> V
     }
     times.into_iter().map(median).collect()
 }
+pub mod memory;
