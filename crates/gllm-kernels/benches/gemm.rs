@@ -43,6 +43,8 @@ fn fma_peak(isa: Isa) -> f64 {
 struct ReadProbe {
     code: ExecutableCode,
     buf: Vec<f32>,
+    /// The loop's step per stream: each stream's length is a multiple of it.
+    vector_bytes: usize,
 }
 
 impl ReadProbe {
@@ -71,12 +73,12 @@ impl ReadProbe {
         asm.vzeroupper().unwrap();
         asm.a.ret().unwrap();
         let code = ExecutableCode::new(&asm.a.assemble(0).unwrap()).unwrap();
-        ReadProbe { code, buf: vec![1.0f32; 48 << 20] }
+        ReadProbe { code, buf: vec![1.0f32; 48 << 20], vector_bytes: vb as usize }
     }
 
     /// Reads the whole buffer once, split over `threads` threads.
     fn run(&self, threads: usize) {
-        let vb = 64;
+        let vb = self.vector_bytes;
         let f: extern "C" fn(*const f32, usize) = unsafe { std::mem::transmute(self.code.entry()) };
         std::thread::scope(|sc| {
             for part in self.buf.chunks(self.buf.len() / threads) {
