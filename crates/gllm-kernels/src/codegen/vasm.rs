@@ -445,10 +445,7 @@ impl VecAsm {
                 self.a.mov(scratch, count)?;
                 self.a.neg(scratch)?;
                 self.a.add(scratch, 8)?;
-                self.load(
-                    m,
-                    Src::Mem(Mem { base: tbl.base, index: Some(scratch), disp: tbl.disp, splat: false }),
-                )
+                self.load(m, Src::Mem(Mem { index: Some(scratch), ..tbl }))
             }
         }
     }
