@@ -127,6 +127,16 @@ impl GemmEpilogue {
         Ok((epilogue, extras))
     }
 
+    /// The composed body: `Input(0)` is the GEMM result, `Input(i)` extra `i`.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// The consumers' scalar arguments, in `Param` order.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
     /// Extra operands the epilogue reads, in order.
     pub fn num_extras(&self) -> usize {
         self.extras
@@ -191,6 +201,11 @@ impl PackedB {
 
     pub fn n(&self) -> usize {
         self.n
+    }
+
+    /// Bytes of packed panels (with their zero padding).
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() * 4
     }
 }
 

@@ -7,7 +7,7 @@
 //! computes comes from its trace.
 
 use super::compose::append_consumer;
-use super::loops::{LoopKernel, LoopProgram};
+use super::loops::{LoopKernel, LoopProgram, RawSlice};
 use super::CodegenError;
 use crate::device::DeviceProfile;
 use crate::fusion::{FusionGroup, FusionStrategy};
@@ -159,6 +159,11 @@ impl CompiledGroup {
         self.output
     }
 
+    /// Threads the plan gave this group.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     pub fn kernel(&self) -> &LoopKernel {
         &self.kernel
     }
@@ -176,22 +181,43 @@ impl CompiledGroup {
         output: &mut [f32],
         threads: usize,
     ) -> Result<(), CodegenError> {
+        let ins: Vec<RawSlice> = inputs.iter().map(|i| RawSlice::of(i)).collect();
+        // SAFETY: slices are valid for their lengths and the output, a
+        // `&mut`, overlaps no input.
+        unsafe { self.run_raw(&ins, RawSlice::of_mut(output), threads) }
+    }
+
+    /// [`CompiledGroup::run`] on raw regions: the output may be one of the
+    /// inputs (the scratchpad plan computes elementwise groups in place).
+    ///
+    /// # Safety
+    /// As [`LoopKernel::run_raw`]: regions valid for their lengths; the
+    /// output coincides exactly with an input or overlaps none.
+    pub unsafe fn run_raw(
+        &self,
+        inputs: &[RawSlice],
+        output: RawSlice,
+        threads: usize,
+    ) -> Result<(), CodegenError> {
         match self.shape {
-            Shape::Rows { rows, row_len } => self.kernel.run(inputs, &mut [output], rows, row_len, threads),
+            // SAFETY: forwarded (the caller's contract is the kernel's).
+            Shape::Rows { rows, row_len } => unsafe {
+                self.kernel.run_raw(inputs, &[output], rows, row_len, threads)
+            },
             Shape::RotaryHalves { tokens, heads, head_dim } => {
                 let half = head_dim / 2;
                 let (x, tables) =
                     inputs.split_first().ok_or_else(|| CodegenError::BadArguments("no inputs".into()))?;
                 let width = heads * head_dim;
-                if x.len() != tokens * width || output.len() != tokens * width {
+                if x.len != tokens * width || output.len != tokens * width {
                     return Err(CodegenError::BadArguments(format!(
                         "RoPE input/output must have {} elements, got {} and {}",
                         tokens * width,
-                        x.len(),
-                        output.len()
+                        x.len,
+                        output.len
                     )));
                 }
-                if tables.iter().any(|t| t.len() != tokens * half) {
+                if tables.iter().any(|t| t.len != tokens * half) {
                     return Err(CodegenError::BadArguments(format!(
                         "RoPE tables must have {} elements",
                         tokens * half
@@ -200,18 +226,22 @@ impl CompiledGroup {
                 // Per token: rows = heads, the halves of x at stride head_dim,
                 // the token's table row broadcast over its heads.
                 for t in 0..tokens {
-                    self.rope_token(x, tables, output, t, heads, head_dim);
+                    // SAFETY: bounds checked above; the caller's contract covers aliasing.
+                    unsafe { self.rope_token(x.addr, tables, output.addr, t, heads, head_dim) };
                 }
                 Ok(())
             }
         }
     }
 
-    fn rope_token(
+    /// # Safety
+    /// `x` and `out` hold `tokens × heads × head_dim` f32, each table
+    /// `tokens × head_dim / 2`; `out` is `x` or overlaps nothing.
+    unsafe fn rope_token(
         &self,
-        x: &[f32],
-        tables: &[&[f32]],
-        out: &mut [f32],
+        x: usize,
+        tables: &[RawSlice],
+        out: usize,
         t: usize,
         heads: usize,
         head_dim: usize,
@@ -219,6 +249,7 @@ impl CompiledGroup {
         use super::loops::{KernelArgs, MAX_STREAMS};
         let half = head_dim / 2;
         let base = t * heads * head_dim;
+        let at = |addr: usize, elem: usize| (addr + elem * 4) as *mut f32;
         let mut args = KernelArgs {
             ptrs: [std::ptr::null_mut(); MAX_STREAMS],
             strides: [0; MAX_STREAMS],
@@ -227,22 +258,22 @@ impl CompiledGroup {
             pool: std::ptr::null(),
         };
         let stride = (head_dim * 4) as isize;
-        args.ptrs[0] = x[base..].as_ptr() as *mut f32;
-        args.ptrs[1] = x[base + half..].as_ptr() as *mut f32;
+        args.ptrs[0] = at(x, base);
+        args.ptrs[1] = at(x, base + half);
         args.strides[0] = stride;
         args.strides[1] = stride;
         for (i, tab) in tables.iter().enumerate() {
-            args.ptrs[2 + i] = tab[t * half..].as_ptr() as *mut f32;
+            args.ptrs[2 + i] = at(tab.addr, t * half);
         }
         let ni = 2 + tables.len();
-        args.ptrs[ni] = out[base..].as_mut_ptr();
-        args.ptrs[ni + 1] = out[base + half..].as_mut_ptr();
+        args.ptrs[ni] = at(out, base);
+        args.ptrs[ni + 1] = at(out, base + half);
         args.strides[ni] = stride;
         args.strides[ni + 1] = stride;
-        // SAFETY: bounds checked by `run`: token t's heads span
-        // [base, base + heads·head_dim) of x and out, its tables' row has
-        // `half` elements; each output element is written once, after its
-        // two inputs are read (in place is allowed).
+        // SAFETY: token t's heads span [base, base + heads·head_dim) of x
+        // and out, its tables' row has `half` elements (the caller checked
+        // the lengths); each output element is written once, after its two
+        // inputs are read (in place is allowed).
         unsafe { self.kernel.call(args) };
     }
 }

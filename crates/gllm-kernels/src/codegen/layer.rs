@@ -2,22 +2,26 @@
 //! compiled group by group, with weights prepared once and a `run` that
 //! executes the groups in plan order.
 //!
-//! This is the entry point the front end calls. Intermediates live in one
-//! buffer per tensor for now; placing them in the plan's scratchpad arena is
-//! the next step.
+//! This is the entry point the front end calls. Weights are prepared once
+//! and keyed by name, so one [`PreparedWeights`] serves every compiled
+//! instance of the same graph (e.g. compiled for different token counts),
+//! and one compiled graph serves every layer with that layer's weights.
+//! Intermediates live in the plan's scratchpad arena, held by a
+//! [`LayerWorkspace`] that is allocated once and reused run after run.
 
 use super::gemm::{CompiledGemmGroup, PackedB};
 use super::group::CompiledGroup;
+use super::loops::RawSlice;
 use super::CodegenError;
 use crate::device::DeviceProfile;
-use crate::fusion::{self, FusionPlan, FusionStrategy};
+use crate::fusion::{self, BufferPurpose, FusionOptions, FusionPlan, FusionStrategy};
 use crate::graph::{CompilerGraph, SemanticGraph, TensorId, TensorRef};
 use crate::scalar::ScalarOpRegistry;
-use std::borrow::Cow;
+use std::collections::HashMap;
 
 enum Unit {
     Loop(CompiledGroup),
-    Gemm { group: CompiledGemmGroup, weights: Vec<TensorId> },
+    Gemm { group: CompiledGemmGroup, weights: Vec<String> },
 }
 
 /// A compiled graph: its plan and one compiled unit per group.
@@ -33,12 +37,52 @@ pub struct CompiledLayer {
     plain_weights: Vec<(TensorId, String)>,
     /// Weight tensors packed for a GEMM: (tensor, name, k, n, unit).
     packed_weights: Vec<(TensorId, String, usize, usize, usize)>,
+    /// Per tensor: its offset in the scratchpad arena, in f32 elements.
+    arena_offset: Vec<Option<usize>>,
+    /// Arena size in f32 elements.
+    arena_len: usize,
 }
 
-/// Weights made ready for one [`CompiledLayer`]: GEMM operands packed once.
+/// Weights made ready for a compiled graph: GEMM operands packed once, the
+/// others copied; keyed by weight name so that every graph compiled from the
+/// same weights for the same device can use them.
+#[derive(Debug, Default)]
 pub struct PreparedWeights {
-    plain: Vec<(TensorId, Vec<f32>)>,
-    packed: Vec<(TensorId, PackedB)>,
+    plain: HashMap<String, Vec<f32>>,
+    packed: HashMap<String, PackedB>,
+}
+
+impl PreparedWeights {
+    /// Bytes held (packed panels include their zero padding).
+    pub fn size_bytes(&self) -> usize {
+        let plain: usize = self.plain.values().map(|v| v.len() * 4).sum();
+        let packed: usize = self.packed.values().map(|p| p.size_bytes()).sum();
+        plain + packed
+    }
+}
+
+/// Memory for one run of a [`CompiledLayer`]: the plan's scratchpad arena,
+/// aligned to 64 bytes. Reused across runs (and across layers compiled from
+/// the same graph); grown when a larger graph uses it.
+#[derive(Debug, Default)]
+pub struct LayerWorkspace {
+    buf: Vec<f32>,
+}
+
+impl LayerWorkspace {
+    pub fn new() -> LayerWorkspace {
+        LayerWorkspace::default()
+    }
+
+    /// `len` f32 starting at a 64-byte boundary.
+    fn arena(&mut self, len: usize) -> RawSlice {
+        const ALIGN_F32: usize = fusion::BUFFER_ALIGN / 4;
+        if self.buf.len() < len + ALIGN_F32 {
+            self.buf = vec![0.0; len + ALIGN_F32];
+        }
+        let skip = self.buf.as_ptr().align_offset(fusion::BUFFER_ALIGN).min(ALIGN_F32);
+        RawSlice { addr: self.buf[skip..].as_mut_ptr() as usize, len }
+    }
 }
 
 /// Validates, analyses, plans and compiles `graph` for `profile`.
@@ -47,8 +91,18 @@ pub fn compile_graph(
     profile: &DeviceProfile,
     registry: &ScalarOpRegistry,
 ) -> Result<CompiledLayer, CodegenError> {
+    compile_graph_with(graph, profile, registry, FusionOptions::default())
+}
+
+/// [`compile_graph`] with explicit fusion options (e.g. everything unfused).
+pub fn compile_graph_with(
+    graph: &CompilerGraph,
+    profile: &DeviceProfile,
+    registry: &ScalarOpRegistry,
+    options: FusionOptions,
+) -> Result<CompiledLayer, CodegenError> {
     let sem = graph.analyse(registry)?;
-    let plan = fusion::plan(&sem, profile);
+    let plan = fusion::plan_with(&sem, profile, options);
     CompiledLayer::from_plan(&sem, plan, profile)
 }
 
@@ -76,7 +130,7 @@ impl CompiledLayer {
                             };
                             let shape = &sem.tensors[w].desc.shape;
                             packed_weights.push((w, name.clone(), shape[0], shape[1], units.len()));
-                            weights.push(w);
+                            weights.push(name.clone());
                         }
                     }
                     Unit::Gemm { group: cg, weights }
@@ -110,6 +164,13 @@ impl CompiledLayer {
             .iter()
             .map(|r| sem.tensors.iter().position(|t| &t.source == r).expect("outputs are tensors"))
             .collect();
+        let mut arena_offset = vec![None; sem.tensors.len()];
+        for a in &plan.buffers.allocations {
+            if let BufferPurpose::Tensor(t) = a.purpose {
+                arena_offset[t] = Some(a.offset / 4);
+            }
+        }
+        let arena_len = plan.buffers.scratchpad_bytes.div_ceil(4);
         Ok(CompiledLayer {
             plan,
             units,
@@ -119,6 +180,8 @@ impl CompiledLayer {
             graph_outputs,
             plain_weights,
             packed_weights,
+            arena_offset,
+            arena_len,
         })
     }
 
@@ -127,12 +190,29 @@ impl CompiledLayer {
         &self.plan
     }
 
+    /// Element counts of the graph's outputs, in order.
+    pub fn output_lens(&self) -> Vec<usize> {
+        self.graph_outputs.iter().map(|&t| self.numel[t]).collect()
+    }
+
     /// Packs every GEMM weight once and copies the others; `weight` returns
     /// a weight's data by name (row-major, the shape the graph declared).
     pub fn prepare_weights<'w>(
         &self,
         weight: &dyn Fn(&str) -> Option<&'w [f32]>,
     ) -> Result<PreparedWeights, CodegenError> {
+        let mut prepared = PreparedWeights::default();
+        self.prepare_more(&mut prepared, weight)?;
+        Ok(prepared)
+    }
+
+    /// Adds to `prepared` the weights this graph needs that it does not hold
+    /// yet (several graphs can share one set: e.g. the parts of a layer).
+    pub fn prepare_more<'w>(
+        &self,
+        prepared: &mut PreparedWeights,
+        weight: &dyn Fn(&str) -> Option<&'w [f32]>,
+    ) -> Result<(), CodegenError> {
         let get = |name: &str, id: TensorId| -> Result<&'w [f32], CodegenError> {
             let data = weight(name)
                 .ok_or_else(|| CodegenError::BadArguments(format!("weight `{name}` is missing")))?;
@@ -145,24 +225,43 @@ impl CompiledLayer {
             }
             Ok(data)
         };
-        let mut plain = Vec::new();
         for (id, name) in &self.plain_weights {
-            plain.push((*id, get(name, *id)?.to_vec()));
+            if !prepared.plain.contains_key(name) {
+                prepared.plain.insert(name.clone(), get(name, *id)?.to_vec());
+            }
         }
-        let mut packed = Vec::new();
         for (id, name, k, n, unit) in &self.packed_weights {
+            if prepared.packed.contains_key(name) {
+                continue;
+            }
             let Unit::Gemm { group, .. } = &self.units[*unit] else {
                 unreachable!("packed weights belong to GEMM units")
             };
             let kernel = group.member_kernel(0).expect("GEMM groups have members");
-            packed.push((*id, kernel.pack_b(get(name, *id)?, *k, *n)?));
+            prepared.packed.insert(name.clone(), kernel.pack_b(get(name, *id)?, *k, *n)?);
         }
-        Ok(PreparedWeights { plain, packed })
+        Ok(())
     }
 
     /// Runs every group in plan order on `inputs` (the graph's inputs, in
     /// order) and returns the graph's outputs.
     pub fn run(&self, weights: &PreparedWeights, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, CodegenError> {
+        let mut outputs: Vec<Vec<f32>> = self.output_lens().into_iter().map(|n| vec![0.0; n]).collect();
+        let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        self.run_into(weights, inputs, &mut outs, &mut LayerWorkspace::new())?;
+        Ok(outputs)
+    }
+
+    /// Runs every group in plan order, writing the graph's outputs into
+    /// `outputs` and every intermediate into `workspace`'s arena: no
+    /// allocation once the workspace has grown to this graph's arena.
+    pub fn run_into(
+        &self,
+        weights: &PreparedWeights,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        workspace: &mut LayerWorkspace,
+    ) -> Result<(), CodegenError> {
         if inputs.len() != self.graph_inputs.len() {
             return Err(CodegenError::BadArguments(format!(
                 "the graph takes {} inputs, {} given",
@@ -170,8 +269,16 @@ impl CompiledLayer {
                 inputs.len()
             )));
         }
-        // Inputs and weights are borrowed; only what the groups compute is owned.
-        let mut store: Vec<Option<Cow<[f32]>>> = vec![None; self.numel.len()];
+        if outputs.len() != self.graph_outputs.len() {
+            return Err(CodegenError::BadArguments(format!(
+                "the graph has {} outputs, {} given",
+                self.graph_outputs.len(),
+                outputs.len()
+            )));
+        }
+        // Where every tensor is: borrowed inputs and weights, the caller's
+        // outputs, the arena for intermediates.
+        let mut at: Vec<Option<RawSlice>> = vec![None; self.numel.len()];
         for (&id, data) in self.graph_inputs.iter().zip(inputs) {
             if data.len() != self.numel[id] {
                 return Err(CodegenError::BadArguments(format!(
@@ -181,56 +288,88 @@ impl CompiledLayer {
                     self.numel[id]
                 )));
             }
-            store[id] = Some(Cow::Borrowed(data));
+            at[id] = Some(RawSlice::of(data));
         }
-        for (id, data) in &weights.plain {
-            store[*id] = Some(Cow::Borrowed(data));
+        for (id, name) in &self.plain_weights {
+            let w = weights.plain.get(name).ok_or_else(|| not_prepared(name))?;
+            if w.len() != self.numel[*id] {
+                return Err(CodegenError::BadArguments(format!(
+                    "prepared weight `{name}` has {} elements, the graph declares {}",
+                    w.len(),
+                    self.numel[*id]
+                )));
+            }
+            at[*id] = Some(RawSlice::of(w));
         }
+        for (&id, out) in self.graph_outputs.iter().zip(outputs.iter_mut()) {
+            if out.len() != self.numel[id] {
+                return Err(CodegenError::BadArguments(format!(
+                    "output {} has {} elements, the graph declares {}",
+                    self.sources[id],
+                    out.len(),
+                    self.numel[id]
+                )));
+            }
+            at[id] = Some(RawSlice::of_mut(out));
+        }
+        let arena = workspace.arena(self.arena_len);
+        for (id, off) in self.arena_offset.iter().enumerate() {
+            if let Some(off) = off {
+                at[id] = Some(RawSlice { addr: arena.addr + off * 4, len: self.numel[id] });
+            }
+        }
+        let region = |t: TensorId| {
+            at[t].ok_or_else(|| CodegenError::BadArguments(format!("tensor {t} has no memory in the plan")))
+        };
         for unit in &self.units {
             match unit {
                 Unit::Loop(cg) => {
-                    let ins: Vec<&[f32]> =
-                        cg.inputs().iter().map(|&t| tensor(&store, t)).collect::<Result<_, _>>()?;
-                    let mut out = vec![0.0f32; self.numel[cg.output()]];
-                    cg.run(&ins, &mut out)?;
-                    store[cg.output()] = Some(Cow::Owned(out));
+                    let ins: Vec<RawSlice> = cg.inputs().iter().map(|&t| region(t)).collect::<Result<_, _>>()?;
+                    // SAFETY: every region is an input, a weight, a caller's
+                    // output or an arena buffer of its tensor's size; the
+                    // scratchpad plan gives tensors live at the same time
+                    // disjoint memory, except an elementwise group's output
+                    // that overwrites a dying input of the same size exactly.
+                    unsafe { cg.run_raw(&ins, region(cg.output())?, cg.threads())? };
                 }
-                Unit::Gemm { group, weights: ids } => {
-                    let packed: Vec<&PackedB> = ids
+                Unit::Gemm { group, weights: names } => {
+                    let packed: Vec<&PackedB> = names
                         .iter()
-                        .map(|id| {
-                            weights.packed.iter().find(|(w, _)| w == id).map(|(_, p)| p).ok_or_else(|| {
-                                CodegenError::BadArguments("weights were prepared for another layer".into())
-                            })
-                        })
+                        .map(|n| weights.packed.get(n).ok_or_else(|| not_prepared(n)))
                         .collect::<Result<_, _>>()?;
-                    let mut bufs: Vec<Vec<f32>> =
-                        group.outputs().iter().map(|&t| vec![0.0; self.numel[t]]).collect();
-                    {
-                        // Check first: the lookup below cannot report errors.
-                        // (Packed weights and the group's own results are not in the store.)
-                        let own = group.outputs();
-                        for t in group.inputs() {
-                            if !ids.contains(&t) && !own.contains(&t) {
-                                tensor(&store, t)?;
-                            }
+                    let own = group.outputs();
+                    for t in group.inputs() {
+                        if !own.contains(&t) && (group.is_batched() || !self.is_packed(t)) {
+                            region(t)?;
                         }
-                        let mut outs: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-                        let lookup = |t: TensorId| store[t].as_deref().unwrap_or(&[]);
-                        group.run(&lookup, &packed, &mut outs)?;
                     }
-                    for (t, b) in group.outputs().into_iter().zip(bufs) {
-                        store[t] = Some(Cow::Owned(b));
-                    }
+                    let out_regions: Vec<RawSlice> = own.iter().map(|&t| region(t)).collect::<Result<_, _>>()?;
+                    // SAFETY: as above; a GEMM group's outputs are live at the
+                    // same time as its inputs, so the plan gave them memory
+                    // apart from every input, and from each other.
+                    let mut outs: Vec<&mut [f32]> = out_regions
+                        .iter()
+                        .map(|r| unsafe { std::slice::from_raw_parts_mut(r.addr as *mut f32, r.len) })
+                        .collect();
+                    let lookup = |t: TensorId| -> &[f32] {
+                        match at[t] {
+                            // SAFETY: see above; inputs are only read.
+                            Some(r) => unsafe { std::slice::from_raw_parts(r.addr as *const f32, r.len) },
+                            None => &[],
+                        }
+                    };
+                    group.run(&lookup, &packed, &mut outs)?;
                 }
             }
         }
-        self.graph_outputs.iter().map(|&t| tensor(&store, t).map(<[f32]>::to_vec)).collect()
+        Ok(())
+    }
+
+    fn is_packed(&self, t: TensorId) -> bool {
+        self.packed_weights.iter().any(|w| w.0 == t)
     }
 }
 
-fn tensor<'s>(store: &'s [Option<Cow<[f32]>>], t: TensorId) -> Result<&'s [f32], CodegenError> {
-    store[t]
-        .as_deref()
-        .ok_or_else(|| CodegenError::BadArguments(format!("tensor {t} is read before it is computed")))
+fn not_prepared(name: &str) -> CodegenError {
+    CodegenError::BadArguments(format!("weight `{name}` was not prepared for this graph"))
 }

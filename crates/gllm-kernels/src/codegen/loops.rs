@@ -298,6 +298,25 @@ fn fold_depth(body: &Body, v: ValueId) -> Option<u8> {
 /// Tail inputs loaded into registers, and the registers left over.
 type TailLoads = (Vec<(u8, V)>, Vec<V>);
 
+/// A region of f32 values given by address and length: how callers that
+/// manage their own memory (a scratchpad arena) hand tensors to kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawSlice {
+    pub addr: usize,
+    /// Elements, not bytes.
+    pub len: usize,
+}
+
+impl RawSlice {
+    pub fn of(s: &[f32]) -> RawSlice {
+        RawSlice { addr: s.as_ptr() as usize, len: s.len() }
+    }
+
+    pub fn of_mut(s: &mut [f32]) -> RawSlice {
+        RawSlice { addr: s.as_mut_ptr() as usize, len: s.len() }
+    }
+}
+
 /// A compiled loop kernel.
 #[derive(Debug)]
 pub struct LoopKernel {
@@ -435,6 +454,28 @@ impl LoopKernel {
         row_len: usize,
         threads: usize,
     ) -> Result<(), CodegenError> {
+        let ins: Vec<RawSlice> = inputs.iter().map(|i| RawSlice::of(i)).collect();
+        let outs: Vec<RawSlice> = outputs.iter_mut().map(|o| RawSlice::of_mut(o)).collect();
+        // SAFETY: the slices are valid for their lengths, and the borrow
+        // checker keeps every output apart from every input.
+        unsafe { self.run_raw(&ins, &outs, rows, row_len, threads) }
+    }
+
+    /// [`LoopKernel::run`] on raw regions, for callers whose output may be
+    /// one of the inputs (an elementwise group computed in place).
+    ///
+    /// # Safety
+    /// Every region must be valid for reads (inputs) or writes (outputs) of
+    /// its length; an output may coincide exactly with an input of the same
+    /// length, and must not otherwise overlap any input or output.
+    pub unsafe fn run_raw(
+        &self,
+        inputs: &[RawSlice],
+        outputs: &[RawSlice],
+        rows: usize,
+        row_len: usize,
+        threads: usize,
+    ) -> Result<(), CodegenError> {
         if inputs.len() != self.num_inputs || outputs.len() != self.num_outputs {
             return Err(CodegenError::BadArguments(format!(
                 "kernel takes {} inputs and {} outputs, got {} and {}",
@@ -447,24 +488,24 @@ impl LoopKernel {
         let full = rows * row_len;
         let mut strides = [0isize; MAX_STREAMS];
         for (k, i) in inputs.iter().enumerate() {
-            strides[k] = if i.len() == full {
+            strides[k] = if i.len == full {
                 (row_len * 4) as isize
-            } else if i.len() == row_len {
+            } else if i.len == row_len {
                 0
             } else {
                 return Err(CodegenError::BadArguments(format!(
                     "input {k} has {} elements; expected {full} ({rows} rows × {row_len}) or one row of {row_len}",
-                    i.len()
+                    i.len
                 )));
             };
         }
         let out_len = if self.per_row_output { rows } else { full };
         let out_stride = if self.per_row_output { 4 } else { (row_len * 4) as isize };
         for (j, o) in outputs.iter().enumerate() {
-            if o.len() != out_len {
+            if o.len != out_len {
                 return Err(CodegenError::BadArguments(format!(
                     "output {j} has {} elements, expected {out_len}",
-                    o.len()
+                    o.len
                 )));
             }
             strides[self.num_inputs + j] = out_stride;
@@ -475,10 +516,10 @@ impl LoopKernel {
         // Base pointers as integers so the closure is Send.
         let mut base = [0usize; MAX_STREAMS];
         for (k, i) in inputs.iter().enumerate() {
-            base[k] = i.as_ptr() as usize;
+            base[k] = i.addr;
         }
-        for (j, o) in outputs.iter_mut().enumerate() {
-            base[self.num_inputs + j] = o.as_mut_ptr() as usize;
+        for (j, o) in outputs.iter().enumerate() {
+            base[self.num_inputs + j] = o.addr;
         }
         let streams = self.num_inputs + self.num_outputs;
         let lanes = self.isa.f32_lanes();

@@ -8,6 +8,7 @@
 //! generator; for now it holds the one kernel that proves the
 //! assemble → seal → call path end to end on both ISAs.
 
+pub mod attention;
 pub mod compose;
 pub mod gemm;
 pub mod group;

@@ -26,7 +26,7 @@ pub mod parallel;
 mod planner;
 pub mod pressure;
 
-pub use buffers::{BufferAlloc, BufferPlan, BufferPurpose};
+pub use buffers::{BufferAlloc, BufferPlan, BufferPurpose, BUFFER_ALIGN};
 pub use parallel::ParallelStrategy;
 
 use crate::device::{DeviceProfile, GemmBlocking, Isa};
@@ -187,9 +187,29 @@ pub fn fuse_with(
     Ok(plan(&sem, profile))
 }
 
+/// What the planner may do. The default fuses everything the rules allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FusionOptions {
+    /// When false every node is its own group (GEMMs without epilogues or
+    /// fused producers): the unfused baseline that fused plans are checked
+    /// and measured against.
+    pub fuse: bool,
+}
+
+impl Default for FusionOptions {
+    fn default() -> Self {
+        FusionOptions { fuse: true }
+    }
+}
+
 /// Plans an already analysed graph.
 pub fn plan(sem: &SemanticGraph, profile: &DeviceProfile) -> FusionPlan {
-    let groups = planner::group(sem, profile);
+    plan_with(sem, profile, FusionOptions::default())
+}
+
+/// [`plan`] with explicit [`FusionOptions`].
+pub fn plan_with(sem: &SemanticGraph, profile: &DeviceProfile, options: FusionOptions) -> FusionPlan {
+    let groups = planner::group(sem, profile, options);
     let buffers = buffers::plan_buffers(sem, &groups);
     FusionPlan {
         profile: match &profile.source {

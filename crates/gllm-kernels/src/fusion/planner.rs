@@ -31,6 +31,8 @@ struct Planner<'s, 'g> {
     pos: Vec<usize>,
     group_of: Vec<NodeState>,
     drafts: Vec<Draft>,
+    /// False: one group per node (see [`super::FusionOptions`]).
+    fuse: bool,
 }
 
 /// Where the planner has put a node so far.
@@ -43,7 +45,7 @@ enum NodeState {
     Grouped(usize),
 }
 
-pub(super) fn group(sem: &SemanticGraph, profile: &DeviceProfile) -> Vec<FusionGroup> {
+pub(super) fn group(sem: &SemanticGraph, profile: &DeviceProfile, options: super::FusionOptions) -> Vec<FusionGroup> {
     let mut pos = vec![0; sem.nodes.len()];
     for (i, &n) in sem.order.iter().enumerate() {
         pos[n] = i;
@@ -55,11 +57,20 @@ pub(super) fn group(sem: &SemanticGraph, profile: &DeviceProfile) -> Vec<FusionG
         pos,
         group_of: vec![NodeState::Free; sem.nodes.len()],
         drafts: Vec::new(),
+        fuse: options.fuse,
     };
     for &n in &sem.order {
         if p.free(n) && sem.nodes[n].class == OpClass::Gemm {
             p.gemm_group(n);
         }
+    }
+    if !options.fuse {
+        for &n in &sem.order {
+            if p.free(n) {
+                p.add(vec![n], FusionStrategy::Standalone, vec!["fusion disabled (--no-fusion)".into()]);
+            }
+        }
+        return p.finish();
     }
     for &n in &sem.order {
         if p.free(n) && sem.nodes[n].trace.pattern == ComputePattern::NormLike {
@@ -246,7 +257,7 @@ impl Planner<'_, '_> {
 
     fn gemm_group(&mut self, n: NodeId) {
         let sem = self.sem;
-        let members = self.shared_members(n);
+        let members = if self.fuse { self.shared_members(n) } else { vec![n] };
         let params = *sem.node(n).op.matmul_params().expect("GEMM nodes carry MatMul params");
         let a = sem.nodes[n].inputs[0];
         let mut reasons = Vec::new();
@@ -254,7 +265,7 @@ impl Planner<'_, '_> {
             let names: Vec<String> = members.iter().map(|&m| self.name(m)).collect();
             reasons.push(format!("{} share input A: packed once", names.join(", ")));
         }
-        let producer = self.row_producer(a, &members, &params, &mut reasons);
+        let producer = if self.fuse { self.row_producer(a, &members, &params, &mut reasons) } else { None };
         let anchor = match producer {
             Some(RowProducer { node, placement: ProducerPlacement::TileLevelFusion { .. }, .. }) => node,
             _ => members[0],
@@ -264,6 +275,10 @@ impl Planner<'_, '_> {
         // Members' raw outputs may feed another member's epilogue (gate·up).
         let mut built: Vec<GemmMember> = Vec::new();
         for &m in &members {
+            if !self.fuse {
+                built.push(GemmMember { node: m, epilogue: Vec::new() });
+                continue;
+            }
             let epilogue = self.epilogue_chain(
                 sem.nodes[m].outputs[0],
                 anchor,

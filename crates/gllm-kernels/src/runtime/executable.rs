@@ -1,5 +1,18 @@
 use memmap2::{Mmap, MmapMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
+
+/// Pieces of machine code sealed executable by this process so far.
+static SEALED: AtomicU64 = AtomicU64::new(0);
+
+/// How many pieces of machine code this process has generated and sealed.
+///
+/// Every JIT compilation ends in [`ExecutableCode::new`], so a caller that
+/// reads this before and after some work knows whether the work compiled
+/// anything (e.g. that decoding a token reused the kernels of the first one).
+pub fn compiled_code_count() -> u64 {
+    SEALED.load(Ordering::Relaxed)
+}
 
 /// Why generated code could not be made executable.
 #[derive(Debug, Error)]
@@ -35,6 +48,7 @@ impl ExecutableCode {
         // mprotect(PROT_READ | PROT_EXEC): the write permission is dropped in
         // the same call that grants execute, so no W+X window exists.
         let pages = rw.make_exec().map_err(RuntimeError::Seal)?;
+        SEALED.fetch_add(1, Ordering::Relaxed);
         Ok(ExecutableCode { pages, len: code.len() })
     }
 

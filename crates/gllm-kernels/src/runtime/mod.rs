@@ -12,4 +12,4 @@
 pub mod dispatch;
 mod executable;
 
-pub use executable::{ExecutableCode, RuntimeError};
+pub use executable::{compiled_code_count, ExecutableCode, RuntimeError};

@@ -1,0 +1,191 @@
+//! Causal attention over a key/value cache whose length is a run-time value.
+//!
+//! ```text
+//!   Q [seq, heads·d] ─┐
+//!   K cache [ctx, kv_heads·d] ──[batched QKᵀ, epilogue: ·scale + mask]──> S [heads, seq, ctx]
+//!                                     ──[softmax rows, in place]──> P
+//!   V cache [ctx, kv_heads·d] ──[batched P·V]──> O [seq, heads·d]
+//! ```
+//!
+//! A decoder's attention is the one part of a layer whose shape changes with
+//! every generated token (the context grows by one). The rest of the layer is
+//! compiled per token count and cached; this kernel is compiled once per head
+//! layout and takes the query count and the context length at run time, so
+//! decoding never compiles. It is built from the same pieces as the graph's
+//! attention nodes — the batched GEMM and the traces of the registry's
+//! `scale`, `add` and `softmax` functions — and is checked against the scalar
+//! evaluation of those nodes.
+
+use super::gemm::{GemmEpilogue, GemmKernel};
+use super::loops::{LoopKernel, LoopProgram, RawSlice};
+use super::CodegenError;
+use crate::device::DeviceProfile;
+use crate::graph::{BatchLayout, MatMulParams};
+use crate::scalar::{OpKind, ScalarOpRegistry};
+
+/// Value the causal mask adds to a score a query must not see (the same the
+/// graph's mask input uses: finite, so `x − max` stays finite).
+pub const MASKED: f32 = -1e9;
+
+/// The head layout of one attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionShape {
+    pub heads: usize,
+    /// Key/value heads; `heads / kv_heads` query heads share one (GQA).
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// Memory one attention call uses besides its operands, reused across calls.
+#[derive(Debug, Default)]
+pub struct AttentionScratch {
+    mask: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// Compiled causal attention; see the module docs.
+#[derive(Debug)]
+pub struct CausalAttention {
+    shape: AttentionShape,
+    scale: f32,
+    /// QKᵀ with `·scale + mask` applied to the accumulators.
+    scores: GemmKernel,
+    /// Set when the profile's microkernel had no registers for that
+    /// epilogue: then the scale and mask run as a loop kernel.
+    scale_mask: Option<LoopKernel>,
+    softmax: LoopKernel,
+    pv: GemmKernel,
+}
+
+impl CausalAttention {
+    /// Compiles for `shape` with scores scaled by 1/√head_dim.
+    pub fn compile(
+        shape: AttentionShape,
+        registry: &ScalarOpRegistry,
+        profile: &DeviceProfile,
+    ) -> Result<CausalAttention, CodegenError> {
+        if shape.heads == 0 || shape.kv_heads == 0 || shape.head_dim == 0 || shape.heads % shape.kv_heads != 0 {
+            return Err(CodegenError::BadArguments(format!(
+                "attention with {} heads over {} KV heads of dimension {}: heads must be a non-zero multiple of KV heads",
+                shape.heads, shape.kv_heads, shape.head_dim
+            )));
+        }
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let trace = |kind| registry.trace(kind).map_err(|e| CodegenError::Unsupported(e.to_string()));
+        let (scale_t, add_t, softmax_t) = (trace(OpKind::Scale)?, trace(OpKind::Add)?, trace(OpKind::Softmax)?);
+        let epilogue = GemmEpilogue::new().then(&scale_t.body, 0, &[scale])?.then(&add_t.body, 0, &[])?;
+        let (scores, scale_mask) = match GemmKernel::compile_with_epilogue(profile, &epilogue) {
+            Ok(k) => (k, None),
+            Err(CodegenError::Unsupported(_)) => {
+                let chain = GemmEpilogue::new().then(&scale_t.body, 0, &[scale])?.then(&add_t.body, 0, &[])?;
+                let prog = LoopProgram::elementwise(chain.body().clone(), 2, chain.params().to_vec());
+                (GemmKernel::compile(profile)?, Some(LoopKernel::compile(&prog, profile)?))
+            }
+            Err(e) => return Err(e),
+        };
+        let softmax = LoopKernel::compile(&LoopProgram::from_trace(&softmax_t, Vec::new())?, profile)?;
+        Ok(CausalAttention { shape, scale, scores, scale_mask, softmax, pv: GemmKernel::compile(profile)? })
+    }
+
+    pub fn shape(&self) -> AttentionShape {
+        self.shape
+    }
+
+    /// The factor scores are multiplied by.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// Attention of `q` (`seq` new tokens at positions `past..past + seq`,
+    /// `[seq, heads·d]`) over the first `past + seq` rows of the caches
+    /// (`[capacity, kv_heads·d]`, the new tokens' keys and values already
+    /// written), into `out` (`[seq, heads·d]`). Token `past + r` sees
+    /// positions `0..=past + r`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        q: &[f32],
+        k_cache: &[f32],
+        v_cache: &[f32],
+        past: usize,
+        out: &mut [f32],
+        scratch: &mut AttentionScratch,
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        let s = self.shape;
+        let (q_dim, kv_dim) = (s.q_dim(), s.kv_dim());
+        if q.len() % q_dim != 0 || out.len() != q.len() {
+            return Err(CodegenError::BadArguments(format!(
+                "attention queries have {} elements and the output {}: both must be the same multiple of {q_dim}",
+                q.len(),
+                out.len()
+            )));
+        }
+        let seq = q.len() / q_dim;
+        let ctx = past + seq;
+        for (name, cache) in [("key", k_cache), ("value", v_cache)] {
+            if cache.len() < ctx * kv_dim {
+                return Err(CodegenError::BadArguments(format!(
+                    "the {name} cache holds {} positions; attention needs {ctx}",
+                    cache.len() / kv_dim.max(1)
+                )));
+            }
+        }
+        if seq == 0 {
+            return Ok(());
+        }
+        let (k_cache, v_cache) = (&k_cache[..ctx * kv_dim], &v_cache[..ctx * kv_dim]);
+        let mask = &mut scratch.mask;
+        mask.clear();
+        for r in 0..seq {
+            mask.extend((0..ctx).map(|c| if c <= past + r { 0.0 } else { MASKED }));
+        }
+        scratch.scores.resize(s.heads * seq * ctx, 0.0);
+        let scores = &mut scratch.scores[..s.heads * seq * ctx];
+        let group = s.heads / s.kv_heads;
+        let qk = MatMulParams {
+            transpose_b: true,
+            batch: s.heads,
+            b_shared_by: group,
+            a_layout: BatchLayout::Interleaved,
+            b_layout: BatchLayout::Interleaved,
+            c_layout: BatchLayout::Stacked,
+            ..MatMulParams::new(seq, ctx, s.head_dim)
+        };
+        match &self.scale_mask {
+            None => self.scores.gemm_batched(q, k_cache, scores, &qk, &[mask], threads)?,
+            Some(scale_mask) => {
+                self.scores.gemm_batched(q, k_cache, scores, &qk, &[], threads)?;
+                let region = RawSlice::of_mut(scores);
+                for h in 0..s.heads {
+                    let head = RawSlice { addr: region.addr + h * seq * ctx * 4, len: seq * ctx };
+                    // SAFETY: head h's scores are a region of `scores`,
+                    // computed in place (element for element).
+                    unsafe { scale_mask.run_raw(&[head, RawSlice::of(mask)], &[head], seq, ctx, 1)? };
+                }
+            }
+        }
+        let all = RawSlice::of_mut(scores);
+        // SAFETY: softmax rewrites each row in place, element for element.
+        unsafe { self.softmax.run_raw(&[all], &[all], s.heads * seq, ctx, threads)? };
+        let pv = MatMulParams {
+            batch: s.heads,
+            b_shared_by: group,
+            a_layout: BatchLayout::Stacked,
+            b_layout: BatchLayout::Interleaved,
+            c_layout: BatchLayout::Interleaved,
+            ..MatMulParams::new(seq, s.head_dim, ctx)
+        };
+        self.pv.gemm_batched(scores, v_cache, out, &pv, &[], threads)
+    }
+}

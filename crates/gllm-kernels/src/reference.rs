@@ -1,0 +1,275 @@
+//! Scalar reference execution of a graph: every node evaluated by calling
+//! its registered scalar function, in topological order, with no JIT.
+//!
+//! ```text
+//!   SemanticGraph ──[per node: registry fn over rows / elements / matrices]──> outputs
+//! ```
+//!
+//! This is the oracle a compiled graph is compared with end to end (a whole
+//! model runs through it behind `gllm run --reference`). It knows how to
+//! *call* each function form — per element, per row, a matrix product per
+//! batch element, a rotary pair per head — but nothing about what any
+//! function computes.
+
+use crate::graph::{BatchLayout, MatMulParams, OpParams, SemanticGraph, TensorId, TensorRef};
+use crate::scalar::{AbiValue, Arg, FnForm, RegisteredOp, Returns, ScalarOpRegistry};
+use thiserror::Error;
+
+/// Why a graph could not be evaluated.
+#[derive(Debug, Error)]
+pub enum ReferenceError {
+    #[error("the graph takes {want} inputs, {got} given")]
+    InputCount { want: usize, got: usize },
+    #[error("{what} has {got} elements, the graph declares {want}")]
+    Length { what: String, got: usize, want: usize },
+    #[error("weight `{0}` is missing")]
+    MissingWeight(String),
+    #[error("node `{node}`: {problem}")]
+    Node { node: String, problem: String },
+}
+
+/// Evaluates `sem` on `inputs` (in graph input order) and the weights
+/// `weight` returns by name; returns the graph's outputs in order.
+pub fn evaluate<'w>(
+    sem: &SemanticGraph,
+    registry: &ScalarOpRegistry,
+    inputs: &[&[f32]],
+    weight: &dyn Fn(&str) -> Option<&'w [f32]>,
+) -> Result<Vec<Vec<f32>>, ReferenceError> {
+    let mut values: Vec<Option<Vec<f32>>> = vec![None; sem.tensors.len()];
+    let mut borrowed: Vec<Option<&[f32]>> = vec![None; sem.tensors.len()];
+    let n_inputs = sem.graph.inputs.len();
+    if inputs.len() != n_inputs {
+        return Err(ReferenceError::InputCount { want: n_inputs, got: inputs.len() });
+    }
+    for t in &sem.tensors {
+        let data = match &t.source {
+            TensorRef::Input(k) => inputs[*k],
+            TensorRef::Weight(name) => weight(name).ok_or_else(|| ReferenceError::MissingWeight(name.clone()))?,
+            TensorRef::Node { .. } => continue,
+        };
+        if data.len() != t.desc.numel() {
+            return Err(ReferenceError::Length { what: t.source.to_string(), got: data.len(), want: t.desc.numel() });
+        }
+        borrowed[t.id] = Some(data);
+    }
+    for &id in &sem.order {
+        let node = &sem.nodes[id];
+        let cnode = sem.node(id);
+        let fail = |problem: String| ReferenceError::Node { node: cnode.name.clone(), problem };
+        let op = registry.get(cnode.op.kind).map_err(|e| fail(e.to_string()))?;
+        let ins: Vec<&[f32]> = node
+            .inputs
+            .iter()
+            .map(|&t| borrowed[t].or(values[t].as_deref()).ok_or_else(|| fail(format!("input tensor {t} not computed"))))
+            .collect::<Result<_, _>>()?;
+        let [out_id] = node.outputs[..] else {
+            return Err(fail(format!("{} outputs (the reference evaluates single-output nodes)", node.outputs.len())));
+        };
+        let out_desc = &sem.tensors[out_id].desc;
+        let mut out = vec![0.0f32; out_desc.numel()];
+        let params = cnode.op.params.scalar_args();
+        match &cnode.op.params {
+            OpParams::MatMul(p) => matmul(op, p, &ins, &mut out).map_err(fail)?,
+            OpParams::Rope { head_dim, .. } => rope(op, *head_dim, &ins, &mut out).map_err(fail)?,
+            _ => match op.signature().form() {
+                FnForm::PerElement => per_element(op, &ins, &params, &mut out).map_err(fail)?,
+                FnForm::Slices => {
+                    let data = &sem.tensors[node.inputs[0]].desc;
+                    rows(op, &ins, &params, data.rows(), data.row_len(), &mut out).map_err(fail)?
+                }
+            },
+        }
+        values[out_id] = Some(out);
+    }
+    sem.graph
+        .outputs
+        .iter()
+        .map(|r| {
+            let t: TensorId = sem.tensors.iter().position(|t| &t.source == r).expect("outputs are tensors");
+            Ok(borrowed[t].map(<[f32]>::to_vec).or_else(|| values[t].clone()).unwrap_or_default())
+        })
+        .collect()
+}
+
+fn call(op: &RegisteredOp, args: &[AbiValue]) -> Result<Option<f32>, String> {
+    // SAFETY: every pointer argument points into a buffer of at least the
+    // length the op's signature declares for it (the callers size them from
+    // the same dimensions they pass).
+    unsafe { op.func().call(args) }.ok_or_else(|| format!("arguments do not match `{}`'s signature", op.kind().name()))
+}
+
+fn per_element(op: &RegisteredOp, ins: &[&[f32]], params: &[f32], out: &mut [f32]) -> Result<(), String> {
+    if ins.iter().any(|v| v.is_empty() && !out.is_empty()) {
+        return Err("an empty input broadcast over a non-empty output".into());
+    }
+    let mut args = Vec::with_capacity(op.signature().args().len());
+    for (i, o) in out.iter_mut().enumerate() {
+        args.clear();
+        let (mut k, mut p) = (0, 0);
+        for a in op.signature().args() {
+            args.push(match a {
+                Arg::Element { .. } => {
+                    let v = ins.get(k).ok_or("too few inputs")?;
+                    k += 1;
+                    AbiValue::F32(v[i % v.len()])
+                }
+                _ => {
+                    p += 1;
+                    AbiValue::F32(*params.get(p - 1).ok_or("too few scalar parameters")?)
+                }
+            });
+        }
+        *o = call(op, &args)?.ok_or("a per-element function returned nothing")?;
+    }
+    Ok(())
+}
+
+/// Row functions (norms, softmax, reductions): one call per row of `n`;
+/// inputs are full or one broadcast row.
+fn rows(
+    op: &RegisteredOp,
+    ins: &[&[f32]],
+    params: &[f32],
+    rows: usize,
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let sig = op.signature();
+    let per_row = sig.returns() == Returns::RowScalar;
+    let want_out = if per_row { rows } else { rows * n };
+    if out.len() != want_out || sig.num_outputs() > 1 {
+        return Err(format!("output of {} elements for {rows} rows of {n}", out.len()));
+    }
+    for v in ins {
+        if v.len() != n && v.len() != rows * n {
+            return Err(format!("input of {} elements for {rows} rows of {n}", v.len()));
+        }
+    }
+    for r in 0..rows {
+        let (mut k, mut p) = (0, 0);
+        let mut args = Vec::new();
+        for a in sig.args() {
+            args.push(match a {
+                Arg::Input { .. } => {
+                    let v = ins.get(k).ok_or("too few inputs")?;
+                    k += 1;
+                    AbiValue::ConstPtr(v[if v.len() == n { 0 } else { r * n }..].as_ptr())
+                }
+                Arg::Output { .. } => AbiValue::MutPtr(out[r * n..].as_mut_ptr()),
+                Arg::Dim { .. } => AbiValue::Usize(n),
+                Arg::Scalar { .. } | Arg::Element { .. } => {
+                    p += 1;
+                    AbiValue::F32(*params.get(p - 1).ok_or("too few scalar parameters")?)
+                }
+            });
+        }
+        if let Some(v) = call(op, &args)? {
+            out[r] = v;
+        }
+    }
+    Ok(())
+}
+
+/// Index of element (r, c) of batch element `i` of an operand holding
+/// `count` elements of `rows × cols` in `layout`.
+fn at(layout: BatchLayout, count: usize, i: usize, rows: usize, cols: usize, r: usize, c: usize) -> usize {
+    match layout {
+        BatchLayout::Stacked => (i * rows + r) * cols + c,
+        BatchLayout::Interleaved => r * (count * cols) + i * cols + c,
+    }
+}
+
+/// A (batched) product: each batch element's operands gathered into
+/// contiguous row-major matrices, multiplied by the scalar function, and
+/// scattered into C.
+fn matmul(op: &RegisteredOp, p: &MatMulParams, ins: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+    let [a, b] = ins[..] else { return Err(format!("{} inputs to a matmul", ins.len())) };
+    let (m, n, k) = (p.m, p.n, p.k);
+    if p.b_shared_by == 0 || p.batch % p.b_shared_by != 0 {
+        return Err(format!("batch {} is not a multiple of b_shared_by {}", p.batch, p.b_shared_by));
+    }
+    let bb = p.batch / p.b_shared_by;
+    if a.len() != p.batch * m * k || b.len() != bb * k * n || out.len() != p.batch * m * n {
+        return Err(format!("operand sizes {}, {}, {} for {p:?}", a.len(), b.len(), out.len()));
+    }
+    let plain = p.batch == 1 && !p.transpose_b;
+    let (mut ai, mut bi, mut ci) = (Vec::new(), Vec::new(), vec![0.0f32; m * n]);
+    for i in 0..p.batch {
+        let (a_i, b_i): (&[f32], &[f32]) = if plain {
+            (a, b)
+        } else {
+            ai.clear();
+            for r in 0..m {
+                ai.extend((0..k).map(|c| a[at(p.a_layout, p.batch, i, m, k, r, c)]));
+            }
+            bi.clear();
+            let j = i / p.b_shared_by;
+            for r in 0..k {
+                bi.extend((0..n).map(|c| {
+                    if p.transpose_b {
+                        b[at(p.b_layout, bb, j, n, k, c, r)]
+                    } else {
+                        b[at(p.b_layout, bb, j, k, n, r, c)]
+                    }
+                }));
+            }
+            (&ai, &bi)
+        };
+        let dst: &mut [f32] = if plain { &mut *out } else { &mut ci };
+        call(
+            op,
+            &[
+                AbiValue::ConstPtr(a_i.as_ptr()),
+                AbiValue::ConstPtr(b_i.as_ptr()),
+                AbiValue::MutPtr(dst.as_mut_ptr()),
+                AbiValue::Usize(m),
+                AbiValue::Usize(n),
+                AbiValue::Usize(k),
+            ],
+        )?;
+        if !plain {
+            for r in 0..m {
+                for c in 0..n {
+                    out[at(p.c_layout, p.batch, i, m, n, r, c)] = ci[r * n + c];
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rotary embedding on the two halves of every `head_dim` block of each
+/// token, with the token's row of the cos/sin tables (the layout the
+/// compiled RoPE group uses).
+fn rope(op: &RegisteredOp, head_dim: usize, ins: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+    let [x, cos, sin] = ins[..] else { return Err(format!("{} inputs to RoPE", ins.len())) };
+    let half = head_dim / 2;
+    if half == 0 || cos.len() != sin.len() || cos.len() % half != 0 {
+        return Err(format!("tables of {} and {} for head_dim {head_dim}", cos.len(), sin.len()));
+    }
+    let tokens = cos.len() / half;
+    if tokens == 0 || x.len() % tokens != 0 || (x.len() / tokens) % head_dim != 0 || out.len() != x.len() {
+        return Err(format!("{} elements for {tokens} tokens of heads of {head_dim}", x.len()));
+    }
+    let width = x.len() / tokens;
+    for t in 0..tokens {
+        for h in 0..width / head_dim {
+            let base = t * width + h * head_dim;
+            let (o0, o1) = out[base..base + head_dim].split_at_mut(half);
+            call(
+                op,
+                &[
+                    AbiValue::ConstPtr(x[base..].as_ptr()),
+                    AbiValue::ConstPtr(x[base + half..].as_ptr()),
+                    AbiValue::ConstPtr(cos[t * half..].as_ptr()),
+                    AbiValue::ConstPtr(sin[t * half..].as_ptr()),
+                    AbiValue::MutPtr(o0.as_mut_ptr()),
+                    AbiValue::MutPtr(o1.as_mut_ptr()),
+                    AbiValue::Usize(half),
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
