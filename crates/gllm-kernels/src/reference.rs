@@ -45,11 +45,17 @@ pub fn evaluate<'w>(
     for t in &sem.tensors {
         let data = match &t.source {
             TensorRef::Input(k) => inputs[*k],
-            TensorRef::Weight(name) => weight(name).ok_or_else(|| ReferenceError::MissingWeight(name.clone()))?,
+            TensorRef::Weight(name) => {
+                weight(name).ok_or_else(|| ReferenceError::MissingWeight(name.clone()))?
+            }
             TensorRef::Node { .. } => continue,
         };
         if data.len() != t.desc.numel() {
-            return Err(ReferenceError::Length { what: t.source.to_string(), got: data.len(), want: t.desc.numel() });
+            return Err(ReferenceError::Length {
+                what: t.source.to_string(),
+                got: data.len(),
+                want: t.desc.numel(),
+            });
         }
         borrowed[t.id] = Some(data);
     }
@@ -61,10 +67,17 @@ pub fn evaluate<'w>(
         let ins: Vec<&[f32]> = node
             .inputs
             .iter()
-            .map(|&t| borrowed[t].or(values[t].as_deref()).ok_or_else(|| fail(format!("input tensor {t} not computed"))))
+            .map(|&t| {
+                borrowed[t]
+                    .or(values[t].as_deref())
+                    .ok_or_else(|| fail(format!("input tensor {t} not computed")))
+            })
             .collect::<Result<_, _>>()?;
         let [out_id] = node.outputs[..] else {
-            return Err(fail(format!("{} outputs (the reference evaluates single-output nodes)", node.outputs.len())));
+            return Err(fail(format!(
+                "{} outputs (the reference evaluates single-output nodes)",
+                node.outputs.len()
+            )));
         };
         let out_desc = &sem.tensors[out_id].desc;
         let mut out = vec![0.0f32; out_desc.numel()];
@@ -96,7 +109,8 @@ fn call(op: &RegisteredOp, args: &[AbiValue]) -> Result<Option<f32>, String> {
     // SAFETY: every pointer argument points into a buffer of at least the
     // length the op's signature declares for it (the callers size them from
     // the same dimensions they pass).
-    unsafe { op.func().call(args) }.ok_or_else(|| format!("arguments do not match `{}`'s signature", op.kind().name()))
+    unsafe { op.func().call(args) }
+        .ok_or_else(|| format!("arguments do not match `{}`'s signature", op.kind().name()))
 }
 
 fn per_element(op: &RegisteredOp, ins: &[&[f32]], params: &[f32], out: &mut [f32]) -> Result<(), String> {

@@ -1,110 +1,191 @@
-//! Expansion of a LLaMA decoder layer into the compiler's atomic-op graph.
+//! A LLaMA decoder layer as a [`FusedGraph`], expanded into the compiler's
+//! atomic-op graph.
 //!
-//! The graph covers a prefill of `seq` tokens with no earlier context (so the
-//! attention context is the `seq` tokens themselves, with a causal mask input).
-//! Attention is expressed with batched GEMMs over the heads: Q·Kᵀ reads the
-//! heads as column blocks of the projections (grouped-query: `num_heads /
-//! num_kv_heads` query heads share one KV head), softmax runs over the last
-//! axis, and P·V writes the heads back as column blocks.
+//! Inference runs a layer in three parts, because attention's shape changes
+//! with every token while the rest depends only on how many tokens are
+//! processed at once:
+//!
+//! ```text
+//!   x ──[pre_attention: FusedQkvRope]──> q, k, v ──> KV cache
+//!   q, K/V cache ──[attention: Gqa, run-time context length]──> attn
+//!   attn, x ──[post_attention: attn_output + residual, ffn_norm, SwiGlu + residual]──> x'
+//!   x_last ──[lm_head: FusedRmsLinear]──> logits
+//! ```
+//!
+//! Weight names inside a part carry no layer prefix (`attn_q.weight`), so one
+//! compiled part serves every layer with that layer's weights.
+//! [`decoder_layer`] / [`decoder_stack`] build whole layers (context = the
+//! prompt itself, with a causal mask input) for planning and `explain`.
 
 use crate::config::LlamaConfig;
-use gllm_kernels::graph::{BatchLayout, CompilerGraph, CompilerOp, MatMulParams, TensorDesc, TensorRef};
-use gllm_kernels::scalar::OpKind;
+use crate::fused::{FusedGraph, FusedOp, FusedValue};
+use gllm_kernels::graph::{CompilerGraph, TensorDesc};
+use gllm_kernels::scalar::ScalarOpRegistry;
 
-/// Graph inputs shared by every layer of a stack.
-struct SharedInputs {
-    cos: TensorRef,
-    sin: TensorRef,
-    mask: TensorRef,
+/// Weight names of one layer's parts, without the layer prefix, with their
+/// shapes (`[in, out]` for projections).
+pub fn layer_weight_shapes(cfg: &LlamaConfig) -> Vec<(&'static str, Vec<usize>)> {
+    let (h, q, kv, f) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    vec![
+        ("attn_norm.weight", vec![h]),
+        ("attn_q.weight", vec![h, q]),
+        ("attn_k.weight", vec![h, kv]),
+        ("attn_v.weight", vec![h, kv]),
+        ("attn_output.weight", vec![q, h]),
+        ("ffn_norm.weight", vec![h]),
+        ("ffn_gate.weight", vec![h, f]),
+        ("ffn_up.weight", vec![h, f]),
+        ("ffn_down.weight", vec![f, h]),
+    ]
 }
 
-fn shared_inputs(g: &mut CompilerGraph, cfg: &LlamaConfig, seq: usize) -> SharedInputs {
-    let half = cfg.head_dim / 2;
-    SharedInputs {
-        cos: g.input("rope_cos", TensorDesc::f32([seq, half])),
-        sin: g.input("rope_sin", TensorDesc::f32([seq, half])),
-        mask: g.input("causal_mask", TensorDesc::f32([seq, seq])),
-    }
+fn weight(g: &mut FusedGraph, cfg: &LlamaConfig, prefix: &str, name: &str) -> FusedValue {
+    let shape = layer_weight_shapes(cfg).into_iter().find(|(n, _)| *n == name).expect("a layer weight").1;
+    g.weight(format!("{prefix}{name}"), TensorDesc::f32(shape))
 }
 
-/// One decoder layer: `x` [seq, hidden] in, the layer's output [seq, hidden] returned.
-fn add_layer(
-    g: &mut CompilerGraph,
+/// Adds the attention prologue; returns (q, k, v).
+fn add_pre_attention(
+    g: &mut FusedGraph,
     cfg: &LlamaConfig,
-    seq: usize,
-    layer: usize,
-    x: TensorRef,
-    shared: &SharedInputs,
-) -> TensorRef {
-    let (h, q_dim, kv_dim, ffn) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
-    let p = |s: &str| format!("blk{layer}.{s}");
-    let act = |cols: usize| TensorDesc::f32([seq, cols]);
-    let w = |g: &mut CompilerGraph, name: &str, shape: [usize; 2]| g.weight(p(name), TensorDesc::f32(shape));
-    let linear = |g: &mut CompilerGraph, name: &str, input: TensorRef, k: usize, n: usize| {
-        let weight = w(g, &format!("{name}.weight"), [k, n]);
-        g.node(p(name), CompilerOp::matmul(MatMulParams::new(seq, n, k)), vec![input, weight], act(n))
-    };
+    scope: &str,
+    prefix: &str,
+    x: FusedValue,
+    cos: FusedValue,
+    sin: FusedValue,
+) -> (FusedValue, FusedValue, FusedValue) {
+    let ins = vec![
+        x,
+        weight(g, cfg, prefix, "attn_norm.weight"),
+        weight(g, cfg, prefix, "attn_q.weight"),
+        weight(g, cfg, prefix, "attn_k.weight"),
+        weight(g, cfg, prefix, "attn_v.weight"),
+        cos,
+        sin,
+    ];
+    let op = FusedOp::FusedQkvRope { eps: cfg.rms_norm_eps, head_dim: cfg.head_dim, theta: cfg.rope_theta };
+    let mut outs = g.node(scope, op, ins);
+    let v = outs.pop().expect("three outputs");
+    let k = outs.pop().expect("three outputs");
+    let q = outs.pop().expect("three outputs");
+    (q, k, v)
+}
 
-    let attn_norm_w = g.weight(p("attn_norm.weight"), TensorDesc::f32([h]));
-    let normed =
-        g.node(p("attn_norm"), CompilerOp::rms_norm(cfg.rms_norm_eps), vec![x.clone(), attn_norm_w], act(h));
-    let q = linear(g, "attn_q", normed.clone(), h, q_dim);
-    let k = linear(g, "attn_k", normed.clone(), h, kv_dim);
-    let v = linear(g, "attn_v", normed, h, kv_dim);
-    let rope = CompilerOp::rope(cfg.head_dim, cfg.rope_theta);
-    let q_rot =
-        g.node(p("rope_q"), rope.clone(), vec![q, shared.cos.clone(), shared.sin.clone()], act(q_dim));
-    let k_rot = g.node(p("rope_k"), rope, vec![k, shared.cos.clone(), shared.sin.clone()], act(kv_dim));
+fn add_attention(g: &mut FusedGraph, cfg: &LlamaConfig, scope: &str, ins: Vec<FusedValue>) -> FusedValue {
+    let op = if cfg.num_kv_heads == cfg.num_heads {
+        FusedOp::FlashAttention { heads: cfg.num_heads, head_dim: cfg.head_dim }
+    } else {
+        FusedOp::Gqa { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim }
+    };
+    g.node1(scope, op, ins)
+}
 
-    let heads = MatMulParams {
-        batch: cfg.num_heads,
-        b_shared_by: cfg.num_heads / cfg.num_kv_heads,
-        ..MatMulParams::new(seq, seq, cfg.head_dim)
-    };
-    let scores_params = MatMulParams {
-        transpose_b: true,
-        a_layout: BatchLayout::Interleaved,
-        b_layout: BatchLayout::Interleaved,
-        c_layout: BatchLayout::Stacked,
-        ..heads
-    };
-    let per_head = TensorDesc::f32([cfg.num_heads, seq, seq]);
-    let scores =
-        g.node(p("attn_scores"), CompilerOp::matmul(scores_params), vec![q_rot, k_rot], per_head.clone());
-    let scale = 1.0 / (cfg.head_dim as f32).sqrt();
-    let scaled = g.node(p("attn_scale"), CompilerOp::scale(scale), vec![scores], per_head.clone());
-    let masked = g.node(
-        p("attn_mask"),
-        CompilerOp::new(OpKind::Add),
-        vec![scaled, shared.mask.clone()],
-        per_head.clone(),
+/// Output projection + residual, then the feed-forward block + residual.
+fn add_post_attention(
+    g: &mut FusedGraph,
+    cfg: &LlamaConfig,
+    scope: &str,
+    prefix: &str,
+    attn: FusedValue,
+    x: FusedValue,
+) -> FusedValue {
+    let atomic = |op: &str, params: Vec<f32>| FusedOp::AtomicOp { op_type: op.into(), params };
+    let wo = weight(g, cfg, prefix, "attn_output.weight");
+    let o = g.node1(format!("{scope}.attn_output"), atomic("matmul", vec![]), vec![attn, wo]);
+    let resid = g.node1(format!("{scope}.attn_residual"), atomic("add", vec![]), vec![o, x]);
+    let nw = weight(g, cfg, prefix, "ffn_norm.weight");
+    let normed = g.node1(
+        format!("{scope}.ffn_norm"),
+        atomic("rms_norm", vec![cfg.rms_norm_eps]),
+        vec![resid.clone(), nw],
     );
-    let probs = g.node(p("attn_softmax"), CompilerOp::softmax(), vec![masked], per_head);
-    let pv_params = MatMulParams {
-        n: cfg.head_dim,
-        k: seq,
-        a_layout: BatchLayout::Stacked,
-        b_layout: BatchLayout::Interleaved,
-        c_layout: BatchLayout::Interleaved,
-        ..heads
-    };
-    let attn = g.node(p("attn_pv"), CompilerOp::matmul(pv_params), vec![probs, v], act(q_dim));
-    let o = linear(g, "attn_output", attn, q_dim, h);
-    let resid = g.node(p("attn_residual"), CompilerOp::new(OpKind::Add), vec![o, x], act(h));
+    let ffn_ins = vec![
+        normed,
+        weight(g, cfg, prefix, "ffn_gate.weight"),
+        weight(g, cfg, prefix, "ffn_up.weight"),
+        weight(g, cfg, prefix, "ffn_down.weight"),
+    ];
+    let down = g.node1(scope, FusedOp::SwiGlu, ffn_ins);
+    g.node1(format!("{scope}.ffn_residual"), atomic("add", vec![]), vec![down, resid])
+}
 
-    let ffn_norm_w = g.weight(p("ffn_norm.weight"), TensorDesc::f32([h]));
-    let normed = g.node(
-        p("ffn_norm"),
-        CompilerOp::rms_norm(cfg.rms_norm_eps),
-        vec![resid.clone(), ffn_norm_w],
-        act(h),
-    );
-    let gate = linear(g, "ffn_gate", normed.clone(), h, ffn);
-    let up = linear(g, "ffn_up", normed, h, ffn);
-    let act_gate = g.node(p("ffn_silu"), CompilerOp::new(OpKind::Silu), vec![gate], act(ffn));
-    let gated = g.node(p("ffn_gated"), CompilerOp::new(OpKind::Mul), vec![act_gate, up], act(ffn));
-    let down = linear(g, "ffn_down", gated, ffn, h);
-    g.node(p("ffn_residual"), CompilerOp::new(OpKind::Add), vec![down, resid], act(h))
+fn expand(g: &FusedGraph) -> CompilerGraph {
+    g.expand(ScalarOpRegistry::global()).expect("the layer's fused ops are built-in")
+}
+
+/// Part 1 of a layer for `seq` tokens: inputs `x [seq, hidden]`, `rope_cos`,
+/// `rope_sin` (`[seq, head_dim/2]`, the tokens' positions); outputs q, k, v
+/// (q and k rotated).
+pub fn pre_attention(cfg: &LlamaConfig, seq: usize) -> CompilerGraph {
+    let mut g = FusedGraph::new();
+    let half = cfg.head_dim / 2;
+    let x = g.input("x", TensorDesc::f32([seq, cfg.hidden_size]));
+    let cos = g.input("rope_cos", TensorDesc::f32([seq, half]));
+    let sin = g.input("rope_sin", TensorDesc::f32([seq, half]));
+    let (q, k, v) = add_pre_attention(&mut g, cfg, "layer", "", x, cos, sin);
+    for t in [q, k, v] {
+        g.output(t);
+    }
+    expand(&g)
+}
+
+/// Part 2 for `seq` new tokens over a context of `ctx` positions: inputs q
+/// `[seq, q_dim]`, the cached k and v `[ctx, kv_dim]`, the mask `[seq, ctx]`.
+/// (The JIT runs this part with `codegen::attention::CausalAttention`, which
+/// takes `ctx` at run time; the scalar reference evaluates this graph.)
+pub fn attention(cfg: &LlamaConfig, seq: usize, ctx: usize) -> CompilerGraph {
+    let mut g = FusedGraph::new();
+    let q = g.input("q", TensorDesc::f32([seq, cfg.q_dim()]));
+    let k = g.input("k", TensorDesc::f32([ctx, cfg.kv_dim()]));
+    let v = g.input("v", TensorDesc::f32([ctx, cfg.kv_dim()]));
+    let mask = g.input("mask", TensorDesc::f32([seq, ctx]));
+    let out = add_attention(&mut g, cfg, "layer", vec![q, k, v, mask]);
+    g.output(out);
+    expand(&g)
+}
+
+/// Part 3 for `seq` tokens: inputs attn `[seq, q_dim]` and the layer's input
+/// x `[seq, hidden]`; output the layer's output `[seq, hidden]`.
+pub fn post_attention(cfg: &LlamaConfig, seq: usize) -> CompilerGraph {
+    let mut g = FusedGraph::new();
+    let attn = g.input("attn", TensorDesc::f32([seq, cfg.q_dim()]));
+    let x = g.input("x", TensorDesc::f32([seq, cfg.hidden_size]));
+    let out = add_post_attention(&mut g, cfg, "layer", "", attn, x);
+    g.output(out);
+    expand(&g)
+}
+
+/// The final norm and LM head for `seq` tokens: input x `[seq, hidden]`,
+/// weights `output_norm.weight` and `output.weight [hidden, vocab]`.
+pub fn lm_head(cfg: &LlamaConfig, seq: usize) -> CompilerGraph {
+    let mut g = FusedGraph::new();
+    let x = g.input("x", TensorDesc::f32([seq, cfg.hidden_size]));
+    let nw = g.weight("output_norm.weight", TensorDesc::f32([cfg.hidden_size]));
+    let w = g.weight("output.weight", TensorDesc::f32([cfg.hidden_size, cfg.vocab_size]));
+    let logits = g.node1("head", FusedOp::FusedRmsLinear { eps: cfg.rms_norm_eps }, vec![x, nw, w]);
+    g.output(logits);
+    expand(&g)
+}
+
+/// The whole decoder as one fused graph: `layers` layers over a prompt of
+/// `seq` tokens with no earlier context (inputs `x`, `rope_cos`, `rope_sin`,
+/// `causal_mask`), weights named `blk{l}.…`.
+pub fn decoder_fused(cfg: &LlamaConfig, seq: usize, layers: usize) -> FusedGraph {
+    let mut g = FusedGraph::new();
+    let half = cfg.head_dim / 2;
+    let mut x = g.input("x", TensorDesc::f32([seq, cfg.hidden_size]));
+    let cos = g.input("rope_cos", TensorDesc::f32([seq, half]));
+    let sin = g.input("rope_sin", TensorDesc::f32([seq, half]));
+    let mask = g.input("causal_mask", TensorDesc::f32([seq, seq]));
+    for layer in 0..layers {
+        let scope = format!("blk{layer}");
+        let prefix = format!("blk{layer}.");
+        let (q, k, v) = add_pre_attention(&mut g, cfg, &scope, &prefix, x.clone(), cos.clone(), sin.clone());
+        let attn = add_attention(&mut g, cfg, &scope, vec![q, k, v, mask.clone()]);
+        x = add_post_attention(&mut g, cfg, &scope, &prefix, attn, x);
+    }
+    g.output(x);
+    g
 }
 
 /// The atomic-op graph of one decoder layer for a prefill of `seq` tokens.
@@ -114,12 +195,5 @@ pub fn decoder_layer(cfg: &LlamaConfig, seq: usize) -> CompilerGraph {
 
 /// `layers` decoder layers chained (the residual stream flows from one to the next).
 pub fn decoder_stack(cfg: &LlamaConfig, seq: usize, layers: usize) -> CompilerGraph {
-    let mut g = CompilerGraph::new();
-    let mut x = g.input("x", TensorDesc::f32([seq, cfg.hidden_size]));
-    let shared = shared_inputs(&mut g, cfg, seq);
-    for layer in 0..layers {
-        x = add_layer(&mut g, cfg, seq, layer, x, &shared);
-    }
-    g.output(x);
-    g
+    expand(&decoder_fused(cfg, seq, layers))
 }

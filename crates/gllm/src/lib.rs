@@ -1,9 +1,14 @@
 //! gllm: the inference front end. Model knowledge lives here (configurations,
-//! how a layer expands into atomic operators); machine code does not — the
-//! graphs built here are compiled by `gllm-kernels`.
+//! model files, the tokenizer, how a layer expands into atomic operators, the
+//! KV cache and generation); machine code does not — the graphs built here
+//! are compiled by `gllm-kernels`.
 
 pub mod config;
+pub mod engine;
+pub mod fused;
+pub mod kv_cache;
 pub mod layer_graph;
 pub mod synthetic;
+pub mod weights;
 
 pub use config::{LlamaConfig, MODEL_NAMES};

@@ -6,8 +6,54 @@
 //! of order 1 through a layer and differences between implementations show up
 //! as numbers, not as overflow.
 
+use crate::config::LlamaConfig;
+use crate::layer_graph::layer_weight_shapes;
+use crate::weights::ModelWeights;
 use gllm_kernels::graph::CompilerGraph;
 use std::collections::HashMap;
+
+/// Uniform values in [-1, 1) from a xorshift generator (never seeded with 0).
+fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed | 1;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// A whole model's weights for `cfg` (canonical names and layouts), the
+/// same for the same `seed`: norm weights near 1, projections scaled by
+/// 1/√fan-in so activations stay of order 1 through every layer, embeddings
+/// of order 1 (the LM head is the tied embedding when `cfg` says so).
+pub fn model_weights(cfg: &LlamaConfig, seed: u64) -> ModelWeights {
+    let mut next = uniform(seed);
+    let mut w = ModelWeights::new();
+    let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+    let embd: Vec<f32> = (0..v * h).map(|_| next()).collect();
+    let head: Vec<f32> = if cfg.tie_word_embeddings {
+        (0..h * v).map(|i| embd[(i % v) * h + i / v]).collect()
+    } else {
+        (0..h * v).map(|_| next() / (h as f32).sqrt()).collect()
+    };
+    w.insert("token_embd.weight", embd);
+    w.insert("output.weight", head);
+    w.insert("output_norm.weight", (0..h).map(|_| 1.0 + 0.1 * next()).collect());
+    for l in 0..cfg.num_layers {
+        for (name, shape) in layer_weight_shapes(cfg) {
+            let n: usize = shape.iter().product();
+            let data = if shape.len() == 1 {
+                (0..n).map(|_| 1.0 + 0.1 * next()).collect()
+            } else {
+                let scale = 1.5 / (shape[0] as f32).sqrt();
+                (0..n).map(|_| scale * next()).collect()
+            };
+            w.insert(format!("blk.{l}.{name}"), data);
+        }
+    }
+    w
+}
 
 /// Values for every input and weight of one graph.
 #[derive(Debug, Clone)]
@@ -24,13 +70,7 @@ impl SyntheticData {
     /// mask (0 on and below the diagonal, -1e9 above); other inputs are
     /// uniform in [-1, 1).
     pub fn for_graph(graph: &CompilerGraph, seq: usize, seed: u64) -> SyntheticData {
-        let mut state = seed | 1; // xorshift must not start at zero
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut next = uniform(seed);
         let weights = graph
             .weights
             .iter()

@@ -74,7 +74,8 @@ impl CausalAttention {
         registry: &ScalarOpRegistry,
         profile: &DeviceProfile,
     ) -> Result<CausalAttention, CodegenError> {
-        if shape.heads == 0 || shape.kv_heads == 0 || shape.head_dim == 0 || shape.heads % shape.kv_heads != 0 {
+        if shape.heads == 0 || shape.kv_heads == 0 || shape.head_dim == 0 || shape.heads % shape.kv_heads != 0
+        {
             return Err(CodegenError::BadArguments(format!(
                 "attention with {} heads over {} KV heads of dimension {}: heads must be a non-zero multiple of KV heads",
                 shape.heads, shape.kv_heads, shape.head_dim
@@ -82,12 +83,14 @@ impl CausalAttention {
         }
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let trace = |kind| registry.trace(kind).map_err(|e| CodegenError::Unsupported(e.to_string()));
-        let (scale_t, add_t, softmax_t) = (trace(OpKind::Scale)?, trace(OpKind::Add)?, trace(OpKind::Softmax)?);
+        let (scale_t, add_t, softmax_t) =
+            (trace(OpKind::Scale)?, trace(OpKind::Add)?, trace(OpKind::Softmax)?);
         let epilogue = GemmEpilogue::new().then(&scale_t.body, 0, &[scale])?.then(&add_t.body, 0, &[])?;
         let (scores, scale_mask) = match GemmKernel::compile_with_epilogue(profile, &epilogue) {
             Ok(k) => (k, None),
             Err(CodegenError::Unsupported(_)) => {
-                let chain = GemmEpilogue::new().then(&scale_t.body, 0, &[scale])?.then(&add_t.body, 0, &[])?;
+                let chain =
+                    GemmEpilogue::new().then(&scale_t.body, 0, &[scale])?.then(&add_t.body, 0, &[])?;
                 let prog = LoopProgram::elementwise(chain.body().clone(), 2, chain.params().to_vec());
                 (GemmKernel::compile(profile)?, Some(LoopKernel::compile(&prog, profile)?))
             }

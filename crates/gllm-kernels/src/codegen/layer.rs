@@ -324,7 +324,8 @@ impl CompiledLayer {
         for unit in &self.units {
             match unit {
                 Unit::Loop(cg) => {
-                    let ins: Vec<RawSlice> = cg.inputs().iter().map(|&t| region(t)).collect::<Result<_, _>>()?;
+                    let ins: Vec<RawSlice> =
+                        cg.inputs().iter().map(|&t| region(t)).collect::<Result<_, _>>()?;
                     // SAFETY: every region is an input, a weight, a caller's
                     // output or an arena buffer of its tensor's size; the
                     // scratchpad plan gives tensors live at the same time
@@ -343,7 +344,8 @@ impl CompiledLayer {
                             region(t)?;
                         }
                     }
-                    let out_regions: Vec<RawSlice> = own.iter().map(|&t| region(t)).collect::<Result<_, _>>()?;
+                    let out_regions: Vec<RawSlice> =
+                        own.iter().map(|&t| region(t)).collect::<Result<_, _>>()?;
                     // SAFETY: as above; a GEMM group's outputs are live at the
                     // same time as its inputs, so the plan gave them memory
                     // apart from every input, and from each other.

@@ -45,7 +45,11 @@ enum NodeState {
     Grouped(usize),
 }
 
-pub(super) fn group(sem: &SemanticGraph, profile: &DeviceProfile, options: super::FusionOptions) -> Vec<FusionGroup> {
+pub(super) fn group(
+    sem: &SemanticGraph,
+    profile: &DeviceProfile,
+    options: super::FusionOptions,
+) -> Vec<FusionGroup> {
     let mut pos = vec![0; sem.nodes.len()];
     for (i, &n) in sem.order.iter().enumerate() {
         pos[n] = i;

@@ -1,0 +1,531 @@
+//! The forward pass: embedding, decoder layers over a KV cache, final norm
+//! and LM head — through the JIT, or through the scalar reference functions.
+//!
+//! ```text
+//!   tokens ──[embed]──> x ──┬─[pre_attention]──> q, k, v ──> KV cache
+//!                           │   [attention over the cache, run-time length]
+//!                           └─[post_attention]──> x' ── … N layers … ──[lm_head]──> logits
+//! ```
+//!
+//! The JIT compiles each part once per token count (prompt chunks, then 1
+//! for decoding) and caches it; attention takes the context length at run
+//! time, so decoding compiles nothing after its first token. One compiled
+//! part serves every layer: weights are prepared (packed) once per layer and
+//! looked up by name. Intermediates live in one reused workspace arena.
+//!
+//! The reference backend evaluates the same expanded graphs node by node
+//! with the registry's scalar functions: the oracle the JIT is tested against.
+
+use crate::config::LlamaConfig;
+use crate::kv_cache::{ContextFull, KvCache};
+use crate::layer_graph;
+use crate::weights::{ModelWeights, WeightsError};
+use gllm_kernels::codegen::attention::{AttentionScratch, AttentionShape, CausalAttention, MASKED};
+use gllm_kernels::codegen::layer::{compile_graph_with, CompiledLayer, LayerWorkspace, PreparedWeights};
+use gllm_kernels::codegen::CodegenError;
+use gllm_kernels::device::DeviceProfile;
+use gllm_kernels::fusion::{FusionOptions, FusionPlan};
+use gllm_kernels::graph::CompilerGraph;
+use gllm_kernels::reference::{self, ReferenceError};
+use gllm_kernels::runtime::compiled_code_count;
+use gllm_kernels::scalar::ScalarOpRegistry;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why a forward pass failed.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    ContextFull(#[from] ContextFull),
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
+    #[error("compiling `{part}` for {seq} token(s): {source}")]
+    Compile {
+        part: &'static str,
+        seq: usize,
+        #[source]
+        source: CodegenError,
+    },
+    #[error("running `{part}`: {source}")]
+    Run {
+        part: &'static str,
+        #[source]
+        source: CodegenError,
+    },
+    #[error("reference evaluation of `{part}`: {source}")]
+    Reference {
+        part: &'static str,
+        #[source]
+        source: ReferenceError,
+    },
+    #[error("the graph of `{part}` is invalid: {source}")]
+    Graph {
+        part: &'static str,
+        #[source]
+        source: gllm_kernels::graph::GraphError,
+    },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+/// How layers are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// JIT-compiled fused kernels.
+    Jit,
+    /// The scalar reference functions, node by node (slow; the oracle).
+    Reference,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub backend: Backend,
+    /// Fusion on (the default) or every node its own group (`--no-fusion`).
+    pub fusion: FusionOptions,
+    /// The device to compile for; its `physical_cores` is the thread count.
+    pub profile: DeviceProfile,
+    /// KV-cache positions to allocate (at most the model's context length).
+    pub max_context: usize,
+    /// Prompts longer than this run in chunks of this many tokens.
+    pub prefill_chunk: usize,
+}
+
+impl EngineOptions {
+    /// JIT with fusion on `profile`, a 2048-position cache, 256-token chunks.
+    pub fn new(profile: DeviceProfile) -> EngineOptions {
+        EngineOptions {
+            backend: Backend::Jit,
+            fusion: FusionOptions::default(),
+            profile,
+            max_context: 2048,
+            prefill_chunk: 256,
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.profile.physical_cores.max(1)
+    }
+}
+
+/// Counters a caller can read between calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineStats {
+    /// Wall time inside forward passes.
+    pub forward: Duration,
+    /// Of that, time inside compiled parts and attention (or reference evaluation).
+    pub kernels: Duration,
+    /// Time spent compiling parts (included in neither of the above).
+    pub compile: Duration,
+    /// Forward passes run.
+    pub calls: u64,
+}
+
+impl EngineStats {
+    /// Time in forward passes outside the kernels (embedding, KV-cache
+    /// copies, dispatch, bookkeeping).
+    pub fn outside_kernels(&self) -> Duration {
+        self.forward.saturating_sub(self.kernels)
+    }
+}
+
+/// The compiled parts for one token count.
+struct Parts {
+    pre: CompiledLayer,
+    post: CompiledLayer,
+}
+
+struct Jit {
+    parts: HashMap<usize, Parts>,
+    heads: HashMap<usize, CompiledLayer>,
+    /// Per layer: its weights prepared for the parts.
+    layers: Vec<PreparedWeights>,
+    head: PreparedWeights,
+    attention: CausalAttention,
+    workspace: LayerWorkspace,
+    scratch: AttentionScratch,
+}
+
+/// Activations of one chunk, reused across chunks.
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    x_next: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// A model ready to run: weights, compiled parts, KV cache, position.
+pub struct Engine {
+    cfg: LlamaConfig,
+    weights: Arc<ModelWeights>,
+    opts: EngineOptions,
+    registry: &'static ScalarOpRegistry,
+    kv: KvCache,
+    /// `cos`/`sin` of every position's rotation angles, `[max_context, head_dim/2]`.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    jit: Option<Jit>,
+    bufs: Buffers,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// Checks the weights, allocates the cache and (for the JIT) compiles
+    /// the single-token parts and prepares every layer's weights.
+    pub fn new(
+        cfg: LlamaConfig,
+        weights: Arc<ModelWeights>,
+        mut opts: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        weights.check(&cfg)?;
+        opts.max_context = opts.max_context.clamp(1, cfg.context_length.max(1));
+        opts.prefill_chunk = opts.prefill_chunk.max(1);
+        let (rope_cos, rope_sin) = rope_tables(&cfg, opts.max_context);
+        let registry = ScalarOpRegistry::global();
+        let mut engine = Engine {
+            kv: KvCache::new(cfg.num_layers, cfg.kv_dim(), opts.max_context),
+            cfg,
+            weights,
+            opts,
+            registry,
+            rope_cos,
+            rope_sin,
+            jit: None,
+            bufs: Buffers::default(),
+            stats: EngineStats::default(),
+        };
+        if engine.opts.backend == Backend::Jit {
+            engine.jit = Some(engine.build_jit()?);
+        }
+        Ok(engine)
+    }
+
+    fn build_jit(&mut self) -> Result<Jit, EngineError> {
+        let t0 = Instant::now();
+        let cfg = &self.cfg;
+        let shape =
+            AttentionShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
+        let attention = CausalAttention::compile(shape, self.registry, &self.opts.profile)
+            .map_err(|source| EngineError::Compile { part: "attention", seq: 0, source })?;
+        let parts = compile_parts(cfg, 1, &self.opts, self.registry)?;
+        let head = compile_part("lm_head", layer_graph::lm_head(cfg, 1), 1, &self.opts, self.registry)?;
+        let w = &self.weights;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let get = |name: &str| w.layer(l, name);
+            let mut prepared = PreparedWeights::default();
+            for part in [&parts.pre, &parts.post] {
+                part.prepare_more(&mut prepared, &get)
+                    .map_err(|source| EngineError::Run { part: "preparing weights", source })?;
+            }
+            layers.push(prepared);
+        }
+        let head_w = head
+            .prepare_weights(&|name: &str| w.get(name))
+            .map_err(|source| EngineError::Run { part: "preparing weights", source })?;
+        self.stats.compile += t0.elapsed();
+        Ok(Jit {
+            parts: HashMap::from([(1, parts)]),
+            heads: HashMap::from([(1, head)]),
+            layers,
+            head: head_w,
+            attention,
+            workspace: LayerWorkspace::new(),
+            scratch: AttentionScratch::default(),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Positions in the KV cache (tokens processed since the last reset).
+    pub fn position(&self) -> usize {
+        self.kv.len()
+    }
+
+    /// KV-cache capacity in positions.
+    pub fn max_context(&self) -> usize {
+        self.kv.capacity()
+    }
+
+    /// Starts a new sequence (the compiled parts are kept).
+    pub fn reset(&mut self) {
+        self.kv.clear();
+    }
+
+    /// Forgets cached positions from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.kv.truncate(len);
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    pub fn reset_stats(&mut self) {
+        self.stats = EngineStats::default();
+    }
+
+    /// The fusion plans of the compiled parts for `seq` tokens (pre- and
+    /// post-attention), compiling them if needed; for `explain`.
+    pub fn plans(&mut self, seq: usize) -> Result<Vec<(&'static str, &FusionPlan)>, EngineError> {
+        if self.jit.is_none() {
+            return Ok(Vec::new());
+        }
+        self.ensure_parts(seq)?;
+        let jit = self.jit.as_ref().expect("checked above");
+        let p = &jit.parts[&seq];
+        Ok(vec![("pre_attention", p.pre.plan()), ("post_attention", p.post.plan())])
+    }
+
+    /// Runs `tokens` at the next positions and returns logits: of every
+    /// token (`[tokens, vocab]`) when `all_logits`, else of the last one.
+    pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, EngineError> {
+        let vocab = self.cfg.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::BadToken { id, vocab });
+        }
+        self.kv.check_room(tokens.len())?;
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t0 = Instant::now();
+        let compile_before = self.stats.compile;
+        let mut logits = Vec::with_capacity(if all_logits { tokens.len() * vocab } else { vocab });
+        let chunks: Vec<&[u32]> = tokens.chunks(self.opts.prefill_chunk).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            self.run_chunk(chunk)?;
+            if all_logits {
+                let seq = chunk.len();
+                logits.extend(self.head(seq)?);
+            } else if last {
+                logits = self.head(1)?;
+            }
+        }
+        self.stats.calls += 1;
+        self.stats.forward += t0.elapsed().saturating_sub(self.stats.compile - compile_before);
+        Ok(logits)
+    }
+
+    fn ensure_parts(&mut self, seq: usize) -> Result<(), EngineError> {
+        let jit = self.jit.as_mut().expect("JIT backend");
+        if !jit.parts.contains_key(&seq) {
+            let t0 = Instant::now();
+            jit.parts.insert(seq, compile_parts(&self.cfg, seq, &self.opts, self.registry)?);
+            self.stats.compile += t0.elapsed();
+        }
+        Ok(())
+    }
+
+    /// The logits of the last `rows` positions of the chunk just run.
+    fn head(&mut self, rows: usize) -> Result<Vec<f32>, EngineError> {
+        let (h, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let x = &self.bufs.x[self.bufs.x.len() - rows * h..];
+        let mut out = vec![0.0f32; rows * vocab];
+        match self.jit.as_mut() {
+            Some(jit) => {
+                if !jit.heads.contains_key(&rows) {
+                    let t0 = Instant::now();
+                    let part = compile_part(
+                        "lm_head",
+                        layer_graph::lm_head(&self.cfg, rows),
+                        rows,
+                        &self.opts,
+                        self.registry,
+                    )?;
+                    jit.heads.insert(rows, part);
+                    self.stats.compile += t0.elapsed();
+                }
+                let t0 = Instant::now();
+                jit.heads[&rows]
+                    .run_into(&jit.head, &[x], &mut [&mut out], &mut jit.workspace)
+                    .map_err(|source| EngineError::Run { part: "lm_head", source })?;
+                self.stats.kernels += t0.elapsed();
+            }
+            None => {
+                let t0 = Instant::now();
+                let g = layer_graph::lm_head(&self.cfg, rows);
+                let w = &self.weights;
+                out = evaluate(&g, self.registry, &[x], &|n: &str| w.get(n), "lm_head")?.swap_remove(0);
+                self.stats.kernels += t0.elapsed();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one chunk through every layer; its hidden states end in `bufs.x`.
+    fn run_chunk(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
+        let cfg = &self.cfg;
+        let seq = tokens.len();
+        let (h, qd, kvd, half) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim / 2);
+        let pos0 = self.kv.len();
+        let b = &mut self.bufs;
+        let embd = self.weights.get("token_embd.weight").expect("checked at construction");
+        b.x.clear();
+        for &t in tokens {
+            b.x.extend_from_slice(&embd[t as usize * h..(t as usize + 1) * h]);
+        }
+        for (buf, n) in
+            [(&mut b.x_next, h), (&mut b.q, qd), (&mut b.k, kvd), (&mut b.v, kvd), (&mut b.attn, qd)]
+        {
+            buf.resize(seq * n, 0.0);
+        }
+        b.cos.clear();
+        b.cos.extend_from_slice(&self.rope_cos[pos0 * half..(pos0 + seq) * half]);
+        b.sin.clear();
+        b.sin.extend_from_slice(&self.rope_sin[pos0 * half..(pos0 + seq) * half]);
+        if self.jit.is_some() {
+            self.ensure_parts(seq)?;
+        }
+        for l in 0..self.cfg.num_layers {
+            self.run_layer(l, seq, pos0)?;
+        }
+        self.kv.advance(seq);
+        Ok(())
+    }
+
+    fn run_layer(&mut self, l: usize, seq: usize, pos0: usize) -> Result<(), EngineError> {
+        let threads = self.opts.threads();
+        let b = &mut self.bufs;
+        match self.jit.as_mut() {
+            Some(jit) => {
+                let parts = &jit.parts[&seq];
+                let w = &jit.layers[l];
+                let t0 = Instant::now();
+                parts
+                    .pre
+                    .run_into(
+                        w,
+                        &[&b.x, &b.cos, &b.sin],
+                        &mut [&mut b.q, &mut b.k, &mut b.v],
+                        &mut jit.workspace,
+                    )
+                    .map_err(|source| EngineError::Run { part: "pre_attention", source })?;
+                let t1 = Instant::now();
+                self.kv.write(l, &b.k, &b.v);
+                let t2 = Instant::now();
+                let (kc, vc) = self.kv.layer(l);
+                jit.attention
+                    .run(&b.q, kc, vc, pos0, &mut b.attn, &mut jit.scratch, threads)
+                    .map_err(|source| EngineError::Run { part: "attention", source })?;
+                parts
+                    .post
+                    .run_into(w, &[&b.attn, &b.x], &mut [&mut b.x_next], &mut jit.workspace)
+                    .map_err(|source| EngineError::Run { part: "post_attention", source })?;
+                std::mem::swap(&mut b.x, &mut b.x_next);
+                self.stats.kernels += (t1 - t0) + t2.elapsed();
+            }
+            None => {
+                let cfg = &self.cfg;
+                let t0 = Instant::now();
+                let ws = &self.weights;
+                let get = |name: &str| ws.layer(l, name);
+                let pre = evaluate(
+                    &layer_graph::pre_attention(cfg, seq),
+                    self.registry,
+                    &[&b.x, &b.cos, &b.sin],
+                    &get,
+                    "pre_attention",
+                )?;
+                self.kv.write(l, &pre[1], &pre[2]);
+                let ctx = pos0 + seq;
+                let kvd = cfg.kv_dim();
+                let (kc, vc) = self.kv.layer(l);
+                let mask: Vec<f32> = (0..seq)
+                    .flat_map(|r| (0..ctx).map(move |c| if c <= pos0 + r { 0.0 } else { MASKED }))
+                    .collect();
+                let attn = evaluate(
+                    &layer_graph::attention(cfg, seq, ctx),
+                    self.registry,
+                    &[&pre[0], &kc[..ctx * kvd], &vc[..ctx * kvd], &mask],
+                    &get,
+                    "attention",
+                )?;
+                let post = evaluate(
+                    &layer_graph::post_attention(cfg, seq),
+                    self.registry,
+                    &[&attn[0], &b.x],
+                    &get,
+                    "post_attention",
+                )?;
+                b.x.copy_from_slice(&post[0]);
+                self.stats.kernels += t0.elapsed();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn compile_part(
+    part: &'static str,
+    graph: CompilerGraph,
+    seq: usize,
+    opts: &EngineOptions,
+    registry: &ScalarOpRegistry,
+) -> Result<CompiledLayer, EngineError> {
+    compile_graph_with(&graph, &opts.profile, registry, opts.fusion).map_err(|source| EngineError::Compile {
+        part,
+        seq,
+        source,
+    })
+}
+
+fn compile_parts(
+    cfg: &LlamaConfig,
+    seq: usize,
+    opts: &EngineOptions,
+    registry: &ScalarOpRegistry,
+) -> Result<Parts, EngineError> {
+    Ok(Parts {
+        pre: compile_part("pre_attention", layer_graph::pre_attention(cfg, seq), seq, opts, registry)?,
+        post: compile_part("post_attention", layer_graph::post_attention(cfg, seq), seq, opts, registry)?,
+    })
+}
+
+fn evaluate<'w>(
+    graph: &CompilerGraph,
+    registry: &ScalarOpRegistry,
+    inputs: &[&[f32]],
+    weight: &dyn Fn(&str) -> Option<&'w [f32]>,
+    part: &'static str,
+) -> Result<Vec<Vec<f32>>, EngineError> {
+    let sem = graph.analyse(registry).map_err(|source| EngineError::Graph { part, source })?;
+    reference::evaluate(&sem, registry, inputs, weight)
+        .map_err(|source| EngineError::Reference { part, source })
+}
+
+/// `cos`/`sin` of position p's angles p·θᵢ, θᵢ = theta^(−2i/head_dim), for
+/// the rotate-half layout the graphs use; computed in f64.
+pub fn rope_tables(cfg: &LlamaConfig, positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = cfg.head_dim / 2;
+    let inv: Vec<f64> =
+        (0..half).map(|i| (cfg.rope_theta as f64).powf(-2.0 * i as f64 / cfg.head_dim as f64)).collect();
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        for f in &inv {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// The compile counter's value (see `gllm_kernels::runtime::compiled_code_count`).
+pub fn code_generated() -> u64 {
+    compiled_code_count()
+}

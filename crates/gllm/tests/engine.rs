@@ -1,0 +1,85 @@
+//! The forward pass on synthetic weights: the JIT against the scalar
+//! reference path, chunked prefill against one pass, decoding against
+//! prefill, and no compilation while decoding.
+
+use gllm::engine::{Backend, Engine, EngineOptions};
+use gllm::synthetic::model_weights;
+use gllm::LlamaConfig;
+use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::fusion::FusionOptions;
+use std::sync::Arc;
+
+fn profiles() -> Vec<DeviceProfile> {
+    let host = DeviceProfile::detect().unwrap();
+    [Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(|&i| host.features.supports(i))
+        .map(|i| host.clone().with_isa(i).unwrap())
+        .collect()
+}
+
+fn engine(
+    cfg: &LlamaConfig,
+    w: &Arc<gllm::weights::ModelWeights>,
+    profile: DeviceProfile,
+    backend: Backend,
+    fuse: bool,
+    chunk: usize,
+) -> Engine {
+    let mut o = EngineOptions::new(profile);
+    o.backend = backend;
+    o.fusion = FusionOptions { fuse };
+    o.prefill_chunk = chunk;
+    o.max_context = 64;
+    Engine::new(cfg.clone(), w.clone(), o).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
+        .0
+}
+
+#[test]
+fn jit_matches_the_scalar_reference_prefill_and_decode() {
+    let cfg = LlamaConfig::tiny();
+    let w = Arc::new(model_weights(&cfg, 42));
+    let prompt: Vec<u32> = (0..13).map(|i| (i * 37 + 5) % cfg.vocab_size as u32).collect();
+    let host = DeviceProfile::detect().unwrap();
+    let mut reference = engine(&cfg, &w, host, Backend::Reference, true, 64);
+    let want = reference.forward(&prompt, true).unwrap();
+    assert_eq!(want.len(), prompt.len() * cfg.vocab_size);
+    let mut want_steps = Vec::new();
+    let mut tok = argmax(&want[want.len() - cfg.vocab_size..]) as u32;
+    for _ in 0..6 {
+        let l = reference.forward(&[tok], false).unwrap();
+        tok = argmax(&l) as u32;
+        want_steps.push((tok, l));
+    }
+    for profile in profiles() {
+        for fuse in [true, false] {
+            for chunk in [64, 5, 1] {
+                let what = format!("{} fuse={fuse} chunk={chunk}", profile.isa);
+                let mut e = engine(&cfg, &w, profile.clone(), Backend::Jit, fuse, chunk);
+                let got = e.forward(&prompt, true).unwrap();
+                let d = max_diff(&got, &want);
+                assert!(d <= 2e-4, "{what}: prompt logits differ by {d}");
+                let mut tok = argmax(&got[got.len() - cfg.vocab_size..]) as u32;
+                for (step, (want_tok, want_l)) in want_steps.iter().enumerate() {
+                    let l = e.forward(&[tok], false).unwrap();
+                    let d = max_diff(&l, want_l);
+                    assert!(d <= 2e-4, "{what}: step {step} logits differ by {d}");
+                    tok = argmax(&l) as u32;
+                    assert_eq!(tok, *want_tok, "{what}: step {step}");
+                }
+                assert_eq!(e.position(), prompt.len() + want_steps.len());
+            }
+        }
+    }
+}
