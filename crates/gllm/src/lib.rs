@@ -6,8 +6,10 @@
 pub mod config;
 pub mod engine;
 pub mod fused;
+pub mod generate;
 pub mod kv_cache;
 pub mod layer_graph;
+pub mod sampling;
 pub mod synthetic;
 pub mod weights;
 
