@@ -1,6 +1,6 @@
 //! One function per subcommand.
 
-use crate::{DeviceArgs, ExplainArgs, ProfileArgs, RunArgs};
+use crate::{DemoArgs, DeviceArgs, ExplainArgs, ProfileArgs};
 use anyhow::{bail, Context, Result};
 use gllm::layer_graph::decoder_stack;
 use gllm::synthetic::SyntheticData;
@@ -50,7 +50,7 @@ pub fn device(args: &DeviceArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: &RunArgs) -> Result<()> {
+pub fn demo(args: &DemoArgs) -> Result<()> {
     let profile = args.profile.resolve()?;
     println!("{profile}\n");
     if !profile.runs_on_host() {

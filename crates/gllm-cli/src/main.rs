@@ -2,6 +2,8 @@
 //! prints; every decision is made in the libraries.
 
 mod commands;
+mod model_cmds;
+mod npy;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -16,14 +18,130 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the main job on its built-in default: detect the device, analyse
-    /// the registered scalar ops, JIT a kernel and check it against scalar code.
+    /// Generate text with a model (with no --model: the built-in tiny model,
+    /// written as a GGUF file and loaded like any other).
     Run(RunArgs),
+    /// An interactive multi-turn conversation using the model's chat template.
+    Chat(ChatArgs),
+    /// Prompt-processing and generation speed, as llama-bench markdown rows.
+    Bench(BenchArgs),
     /// Print the device profile the compiler would use.
     Device(DeviceArgs),
     /// Show what the compiler learned about an operator (`--op`), or how it
     /// plans a model's decoder layer on a device (`--model`).
     Explain(ExplainArgs),
+    /// Walk through the compiler's phases on this machine (Phase 0 analysis,
+    /// planning, loop kernels, GEMM, a whole layer) with checks against the
+    /// scalar references.
+    Demo(DemoArgs),
+}
+
+/// Which model and how to run it (shared by run, chat and bench).
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file, a .safetensors file or a directory with safetensors +
+    /// config.json + tokenizer.json. Default: the built-in tiny model.
+    #[arg(long, short = 'm')]
+    model: Option<PathBuf>,
+    /// Threads (default: this machine's physical cores).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    /// Plan every node as its own group (the unfused baseline).
+    #[arg(long)]
+    no_fusion: bool,
+    /// Evaluate every node with its scalar reference function (no JIT; slow).
+    #[arg(long)]
+    reference: bool,
+    /// KV-cache positions to allocate (default 2048, at most the model's context).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Prompt tokens per prefill chunk.
+    #[arg(long, default_value_t = 256)]
+    chunk: usize,
+    /// Show the compiled groups of each part: kernel, fused or not, and why.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    #[command(flatten)]
+    profile: ProfileArgs,
+}
+
+/// How tokens are chosen.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Temperature (0 = greedy).
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the most likely tokens up to this total probability.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Random seed (the same seed gives the same text).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt (default: a short English sentence).
+    #[arg(long, short = 'p')]
+    prompt: Option<String>,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
+    n: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// Write the logits of every prompt position to this .npy file
+    /// (float32, shape [prompt tokens, vocab]).
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// A system message (default: the template's own, if it has one).
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens per reply.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
+    n: usize,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt lengths to time (pp tests).
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "128,512")]
+    prompt: Vec<usize>,
+    /// Tokens to generate (tg test; 0 = none).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    gen: usize,
+    /// Thread counts to run.
+    #[arg(short = 'T', long = "threads-list", value_delimiter = ',', default_value = "1,2")]
+    threads_list: Vec<usize>,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    repetitions: usize,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    profile: ProfileArgs,
+    /// Elements for the demo kernel run.
+    #[arg(long, default_value_t = 1 << 22)]
+    elements: usize,
 }
 
 /// Which hardware to plan for: this machine, a preset or a profile file.
@@ -38,15 +156,6 @@ pub struct ProfileArgs {
     /// Generate code for this ISA (avx2, avx512) instead of the best available.
     #[arg(long)]
     isa: Option<String>,
-}
-
-#[derive(Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    profile: ProfileArgs,
-    /// Elements for the demo kernel run.
-    #[arg(long, default_value_t = 1 << 22)]
-    elements: usize,
 }
 
 #[derive(Args)]
@@ -67,7 +176,8 @@ pub struct ExplainArgs {
     /// Operator name as registered (e.g. silu, rms_norm, matmul).
     #[arg(long)]
     op: Option<String>,
-    /// Model whose decoder layer to plan (llama-7b, smollm2-135m, llama-70b).
+    /// Model whose decoder layer to plan: a built-in name (llama-7b,
+    /// smollm2-135m, llama-70b, tiny) or a model file.
     #[arg(long)]
     model: Option<String>,
     /// Tokens processed at once (prefill length; 1 = decode-sized GEMVs).
@@ -90,7 +200,10 @@ fn main() -> Result<()> {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => commands::run(&args),
+        Command::Run(args) => model_cmds::run(&args),
+        Command::Chat(args) => model_cmds::chat(&args),
+        Command::Bench(args) => model_cmds::bench(&args),
+        Command::Demo(args) => commands::demo(&args),
         Command::Device(args) => commands::device(&args),
         Command::Explain(args) => commands::explain(&args),
     }

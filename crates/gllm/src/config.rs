@@ -67,7 +67,7 @@ impl LlamaConfig {
         LlamaConfig {
             name: "tiny".into(),
             hidden_size: 64,
-            intermediate_size: 176,
+            intermediate_size: 192,
             num_layers: 2,
             num_heads: 4,
             num_kv_heads: 2,

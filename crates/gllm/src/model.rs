@@ -1,0 +1,518 @@
+//! Loading a LLaMA-family model from a file: configuration, weights in the
+//! engine's canonical layouts, and the tokenizer.
+//!
+//! ```text
+//!   GGUF (llama.* keys, tokenizer.ggml.*)          ─┐
+//!   safetensors + config.json (+ tokenizer.json)   ─┴─[check every tensor against the config]──> Model
+//! ```
+//!
+//! Every tensor is checked (presence, shape) against the configuration in
+//! one table before anything is converted, and every error names the file
+//! and the tensor or key. Weights are dequantised to f32 here (in parallel);
+//! projections are transposed to `[in, out]`.
+//!
+//! RoPE layouts: GGUF's converter permutes the rows of each head of Q and K
+//! so that rotating adjacent pairs (2i, 2i+1) is right for the stored
+//! weights; HF checkpoints rotate halves (i, i + d/2). The graphs rotate
+//! halves, so GGUF Q/K rows are permuted back at load: row `2i + s` of a
+//! head goes to row `s·d/2 + i`. Attention scores are the same either way
+//! (q·k is invariant under the same permutation of both), which the tests
+//! check against an independent numpy forward pass that rotates pairs.
+
+use crate::config::LlamaConfig;
+use crate::gguf::{GgufError, GgufFile};
+use crate::safetensors_model::{SafetensorsError, SafetensorsModel};
+use crate::tokenizer::{Tokenizer, TokenizerError, TokenizerSpec};
+use crate::weights::ModelWeights;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why a model could not be loaded.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Safetensors(#[from] SafetensorsError),
+    #[error("{file}: {problem}")]
+    Config { file: String, problem: String },
+    #[error("{file}: tensor `{tensor}` is missing")]
+    MissingTensor { file: String, tensor: String },
+    #[error("{file}: tensor `{tensor}` has shape {got:?}; the configuration needs {want:?}")]
+    Shape { file: String, tensor: String, got: Vec<usize>, want: Vec<usize> },
+    #[error("{file}: tokenizer: {source}")]
+    Tokenizer {
+        file: String,
+        #[source]
+        source: TokenizerError,
+    },
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: not a GGUF file, a .safetensors file or a directory holding one")]
+    UnknownFormat(String),
+}
+
+/// What a model file is, for reports and bench rows.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    /// e.g. `GGUF v3, Q4_1` or `safetensors, BF16`.
+    pub format: String,
+    /// `general.name` or the directory name.
+    pub name: String,
+    /// Bytes of tensor data in the file(s).
+    pub file_bytes: u64,
+    pub params: usize,
+}
+
+/// A loaded model.
+pub struct Model {
+    pub config: LlamaConfig,
+    pub weights: Arc<ModelWeights>,
+    pub tokenizer: Tokenizer,
+    pub info: ModelInfo,
+}
+
+/// Called as tensors are converted: (done, total).
+pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
+
+/// How a tensor in the file becomes a canonical weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Convert {
+    /// Vectors and `[rows, cols]` kept as they are.
+    AsIs,
+    /// `[out, in]` rows → `[in, out]`.
+    Transpose,
+    /// Q/K in GGUF's adjacent-pair order: rows permuted per head of
+    /// `head_dim`, then transposed.
+    UnpermuteTranspose { head_dim: usize },
+}
+
+/// One row of the loading table: canonical name, file name, the shape the
+/// file must hold (row-major, outer first), conversion.
+struct Wanted {
+    name: String,
+    file_name: String,
+    shape: Vec<usize>,
+    convert: Convert,
+}
+
+/// The table of every tensor a LLaMA model needs, for file names given by
+/// `file_name(canonical layer-free name, layer)`. Shapes are row-major
+/// `[out, in]` for projections (both GGUF and HF store them so).
+fn wanted(cfg: &LlamaConfig, gguf_layout: bool, file_name: &dyn Fn(&str, Option<usize>) -> String) -> Vec<Wanted> {
+    let (h, q, kv, f, v) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.vocab_size);
+    let mut t = vec![
+        Wanted { name: "token_embd.weight".into(), file_name: file_name("token_embd.weight", None), shape: vec![v, h], convert: Convert::AsIs },
+        Wanted { name: "output_norm.weight".into(), file_name: file_name("output_norm.weight", None), shape: vec![h], convert: Convert::AsIs },
+    ];
+    if !cfg.tie_word_embeddings {
+        t.push(Wanted { name: "output.weight".into(), file_name: file_name("output.weight", None), shape: vec![v, h], convert: Convert::Transpose });
+    }
+    let qk = if gguf_layout { Convert::UnpermuteTranspose { head_dim: cfg.head_dim } } else { Convert::Transpose };
+    for l in 0..cfg.num_layers {
+        for (name, shape, convert) in [
+            ("attn_norm.weight", vec![h], Convert::AsIs),
+            ("attn_q.weight", vec![q, h], qk),
+            ("attn_k.weight", vec![kv, h], qk),
+            ("attn_v.weight", vec![kv, h], Convert::Transpose),
+            ("attn_output.weight", vec![h, q], Convert::Transpose),
+            ("ffn_norm.weight", vec![h], Convert::AsIs),
+            ("ffn_gate.weight", vec![f, h], Convert::Transpose),
+            ("ffn_up.weight", vec![f, h], Convert::Transpose),
+            ("ffn_down.weight", vec![h, f], Convert::Transpose),
+        ] {
+            t.push(Wanted { name: format!("blk.{l}.{name}"), file_name: file_name(name, Some(l)), shape, convert });
+        }
+    }
+    t
+}
+
+fn convert(data: Vec<f32>, shape: &[usize], how: Convert) -> Vec<f32> {
+    let transpose = |d: &[f32], rows: usize, cols: usize| {
+        let mut out = vec![0.0f32; d.len()];
+        for (r, row) in d.chunks_exact(cols).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                out[c * rows + r] = x;
+            }
+        }
+        out
+    };
+    match how {
+        Convert::AsIs => data,
+        Convert::Transpose => transpose(&data, shape[0], shape[1]),
+        Convert::UnpermuteTranspose { head_dim } => {
+            let (rows, cols, half) = (shape[0], shape[1], head_dim / 2);
+            let mut hf = vec![0.0f32; data.len()];
+            for r in 0..rows {
+                let (head, j) = (r / head_dim, r % head_dim);
+                let (i, s) = (j / 2, j % 2);
+                let to = head * head_dim + s * half + i;
+                hf[to * cols..(to + 1) * cols].copy_from_slice(&data[r * cols..(r + 1) * cols]);
+            }
+            transpose(&hf, rows, cols)
+        }
+    }
+}
+
+impl Model {
+    /// Loads a GGUF file, a `.safetensors` file, or a directory holding
+    /// safetensors shards with `config.json` and `tokenizer.json`.
+    pub fn load(path: &Path, progress: Progress) -> Result<Model, ModelError> {
+        let shown = path.display().to_string();
+        if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
+            return Model::from_safetensors(path, progress);
+        }
+        let mut magic = [0u8; 4];
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|source| ModelError::Io { file: shown.clone(), source })?;
+        let n = f.read(&mut magic).map_err(|source| ModelError::Io { file: shown.clone(), source })?;
+        if n == 4 && &magic == b"GGUF" {
+            let file = GgufFile::open(path)?;
+            return Model::from_gguf(&file, path, progress);
+        }
+        Err(ModelError::UnknownFormat(shown))
+    }
+
+    /// A model from an opened GGUF file (`path` for reports).
+    pub fn from_gguf(file: &GgufFile, path: &Path, progress: Progress) -> Result<Model, ModelError> {
+        let config = gguf_config(file)?;
+        let src = file.source_name().to_string();
+        let table = wanted(&config, true, &|name, layer| match layer {
+            Some(l) => format!("blk.{l}.{name}"),
+            None => name.to_string(),
+        });
+        // Check every tensor before converting any.
+        for w in &table {
+            let info = file
+                .tensor_info(&w.file_name)
+                .map_err(|_| ModelError::MissingTensor { file: src.clone(), tensor: w.file_name.clone() })?;
+            // ggml dims are innermost first: [in, out] for `[out, in]` rows.
+            let got: Vec<usize> = info.dims().iter().rev().map(|&d| d as usize).collect();
+            if got != w.shape {
+                return Err(ModelError::Shape { file: src.clone(), tensor: w.file_name.clone(), got, want: w.shape.clone() });
+            }
+        }
+        let done = AtomicUsize::new(0);
+        let total = table.len();
+        let converted: Vec<(String, Vec<f32>)> = table
+            .par_iter()
+            .map(|w| -> Result<(String, Vec<f32>), ModelError> {
+                let data = file.tensor_f32(&w.file_name)?;
+                let out = convert(data, &w.shape, w.convert);
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                Ok((w.name.clone(), out))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut weights = ModelWeights::new();
+        for (name, data) in converted {
+            weights.insert(name, data);
+        }
+        tie_head(&mut weights, &config);
+        let tokenizer = gguf_tokenizer(file)?;
+        if tokenizer.vocab_size() != config.vocab_size {
+            return Err(ModelError::Config {
+                file: src,
+                problem: format!(
+                    "the tokenizer has {} tokens but token_embd.weight has {} rows",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
+            });
+        }
+        let mut types: Vec<&str> = file.tensors().iter().map(|t| t.ggml_type().name()).collect();
+        types.sort_unstable();
+        types.dedup();
+        let info = ModelInfo {
+            path: path.to_path_buf(),
+            format: format!("GGUF v{}, {}", file.version(), types.join("+")),
+            name: file.opt_str("general.name")?.unwrap_or(&config.name).to_string(),
+            file_bytes: file.tensors().iter().map(|t| t.n_bytes()).sum(),
+            params: weights.num_params(&config),
+        };
+        Ok(Model { config, weights: Arc::new(weights), tokenizer, info })
+    }
+
+    /// A model from HF safetensors with `config.json` (and `tokenizer.json`).
+    pub fn from_safetensors(path: &Path, progress: Progress) -> Result<Model, ModelError> {
+        let st = SafetensorsModel::open(path)?;
+        let dir = st.directory().to_path_buf();
+        let shown = dir.display().to_string();
+        let hf = st.hf_config()?;
+        let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
+        let config = LlamaConfig {
+            name: dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()),
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_layers: hf.num_hidden_layers,
+            num_heads: hf.num_attention_heads,
+            num_kv_heads: hf.num_key_value_heads,
+            head_dim,
+            vocab_size: hf.vocab_size,
+            rms_norm_eps: hf.rms_norm_eps as f32,
+            rope_theta: hf.rope_theta as f32,
+            context_length: hf.max_position_embeddings,
+            tie_word_embeddings: hf.tie_word_embeddings || !st.tensor_names().any(|n| n == "lm_head.weight"),
+        };
+        check_config(&config, &shown)?;
+        let hf_name = |name: &str, layer: Option<usize>| -> String {
+            let part = match name {
+                "token_embd.weight" => return "model.embed_tokens.weight".into(),
+                "output_norm.weight" => return "model.norm.weight".into(),
+                "output.weight" => return "lm_head.weight".into(),
+                "attn_norm.weight" => "input_layernorm.weight",
+                "attn_q.weight" => "self_attn.q_proj.weight",
+                "attn_k.weight" => "self_attn.k_proj.weight",
+                "attn_v.weight" => "self_attn.v_proj.weight",
+                "attn_output.weight" => "self_attn.o_proj.weight",
+                "ffn_norm.weight" => "post_attention_layernorm.weight",
+                "ffn_gate.weight" => "mlp.gate_proj.weight",
+                "ffn_up.weight" => "mlp.up_proj.weight",
+                "ffn_down.weight" => "mlp.down_proj.weight",
+                other => other,
+            };
+            format!("model.layers.{}.{part}", layer.unwrap_or(0))
+        };
+        let table = wanted(&config, false, &hf_name);
+        for w in &table {
+            let info = st
+                .tensor_info(&w.file_name)
+                .map_err(|_| ModelError::MissingTensor { file: shown.clone(), tensor: w.file_name.clone() })?;
+            if info.shape() != w.shape.as_slice() {
+                return Err(ModelError::Shape {
+                    file: shown.clone(),
+                    tensor: w.file_name.clone(),
+                    got: info.shape().to_vec(),
+                    want: w.shape.clone(),
+                });
+            }
+        }
+        let done = AtomicUsize::new(0);
+        let total = table.len();
+        let converted: Vec<(String, Vec<f32>)> = table
+            .par_iter()
+            .map(|w| -> Result<(String, Vec<f32>), ModelError> {
+                let out = convert(st.tensor_f32(&w.file_name)?, &w.shape, w.convert);
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                Ok((w.name.clone(), out))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut weights = ModelWeights::new();
+        for (name, data) in converted {
+            weights.insert(name, data);
+        }
+        tie_head(&mut weights, &config);
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = hf_tokenizer(&tok_path)?;
+        let mut dtypes: Vec<String> =
+            st.shards().iter().flat_map(|s| s.tensors().iter().map(|t| format!("{:?}", t.dtype()))).collect();
+        dtypes.sort_unstable();
+        dtypes.dedup();
+        let info = ModelInfo {
+            path: path.to_path_buf(),
+            format: format!("safetensors, {}", dtypes.join("+")),
+            name: config.name.clone(),
+            file_bytes: st.shards().iter().flat_map(|s| s.tensors().iter().map(|t| t.n_bytes() as u64)).sum(),
+            params: weights.num_params(&config),
+        };
+        Ok(Model { config, weights: Arc::new(weights), tokenizer, info })
+    }
+}
+
+/// With tied embeddings the LM head is the embedding, transposed to `[hidden, vocab]`.
+fn tie_head(weights: &mut ModelWeights, cfg: &LlamaConfig) {
+    if cfg.tie_word_embeddings {
+        let e = weights.get("token_embd.weight").expect("loaded above");
+        let head = convert(e.to_vec(), &[cfg.vocab_size, cfg.hidden_size], Convert::Transpose);
+        weights.insert("output.weight", head);
+    }
+}
+
+fn check_config(cfg: &LlamaConfig, file: &str) -> Result<(), ModelError> {
+    let bad = |problem: String| Err(ModelError::Config { file: file.to_string(), problem });
+    if cfg.hidden_size == 0 || cfg.num_layers == 0 || cfg.num_heads == 0 || cfg.vocab_size == 0 || cfg.intermediate_size == 0 {
+        return bad(format!(
+            "hidden {}, layers {}, heads {}, vocab {}, FFN {}: none may be zero",
+            cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.vocab_size, cfg.intermediate_size
+        ));
+    }
+    if cfg.num_kv_heads == 0 || cfg.num_heads % cfg.num_kv_heads != 0 {
+        return bad(format!("{} attention heads cannot share {} KV heads", cfg.num_heads, cfg.num_kv_heads));
+    }
+    if cfg.head_dim == 0 || cfg.head_dim % 2 != 0 {
+        return bad(format!("head dimension {} is not a positive even number", cfg.head_dim));
+    }
+    if !(cfg.rms_norm_eps > 0.0) || !(cfg.rope_theta > 0.0) {
+        return bad(format!("RMS eps {} and RoPE base {} must be positive", cfg.rms_norm_eps, cfg.rope_theta));
+    }
+    Ok(())
+}
+
+/// The configuration from `llama.*` metadata (and tensor shapes).
+pub fn gguf_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
+    let src = file.source_name().to_string();
+    let arch = file.get_str("general.architecture")?;
+    if arch != "llama" {
+        return Err(ModelError::Config {
+            file: src,
+            problem: format!("architecture `{arch}` is not supported (only `llama`)"),
+        });
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = file.get_usize(&key("embedding_length"))?;
+    let heads = file.get_usize(&key("attention.head_count"))?;
+    let head_dim = match file.opt_usize(&key("attention.key_length"))? {
+        Some(d) => d,
+        None => hidden / heads.max(1),
+    };
+    if let Some(rot) = file.opt_usize(&key("rope.dimension_count"))? {
+        if rot != head_dim {
+            return Err(ModelError::Config {
+                file: src,
+                problem: format!("{} = {rot}: partial rotary embedding (head dim {head_dim}) is not supported", key("rope.dimension_count")),
+            });
+        }
+    }
+    if let Some(kind) = file.opt_str(&key("rope.scaling.type"))? {
+        if kind != "none" {
+            return Err(ModelError::Config {
+                file: src,
+                problem: format!("{} = `{kind}`: RoPE scaling is not supported", key("rope.scaling.type")),
+            });
+        }
+    }
+    let vocab = match file.opt_usize(&key("vocab_size"))? {
+        Some(v) => v,
+        None => file.tensor_info("token_embd.weight")?.dims().get(1).copied().unwrap_or(0) as usize,
+    };
+    let cfg = LlamaConfig {
+        name: file.opt_str("general.name")?.unwrap_or(arch).to_string(),
+        hidden_size: hidden,
+        intermediate_size: file.get_usize(&key("feed_forward_length"))?,
+        num_layers: file.get_usize(&key("block_count"))?,
+        num_heads: heads,
+        num_kv_heads: file.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(heads),
+        head_dim,
+        vocab_size: vocab,
+        rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+        rope_theta: file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
+        context_length: file.get_usize(&key("context_length"))?,
+        tie_word_embeddings: !file.has_tensor("output.weight"),
+    };
+    check_config(&cfg, &src)?;
+    Ok(cfg)
+}
+
+/// The tokenizer from `tokenizer.ggml.*` metadata.
+pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, ModelError> {
+    let src = file.source_name().to_string();
+    let id = |k: &str| -> Result<Option<u32>, ModelError> {
+        Ok(file.opt_usize(k)?.map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
+    };
+    let spec = TokenizerSpec {
+        model: file.get_str("tokenizer.ggml.model")?.to_string(),
+        pre: file.opt_str("tokenizer.ggml.pre")?.map(str::to_string),
+        tokens: file.get_str_array("tokenizer.ggml.tokens")?.to_vec(),
+        merges: file.opt_str_array("tokenizer.ggml.merges")?.map(<[String]>::to_vec).unwrap_or_default(),
+        token_types: file.opt_i32_array("tokenizer.ggml.token_type")?.map(<[i32]>::to_vec).unwrap_or_default(),
+        bos: id("tokenizer.ggml.bos_token_id")?,
+        eos: id("tokenizer.ggml.eos_token_id")?,
+        eot: id("tokenizer.ggml.eot_token_id")?,
+        pad: id("tokenizer.ggml.padding_token_id")?,
+        unk: id("tokenizer.ggml.unknown_token_id")?,
+        add_bos: file.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false),
+        add_eos: file.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+        chat_template: file.opt_str("tokenizer.chat_template")?.map(str::to_string),
+    };
+    Tokenizer::new(spec).map_err(|source| ModelError::Tokenizer { file: src, source })
+}
+
+/// A byte-level BPE tokenizer from an HF `tokenizer.json` (vocabulary,
+/// merges, added tokens), with `tokenizer_config.json`'s chat template and
+/// special tokens when present.
+pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
+    let shown = path.display().to_string();
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| ModelError::Io { file: p.display().to_string(), source });
+    let bad = |problem: &str| ModelError::Config { file: shown.clone(), problem: problem.to_string() };
+    let json: serde_json::Value = serde_json::from_str(&read(path)?).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+    let model = &json["model"];
+    if model["type"] != "BPE" {
+        return Err(bad("only BPE tokenizers are supported"));
+    }
+    let vocab = model["vocab"].as_object().ok_or_else(|| bad("model.vocab is not an object"))?;
+    let mut tokens: Vec<Option<String>> = Vec::new();
+    let mut types: Vec<i32> = Vec::new();
+    let mut put = |id: usize, text: &str, ty: i32, tokens: &mut Vec<Option<String>>| {
+        if id >= tokens.len() {
+            tokens.resize(id + 1, None);
+            types.resize(id + 1, 1);
+        }
+        tokens[id] = Some(text.to_string());
+        types[id] = ty;
+    };
+    for (text, id) in vocab {
+        let id = id.as_u64().ok_or_else(|| bad("a vocabulary id is not an integer"))? as usize;
+        put(id, text, 1, &mut tokens);
+    }
+    let mut specials: Vec<(String, u32)> = Vec::new();
+    for t in json["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(text)) = (t["id"].as_u64(), t["content"].as_str()) else {
+            return Err(bad("an added token lacks id or content"));
+        };
+        let special = t["special"].as_bool().unwrap_or(false);
+        put(id as usize, text, if special { 3 } else { 4 }, &mut tokens);
+        specials.push((text.to_string(), id as u32));
+    }
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| t.ok_or_else(|| bad(&format!("token id {i} is missing from the vocabulary"))))
+        .collect::<Result<_, _>>()?;
+    let merges: Vec<String> = model["merges"]
+        .as_array()
+        .ok_or_else(|| bad("model.merges is not an array"))?
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Array(p) if p.len() == 2 => {
+                Ok(format!("{} {}", p[0].as_str().unwrap_or_default(), p[1].as_str().unwrap_or_default()))
+            }
+            _ => Err(bad("a merge is neither \"a b\" nor [a, b]")),
+        })
+        .collect::<Result<_, _>>()?;
+    let config_path = path.with_file_name("tokenizer_config.json");
+    let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
+        Ok(s) => serde_json::from_str(&s).map_err(|e| bad(&format!("tokenizer_config.json: invalid JSON: {e}")))?,
+        Err(_) => serde_json::Value::Null,
+    };
+    let special_id = |key: &str| -> Option<u32> {
+        let text = match &config[key] {
+            serde_json::Value::String(s) => s.clone(),
+            v => v["content"].as_str()?.to_string(),
+        };
+        specials.iter().find(|(t, _)| *t == text).map(|(_, id)| *id)
+    };
+    let spec = TokenizerSpec {
+        model: "gpt2".into(),
+        pre: Some("smollm".into()),
+        tokens,
+        merges,
+        token_types: types,
+        bos: special_id("bos_token"),
+        eos: special_id("eos_token"),
+        eot: None,
+        pad: special_id("pad_token"),
+        unk: special_id("unk_token"),
+        add_bos: config["add_bos_token"].as_bool().unwrap_or(false),
+        add_eos: config["add_eos_token"].as_bool().unwrap_or(false),
+        chat_template: config["chat_template"].as_str().map(str::to_string),
+    };
+    Tokenizer::new(spec).map_err(|source| ModelError::Tokenizer { file: shown, source })
+}
