@@ -5,5 +5,7 @@
 pub mod config;
 pub mod layer_graph;
 pub mod synthetic;
+pub mod tokenizer;
 
 pub use config::{LlamaConfig, MODEL_NAMES};
+pub use tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer, TokenizerError, TokenizerSpec};
