@@ -11,6 +11,8 @@ pub mod kv_cache;
 pub mod layer_graph;
 pub mod sampling;
 pub mod synthetic;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{LlamaConfig, MODEL_NAMES};
+pub use tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer, TokenizerError, TokenizerSpec};
