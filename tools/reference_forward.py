@@ -68,6 +68,7 @@ All hyperparameters are read from the `<arch>.*` metadata keys.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import math
 import sys
@@ -363,6 +364,12 @@ def main(argv=None) -> int:
         help="arithmetic precision (default f64, the reference; f32 shows how much rounding alone moves the logits)",
     )
     ap.add_argument("--tokenize-only", action="store_true", help="print the prompt ids as JSON and exit")
+    ap.add_argument(
+        "--corpus-out",
+        metavar="DIR",
+        help="with --ids-file of a prompt corpus and no --name: run every prompt (weights dequantised once) "
+        "and write DIR/NAME.npy, all positions",
+    )
     args = ap.parse_args(argv)
 
     timer = Timer()
@@ -375,6 +382,21 @@ def main(argv=None) -> int:
         if field(reader, "tokenizer.ggml.add_bos_token", False):
             print("warning: the GGUF asks for a BOS token; this script does not add one", file=sys.stderr)
         timer.lap("build tokenizer")
+
+    if args.corpus_out:
+        if args.ids_file is None or args.name is not None:
+            raise SystemExit("--corpus-out needs --ids-file of a prompt corpus and no --name")
+        with open(args.ids_file) as f:
+            corpus = json.load(f)
+        m = Model(reader, dtype=np.float64 if args.precision == "f64" else np.float32)
+        timer.lap(f"dequantize weights (to {args.precision})")
+        os.makedirs(args.corpus_out, exist_ok=True)
+        for p in corpus["prompts"]:
+            logits = forward(m, p["ids"], KVCache(m), all_logits=True)
+            out = os.path.join(args.corpus_out, f"{p['name']}.npy")
+            np.save(out, logits.astype(np.float32))
+            timer.lap(f"{p['name']}: {len(p['ids'])} tokens -> {out}")
+        return 0
 
     if args.ids is not None:
         ids = [int(s) for s in args.ids.split(",") if s.strip()]

@@ -54,17 +54,29 @@ pub fn generate(
     is_stop: &dyn Fn(u32) -> bool,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, StopReason, GenerationStats), EngineError> {
-    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let t0 = Instant::now();
+    let logits = engine.forward(prompt, false)?;
+    let prompt_time = t0.elapsed();
+    let (out, reason, mut stats) = generate_from(engine, logits, max_tokens, sampler, is_stop, on_token)?;
+    stats.prompt_tokens = prompt.len();
+    stats.prompt_time = prompt_time;
+    Ok((out, reason, stats))
+}
+
+/// [`generate`] after the prompt has run: `logits` are its last position's.
+pub fn generate_from(
+    engine: &mut Engine,
+    mut logits: Vec<f32>,
+    max_tokens: usize,
+    sampler: &mut Sampler,
+    is_stop: &dyn Fn(u32) -> bool,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, StopReason, GenerationStats), EngineError> {
+    let mut stats = GenerationStats::default();
     let mut out = Vec::new();
     if max_tokens == 0 {
-        let t0 = Instant::now();
-        engine.forward(prompt, false)?;
-        stats.prompt_time = t0.elapsed();
         return Ok((out, StopReason::Length, stats));
     }
-    let t0 = Instant::now();
-    let mut logits = engine.forward(prompt, false)?;
-    stats.prompt_time = t0.elapsed();
     let t1 = Instant::now();
     let reason = loop {
         let tok = sampler.sample(&logits);
