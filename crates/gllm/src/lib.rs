@@ -3,7 +3,9 @@
 //! graphs built here are compiled by `gllm-kernels`.
 
 pub mod config;
+pub mod gguf;
 pub mod layer_graph;
 pub mod synthetic;
 
 pub use config::{LlamaConfig, MODEL_NAMES};
+pub use gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetaValue, TensorInfo};
