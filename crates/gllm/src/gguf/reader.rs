@@ -146,11 +146,18 @@ pub(super) fn parse_header(file: &str, bytes: &[u8]) -> Result<Header, GgufError
     })
 }
 
+/// Most elements reserved up front for a count read from the file. Larger
+/// collections grow as their elements are actually read, so memory follows
+/// the bytes parsed, not a claimed count (which, in a large file with a
+/// corrupt header, could pass the bytes-left check and still be huge).
+const MAX_PREALLOCATED: u64 = 1 << 16;
+
 /// Room to reserve for `count` items of at least `min_size` bytes each: no
-/// more than the bytes left after `cursor` could hold.
+/// more than the bytes left after `cursor` could hold, and at most
+/// [`MAX_PREALLOCATED`].
 fn bounded_capacity(count: u64, min_size: u64, cursor: &Cursor<'_>) -> usize {
     let most = cursor.remaining() as u64 / min_size;
-    count.min(most) as usize
+    count.min(most).min(MAX_PREALLOCATED) as usize
 }
 
 /// The `general.alignment` value: u32, a non-zero power of two, 32 if absent.
@@ -223,13 +230,14 @@ fn read_value(cursor: &mut Cursor<'_>, ty: MetaType, depth: usize) -> Result<Met
 }
 
 /// `count` elements read by `read`. The caller has checked that the rest of
-/// the file can hold `count` elements, so the allocation is bounded by it.
+/// the file can hold `count` elements; the reservation is also capped at
+/// [`MAX_PREALLOCATED`], so memory grows only with elements actually read.
 fn read_elements<'a, T>(
     cursor: &mut Cursor<'a>,
     count: usize,
     mut read: impl FnMut(&mut Cursor<'a>) -> Result<T, ReadProblem>,
 ) -> Result<Vec<T>, ReadProblem> {
-    let mut values = Vec::with_capacity(count);
+    let mut values = Vec::with_capacity(count.min(MAX_PREALLOCATED as usize));
     for _ in 0..count {
         values.push(read(cursor)?);
     }
