@@ -823,7 +823,7 @@ fn misaligned_tensor_offset() {
 
 #[test]
 fn unknown_ggml_type_id() {
-    for id in [4u32, 31, 42, 0xFFFF_FFFF] {
+    for id in [4u32, 31, 43, 0xFFFF_FFFF] {
         let mut bytes = two_tensor_file();
         let fields = tensor_info_fields(&bytes, "b");
         put_u32(&mut bytes, fields.ggml_type, id);
@@ -1007,6 +1007,18 @@ fn invalid_utf8_in_a_key() {
         message
             .starts_with("test.gguf: the key of metadata entry #0 at offset 24: string is not valid UTF-8"),
         "{message}"
+    );
+}
+
+#[test]
+fn open_an_empty_file() {
+    let path = temp_path("empty.gguf");
+    std::fs::write(&path, b"").unwrap();
+    let message = GgufFile::open(&path).unwrap_err().to_string();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(
+        message,
+        format!("{}: file ends inside the magic: 4 bytes needed at offset 0, 0 left", path.display())
     );
 }
 

@@ -6,18 +6,31 @@ use std::fmt;
 /// The on-disk type tag of a metadata value (`gguf_type` in ggml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetaType {
+    /// Tag 0: unsigned 8-bit.
     U8,
+    /// Tag 1: signed 8-bit.
     I8,
+    /// Tag 2: unsigned 16-bit.
     U16,
+    /// Tag 3: signed 16-bit.
     I16,
+    /// Tag 4: unsigned 32-bit.
     U32,
+    /// Tag 5: signed 32-bit.
     I32,
+    /// Tag 6: IEEE binary32.
     F32,
+    /// Tag 7: one byte, 0 or 1.
     Bool,
+    /// Tag 8: u64 byte length + UTF-8.
     String,
+    /// Tag 9: u32 element type + u64 count + elements.
     Array,
+    /// Tag 10: unsigned 64-bit.
     U64,
+    /// Tag 11: signed 64-bit.
     I64,
+    /// Tag 12: IEEE binary64.
     F64,
 }
 
@@ -93,18 +106,31 @@ impl fmt::Display for MetaType {
 /// One metadata value, typed as it is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
+    /// An unsigned 8-bit value.
     U8(u8),
+    /// A signed 8-bit value.
     I8(i8),
+    /// An unsigned 16-bit value.
     U16(u16),
+    /// A signed 16-bit value.
     I16(i16),
+    /// An unsigned 32-bit value.
     U32(u32),
+    /// A signed 32-bit value.
     I32(i32),
+    /// An IEEE binary32 value.
     F32(f32),
+    /// A boolean (stored as one byte, 0 or 1).
     Bool(bool),
+    /// A string.
     String(String),
+    /// An array (possibly of arrays).
     Array(MetaArray),
+    /// An unsigned 64-bit value.
     U64(u64),
+    /// A signed 64-bit value.
     I64(i64),
+    /// An IEEE binary64 value.
     F64(f64),
 }
 
@@ -112,18 +138,31 @@ pub enum MetaValue {
 /// different element types (each inner array carries its own type tag).
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaArray {
+    /// Elements of type u8.
     U8(Vec<u8>),
+    /// Elements of type i8.
     I8(Vec<i8>),
+    /// Elements of type u16.
     U16(Vec<u16>),
+    /// Elements of type i16.
     I16(Vec<i16>),
+    /// Elements of type u32.
     U32(Vec<u32>),
+    /// Elements of type i32.
     I32(Vec<i32>),
+    /// Elements of type f32.
     F32(Vec<f32>),
+    /// Elements of type bool.
     Bool(Vec<bool>),
+    /// Elements of type string.
     String(Vec<String>),
+    /// Arrays, each with its own element type.
     Array(Vec<MetaArray>),
+    /// Elements of type u64.
     U64(Vec<u64>),
+    /// Elements of type i64.
     I64(Vec<i64>),
+    /// Elements of type f64.
     F64(Vec<f64>),
 }
 
@@ -280,5 +319,19 @@ impl From<MetaArray> for MetaValue {
 impl From<Vec<MetaArray>> for MetaValue {
     fn from(arrays: Vec<MetaArray>) -> MetaValue {
         MetaValue::Array(MetaArray::Array(arrays))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip() {
+        for (id, ty) in TYPES_BY_ID.iter().enumerate() {
+            assert_eq!(ty.id(), id as u32);
+            assert_eq!(MetaType::from_id(id as u32), Some(*ty));
+        }
+        assert_eq!(MetaType::from_id(13), None);
     }
 }
