@@ -16,7 +16,8 @@ use std::time::Instant;
 /// The built-in model's file: written once per version of its bytes.
 fn builtin_model_path() -> Result<PathBuf> {
     let bytes = gllm::builtin::gguf_bytes().context("building the built-in model")?;
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     let dir = std::env::temp_dir().join("gllm");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("builtin-tiny-{hash:016x}.gguf"));
@@ -44,7 +45,10 @@ fn load(args: &ModelArgs) -> Result<(Model, EngineOptions)> {
         Some(p) => p.clone(),
         None => {
             let p = builtin_model_path()?;
-            eprintln!("no --model given: using the built-in tiny model (random weights), written to {}", p.display());
+            eprintln!(
+                "no --model given: using the built-in tiny model (random weights), written to {}",
+                p.display()
+            );
             p
         }
     };
@@ -103,14 +107,22 @@ fn engine(model: &Model, opts: EngineOptions) -> Result<Engine> {
 
 impl SamplingArgs {
     fn params(&self) -> SamplingParams {
-        SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
     }
 }
 
 /// What each compiled group of a part runs, and whether (and why) it is fused.
 fn explain_parts(e: &mut Engine, seq: usize) -> Result<()> {
     let cfg = e.config().clone();
-    let graphs = [("pre_attention", layer_graph::pre_attention(&cfg, seq)), ("post_attention", layer_graph::post_attention(&cfg, seq))];
+    let graphs = [
+        ("pre_attention", layer_graph::pre_attention(&cfg, seq)),
+        ("post_attention", layer_graph::post_attention(&cfg, seq)),
+    ];
     let plans = e.plans(seq)?;
     for ((name, graph), (_, plan)) in graphs.iter().zip(plans) {
         eprintln!("── {name} for {seq} token(s) ──");
@@ -182,7 +194,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
             crate::npy::write_f32(path, &[ids.len(), vocab], &all)
                 .with_context(|| format!("writing {}", path.display()))?;
             let last = all[(ids.len() - 1) * vocab..].to_vec();
-            let (_, reason, mut stats) = generate_from(&mut e, last, args.n, &mut sampler, &is_stop, &mut on_token)?;
+            let (_, reason, mut stats) =
+                generate_from(&mut e, last, args.n, &mut sampler, &is_stop, &mut on_token)?;
             stats.prompt_tokens = ids.len();
             stats.prompt_time = prompt_time;
             (stats, reason)
@@ -209,7 +222,8 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     }
     let mut e = engine(&model, opts)?;
     let mut sampler = Sampler::new(args.sampling.params());
-    let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s.as_str())).collect();
+    let mut messages: Vec<ChatMessage> =
+        args.system.iter().map(|s| ChatMessage::new("system", s.as_str())).collect();
     // Tokens whose keys and values are in the cache, to reuse the common prefix.
     let mut cached: Vec<u32> = Vec::new();
     eprintln!("chat with {} — an empty line or /exit ends, /reset starts over", model.info.name);
@@ -233,7 +247,8 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         messages.push(ChatMessage::new("user", line));
         let text = tok.apply_chat_template(&messages, true)?;
         let ids = tok.encode(&text, false, true);
-        let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len().saturating_sub(1));
+        let common =
+            cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len().saturating_sub(1));
         e.truncate(common);
         if e.position() + (ids.len() - common) + 1 > e.max_context() {
             eprintln!("(the conversation no longer fits in {} positions: starting over)", e.max_context());
@@ -250,7 +265,8 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
             write!(out, "{piece}").and_then(|_| out.flush()).is_ok()
         };
         let is_stop = |t: u32| tok.is_end_of_generation(t);
-        let (reply, reason, stats) = generate(&mut e, &ids[common..], args.n, &mut sampler, &is_stop, &mut on_token)?;
+        let (reply, reason, stats) =
+            generate(&mut e, &ids[common..], args.n, &mut sampler, &is_stop, &mut on_token)?;
         let rest = stream.finish();
         writeln!(std::io::stdout(), "{rest}")?;
         let mut all = ids.clone();
@@ -284,7 +300,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         bail!("-r must be at least 1");
     }
     let size = model.info.file_bytes as f64;
-    let size = if size >= (1u64 << 30) as f64 { format!("{:.2} GiB", size / (1u64 << 30) as f64) } else { format!("{:.2} MiB", size / (1u64 << 20) as f64) };
+    let size = if size >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", size / (1u64 << 30) as f64)
+    } else {
+        format!("{:.2} MiB", size / (1u64 << 20) as f64)
+    };
     let params = format!("{:.2} M", model.info.params as f64 / 1e6);
     let name = model.info.name.clone();
     println!("| model | size | params | threads | test | t/s |");

@@ -13,6 +13,7 @@
 
 use crate::graph::{BatchLayout, MatMulParams, OpParams, SemanticGraph, TensorId, TensorRef};
 use crate::scalar::{AbiValue, Arg, FnForm, RegisteredOp, Returns, ScalarOpRegistry};
+use rayon::prelude::*;
 use thiserror::Error;
 
 /// Why a graph could not be evaluated.
@@ -194,9 +195,15 @@ fn at(layout: BatchLayout, count: usize, i: usize, rows: usize, cols: usize, r: 
     }
 }
 
+/// Columns of C computed per call of the scalar matmul: B is gathered in
+/// column blocks so that its rows stay in cache across the function's
+/// strided inner loop. Each output element is still the function's own sum
+/// over k, in its order.
+const COLUMN_BLOCK: usize = 64;
+
 /// A (batched) product: each batch element's operands gathered into
-/// contiguous row-major matrices, multiplied by the scalar function, and
-/// scattered into C.
+/// contiguous row-major matrices (B a block of columns at a time),
+/// multiplied by the scalar function, and scattered into C.
 fn matmul(op: &RegisteredOp, p: &MatMulParams, ins: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
     let [a, b] = ins[..] else { return Err(format!("{} inputs to a matmul", ins.len())) };
     let (m, n, k) = (p.m, p.n, p.k);
@@ -207,45 +214,55 @@ fn matmul(op: &RegisteredOp, p: &MatMulParams, ins: &[&[f32]], out: &mut [f32]) 
     if a.len() != p.batch * m * k || b.len() != bb * k * n || out.len() != p.batch * m * n {
         return Err(format!("operand sizes {}, {}, {} for {p:?}", a.len(), b.len(), out.len()));
     }
-    let plain = p.batch == 1 && !p.transpose_b;
-    let (mut ai, mut bi, mut ci) = (Vec::new(), Vec::new(), vec![0.0f32; m * n]);
+    let mut ai = Vec::with_capacity(m * k);
     for i in 0..p.batch {
-        let (a_i, b_i): (&[f32], &[f32]) = if plain {
-            (a, b)
-        } else {
-            ai.clear();
-            for r in 0..m {
+        ai.clear();
+        for r in 0..m {
+            if p.a_layout == BatchLayout::Stacked || p.batch == 1 {
+                let start = at(p.a_layout, p.batch, i, m, k, r, 0);
+                ai.extend_from_slice(&a[start..start + k]);
+            } else {
                 ai.extend((0..k).map(|c| a[at(p.a_layout, p.batch, i, m, k, r, c)]));
             }
-            bi.clear();
-            let j = i / p.b_shared_by;
-            for r in 0..k {
-                bi.extend((0..n).map(|c| {
+        }
+        let j = i / p.b_shared_by;
+        // Column blocks are independent: computed in parallel, each by one
+        // call of the scalar function on its own gathered block of B.
+        let blocks: Vec<usize> = (0..n).step_by(COLUMN_BLOCK).collect();
+        let results: Vec<Result<Vec<f32>, String>> = blocks
+            .par_iter()
+            .map(|&c0| {
+                let nb = COLUMN_BLOCK.min(n - c0);
+                let mut bi = Vec::with_capacity(k * nb);
+                for r in 0..k {
                     if p.transpose_b {
-                        b[at(p.b_layout, bb, j, n, k, c, r)]
+                        bi.extend((c0..c0 + nb).map(|c| b[at(p.b_layout, bb, j, n, k, c, r)]));
                     } else {
-                        b[at(p.b_layout, bb, j, k, n, r, c)]
+                        let start = at(p.b_layout, bb, j, k, n, r, c0);
+                        bi.extend_from_slice(&b[start..start + nb]);
                     }
-                }));
-            }
-            (&ai, &bi)
-        };
-        let dst: &mut [f32] = if plain { &mut *out } else { &mut ci };
-        call(
-            op,
-            &[
-                AbiValue::ConstPtr(a_i.as_ptr()),
-                AbiValue::ConstPtr(b_i.as_ptr()),
-                AbiValue::MutPtr(dst.as_mut_ptr()),
-                AbiValue::Usize(m),
-                AbiValue::Usize(n),
-                AbiValue::Usize(k),
-            ],
-        )?;
-        if !plain {
+                }
+                let mut ci = vec![0.0f32; m * nb];
+                call(
+                    op,
+                    &[
+                        AbiValue::ConstPtr(ai.as_ptr()),
+                        AbiValue::ConstPtr(bi.as_ptr()),
+                        AbiValue::MutPtr(ci.as_mut_ptr()),
+                        AbiValue::Usize(m),
+                        AbiValue::Usize(nb),
+                        AbiValue::Usize(k),
+                    ],
+                )?;
+                Ok(ci)
+            })
+            .collect();
+        for (&c0, ci) in blocks.iter().zip(results) {
+            let ci = ci?;
+            let nb = COLUMN_BLOCK.min(n - c0);
             for r in 0..m {
-                for c in 0..n {
-                    out[at(p.c_layout, p.batch, i, m, n, r, c)] = ci[r * n + c];
+                for c in 0..nb {
+                    out[at(p.c_layout, p.batch, i, m, n, r, c0 + c)] = ci[r * nb + c];
                 }
             }
         }

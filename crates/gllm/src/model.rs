@@ -107,16 +107,37 @@ struct Wanted {
 /// The table of every tensor a LLaMA model needs, for file names given by
 /// `file_name(canonical layer-free name, layer)`. Shapes are row-major
 /// `[out, in]` for projections (both GGUF and HF store them so).
-fn wanted(cfg: &LlamaConfig, gguf_layout: bool, file_name: &dyn Fn(&str, Option<usize>) -> String) -> Vec<Wanted> {
-    let (h, q, kv, f, v) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.vocab_size);
+fn wanted(
+    cfg: &LlamaConfig,
+    gguf_layout: bool,
+    file_name: &dyn Fn(&str, Option<usize>) -> String,
+) -> Vec<Wanted> {
+    let (h, q, kv, f, v) =
+        (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.vocab_size);
     let mut t = vec![
-        Wanted { name: "token_embd.weight".into(), file_name: file_name("token_embd.weight", None), shape: vec![v, h], convert: Convert::AsIs },
-        Wanted { name: "output_norm.weight".into(), file_name: file_name("output_norm.weight", None), shape: vec![h], convert: Convert::AsIs },
+        Wanted {
+            name: "token_embd.weight".into(),
+            file_name: file_name("token_embd.weight", None),
+            shape: vec![v, h],
+            convert: Convert::AsIs,
+        },
+        Wanted {
+            name: "output_norm.weight".into(),
+            file_name: file_name("output_norm.weight", None),
+            shape: vec![h],
+            convert: Convert::AsIs,
+        },
     ];
     if !cfg.tie_word_embeddings {
-        t.push(Wanted { name: "output.weight".into(), file_name: file_name("output.weight", None), shape: vec![v, h], convert: Convert::Transpose });
+        t.push(Wanted {
+            name: "output.weight".into(),
+            file_name: file_name("output.weight", None),
+            shape: vec![v, h],
+            convert: Convert::Transpose,
+        });
     }
-    let qk = if gguf_layout { Convert::UnpermuteTranspose { head_dim: cfg.head_dim } } else { Convert::Transpose };
+    let qk =
+        if gguf_layout { Convert::UnpermuteTranspose { head_dim: cfg.head_dim } } else { Convert::Transpose };
     for l in 0..cfg.num_layers {
         for (name, shape, convert) in [
             ("attn_norm.weight", vec![h], Convert::AsIs),
@@ -129,7 +150,12 @@ fn wanted(cfg: &LlamaConfig, gguf_layout: bool, file_name: &dyn Fn(&str, Option<
             ("ffn_up.weight", vec![f, h], Convert::Transpose),
             ("ffn_down.weight", vec![h, f], Convert::Transpose),
         ] {
-            t.push(Wanted { name: format!("blk.{l}.{name}"), file_name: file_name(name, Some(l)), shape, convert });
+            t.push(Wanted {
+                name: format!("blk.{l}.{name}"),
+                file_name: file_name(name, Some(l)),
+                shape,
+                convert,
+            });
         }
     }
     t
@@ -172,7 +198,8 @@ impl Model {
         }
         let mut magic = [0u8; 4];
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|source| ModelError::Io { file: shown.clone(), source })?;
+        let mut f =
+            std::fs::File::open(path).map_err(|source| ModelError::Io { file: shown.clone(), source })?;
         let n = f.read(&mut magic).map_err(|source| ModelError::Io { file: shown.clone(), source })?;
         if n == 4 && &magic == b"GGUF" {
             let file = GgufFile::open(path)?;
@@ -197,7 +224,12 @@ impl Model {
             // ggml dims are innermost first: [in, out] for `[out, in]` rows.
             let got: Vec<usize> = info.dims().iter().rev().map(|&d| d as usize).collect();
             if got != w.shape {
-                return Err(ModelError::Shape { file: src.clone(), tensor: w.file_name.clone(), got, want: w.shape.clone() });
+                return Err(ModelError::Shape {
+                    file: src.clone(),
+                    tensor: w.file_name.clone(),
+                    got,
+                    want: w.shape.clone(),
+                });
             }
         }
         let done = AtomicUsize::new(0);
@@ -282,9 +314,10 @@ impl Model {
         };
         let table = wanted(&config, false, &hf_name);
         for w in &table {
-            let info = st
-                .tensor_info(&w.file_name)
-                .map_err(|_| ModelError::MissingTensor { file: shown.clone(), tensor: w.file_name.clone() })?;
+            let info = st.tensor_info(&w.file_name).map_err(|_| ModelError::MissingTensor {
+                file: shown.clone(),
+                tensor: w.file_name.clone(),
+            })?;
             if info.shape() != w.shape.as_slice() {
                 return Err(ModelError::Shape {
                     file: shown.clone(),
@@ -337,7 +370,12 @@ fn tie_head(weights: &mut ModelWeights, cfg: &LlamaConfig) {
 
 fn check_config(cfg: &LlamaConfig, file: &str) -> Result<(), ModelError> {
     let bad = |problem: String| Err(ModelError::Config { file: file.to_string(), problem });
-    if cfg.hidden_size == 0 || cfg.num_layers == 0 || cfg.num_heads == 0 || cfg.vocab_size == 0 || cfg.intermediate_size == 0 {
+    if cfg.hidden_size == 0
+        || cfg.num_layers == 0
+        || cfg.num_heads == 0
+        || cfg.vocab_size == 0
+        || cfg.intermediate_size == 0
+    {
         return bad(format!(
             "hidden {}, layers {}, heads {}, vocab {}, FFN {}: none may be zero",
             cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.vocab_size, cfg.intermediate_size
@@ -350,7 +388,10 @@ fn check_config(cfg: &LlamaConfig, file: &str) -> Result<(), ModelError> {
         return bad(format!("head dimension {} is not a positive even number", cfg.head_dim));
     }
     if !(cfg.rms_norm_eps > 0.0) || !(cfg.rope_theta > 0.0) {
-        return bad(format!("RMS eps {} and RoPE base {} must be positive", cfg.rms_norm_eps, cfg.rope_theta));
+        return bad(format!(
+            "RMS eps {} and RoPE base {} must be positive",
+            cfg.rms_norm_eps, cfg.rope_theta
+        ));
     }
     Ok(())
 }
@@ -376,7 +417,10 @@ pub fn gguf_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         if rot != head_dim {
             return Err(ModelError::Config {
                 file: src,
-                problem: format!("{} = {rot}: partial rotary embedding (head dim {head_dim}) is not supported", key("rope.dimension_count")),
+                problem: format!(
+                    "{} = {rot}: partial rotary embedding (head dim {head_dim}) is not supported",
+                    key("rope.dimension_count")
+                ),
             });
         }
     }
@@ -421,7 +465,10 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, ModelError> {
         pre: file.opt_str("tokenizer.ggml.pre")?.map(str::to_string),
         tokens: file.get_str_array("tokenizer.ggml.tokens")?.to_vec(),
         merges: file.opt_str_array("tokenizer.ggml.merges")?.map(<[String]>::to_vec).unwrap_or_default(),
-        token_types: file.opt_i32_array("tokenizer.ggml.token_type")?.map(<[i32]>::to_vec).unwrap_or_default(),
+        token_types: file
+            .opt_i32_array("tokenizer.ggml.token_type")?
+            .map(<[i32]>::to_vec)
+            .unwrap_or_default(),
         bos: id("tokenizer.ggml.bos_token_id")?,
         eos: id("tokenizer.ggml.eos_token_id")?,
         eot: id("tokenizer.ggml.eot_token_id")?,
@@ -439,9 +486,12 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, ModelError> {
 /// special tokens when present.
 pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
     let shown = path.display().to_string();
-    let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| ModelError::Io { file: p.display().to_string(), source });
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| ModelError::Io { file: p.display().to_string(), source })
+    };
     let bad = |problem: &str| ModelError::Config { file: shown.clone(), problem: problem.to_string() };
-    let json: serde_json::Value = serde_json::from_str(&read(path)?).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&read(path)?).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
     let model = &json["model"];
     if model["type"] != "BPE" {
         return Err(bad("only BPE tokenizers are supported"));
@@ -489,7 +539,9 @@ pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
         .collect::<Result<_, _>>()?;
     let config_path = path.with_file_name("tokenizer_config.json");
     let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
-        Ok(s) => serde_json::from_str(&s).map_err(|e| bad(&format!("tokenizer_config.json: invalid JSON: {e}")))?,
+        Ok(s) => {
+            serde_json::from_str(&s).map_err(|e| bad(&format!("tokenizer_config.json: invalid JSON: {e}")))?
+        }
         Err(_) => serde_json::Value::Null,
     };
     let special_id = |key: &str| -> Option<u32> {
@@ -501,7 +553,7 @@ pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
     };
     let spec = TokenizerSpec {
         model: "gpt2".into(),
-        pre: Some("smollm".into()),
+        pre: Some(hf_pre_tokenizer(&json["pre_tokenizer"]).to_string()),
         tokens,
         merges,
         token_types: types,
@@ -515,4 +567,19 @@ pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
         chat_template: config["chat_template"].as_str().map(str::to_string),
     };
     Tokenizer::new(spec).map_err(|source| ModelError::Tokenizer { file: shown, source })
+}
+
+/// The llama.cpp pre-tokenizer name matching an HF `pre_tokenizer` config:
+/// digits split one by one before byte-level splitting (SmolLM, StarCoder),
+/// a `Split` on LLaMA 3's regex (numbers in runs of up to three), or plain
+/// GPT-2 byte-level.
+fn hf_pre_tokenizer(pre: &serde_json::Value) -> &'static str {
+    let text = pre.to_string();
+    if text.contains("\\p{N}{1,3}") {
+        "llama-bpe"
+    } else if text.contains("\"individual_digits\":true") {
+        "smollm"
+    } else {
+        "gpt2"
+    }
 }

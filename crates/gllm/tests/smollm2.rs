@@ -92,11 +92,13 @@ fn chat_answers_and_stops_at_the_end_of_turn() {
     let _t = turn();
     let m = model();
     let tok = &m.tokenizer;
-    let text = tok.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+    let text =
+        tok.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
     let ids = tok.encode(&text, false, true);
     let mut e = engine(Backend::Jit, true, None);
     let mut s = Sampler::new(SamplingParams::greedy());
-    let (out, reason, _) = generate(&mut e, &ids, 64, &mut s, &|t| tok.is_end_of_generation(t), &mut |_| true).unwrap();
+    let (out, reason, _) =
+        generate(&mut e, &ids, 64, &mut s, &|t| tok.is_end_of_generation(t), &mut |_| true).unwrap();
     let reply = tok.decode(&out);
     assert!(reply.contains("Paris"), "{reply:?}");
     assert_eq!(reason, StopReason::StopToken(tok.token_id("<|im_end|>").unwrap()), "{reply:?}");
@@ -118,12 +120,18 @@ fn jit_matches_the_reference_path() {
         reference.reset();
         let want = reference.forward(&p.ids, true).unwrap();
         let steps = if p.ids.len() < 64 { 32 } else { 4 };
+        reference.reset();
         let want_tokens = greedy(&mut reference, &p.ids, steps);
         for &(isa, fuse) in &configs {
             let mut e = engine(Backend::Jit, fuse, isa);
             let got = e.forward(&p.ids, true).unwrap();
             let d = max_abs_diff(&got, &want);
-            eprintln!("{}: JIT {:?} fuse={fuse}: max |Δlogit| {d:.2e} over {} positions", p.name, isa.unwrap_or(host.isa), p.ids.len());
+            eprintln!(
+                "{}: JIT {:?} fuse={fuse}: max |Δlogit| {d:.2e} over {} positions",
+                p.name,
+                isa.unwrap_or(host.isa),
+                p.ids.len()
+            );
             assert!(d <= TOL, "{}: {isa:?} fuse={fuse}: logits differ by {d}", p.name);
             e.reset();
             assert_eq!(greedy(&mut e, &p.ids, steps), want_tokens, "{}: {isa:?} fuse={fuse}", p.name);
@@ -160,9 +168,15 @@ fn logits_agree_with_an_independent_numpy_forward_pass() {
         assert_eq!(want.len(), p.ids.len() * vocab);
         let d = max_abs_diff(&got, &want);
         let agree = (0..p.ids.len())
-            .filter(|&i| argmax(&got[i * vocab..(i + 1) * vocab]) == argmax(&want[i * vocab..(i + 1) * vocab]))
+            .filter(|&i| {
+                argmax(&got[i * vocab..(i + 1) * vocab]) == argmax(&want[i * vocab..(i + 1) * vocab])
+            })
             .count();
-        eprintln!("{}: numpy (f64) vs JIT: max |Δlogit| {d:.2e}, argmax agrees at {agree}/{} positions", p.name, p.ids.len());
+        eprintln!(
+            "{}: numpy (f64) vs JIT: max |Δlogit| {d:.2e}, argmax agrees at {agree}/{} positions",
+            p.name,
+            p.ids.len()
+        );
         assert!(d <= TOL, "{}: logits differ from numpy by {d}", p.name);
     }
     let _ = std::fs::remove_dir_all(&out);
