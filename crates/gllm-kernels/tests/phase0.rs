@@ -46,6 +46,7 @@ fn patterns_are_recognised_from_structure() {
         (OpKind::RmsNorm, NormLike, OpClass::Reduction),
         (OpKind::LayerNorm, NormLike, OpClass::Reduction),
         (OpKind::Softmax, NormLike, OpClass::Reduction),
+        (OpKind::Top2Softmax, NormLike, OpClass::Reduction),
         (OpKind::MatMul, Gemm { m: 0, n: 1, k: 2 }, OpClass::Gemm),
     ];
     let registry = ScalarOpRegistry::global();
@@ -59,6 +60,7 @@ fn patterns_are_recognised_from_structure() {
         (OpKind::RmsNorm, 1),
         (OpKind::LayerNorm, 2),
         (OpKind::Softmax, 2),
+        (OpKind::Top2Softmax, 3),
         (OpKind::Dot, 1),
         (OpKind::Silu, 0),
     ];

@@ -17,7 +17,7 @@
 //! | `SwiGlu` | x, Wgate, Wup, Wdown | `ffn_gate`, `ffn_up` matmul → `ffn_silu` silu → `ffn_gated` mul → `ffn_down` matmul |
 //! | `FlashAttention` | q, k, v, mask | as `Gqa` with one query head per KV head |
 //! | `Gqa` | q, k, v, mask | `attn_scores` batched matmul q·kᵀ → `attn_scale` scale 1/√d → `attn_mask` add → `attn_softmax` softmax → `attn_pv` batched matmul ·v |
-//! | `MoERouting` | x, Wrouter, then Wgate, Wup, Wdown per expert | `router` matmul → `router_softmax` softmax → `router_topk` top-k renormalised weights → per expert e: SwiGlu (`expert{e}.*`) → `expert{e}.weight` column pick → `expert{e}.scaled` mul → `expert{e}.sum` add |
+//! | `MoERouting` | x, Wrouter `[h, E]`, Wgate and Wup `[h, E·f]`, Wdown `[E·f, h]` (experts side by side) | `router` matmul → `router_top2` top2_softmax (weights of the two chosen experts, zero elsewhere); `ffn_gate`, `ffn_up` matmul → `ffn_silu` → `ffn_gated` (all experts at once) → `ffn_down` batched matmul (one per expert) → `mix` batched matmul (per token: weights · expert outputs) |
 //! | `AtomicOp { op_type }` | the op's inputs | one node named `scope`, op looked up by name in the registry |
 //!
 //! Shapes come from the inputs: activations are `[tokens, width]`, weights
@@ -53,8 +53,9 @@ pub enum FusedOp {
     FlashAttention { heads: usize, head_dim: usize },
     /// Grouped-query attention: `heads / kv_heads` query heads share a K/V head.
     Gqa { heads: usize, kv_heads: usize, head_dim: usize },
-    /// A mixture of SwiGLU experts: router, softmax, top-k weights (renormalised
-    /// over the chosen experts), the weighted sum of the experts' outputs.
+    /// A mixture of SwiGLU experts: router, top-k weights (a softmax over the
+    /// chosen experts' router logits), the weighted sum of the experts'
+    /// outputs. Every expert runs on every token (dense); `top_k` is 2.
     MoERouting { experts: usize, top_k: usize },
     /// One registry operator by name (`matmul`, `add`, `rms_norm`, …) with
     /// its scalar parameters (eps, a scale factor).
@@ -296,7 +297,7 @@ impl Expander<'_> {
                 self.arity(ins, 4)?;
                 Ok(vec![self.attention(ins, *heads, *kv_heads, *head_dim)?])
             }
-            FusedOp::MoERouting { experts, top_k } => Ok(vec![self.moe(ins, *experts, *top_k, registry)?]),
+            FusedOp::MoERouting { experts, top_k } => Ok(vec![self.moe(ins, *experts, *top_k)?]),
             FusedOp::AtomicOp { op_type, params } => {
                 let reg = registry.lookup(op_type).map_err(|_| ExpandError::UnknownOp {
                     scope: self.scope.to_string(),
@@ -440,18 +441,64 @@ impl Expander<'_> {
         Ok(self.g.node(scope, op, ins.to_vec(), d))
     }
 
-    fn moe(
-        &mut self,
-        ins: &[TensorRef],
-        experts: usize,
-        top_k: usize,
-        registry: &ScalarOpRegistry,
-    ) -> Result<TensorRef, ExpandError> {
-        let _ = registry;
-        if experts == 0 || top_k == 0 || top_k > experts {
-            return Err(self.bad(format!("top-{top_k} of {experts} experts")));
+    /// Dense mixture of experts: every expert runs on every token, and the
+    /// routing weights (zero for experts a token did not choose) mix them.
+    /// The same result as dispatching each token to its chosen experts only.
+    fn moe(&mut self, ins: &[TensorRef], experts: usize, top_k: usize) -> Result<TensorRef, ExpandError> {
+        if experts < 2 || top_k != 2 {
+            return Err(self.bad(format!(
+                "top-{top_k} of {experts} experts: routing is top-2 (Mixtral-style) over at least 2 experts"
+            )));
         }
-        self.arity(ins, 2 + 3 * experts)?;
-        Err(self.bad("MoERouting expansion is not implemented yet"))
+        self.arity(ins, 5)?;
+        let (x, router, gate, up, down) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4]);
+        let (seq, h) = self.dims(x)?;
+        if self.dims(router)? != (h, experts) {
+            return Err(self.bad(format!("the router must be [{h}, {experts}]")));
+        }
+        let (_, ef) = self.dims(gate)?;
+        if ef % experts != 0 || self.dims(up)? != (h, ef) || self.dims(down)? != (ef, h) {
+            return Err(self.bad(format!(
+                "expert weights gate {:?}, up {:?}, down {:?}: expected [{h}, E·f], [{h}, E·f], [E·f, {h}] with E = {experts}",
+                self.dims(gate)?,
+                self.dims(up)?,
+                self.dims(down)?
+            )));
+        }
+        let f = ef / experts;
+        let logits = self.matmul("router", x, router)?;
+        let weights = self.unary("router_top2", CompilerOp::new(OpKind::Top2Softmax), vec![logits])?;
+        let g = self.matmul("ffn_gate", x, gate)?;
+        let u = self.matmul("ffn_up", x, up)?;
+        let act = self.unary("ffn_silu", CompilerOp::new(OpKind::Silu), vec![g])?;
+        let gated = self.unary("ffn_gated", CompilerOp::new(OpKind::Mul), vec![act, u])?;
+        // Expert e's hidden units are column block e of `gated`; its output
+        // is block e of `outs` ([E, seq·h]).
+        let per_expert = MatMulParams {
+            batch: experts,
+            a_layout: BatchLayout::Interleaved,
+            b_layout: BatchLayout::Stacked,
+            c_layout: BatchLayout::Stacked,
+            ..MatMulParams::new(seq, h, f)
+        };
+        let outs = self.g.node(
+            self.name("ffn_down"),
+            CompilerOp::matmul(per_expert),
+            vec![gated, down.clone()],
+            TensorDesc::f32([experts, seq * h]),
+        );
+        // Per token t: [1, E] weights · [E, h] expert outputs, whose rows are
+        // row t of each expert's block (Interleaved: offset t·h, stride seq·h).
+        let mix = MatMulParams {
+            batch: seq,
+            b_layout: BatchLayout::Interleaved,
+            ..MatMulParams::new(1, h, experts)
+        };
+        Ok(self.g.node(
+            self.name("mix"),
+            CompilerOp::matmul(mix),
+            vec![weights, outs],
+            TensorDesc::f32([seq, h]),
+        ))
     }
 }

@@ -322,11 +322,22 @@ fn check_matmul(c: &Checker, p: &MatMulParams) -> Result<(), GraphError> {
         (_, BatchLayout::Stacked) => vec![batch, rows, cols],
         (_, BatchLayout::Interleaved) => vec![rows, batch * cols],
     };
+    // A batched operand is a view of contiguous row-major memory: its layout,
+    // not its shape, says where each batch element is, so any shape with the
+    // right number of elements names the same memory (a mixture of experts
+    // reads one tensor per expert in one product and per token in the next).
+    let check = |what: &str, batch: usize, expected: Vec<usize>, got: &[usize]| {
+        let n = |s: &[usize]| s.iter().product::<usize>();
+        if batch > 1 && n(&expected) == n(got) {
+            return Ok(());
+        }
+        c.shape(what, expected, got)
+    };
     let b_batch = p.batch / p.b_shared_by;
     let (b_rows, b_cols) = if p.transpose_b { (p.n, p.k) } else { (p.k, p.n) };
-    c.shape("input 0 (A)", operand(p.batch, p.m, p.k, p.a_layout), c.input_shape(0))?;
-    c.shape("input 1 (B)", operand(b_batch, b_rows, b_cols, p.b_layout), c.input_shape(1))?;
-    c.shape("output 0 (C)", operand(p.batch, p.m, p.n, p.c_layout), &c.node().outputs[0].shape)
+    check("input 0 (A)", p.batch, operand(p.batch, p.m, p.k, p.a_layout), c.input_shape(0))?;
+    check("input 1 (B)", b_batch, operand(b_batch, b_rows, b_cols, p.b_layout), c.input_shape(1))?;
+    check("output 0 (C)", p.batch, operand(p.batch, p.m, p.n, p.c_layout), &c.node().outputs[0].shape)
 }
 
 /// Kahn's algorithm; on failure, walks predecessors inside the leftover set

@@ -96,6 +96,12 @@ pub(super) fn register_all(r: &mut ScalarOpRegistry) {
     )
     .expect("built-in");
     r.register(
+        OpKind::Top2Softmax,
+        gk_top2_softmax as unsafe extern "C" fn(*const f32, *mut f32, usize),
+        sig(vec![input("x", Activation, n), out("out", n), dim("n")], Returns::Nothing),
+    )
+    .expect("built-in");
+    r.register(
         OpKind::Rope,
         gk_rope
             as unsafe extern "C" fn(

@@ -204,6 +204,41 @@ pub unsafe extern "C" fn gk_softmax(x: *const f32, out: *mut f32, n: usize) {
     }
 }
 
+/// Mixture-of-experts routing weights: softmax over the two largest entries
+/// of a row (the chosen experts), zero elsewhere. The second-largest value
+/// is the largest strictly below the maximum, so with ties for the maximum
+/// every tied entry is kept (and weighted equally).
+///
+/// # Safety
+/// `x` readable and `out` writable for `n` f32; no overlap.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub unsafe extern "C" fn gk_top2_softmax(x: *const f32, out: *mut f32, n: usize) {
+    let (x, out) = unsafe { (from_raw_parts(x, n), from_raw_parts_mut(out, n)) };
+    let mut first = f32::NEG_INFINITY;
+    for &v in x {
+        if v > first {
+            first = v;
+        }
+    }
+    let mut second = f32::NEG_INFINITY;
+    for &v in x {
+        let below = if v < first { v } else { f32::NEG_INFINITY };
+        if below > second {
+            second = below;
+        }
+    }
+    let mut sum = 0.0;
+    for i in 0..n {
+        let keep = if x[i] >= second { 1.0 } else { 0.0 };
+        let e = keep * (x[i] - first).exp();
+        out[i] = e;
+        sum += e;
+    }
+    for o in out.iter_mut() {
+        *o /= sum;
+    }
+}
+
 /// Rotary position embedding on pairs: (x0, x1) rotated by the angle whose
 /// cosine and sine are given. Four inputs, two outputs (the caller passes the
 /// two halves of a head, or the even and odd elements, as it lays them out).

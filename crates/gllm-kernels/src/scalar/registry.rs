@@ -32,6 +32,8 @@ pub enum OpKind {
     Rope,
     /// silu(gate) · up.
     SwiGlu,
+    /// Softmax over the two largest entries of a row, zero elsewhere (MoE routing).
+    Top2Softmax,
     ReduceSum,
     ReduceMax,
     Dot,
@@ -41,7 +43,7 @@ pub enum OpKind {
 
 impl OpKind {
     /// Every built-in kind.
-    pub const BUILTIN: [OpKind; 19] = [
+    pub const BUILTIN: [OpKind; 20] = [
         OpKind::MatMul,
         OpKind::RmsNorm,
         OpKind::LayerNorm,
@@ -58,6 +60,7 @@ impl OpKind {
         OpKind::Scale,
         OpKind::Rope,
         OpKind::SwiGlu,
+        OpKind::Top2Softmax,
         OpKind::ReduceSum,
         OpKind::ReduceMax,
         OpKind::Dot,
@@ -82,6 +85,7 @@ impl OpKind {
             OpKind::Scale => "scale",
             OpKind::Rope => "rope",
             OpKind::SwiGlu => "swiglu",
+            OpKind::Top2Softmax => "top2_softmax",
             OpKind::ReduceSum => "reduce_sum",
             OpKind::ReduceMax => "reduce_max",
             OpKind::Dot => "dot",

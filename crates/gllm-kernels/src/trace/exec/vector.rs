@@ -564,6 +564,64 @@ impl Machine<'_> {
                 self.kmask[k] = lanes;
                 Ok(())
             }
+            // AVX2 integer compares, packs and tests on known lanes: what a
+            // vectorised runtime alias check of pointer differences uses.
+            Vpcmpgtq | Pcmpgtq | Vpcmpeqq | Pcmpeqq | Vpcmpgtd | Pcmpgtd | Vpcmpeqd | Pcmpeqd => {
+                let w = self.width();
+                let (dst, a, src) = self.two_sources(w)?;
+                let b = self.vec_op(src, w)?;
+                let qword = matches!(mn, Vpcmpgtq | Pcmpgtq | Vpcmpeqq | Pcmpeqq);
+                let (x, y) = (self.const_units(&a, qword)?, self.const_units(&b, qword)?);
+                let bits = if qword { 64 } else { 32 };
+                let signed = |v: u64| ((v << (64 - bits)) as i64) >> (64 - bits);
+                let gt = matches!(mn, Vpcmpgtq | Pcmpgtq | Vpcmpgtd | Pcmpgtd);
+                let ones = if qword { u64::MAX } else { 0xFFFF_FFFF };
+                let r: Vec<u64> = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(&p, &q)| {
+                        let holds = if gt { signed(p) > signed(q) } else { p == q };
+                        if holds {
+                            ones
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let out = self.units_to_lanes(&r, qword);
+                self.write_vec(dst, &out)
+            }
+            Vpackssdw | Packssdw => {
+                // Signed dwords to saturated words, per 128-bit half: a's four
+                // then b's four.
+                let w = self.width();
+                let (dst, a, src) = self.two_sources(w)?;
+                let b = self.vec_op(src, w)?;
+                let (x, y) = (self.const_units(&a, false)?, self.const_units(&b, false)?);
+                let sat =
+                    |v: u64| ((v as u32 as i32).clamp(i16::MIN as i32, i16::MAX as i32) as i16 as u16) as u64;
+                let mut words = Vec::with_capacity(2 * x.len());
+                for half in 0..x.len() / 4 {
+                    words.extend(x[half * 4..half * 4 + 4].iter().map(|&v| sat(v)));
+                    words.extend(y[half * 4..half * 4 + 4].iter().map(|&v| sat(v)));
+                }
+                let dwords: Vec<u64> = words.chunks(2).map(|p| p[0] | (p[1] << 16)).collect();
+                let out = self.units_to_lanes(&dwords, false);
+                self.write_vec(dst, &out)
+            }
+            Vtestps | Vptest | Ptest => {
+                // ZF: no bit of a AND b is set; CF: no bit of b AND NOT a.
+                // vtestps looks only at each dword's sign bit.
+                let w = self.width();
+                let a = self.vec_op(0, w)?;
+                let b = self.vec_op(1, w)?;
+                let (x, y) = (self.const_units(&a, false)?, self.const_units(&b, false)?);
+                let mask = if mn == Vtestps { 0x8000_0000u64 } else { 0xFFFF_FFFF };
+                let zf = x.iter().zip(&y).all(|(&p, &q)| p & q & mask == 0);
+                let cf = x.iter().zip(&y).all(|(&p, &q)| !p & q & mask == 0);
+                self.flags = Flags::Known { zf, cf: Some(cf), of: false, sf: false, pf: false };
+                Ok(())
+            }
             Kortestb | Kortestw | Kortestd | Kortestq => {
                 let bits = match mn {
                     Kortestb => 8,
