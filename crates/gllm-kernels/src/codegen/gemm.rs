@@ -1307,7 +1307,12 @@ impl CompiledGemmGroup {
         let p = *sem.node(first.node).op.matmul_params().ok_or_else(|| {
             CodegenError::Unsupported("a GEMM group member without MatMul parameters".into())
         })?;
-        let batched = (p.batch != 1 || p.transpose_b).then_some(p);
+        // B computed by the graph (attention's K and V, a mixture's expert
+        // outputs) is read in place through the batched path; only weights
+        // are packed ahead of time.
+        let b_is_weight =
+            matches!(sem.tensors[sem.nodes[first.node].inputs[1]].source, crate::graph::TensorRef::Weight(_));
+        let batched = (p.batch != 1 || p.transpose_b || !b_is_weight).then_some(p);
         if batched.is_some() && (f.members.len() != 1 || f.producer.is_some()) {
             return Err(CodegenError::Unsupported(
                 "a batched GEMM sharing its input or with a tile-fused producer".into(),
