@@ -325,7 +325,12 @@ impl Planner<'_, '_> {
     ) -> Option<RowProducer> {
         let sem = self.sem;
         let p = sem.tensors[a].producer?;
-        if sem.nodes[p].trace.pattern != ComputePattern::NormLike || !self.free(p) || params.batch != 1 {
+        let b_is_weight = matches!(sem.node(members[0]).inputs[1], TensorRef::Weight(_));
+        if sem.nodes[p].trace.pattern != ComputePattern::NormLike
+            || !self.free(p)
+            || params.batch != 1
+            || !b_is_weight
+        {
             return None;
         }
         let desc = &sem.tensors[a].desc;
