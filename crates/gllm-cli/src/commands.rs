@@ -10,7 +10,7 @@ use gllm_kernels::codegen::group::CompiledGroup;
 use gllm_kernels::codegen::layer::compile_graph;
 use gllm_kernels::codegen::MulAddKernel;
 use gllm_kernels::device::{DeviceProfile, Isa};
-use gllm_kernels::fusion::{self, fuse, FusionStrategy};
+use gllm_kernels::fusion::{self, FusionStrategy};
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use gllm_kernels::trace::{CodeMap, ProcessMemory};
 use std::time::Instant;
@@ -74,7 +74,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     let cfg = LlamaConfig::llama_7b();
     let graph = decoder_stack(&cfg, 128, cfg.num_layers);
     let started = Instant::now();
-    let plan = fuse(&graph, &profile).context("planning the LLaMA-7B graph")?;
+    let plan = fusion::fuse(&graph, &profile).context("planning the LLaMA-7B graph")?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     let mut kinds: Vec<&str> = plan.groups.iter().map(|g| g.strategy.name()).collect();
     kinds.sort_unstable();
@@ -226,9 +226,39 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
     }
 }
 
+/// A built-in configuration by name, or the configuration of a model file
+/// (GGUF metadata, or an HF directory's config.json) without loading weights.
 fn model_config(name: &str) -> Result<LlamaConfig> {
-    LlamaConfig::by_name(name)
-        .with_context(|| format!("unknown model `{name}` (known: {})", gllm::MODEL_NAMES.join(", ")))
+    if let Some(cfg) = LlamaConfig::by_name(name) {
+        return Ok(cfg);
+    }
+    let path = std::path::Path::new(name);
+    if !path.exists() {
+        bail!(
+            "unknown model `{name}`: neither a file nor a built-in name ({})",
+            gllm::MODEL_NAMES.join(", ")
+        );
+    }
+    if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
+        let st = gllm::SafetensorsModel::open(path)?;
+        let hf = st.hf_config()?;
+        return Ok(LlamaConfig {
+            name: name.to_string(),
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_layers: hf.num_hidden_layers,
+            num_heads: hf.num_attention_heads,
+            num_kv_heads: hf.num_key_value_heads,
+            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            vocab_size: hf.vocab_size,
+            rms_norm_eps: hf.rms_norm_eps as f32,
+            rope_theta: hf.rope_theta as f32,
+            context_length: hf.max_position_embeddings,
+            tie_word_embeddings: hf.tie_word_embeddings,
+        });
+    }
+    let file = gllm::GgufFile::open(path)?;
+    Ok(gllm::model::gguf_config(&file)?)
 }
 
 fn explain_model(name: &str, args: &ExplainArgs) -> Result<()> {
@@ -239,7 +269,10 @@ fn explain_model(name: &str, args: &ExplainArgs) -> Result<()> {
     let profile = args.profile.resolve()?;
     let graph = decoder_stack(&cfg, args.seq, args.layers);
     let started = Instant::now();
-    let plan = fuse(&graph, &profile).with_context(|| format!("planning the {name} graph"))?;
+    let sem =
+        graph.analyse(ScalarOpRegistry::global()).with_context(|| format!("analysing the {name} graph"))?;
+    let options = gllm_kernels::fusion::FusionOptions { fuse: !args.no_fusion };
+    let plan = fusion::plan_with(&sem, &profile, options);
     let ms = started.elapsed().as_secs_f64() * 1e3;
     println!(
         "{name}: {} layer(s), {} tokens, hidden {}, FFN {}, {} heads ({} KV) — validated, analysed and planned in {ms:.2} ms (incl. first-use Phase 0 of its ops)\n",

@@ -186,6 +186,9 @@ pub struct ExplainArgs {
     /// Number of decoder layers in the planned graph.
     #[arg(long, default_value_t = 1)]
     layers: usize,
+    /// Plan every node as its own group (what `gllm run --no-fusion` runs).
+    #[arg(long)]
+    no_fusion: bool,
     #[command(flatten)]
     profile: ProfileArgs,
 }

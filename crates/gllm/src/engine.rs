@@ -30,7 +30,7 @@ use gllm_kernels::reference::{self, ReferenceError};
 use gllm_kernels::runtime::compiled_code_count;
 use gllm_kernels::scalar::ScalarOpRegistry;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -46,25 +46,25 @@ pub enum EngineError {
         part: &'static str,
         seq: usize,
         #[source]
-        source: CodegenError,
+        source: Box<CodegenError>,
     },
     #[error("running `{part}`: {source}")]
     Run {
         part: &'static str,
         #[source]
-        source: CodegenError,
+        source: Box<CodegenError>,
     },
     #[error("reference evaluation of `{part}`: {source}")]
     Reference {
         part: &'static str,
         #[source]
-        source: ReferenceError,
+        source: Box<ReferenceError>,
     },
     #[error("the graph of `{part}` is invalid: {source}")]
     Graph {
         part: &'static str,
         #[source]
-        source: gllm_kernels::graph::GraphError,
+        source: Box<gllm_kernels::graph::GraphError>,
     },
     #[error(transparent)]
     Weights(#[from] WeightsError),
@@ -137,15 +137,58 @@ struct Parts {
     post: CompiledLayer,
 }
 
-struct Jit {
-    parts: HashMap<usize, Parts>,
-    heads: HashMap<usize, CompiledLayer>,
+/// What every sequence of one model shares: compiled parts (by token
+/// count), the attention kernel and the prepared weights.
+struct Shared {
+    parts: Mutex<HashMap<usize, Arc<Parts>>>,
+    heads: Mutex<HashMap<usize, Arc<CompiledLayer>>>,
     /// Per layer: its weights prepared for the parts.
     layers: Vec<PreparedWeights>,
     head: PreparedWeights,
     attention: CausalAttention,
+}
+
+/// A sequence's JIT state: the shared model and its own scratch memory.
+struct Jit {
+    shared: Arc<Shared>,
     workspace: LayerWorkspace,
     scratch: AttentionScratch,
+}
+
+impl Shared {
+    /// The parts for `seq` tokens, compiled on first use; the bool says
+    /// whether this call compiled them.
+    fn parts(
+        &self,
+        cfg: &LlamaConfig,
+        seq: usize,
+        opts: &EngineOptions,
+        registry: &ScalarOpRegistry,
+    ) -> Result<(Arc<Parts>, bool), EngineError> {
+        let mut cache = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(&seq) {
+            return Ok((p.clone(), false));
+        }
+        let p = Arc::new(compile_parts(cfg, seq, opts, registry)?);
+        cache.insert(seq, p.clone());
+        Ok((p, true))
+    }
+
+    fn head(
+        &self,
+        cfg: &LlamaConfig,
+        rows: usize,
+        opts: &EngineOptions,
+        registry: &ScalarOpRegistry,
+    ) -> Result<(Arc<CompiledLayer>, bool), EngineError> {
+        let mut cache = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = cache.get(&rows) {
+            return Ok((h.clone(), false));
+        }
+        let h = Arc::new(compile_part("lm_head", layer_graph::lm_head(cfg, rows), rows, opts, registry)?);
+        cache.insert(rows, h.clone());
+        Ok((h, true))
+    }
 }
 
 /// Activations of one chunk, reused across chunks.
@@ -213,7 +256,7 @@ impl Engine {
         let shape =
             AttentionShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
         let attention = CausalAttention::compile(shape, self.registry, &self.opts.profile)
-            .map_err(|source| EngineError::Compile { part: "attention", seq: 0, source })?;
+            .map_err(|source| EngineError::Compile { part: "attention", seq: 0, source: Box::new(source) })?;
         let parts = compile_parts(cfg, 1, &self.opts, self.registry)?;
         let head = compile_part("lm_head", layer_graph::lm_head(cfg, 1), 1, &self.opts, self.registry)?;
         let w = &self.weights;
@@ -222,24 +265,52 @@ impl Engine {
             let get = |name: &str| w.layer(l, name);
             let mut prepared = PreparedWeights::default();
             for part in [&parts.pre, &parts.post] {
-                part.prepare_more(&mut prepared, &get)
-                    .map_err(|source| EngineError::Run { part: "preparing weights", source })?;
+                part.prepare_more(&mut prepared, &get).map_err(|source| EngineError::Run {
+                    part: "preparing weights",
+                    source: Box::new(source),
+                })?;
             }
             layers.push(prepared);
         }
         let head_w = head
             .prepare_weights(&|name: &str| w.get(name))
-            .map_err(|source| EngineError::Run { part: "preparing weights", source })?;
+            .map_err(|source| EngineError::Run { part: "preparing weights", source: Box::new(source) })?;
         self.stats.compile += t0.elapsed();
-        Ok(Jit {
-            parts: HashMap::from([(1, parts)]),
-            heads: HashMap::from([(1, head)]),
+        let shared = Shared {
+            parts: Mutex::new(HashMap::from([(1, Arc::new(parts))])),
+            heads: Mutex::new(HashMap::from([(1, Arc::new(head))])),
             layers,
             head: head_w,
             attention,
+        };
+        Ok(Jit {
+            shared: Arc::new(shared),
             workspace: LayerWorkspace::new(),
             scratch: AttentionScratch::default(),
         })
+    }
+
+    /// A new sequence over the same model: it shares this engine's compiled
+    /// parts and prepared weights (no compiling, no packing, no copies of
+    /// the weights) and has its own KV cache and scratch memory. Engines may
+    /// run on different threads at once.
+    pub fn fork(&self) -> Engine {
+        Engine {
+            cfg: self.cfg.clone(),
+            weights: self.weights.clone(),
+            opts: self.opts.clone(),
+            registry: self.registry,
+            kv: KvCache::new(self.cfg.num_layers, self.cfg.kv_dim(), self.opts.max_context),
+            rope_cos: self.rope_cos.clone(),
+            rope_sin: self.rope_sin.clone(),
+            jit: self.jit.as_ref().map(|j| Jit {
+                shared: j.shared.clone(),
+                workspace: LayerWorkspace::new(),
+                scratch: AttentionScratch::default(),
+            }),
+            bufs: Buffers::default(),
+            stats: EngineStats::default(),
+        }
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -280,14 +351,12 @@ impl Engine {
 
     /// The fusion plans of the compiled parts for `seq` tokens (pre- and
     /// post-attention), compiling them if needed; for `explain`.
-    pub fn plans(&mut self, seq: usize) -> Result<Vec<(&'static str, &FusionPlan)>, EngineError> {
+    pub fn plans(&mut self, seq: usize) -> Result<Vec<(&'static str, FusionPlan)>, EngineError> {
         if self.jit.is_none() {
             return Ok(Vec::new());
         }
-        self.ensure_parts(seq)?;
-        let jit = self.jit.as_ref().expect("checked above");
-        let p = &jit.parts[&seq];
-        Ok(vec![("pre_attention", p.pre.plan()), ("post_attention", p.post.plan())])
+        let p = self.ensure_parts(seq)?;
+        Ok(vec![("pre_attention", p.pre.plan().clone()), ("post_attention", p.post.plan().clone())])
     }
 
     /// Runs `tokens` at the next positions and returns logits: of every
@@ -320,14 +389,14 @@ impl Engine {
         Ok(logits)
     }
 
-    fn ensure_parts(&mut self, seq: usize) -> Result<(), EngineError> {
-        let jit = self.jit.as_mut().expect("JIT backend");
-        if !jit.parts.contains_key(&seq) {
-            let t0 = Instant::now();
-            jit.parts.insert(seq, compile_parts(&self.cfg, seq, &self.opts, self.registry)?);
+    fn ensure_parts(&mut self, seq: usize) -> Result<Arc<Parts>, EngineError> {
+        let jit = self.jit.as_ref().expect("JIT backend");
+        let t0 = Instant::now();
+        let (parts, compiled) = jit.shared.parts(&self.cfg, seq, &self.opts, self.registry)?;
+        if compiled {
             self.stats.compile += t0.elapsed();
         }
-        Ok(())
+        Ok(parts)
     }
 
     /// The logits of the last `rows` positions of the chunk just run.
@@ -337,22 +406,14 @@ impl Engine {
         let mut out = vec![0.0f32; rows * vocab];
         match self.jit.as_mut() {
             Some(jit) => {
-                if !jit.heads.contains_key(&rows) {
-                    let t0 = Instant::now();
-                    let part = compile_part(
-                        "lm_head",
-                        layer_graph::lm_head(&self.cfg, rows),
-                        rows,
-                        &self.opts,
-                        self.registry,
-                    )?;
-                    jit.heads.insert(rows, part);
+                let t0 = Instant::now();
+                let (head, compiled) = jit.shared.head(&self.cfg, rows, &self.opts, self.registry)?;
+                if compiled {
                     self.stats.compile += t0.elapsed();
                 }
                 let t0 = Instant::now();
-                jit.heads[&rows]
-                    .run_into(&jit.head, &[x], &mut [&mut out], &mut jit.workspace)
-                    .map_err(|source| EngineError::Run { part: "lm_head", source })?;
+                head.run_into(&jit.shared.head, &[x], &mut [&mut out], &mut jit.workspace)
+                    .map_err(|source| EngineError::Run { part: "lm_head", source: Box::new(source) })?;
                 self.stats.kernels += t0.elapsed();
             }
             None => {
@@ -387,23 +448,26 @@ impl Engine {
         b.cos.extend_from_slice(&self.rope_cos[pos0 * half..(pos0 + seq) * half]);
         b.sin.clear();
         b.sin.extend_from_slice(&self.rope_sin[pos0 * half..(pos0 + seq) * half]);
-        if self.jit.is_some() {
-            self.ensure_parts(seq)?;
-        }
+        let parts = if self.jit.is_some() { Some(self.ensure_parts(seq)?) } else { None };
         for l in 0..self.cfg.num_layers {
-            self.run_layer(l, seq, pos0)?;
+            self.run_layer(l, seq, pos0, parts.as_deref())?;
         }
         self.kv.advance(seq);
         Ok(())
     }
 
-    fn run_layer(&mut self, l: usize, seq: usize, pos0: usize) -> Result<(), EngineError> {
+    fn run_layer(
+        &mut self,
+        l: usize,
+        seq: usize,
+        pos0: usize,
+        parts: Option<&Parts>,
+    ) -> Result<(), EngineError> {
         let threads = self.opts.threads();
         let b = &mut self.bufs;
-        match self.jit.as_mut() {
-            Some(jit) => {
-                let parts = &jit.parts[&seq];
-                let w = &jit.layers[l];
+        match (self.jit.as_mut(), parts) {
+            (Some(jit), Some(parts)) => {
+                let w = &jit.shared.layers[l];
                 let t0 = Instant::now();
                 parts
                     .pre
@@ -413,22 +477,22 @@ impl Engine {
                         &mut [&mut b.q, &mut b.k, &mut b.v],
                         &mut jit.workspace,
                     )
-                    .map_err(|source| EngineError::Run { part: "pre_attention", source })?;
+                    .map_err(|source| EngineError::Run { part: "pre_attention", source: Box::new(source) })?;
                 let t1 = Instant::now();
                 self.kv.write(l, &b.k, &b.v);
                 let t2 = Instant::now();
                 let (kc, vc) = self.kv.layer(l);
-                jit.attention
+                jit.shared
+                    .attention
                     .run(&b.q, kc, vc, pos0, &mut b.attn, &mut jit.scratch, threads)
-                    .map_err(|source| EngineError::Run { part: "attention", source })?;
-                parts
-                    .post
-                    .run_into(w, &[&b.attn, &b.x], &mut [&mut b.x_next], &mut jit.workspace)
-                    .map_err(|source| EngineError::Run { part: "post_attention", source })?;
+                    .map_err(|source| EngineError::Run { part: "attention", source: Box::new(source) })?;
+                parts.post.run_into(w, &[&b.attn, &b.x], &mut [&mut b.x_next], &mut jit.workspace).map_err(
+                    |source| EngineError::Run { part: "post_attention", source: Box::new(source) },
+                )?;
                 std::mem::swap(&mut b.x, &mut b.x_next);
                 self.stats.kernels += (t1 - t0) + t2.elapsed();
             }
-            None => {
+            _ => {
                 let cfg = &self.cfg;
                 let t0 = Instant::now();
                 let ws = &self.weights;
@@ -479,7 +543,7 @@ fn compile_part(
     compile_graph_with(&graph, &opts.profile, registry, opts.fusion).map_err(|source| EngineError::Compile {
         part,
         seq,
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -502,9 +566,10 @@ fn evaluate<'w>(
     weight: &dyn Fn(&str) -> Option<&'w [f32]>,
     part: &'static str,
 ) -> Result<Vec<Vec<f32>>, EngineError> {
-    let sem = graph.analyse(registry).map_err(|source| EngineError::Graph { part, source })?;
+    let sem =
+        graph.analyse(registry).map_err(|source| EngineError::Graph { part, source: Box::new(source) })?;
     reference::evaluate(&sem, registry, inputs, weight)
-        .map_err(|source| EngineError::Reference { part, source })
+        .map_err(|source| EngineError::Reference { part, source: Box::new(source) })
 }
 
 /// `cos`/`sin` of position p's angles p·θᵢ, θᵢ = theta^(−2i/head_dim), for

@@ -387,7 +387,8 @@ fn check_config(cfg: &LlamaConfig, file: &str) -> Result<(), ModelError> {
     if cfg.head_dim == 0 || cfg.head_dim % 2 != 0 {
         return bad(format!("head dimension {} is not a positive even number", cfg.head_dim));
     }
-    if !(cfg.rms_norm_eps > 0.0) || !(cfg.rope_theta > 0.0) {
+    let positive = |v: f32| v.is_finite() && v > 0.0;
+    if !positive(cfg.rms_norm_eps) || !positive(cfg.rope_theta) {
         return bad(format!(
             "RMS eps {} and RoPE base {} must be positive",
             cfg.rms_norm_eps, cfg.rope_theta

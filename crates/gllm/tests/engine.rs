@@ -83,3 +83,23 @@ fn jit_matches_the_scalar_reference_prefill_and_decode() {
         }
     }
 }
+
+#[test]
+fn forked_engines_share_the_model_and_keep_their_own_caches() {
+    let cfg = LlamaConfig::tiny();
+    let w = Arc::new(model_weights(&cfg, 3));
+    let mut a = engine(&cfg, &w, DeviceProfile::detect().unwrap(), Backend::Jit, true, 64);
+    let want = a.forward(&[5, 6, 7], true).unwrap();
+    let mut b = a.fork();
+    let mut c = a.fork();
+    assert_eq!(b.position(), 0);
+    // Two sequences on two threads at once, interleaved with a third.
+    let (rb, rc) = std::thread::scope(|s| {
+        let hb = s.spawn(|| b.forward(&[5, 6, 7], true).unwrap());
+        let hc = s.spawn(|| c.forward(&[9], false).unwrap());
+        (hb.join().unwrap(), hc.join().unwrap())
+    });
+    assert_eq!(rb, want, "a fork computes what the original did");
+    assert_eq!(rc.len(), cfg.vocab_size);
+    assert_eq!((a.position(), b.position(), c.position()), (3, 3, 1));
+}

@@ -147,11 +147,11 @@ fn gguf_and_safetensors_of_the_same_weights_give_the_same_logits() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `(name, dims) -> Some(new dims) | None (drop the tensor)`.
+type EditTensor = dyn Fn(&str, &[u64]) -> Option<Vec<u64>>;
+
 /// Rewrites the built-in GGUF through `edit(name, dims) -> Some(new dims) | None (drop)`.
-fn rewrite(
-    edit_meta: &dyn Fn(&str, &MetaValue) -> Option<MetaValue>,
-    edit: &dyn Fn(&str, &[u64]) -> Option<Vec<u64>>,
-) -> Vec<u8> {
+fn rewrite(edit_meta: &dyn Fn(&str, &MetaValue) -> Option<MetaValue>, edit: &EditTensor) -> Vec<u8> {
     let src = GgufFile::from_bytes("builtin", gllm::builtin::gguf_bytes().unwrap()).unwrap();
     let mut w = GgufWriter::new();
     for (k, v) in src.metadata() {
