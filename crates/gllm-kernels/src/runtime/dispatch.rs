@@ -1,22 +1,275 @@
 //! Running a kernel's independent parts (row ranges, column panels, batch
-//! elements) on the rayon pool. Generated code is single-threaded; this is
+//! elements) on several cores. Generated code is single-threaded; this is
 //! the one place that fans it out.
+//!
+//! ```text
+//!   caller ──[publish job, bump generation]──> workers (spinning, or parked)
+//!     │  takes parts from the shared counter too        │ take parts
+//!     └──[wait: every part done, no worker inside]<─────┘
+//! ```
+//!
+//! Decoding calls a few hundred small kernels per token, a few microseconds
+//! each, so a hand-off must cost far less than that. A general task pool
+//! (rayon) wakes its threads through the OS on every call: tens of
+//! microseconds, more than a small GEMV takes. Here the workers are
+//! persistent and spin on a generation counter for a while after each job
+//! (a hand-off is then a cache-line transfer) before they park; parts are
+//! taken from one atomic counter, so the caller works too and a slow worker
+//! does not hold the others up. A call made while another caller's job runs
+//! (several sequences at once), or from inside a part, runs its parts on its
+//! own thread.
 
-use std::sync::{Mutex, PoisonError};
+use std::cell::Cell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it parks.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// One call's parts, on the caller's stack while it runs.
+struct Job<'a> {
+    task: &'a (dyn Fn(usize) + Sync),
+    parts: usize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl Job<'_> {
+    /// Takes and runs parts until none are left.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, SeqCst);
+            if i >= self.parts {
+                return;
+            }
+            (self.task)(i);
+            self.done.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+struct Pool {
+    workers: usize,
+    /// The running job (type- and lifetime-erased), or null.
+    job: AtomicPtr<()>,
+    generation: AtomicU64,
+    /// Workers between entering a job and leaving it: the caller's job
+    /// stays alive until this is back to zero.
+    inside: AtomicUsize,
+    sleepers: AtomicUsize,
+    sleep: Mutex<()>,
+    wake: Condvar,
+    /// One job at a time; other callers run their parts themselves.
+    submit: Mutex<()>,
+}
+
+thread_local! {
+    /// Set on pool workers (and on a caller while its job runs): nested
+    /// fan-outs run inline instead of waiting on the pool they occupy.
+    static IN_POOL: Cell<bool> = const { Cell::new(false) };
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            workers: cores.saturating_sub(1),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            generation: AtomicU64::new(0),
+            inside: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+            submit: Mutex::new(()),
+        }));
+        for w in 0..pool.workers {
+            let spawned = thread::Builder::new().name(format!("gllm-kernels-{w}")).spawn(move || pool.worker_loop());
+            if spawned.is_err() {
+                // Fewer workers only means less parallelism: parts still run.
+                break;
+            }
+        }
+        pool
+    })
+}
+
+impl Pool {
+    fn worker_loop(&self) {
+        IN_POOL.with(|f| f.set(true));
+        let mut seen = self.generation.load(SeqCst);
+        loop {
+            seen = self.wait_for_job(seen);
+            self.inside.fetch_add(1, SeqCst);
+            let job = self.job.load(SeqCst) as *const Job<'static>;
+            if !job.is_null() {
+                // SAFETY: a non-null pointer read after `inside` was raised
+                // is a job whose caller is still in `run`: it clears the
+                // pointer and then waits for `inside` to drop to zero before
+                // its stack frame (and the job on it) goes away.
+                unsafe { (*job).work() };
+            }
+            self.inside.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Spins, then parks, until the generation moves past `seen`.
+    fn wait_for_job(&self, seen: u64) -> u64 {
+        let start = Instant::now();
+        loop {
+            for _ in 0..64 {
+                let g = self.generation.load(SeqCst);
+                if g != seen {
+                    return g;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() > SPIN {
+                break;
+            }
+        }
+        let mut guard = self.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+        self.sleepers.fetch_add(1, SeqCst);
+        let g = loop {
+            let g = self.generation.load(SeqCst);
+            if g != seen {
+                break g;
+            }
+            guard = self.wake.wait(guard).unwrap_or_else(PoisonError::into_inner);
+        };
+        self.sleepers.fetch_sub(1, SeqCst);
+        g
+    }
+
+    /// Runs `parts` parts of `task` on the caller and the workers.
+    fn run(&self, parts: usize, task: &(dyn Fn(usize) + Sync)) {
+        let Ok(_submit) = self.submit.try_lock() else {
+            return (0..parts).for_each(task);
+        };
+        let job = Job { task, parts, next: AtomicUsize::new(0), done: AtomicUsize::new(0) };
+        self.job.store(&job as *const Job as *mut (), SeqCst);
+        self.generation.fetch_add(1, SeqCst);
+        if self.sleepers.load(SeqCst) > 0 {
+            let _g = self.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+            self.wake.notify_all();
+        }
+        IN_POOL.with(|f| f.set(true));
+        job.work();
+        IN_POOL.with(|f| f.set(false));
+        while job.done.load(SeqCst) < parts {
+            std::hint::spin_loop();
+        }
+        self.job.store(std::ptr::null_mut(), SeqCst);
+        while self.inside.load(SeqCst) > 0 {
+            std::hint::spin_loop();
+        }
+    }
+}
 
 /// Runs `work(0)`, …, `work(parts − 1)` — on the calling thread when there
-/// is one part, else as rayon tasks — and returns the first error in part
-/// order.
+/// is one part (or no free pool), else on the caller and the pool's workers
+/// — and returns the first error in part order. A panic in a part is
+/// re-raised on the caller after every part has finished.
 pub fn for_each_part<E: Send>(parts: usize, work: impl Fn(usize) -> Result<(), E> + Sync) -> Result<(), E> {
-    if parts <= 1 {
+    if parts <= 1 || IN_POOL.with(Cell::get) {
         return (0..parts).try_for_each(&work);
     }
-    let results: Vec<Mutex<Result<(), E>>> = (0..parts).map(|_| Mutex::new(Ok(()))).collect();
-    rayon::scope(|s| {
-        for (part, slot) in results.iter().enumerate() {
-            let work = &work;
-            s.spawn(move |_| *slot.lock().unwrap_or_else(PoisonError::into_inner) = work(part));
+    let pool = pool();
+    if pool.workers == 0 {
+        return (0..parts).try_for_each(&work);
+    }
+    type Outcome<E> = Mutex<Option<Result<Result<(), E>, Box<dyn std::any::Any + Send>>>>;
+    let results: Vec<Outcome<E>> = (0..parts).map(|_| Mutex::new(None)).collect();
+    let task = |i: usize| {
+        let r = catch_unwind(AssertUnwindSafe(|| work(i)));
+        *results[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+    };
+    pool.run(parts, &task);
+    let mut first_err = None;
+    for slot in results {
+        match slot.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => {
+                first_err.get_or_insert(e);
+            }
+            Some(Err(panic)) => resume_unwind(panic),
+            None => unreachable!("every part runs before the job ends"),
         }
-    });
-    results.into_iter().try_for_each(|r| r.into_inner().unwrap_or_else(PoisonError::into_inner))
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn every_part_runs_once_and_the_first_error_wins() {
+        for parts in [0, 1, 2, 3, 17, 1000] {
+            let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
+            for_each_part::<()>(parts, |i| {
+                hits[i].fetch_add(1, SeqCst);
+                Ok(())
+            })
+            .unwrap();
+            assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "{parts} parts");
+        }
+        let r = for_each_part(10, |i| if i == 3 || i == 7 { Err(i) } else { Ok(()) });
+        assert_eq!(r, Err(3));
+    }
+
+    #[test]
+    fn nested_and_concurrent_calls_complete() {
+        let total = AtomicUsize::new(0);
+        thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        for_each_part::<()>(4, |_| {
+                            for_each_part::<()>(3, |_| {
+                                total.fetch_add(1, SeqCst);
+                                Ok(())
+                            })
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(SeqCst), 4 * 200 * 4 * 3);
+    }
+
+    #[test]
+    fn a_panicking_part_reaches_the_caller_and_the_pool_survives() {
+        let r = catch_unwind(|| {
+            let _ = for_each_part::<()>(4, |i| {
+                assert!(i != 2, "part 2 fails");
+                Ok(())
+            });
+        });
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        for_each_part::<()>(8, |_| {
+            n.fetch_add(1, SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n.load(SeqCst), 8);
+    }
+
+    #[test]
+    fn workers_wake_after_parking() {
+        thread::sleep(SPIN * 3);
+        let n = AtomicUsize::new(0);
+        for_each_part::<()>(2, |_| {
+            n.fetch_add(1, SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n.load(SeqCst), 2);
+    }
 }
