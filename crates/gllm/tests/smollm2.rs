@@ -119,7 +119,7 @@ fn jit_matches_the_reference_path() {
     for p in prompts() {
         reference.reset();
         let want = reference.forward(&p.ids, true).unwrap();
-        let steps = if p.ids.len() < 64 { 32 } else { 4 };
+        let steps = 32;
         reference.reset();
         let want_tokens = greedy(&mut reference, &p.ids, steps);
         for &(isa, fuse) in &configs {
@@ -145,7 +145,7 @@ fn jit_matches_the_reference_path() {
 #[test]
 fn logits_agree_with_an_independent_numpy_forward_pass() {
     let _t = turn();
-    const TOL: f32 = 2e-2;
+    const TOL: f32 = 2e-3;
     let out = std::env::temp_dir().join(format!("gllm-numpy-ref-{}", std::process::id()));
     let status = std::process::Command::new("python3")
         .env("OPENBLAS_NUM_THREADS", "1")
