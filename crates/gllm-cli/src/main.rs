@@ -25,6 +25,8 @@ enum Command {
     Chat(ChatArgs),
     /// Prompt-processing and generation speed, as llama-bench markdown rows.
     Bench(BenchArgs),
+    /// Perplexity over a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(PerplexityArgs),
     /// Print the device profile the compiler would use.
     Device(DeviceArgs),
     /// Show what the compiler learned about an operator (`--op`), or how it
@@ -136,6 +138,21 @@ pub struct BenchArgs {
 }
 
 #[derive(Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text to score.
+    #[arg(long, short = 'f')]
+    file: PathBuf,
+    /// Tokens per chunk; the second half of each chunk is scored.
+    #[arg(long = "ctx-size", short = 'c', default_value_t = 512)]
+    ctx_size: usize,
+    /// Score at most this many chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+}
+
+#[derive(Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     profile: ProfileArgs,
@@ -206,6 +223,7 @@ fn main() -> Result<()> {
         Command::Run(args) => model_cmds::run(&args),
         Command::Chat(args) => model_cmds::chat(&args),
         Command::Bench(args) => model_cmds::bench(&args),
+        Command::Perplexity(args) => model_cmds::perplexity(&args),
         Command::Demo(args) => commands::demo(&args),
         Command::Device(args) => commands::device(&args),
         Command::Explain(args) => commands::explain(&args),

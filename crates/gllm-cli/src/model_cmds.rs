@@ -1,6 +1,6 @@
 //! `gllm run`, `gllm chat` and `gllm bench`: loading a model and running it.
 
-use crate::{BenchArgs, ChatArgs, ModelArgs, RunArgs, SamplingArgs};
+use crate::{BenchArgs, ChatArgs, ModelArgs, PerplexityArgs, RunArgs, SamplingArgs};
 use anyhow::{bail, Context, Result};
 use gllm::engine::{Backend, Engine, EngineOptions};
 use gllm::generate::{generate, generate_from, GenerationStats, StopReason};
@@ -373,5 +373,59 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     for n in notes {
         println!("{n}");
     }
+    Ok(())
+}
+
+pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
+    let text =
+        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let (model, mut opts) = load(&args.model)?;
+    if args.ctx_size < 4 {
+        bail!("--ctx-size must be at least 4");
+    }
+    opts.max_context = opts.max_context.max(args.ctx_size);
+    if args.ctx_size > model.config.context_length {
+        bail!(
+            "--ctx-size {} is beyond the model's context of {}",
+            args.ctx_size,
+            model.config.context_length
+        );
+    }
+    let tok = &model.tokenizer;
+    let t0 = Instant::now();
+    let tokens = tok.encode(&text, false, false);
+    eprintln!(
+        "tokenised {} bytes into {} tokens in {:.2} s",
+        text.len(),
+        tokens.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let chunks = (tokens.len() / args.ctx_size).min(args.chunks.unwrap_or(usize::MAX));
+    if chunks == 0 {
+        bail!("the text has {} tokens: fewer than one chunk of {}", tokens.len(), args.ctx_size);
+    }
+    let mut e = engine(&model, opts)?;
+    let bar = ProgressBar::new(chunks as u64).with_style(
+        ProgressStyle::with_template("perplexity [{bar:30}] {pos}/{len} chunks, {msg} ({eta} left)")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let bos = if tok.add_bos() { tok.bos() } else { None };
+    let t0 = Instant::now();
+    let result = gllm::perplexity::perplexity(&mut e, &tokens, args.ctx_size, bos, args.chunks, &mut |p| {
+        bar.set_position(p.chunk as u64);
+        bar.set_message(format!("PPL {:.4}", p.perplexity));
+    })?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "perplexity {:.4} over {} chunks of {} tokens ({} tokens scored) in {:.1} s ({:.0} tokens/s)",
+        result.perplexity,
+        result.chunks,
+        args.ctx_size,
+        result.scored_tokens,
+        secs,
+        (result.chunks * args.ctx_size) as f64 / secs
+    );
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod layer_graph;
 pub mod model;
+pub mod perplexity;
 pub mod safetensors_model;
 pub mod sampling;
 pub mod synthetic;

@@ -103,3 +103,35 @@ fn forked_engines_share_the_model_and_keep_their_own_caches() {
     assert_eq!(rc.len(), cfg.vocab_size);
     assert_eq!((a.position(), b.position(), c.position()), (3, 3, 1));
 }
+
+#[test]
+fn perplexity_scores_the_second_half_of_each_chunk() {
+    let cfg = LlamaConfig::tiny();
+    let w = Arc::new(model_weights(&cfg, 11));
+    let tokens: Vec<u32> = (0..50u32).map(|i| (i * 29 + 3) % cfg.vocab_size as u32).collect();
+    let host = DeviceProfile::detect().unwrap();
+    let mut jit = engine(&cfg, &w, host.clone(), Backend::Jit, true, 64);
+    let got = gllm::perplexity::perplexity(&mut jit, &tokens, 16, None, None, &mut |_| {}).unwrap();
+    assert_eq!((got.chunks, got.scored_tokens), (3, 3 * 7));
+    // By hand: chunk c, positions 8..15 predict the next token.
+    let mut nll = 0.0;
+    for c in 0..3 {
+        jit.reset();
+        let l = jit.forward(&tokens[c * 16..(c + 1) * 16], true).unwrap();
+        for i in 8..15 {
+            nll += gllm::perplexity::nll(
+                &l[i * cfg.vocab_size..(i + 1) * cfg.vocab_size],
+                tokens[c * 16 + i + 1],
+            );
+        }
+    }
+    assert!((got.perplexity - (nll / 21.0).exp()).abs() < 1e-9 * got.perplexity);
+    let mut reference = engine(&cfg, &w, host, Backend::Reference, true, 64);
+    let want = gllm::perplexity::perplexity(&mut reference, &tokens, 16, None, None, &mut |_| {}).unwrap();
+    assert!(
+        (got.perplexity / want.perplexity - 1.0).abs() < 1e-4,
+        "{} vs {}",
+        got.perplexity,
+        want.perplexity
+    );
+}

@@ -87,7 +87,8 @@ fn pool() -> &'static Pool {
             submit: Mutex::new(()),
         }));
         for w in 0..pool.workers {
-            let spawned = thread::Builder::new().name(format!("gllm-kernels-{w}")).spawn(move || pool.worker_loop());
+            let spawned =
+                thread::Builder::new().name(format!("gllm-kernels-{w}")).spawn(move || pool.worker_loop());
             if spawned.is_err() {
                 // Fewer workers only means less parallelism: parts still run.
                 break;
