@@ -96,8 +96,13 @@ fn bad_requests_get_openai_style_errors_and_the_server_stays_up() {
     let r = client().get(s.url("/v1/chat/completions")).send().unwrap();
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(error_of(&r.json().unwrap())["code"], "method_not_allowed");
+    let huge = user(&"x".repeat(3 << 20)).to_string();
+    let (status, v) = s.post(chat, &huge);
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(error_of(&v)["type"], "invalid_request_error");
+    println!("a 3 MB body: {status} {v}");
     // Only requests to the two endpoints are logged: one line each.
-    let posts = cases.iter().filter(|c| c.3 == 400).count();
+    let posts = cases.iter().filter(|c| c.3 == 400).count() + 1;
     assert_eq!(s.log().len(), posts, "{:#?}", s.log());
     // Still up, and nothing was left queued or generating.
     let (status, v) = s.post("/v1/completions", r#"{"prompt": "Hello", "max_tokens": 3, "temperature": 0}"#);
