@@ -26,7 +26,8 @@ enum Command {
     /// Prompt-processing and generation speed, as llama-bench markdown rows.
     Bench(BenchArgs),
     /// An OpenAI-compatible HTTP server (/v1/chat/completions,
-    /// /v1/completions, /v1/models, /health) with streaming.
+    /// /v1/completions, /v1/models, /health) with streaming. --threads is
+    /// the whole budget: each of the --parallel slots gets threads / parallel.
     Serve(ServeArgs),
     /// Print the device profile the compiler would use.
     Device(DeviceArgs),
@@ -140,8 +141,8 @@ pub struct BenchArgs {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// `--threads` is the server's whole budget: each of the `--parallel`
-    /// slots gets threads / parallel (at least 1).
+    /// (`--threads` is the server's whole budget: each of the `--parallel`
+    /// slots gets threads / parallel, at least 1.)
     #[command(flatten)]
     model: ModelArgs,
     /// Address to listen on (loopback by default: the server has no

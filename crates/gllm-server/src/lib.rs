@@ -179,7 +179,7 @@ impl Server {
             let log = self.0.log.clone();
             tokio::select! {
                 r = self.serve(listener, std::future::pending()) => r,
-                _ = tokio::signal::ctrl_c() => {
+                _ = interrupted() => {
                     log("interrupted: shutting down");
                     Ok(())
                 }
@@ -248,6 +248,13 @@ impl Server {
         } else {
             reply.collect(rx).await
         }
+    }
+}
+
+/// Completes at Ctrl-C; never, if the signal cannot be watched.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
