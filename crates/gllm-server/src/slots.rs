@@ -267,9 +267,7 @@ fn run_job(slot: usize, engine: &mut Engine, model: &Model, job: Job, log: &LogS
         ms(total)
     );
     match result {
-        Ok(_) if gone => log(&format!("{prefix} cancelled: the client went away")),
-        Ok(None) => unreachable!("prefill only stops early for a departed client"),
-        Ok(Some(((tokens, reason, stats), prompt_done))) => {
+        Ok(Some(((tokens, reason, stats), prompt_done))) if !gone => {
             let finish = match reason {
                 StopReason::StopToken(_) => Finish::Stop,
                 StopReason::Caller => Finish::Stop, // a stop string
@@ -293,6 +291,8 @@ fn run_job(slot: usize, engine: &mut Engine, model: &Model, job: Job, log: &LogS
                 finish.as_str()
             ));
         }
+        // Prefill or decoding stopped because the client went away.
+        Ok(_) => log(&format!("{prefix} cancelled: the client went away")),
         Err(e) => {
             log(&format!("{prefix} failed: {e}"));
             let _ = events.send(Event::Failed(e.to_string()));
