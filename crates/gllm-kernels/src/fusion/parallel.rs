@@ -8,9 +8,13 @@ use crate::graph::MatMulParams;
 use std::fmt;
 
 /// Below this many bytes of memory traffic a memory-bound group runs on one
-/// thread. Measured on the project's 2-core Zen 5 VM: waking the second rayon
-/// worker costs ≈ 15 µs, so an elementwise pass over 4 MiB gains nothing
-/// (78 µs vs 86 µs), 16 MiB gains 1.4× and 64 MiB 1.8×.
+/// thread. Measured on the project's 2-core Zen 5 VM when dispatch went
+/// through rayon (≈ 15 µs to wake the second worker): an elementwise pass
+/// over 4 MiB gained nothing (78 µs vs 86 µs), 16 MiB 1.4× and 64 MiB 1.8×.
+/// The spinning pool (`runtime::dispatch`) hands off in about a microsecond,
+/// but on these VMs one core already takes most of the DRAM bandwidth, so
+/// lowering the thresholds did not speed up decoding (SmolLM2 tg64 with
+/// 1 MFLOP: 27.6 tok/s vs 29.1 with 16 MFLOP on 2 threads); they stay.
 pub const MIN_PARALLEL_BYTES: usize = 8 << 20;
 
 /// Below this many flops a GEMM runs on one thread: at ≈ 200 GFLOP/s per
