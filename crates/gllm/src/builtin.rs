@@ -10,6 +10,7 @@
 use crate::config::LlamaConfig;
 use crate::gguf::{GgmlType, GgufWriteError, GgufWriter};
 use crate::synthetic::model_weights;
+use crate::weights::transpose;
 use std::collections::HashMap;
 
 /// The text the tokenizer's merges are learned from.
@@ -106,17 +107,6 @@ fn permute_for_gguf(w_out_in: &[f32], rows: usize, cols: usize, head_dim: usize)
     out
 }
 
-/// `[in, out]` (the engine's layout) → `[out, in]` rows (the files' layout).
-fn to_rows(w_in_out: &[f32], k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; w_in_out.len()];
-    for r in 0..k {
-        for c in 0..n {
-            out[c * k + r] = w_in_out[r * n + c];
-        }
-    }
-    out
-}
-
 /// The default model as GGUF bytes.
 pub fn gguf_bytes() -> Result<Vec<u8>, GgufWriteError> {
     let cfg = config();
@@ -148,7 +138,7 @@ pub fn gguf_bytes() -> Result<Vec<u8>, GgufWriteError> {
     let get = |name: &str| weights.get(name).expect("synthetic weights are complete");
     w.add_tensor_f32("token_embd.weight", &[h, v], GgmlType::Q8_0, get("token_embd.weight"))?;
     w.add_tensor_f32("output_norm.weight", &[h], GgmlType::F32, get("output_norm.weight"))?;
-    let head = to_rows(get("output.weight"), cfg.hidden_size, cfg.vocab_size);
+    let head = transpose(get("output.weight"), cfg.hidden_size, cfg.vocab_size);
     w.add_tensor_f32("output.weight", &[h, v], GgmlType::Q8_0, &head)?;
     for l in 0..cfg.num_layers {
         for (name, shape) in crate::layer_graph::layer_weight_shapes(&cfg) {
@@ -159,7 +149,7 @@ pub fn gguf_bytes() -> Result<Vec<u8>, GgufWriteError> {
                 continue;
             }
             let (k, n) = (shape[0], shape[1]);
-            let mut rows = to_rows(data, k, n);
+            let mut rows = transpose(data, k, n);
             if name == "attn_q.weight" || name == "attn_k.weight" {
                 rows = permute_for_gguf(&rows, n, k, cfg.head_dim);
             }

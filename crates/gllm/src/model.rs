@@ -23,7 +23,7 @@ use crate::config::LlamaConfig;
 use crate::gguf::{GgufError, GgufFile};
 use crate::safetensors_model::{SafetensorsError, SafetensorsModel};
 use crate::tokenizer::{Tokenizer, TokenizerError, TokenizerSpec};
-use crate::weights::ModelWeights;
+use crate::weights::{transpose, ModelWeights};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,15 +162,6 @@ fn wanted(
 }
 
 fn convert(data: Vec<f32>, shape: &[usize], how: Convert) -> Vec<f32> {
-    let transpose = |d: &[f32], rows: usize, cols: usize| {
-        let mut out = vec![0.0f32; d.len()];
-        for (r, row) in d.chunks_exact(cols).enumerate() {
-            for (c, &x) in row.iter().enumerate() {
-                out[c * rows + r] = x;
-            }
-        }
-        out
-    };
     match how {
         Convert::AsIs => data,
         Convert::Transpose => transpose(&data, shape[0], shape[1]),
@@ -232,21 +223,7 @@ impl Model {
                 });
             }
         }
-        let done = AtomicUsize::new(0);
-        let total = table.len();
-        let converted: Vec<(String, Vec<f32>)> = table
-            .par_iter()
-            .map(|w| -> Result<(String, Vec<f32>), ModelError> {
-                let data = file.tensor_f32(&w.file_name)?;
-                let out = convert(data, &w.shape, w.convert);
-                progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
-                Ok((w.name.clone(), out))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut weights = ModelWeights::new();
-        for (name, data) in converted {
-            weights.insert(name, data);
-        }
+        let mut weights = convert_all(&table, &|name| Ok(file.tensor_f32(name)?), progress)?;
         tie_head(&mut weights, &config);
         let tokenizer = gguf_tokenizer(file)?;
         if tokenizer.vocab_size() != config.vocab_size {
@@ -327,20 +304,7 @@ impl Model {
                 });
             }
         }
-        let done = AtomicUsize::new(0);
-        let total = table.len();
-        let converted: Vec<(String, Vec<f32>)> = table
-            .par_iter()
-            .map(|w| -> Result<(String, Vec<f32>), ModelError> {
-                let out = convert(st.tensor_f32(&w.file_name)?, &w.shape, w.convert);
-                progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
-                Ok((w.name.clone(), out))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut weights = ModelWeights::new();
-        for (name, data) in converted {
-            weights.insert(name, data);
-        }
+        let mut weights = convert_all(&table, &|name| Ok(st.tensor_f32(name)?), progress)?;
         tie_head(&mut weights, &config);
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = hf_tokenizer(&tok_path)?;
@@ -359,11 +323,34 @@ impl Model {
     }
 }
 
+/// Reads (`fetch` by file name) and converts every tensor of the table, in
+/// parallel, reporting progress.
+fn convert_all(
+    table: &[Wanted],
+    fetch: &(dyn Fn(&str) -> Result<Vec<f32>, ModelError> + Sync),
+    progress: Progress,
+) -> Result<ModelWeights, ModelError> {
+    let done = AtomicUsize::new(0);
+    let converted: Vec<(String, Vec<f32>)> = table
+        .par_iter()
+        .map(|w| {
+            let out = convert(fetch(&w.file_name)?, &w.shape, w.convert);
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1, table.len());
+            Ok((w.name.clone(), out))
+        })
+        .collect::<Result<_, ModelError>>()?;
+    let mut weights = ModelWeights::new();
+    for (name, data) in converted {
+        weights.insert(name, data);
+    }
+    Ok(weights)
+}
+
 /// With tied embeddings the LM head is the embedding, transposed to `[hidden, vocab]`.
 fn tie_head(weights: &mut ModelWeights, cfg: &LlamaConfig) {
     if cfg.tie_word_embeddings {
         let e = weights.get("token_embd.weight").expect("loaded above");
-        let head = convert(e.to_vec(), &[cfg.vocab_size, cfg.hidden_size], Convert::Transpose);
+        let head = transpose(e, cfg.vocab_size, cfg.hidden_size);
         weights.insert("output.weight", head);
     }
 }

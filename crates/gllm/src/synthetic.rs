@@ -12,8 +12,9 @@ use crate::weights::ModelWeights;
 use gllm_kernels::graph::CompilerGraph;
 use std::collections::HashMap;
 
-/// Uniform values in [-1, 1) from a xorshift generator (never seeded with 0).
-fn uniform(seed: u64) -> impl FnMut() -> f32 {
+/// Uniform values in [-1, 1) from a xorshift generator (never seeded with 0):
+/// deterministic stand-in data for tests and the built-in model.
+pub fn uniform(seed: u64) -> impl FnMut() -> f32 {
     let mut state = seed | 1;
     move || {
         state ^= state << 13;

@@ -11,6 +11,18 @@ use crate::layer_graph::layer_weight_shapes;
 use std::collections::HashMap;
 use thiserror::Error;
 
+/// `[rows, cols]` row-major → `[cols, rows]` row-major: a file's `[out, in]`
+/// projection rows into the graphs' `[in, out]`, and back.
+pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; data.len()];
+    for (r, row) in data.chunks_exact(cols.max(1)).enumerate().take(rows) {
+        for (c, &x) in row.iter().enumerate() {
+            out[c * rows + r] = x;
+        }
+    }
+    out
+}
+
 /// A weight is missing or has the wrong size for the configuration.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum WeightsError {

@@ -11,16 +11,6 @@ use gllm_kernels::reference;
 use gllm_kernels::scalar::ScalarOpRegistry;
 use std::collections::HashMap;
 
-fn rng(seed: u64) -> impl FnMut() -> f32 {
-    let mut s = seed | 1;
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 #[test]
 fn an_unknown_op_type_is_named() {
     let mut g = FusedGraph::new();
@@ -131,7 +121,7 @@ fn moe_layer(seq: usize) {
     let y = g.node1("moe", FusedOp::MoERouting { experts: e, top_k: 2 }, ins);
     g.output(y);
     let graph = g.expand(reg).unwrap();
-    let mut next = rng(99);
+    let mut next = gllm::synthetic::uniform(99);
     let xs: Vec<f32> = (0..seq * h).map(|_| next()).collect();
     let weights: HashMap<&str, Vec<f32>> =
         shapes.iter().map(|(name, s)| (*name, (0..s[0] * s[1]).map(|_| next() * 0.4).collect())).collect();

@@ -6,6 +6,7 @@
 use gllm::engine::{Engine, EngineOptions};
 use gllm::gguf::{GgufFile, GgufWriter, MetaValue};
 use gllm::model::Model;
+use gllm::weights::transpose;
 use gllm_kernels::device::DeviceProfile;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -28,17 +29,6 @@ fn logits(model: &Model, ids: &[u32]) -> Vec<f32> {
     o.max_context = 64;
     let mut e = Engine::new(model.config.clone(), model.weights.clone(), o).unwrap();
     e.forward(ids, true).unwrap()
-}
-
-/// `[in, out]` → `[out, in]` rows.
-fn rows(w: &[f32], k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for r in 0..k {
-        for c in 0..n {
-            out[c * k + r] = w[r * n + c];
-        }
-    }
-    out
 }
 
 #[test]
@@ -67,7 +57,7 @@ fn gguf_and_safetensors_of_the_same_weights_give_the_same_logits() {
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = vec![
         ("model.embed_tokens.weight".into(), vec![v, h], w.get("token_embd.weight").unwrap().to_vec()),
         ("model.norm.weight".into(), vec![h], w.get("output_norm.weight").unwrap().to_vec()),
-        ("lm_head.weight".into(), vec![v, h], rows(w.get("output.weight").unwrap(), h, v)),
+        ("lm_head.weight".into(), vec![v, h], transpose(w.get("output.weight").unwrap(), h, v)),
     ];
     for l in 0..cfg.num_layers {
         for (ours, hf) in [
@@ -85,7 +75,7 @@ fn gguf_and_safetensors_of_the_same_weights_give_the_same_logits() {
                 gllm::layer_graph::layer_weight_shapes(cfg).into_iter().find(|(n, _)| *n == ours).unwrap().1;
             let data = w.layer(l, ours).unwrap();
             let (shape, data) = match shape[..] {
-                [k, n] => (vec![n, k], rows(data, k, n)),
+                [k, n] => (vec![n, k], transpose(data, k, n)),
                 _ => (shape, data.to_vec()),
             };
             tensors.push((format!("model.layers.{l}.{hf}"), shape, data));
