@@ -139,6 +139,10 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
     repetitions: usize,
+    /// Also decode this many sequences at once (one GEMM per weight per
+    /// step), e.g. `-B 4,8`: rows `tg128 x4`, t/s summed over the sequences.
+    #[arg(short = 'B', long = "batch-seqs", value_delimiter = ',')]
+    batch_seqs: Vec<usize>,
 }
 
 #[derive(Args)]

@@ -363,6 +363,30 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             let (m, s) = mean_std(&rates);
             println!("| {name} | {size} | {params} | {threads} | tg{} | {m:.2} ± {s:.2} |", args.gen);
             let (o, _) = mean_std(&outside);
+            for &seqs in args.batch_seqs.iter().filter(|&&b| b > 1) {
+                let mut rates = Vec::new();
+                for rep in 0..=args.repetitions {
+                    let mut forks: Vec<Engine> = (0..seqs).map(|_| e.fork()).collect();
+                    for f in forks.iter_mut() {
+                        f.forward(&[1], false)?;
+                    }
+                    let mut toks = vec![1u32; seqs];
+                    let t0 = Instant::now();
+                    for _ in 0..args.gen {
+                        let mut refs: Vec<&mut Engine> = forks.iter_mut().collect();
+                        let logits = Engine::decode_batch(&mut refs, &toks)?;
+                        toks = logits.iter().map(|l| gllm::sampling::argmax(l)).collect();
+                    }
+                    if rep > 0 {
+                        rates.push((seqs * args.gen) as f64 / t0.elapsed().as_secs_f64());
+                    }
+                }
+                let (bm, bs) = mean_std(&rates);
+                println!(
+                    "| {name} | {size} | {params} | {threads} | tg{} x{seqs} | {bm:.2} ± {bs:.2} |",
+                    args.gen
+                );
+            }
             notes.push(format!(
                 "{threads} thread(s): {:.1} µs per generated token outside kernels ({:.2} % of the token's time)",
                 o * 1e6,

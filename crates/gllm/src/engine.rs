@@ -68,6 +68,8 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    #[error("batched decoding: {0}")]
+    Batch(String),
 }
 
 /// How layers are computed.
@@ -425,6 +427,98 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// One decoding step of several sequences at once: `engines[i]` (forks of
+    /// one engine) takes `tokens[i]` at its own position. The dense parts run
+    /// once over all rows — one GEMM per weight with M = the number of
+    /// sequences, so the weights are read once instead of once per sequence —
+    /// and attention runs per sequence over its own cache. Returns each
+    /// sequence's logits. The reference backend steps the engines one by one.
+    pub fn decode_batch(engines: &mut [&mut Engine], tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let n = engines.len();
+        if tokens.len() != n {
+            return Err(EngineError::Batch(format!("{n} sequences but {} tokens", tokens.len())));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let shared = match engines[0].jit.as_ref() {
+            Some(j) => j.shared.clone(),
+            None => return engines.iter_mut().zip(tokens).map(|(e, &t)| e.forward(&[t], false)).collect(),
+        };
+        for e in engines.iter() {
+            if !e.jit.as_ref().is_some_and(|j| Arc::ptr_eq(&j.shared, &shared)) {
+                return Err(EngineError::Batch("the engines are not forks of one engine".into()));
+            }
+            e.kv.check_room(1)?;
+        }
+        let cfg = engines[0].cfg.clone();
+        let vocab = cfg.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::BadToken { id, vocab });
+        }
+        let t0 = Instant::now();
+        let (h, qd, kvd, half) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim / 2);
+        let (first, rest) = engines.split_first_mut().expect("n > 0");
+        let opts = first.opts.clone();
+        let registry = first.registry;
+        let (parts, _) = shared.parts(&cfg, n, &opts, registry)?;
+        let (head, _) = shared.head(&cfg, n, &opts, registry)?;
+        let embd = first.weights.get("token_embd.weight").expect("checked at construction");
+        let mut x: Vec<f32> =
+            tokens.iter().flat_map(|&t| embd[t as usize * h..(t as usize + 1) * h].to_vec()).collect();
+        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        let positions: Vec<usize> =
+            std::iter::once(first.kv.len()).chain(rest.iter().map(|e| e.kv.len())).collect();
+        for &p in &positions {
+            cos.extend_from_slice(&first.rope_cos[p * half..(p + 1) * half]);
+            sin.extend_from_slice(&first.rope_sin[p * half..(p + 1) * half]);
+        }
+        let (mut q, mut k, mut v) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
+        let (mut attn, mut x_next) = (vec![0.0; n * qd], vec![0.0; n * h]);
+        let threads = opts.threads();
+        let run = |part: &'static str| move |source| EngineError::Run { part, source: Box::new(source) };
+        let jit = first.jit.as_mut().expect("checked above");
+        for l in 0..cfg.num_layers {
+            let w = &shared.layers[l];
+            parts
+                .pre
+                .run_into(w, &[&x, &cos, &sin], &mut [&mut q, &mut k, &mut v], &mut jit.workspace)
+                .map_err(run("pre_attention"))?;
+            for (i, kv) in
+                std::iter::once(&mut first.kv).chain(rest.iter_mut().map(|e| &mut e.kv)).enumerate()
+            {
+                kv.write(l, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+                let (kc, vc) = kv.layer(l);
+                shared
+                    .attention
+                    .run(
+                        &q[i * qd..(i + 1) * qd],
+                        kc,
+                        vc,
+                        positions[i],
+                        &mut attn[i * qd..(i + 1) * qd],
+                        &mut jit.scratch,
+                        threads,
+                    )
+                    .map_err(run("attention"))?;
+            }
+            parts
+                .post
+                .run_into(w, &[&attn, &x], &mut [&mut x_next], &mut jit.workspace)
+                .map_err(run("post_attention"))?;
+            std::mem::swap(&mut x, &mut x_next);
+        }
+        let mut logits = vec![0.0f32; n * vocab];
+        head.run_into(&shared.head, &[&x], &mut [&mut logits], &mut jit.workspace).map_err(run("lm_head"))?;
+        first.kv.advance(1);
+        for e in rest.iter_mut() {
+            e.kv.advance(1);
+        }
+        first.stats.calls += 1;
+        first.stats.forward += t0.elapsed();
+        Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
     }
 
     /// Runs one chunk through every layer; its hidden states end in `bufs.x`.

@@ -135,3 +135,34 @@ fn perplexity_scores_the_second_half_of_each_chunk() {
         want.perplexity
     );
 }
+
+#[test]
+fn batched_decoding_matches_one_sequence_at_a_time() {
+    let cfg = LlamaConfig::tiny();
+    let w = Arc::new(model_weights(&cfg, 21));
+    let base = engine(&cfg, &w, DeviceProfile::detect().unwrap(), Backend::Jit, true, 64);
+    let prompts: [&[u32]; 3] = [&[1, 2, 3], &[40, 41], &[7, 8, 9, 10, 11]];
+    let mut batched: Vec<Engine> = prompts.iter().map(|_| base.fork()).collect();
+    let mut single: Vec<Engine> = prompts.iter().map(|_| base.fork()).collect();
+    let mut next: Vec<u32> = Vec::new();
+    for ((b, s), p) in batched.iter_mut().zip(single.iter_mut()).zip(prompts) {
+        let lb = b.forward(p, false).unwrap();
+        s.forward(p, false).unwrap();
+        next.push(argmax(&lb) as u32);
+    }
+    for step in 0..5 {
+        let mut refs: Vec<&mut Engine> = batched.iter_mut().collect();
+        let got = Engine::decode_batch(&mut refs, &next).unwrap();
+        for (i, s) in single.iter_mut().enumerate() {
+            let want = s.forward(&[next[i]], false).unwrap();
+            let d = max_diff(&got[i], &want);
+            assert!(d <= 1e-4, "step {step}, sequence {i}: logits differ by {d}");
+            assert_eq!(batched[i].position(), s.position());
+        }
+        next = got.iter().map(|l| argmax(l) as u32).collect();
+    }
+    let mut other = engine(&cfg, &w, DeviceProfile::detect().unwrap(), Backend::Jit, true, 64);
+    let mut refs: Vec<&mut Engine> = vec![&mut batched[0], &mut other];
+    let e = Engine::decode_batch(&mut refs, &[1, 2]).unwrap_err();
+    assert!(e.to_string().contains("not forks of one engine"), "{e}");
+}
