@@ -42,7 +42,7 @@ fn byte_chars() -> Vec<char> {
 }
 
 /// Tokens (control, 256 bytes, merged) and merges, learned greedily from
-/// [`CORPUS`] words until the vocabulary has `vocab` entries.
+/// a built-in English paragraph until the vocabulary has `vocab` entries.
 pub fn tokenizer_vocab(vocab: usize) -> (Vec<String>, Vec<String>, Vec<i32>) {
     let map = byte_chars();
     let mut tokens: Vec<String> = CONTROL_TOKENS.iter().map(|s| s.to_string()).collect();
