@@ -240,22 +240,7 @@ fn model_config(name: &str) -> Result<LlamaConfig> {
         );
     }
     if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
-        let st = gllm::SafetensorsModel::open(path)?;
-        let hf = st.hf_config()?;
-        return Ok(LlamaConfig {
-            name: name.to_string(),
-            hidden_size: hf.hidden_size,
-            intermediate_size: hf.intermediate_size,
-            num_layers: hf.num_hidden_layers,
-            num_heads: hf.num_attention_heads,
-            num_kv_heads: hf.num_key_value_heads,
-            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
-            vocab_size: hf.vocab_size,
-            rms_norm_eps: hf.rms_norm_eps as f32,
-            rope_theta: hf.rope_theta as f32,
-            context_length: hf.max_position_embeddings,
-            tie_word_embeddings: hf.tie_word_embeddings,
-        });
+        return Ok(gllm::model::safetensors_config(&gllm::SafetensorsModel::open(path)?)?);
     }
     let file = gllm::GgufFile::open(path)?;
     Ok(gllm::model::gguf_config(&file)?)

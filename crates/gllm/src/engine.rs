@@ -27,7 +27,6 @@ use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::fusion::{FusionOptions, FusionPlan};
 use gllm_kernels::graph::CompilerGraph;
 use gllm_kernels::reference::{self, ReferenceError};
-use gllm_kernels::runtime::compiled_code_count;
 use gllm_kernels::scalar::ScalarOpRegistry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -167,15 +166,10 @@ impl Shared {
         opts: &EngineOptions,
         registry: &ScalarOpRegistry,
     ) -> Result<(Arc<Parts>, bool), EngineError> {
-        let mut cache = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = cache.get(&seq) {
-            return Ok((p.clone(), false));
-        }
-        let p = Arc::new(compile_parts(cfg, seq, opts, registry)?);
-        cache.insert(seq, p.clone());
-        Ok((p, true))
+        cached(&self.parts, seq, || compile_parts(cfg, seq, opts, registry))
     }
 
+    /// The LM head for `rows` rows, compiled on first use.
     fn head(
         &self,
         cfg: &LlamaConfig,
@@ -183,14 +177,26 @@ impl Shared {
         opts: &EngineOptions,
         registry: &ScalarOpRegistry,
     ) -> Result<(Arc<CompiledLayer>, bool), EngineError> {
-        let mut cache = self.heads.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = cache.get(&rows) {
-            return Ok((h.clone(), false));
-        }
-        let h = Arc::new(compile_part("lm_head", layer_graph::lm_head(cfg, rows), rows, opts, registry)?);
-        cache.insert(rows, h.clone());
-        Ok((h, true))
+        cached(&self.heads, rows, || {
+            compile_part("lm_head", layer_graph::lm_head(cfg, rows), rows, opts, registry)
+        })
     }
+}
+
+/// `cache[key]`, built by `build` on first use; the bool says whether this
+/// call built it.
+fn cached<T>(
+    cache: &Mutex<HashMap<usize, Arc<T>>>,
+    key: usize,
+    build: impl FnOnce() -> Result<T, EngineError>,
+) -> Result<(Arc<T>, bool), EngineError> {
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = cache.get(&key) {
+        return Ok((v.clone(), false));
+    }
+    let v = Arc::new(build()?);
+    cache.insert(key, v.clone());
+    Ok((v, true))
 }
 
 /// Activations of one chunk, reused across chunks.
@@ -204,6 +210,93 @@ struct Buffers {
     attn: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+}
+
+impl Buffers {
+    /// The embeddings of `tokens` and the rotation-table rows of their
+    /// `positions` (one per token); the other buffers sized for that many rows.
+    fn load(
+        &mut self,
+        cfg: &LlamaConfig,
+        embd: &[f32],
+        tokens: &[u32],
+        positions: impl Iterator<Item = usize>,
+        (cos, sin): (&[f32], &[f32]),
+    ) {
+        let (h, qd, kvd, half) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim / 2);
+        let rows = tokens.len();
+        self.x.clear();
+        for &t in tokens {
+            self.x.extend_from_slice(&embd[t as usize * h..(t as usize + 1) * h]);
+        }
+        for (buf, n) in [
+            (&mut self.x_next, h),
+            (&mut self.q, qd),
+            (&mut self.k, kvd),
+            (&mut self.v, kvd),
+            (&mut self.attn, qd),
+        ] {
+            buf.resize(rows * n, 0.0);
+        }
+        self.cos.clear();
+        self.sin.clear();
+        for p in positions {
+            self.cos.extend_from_slice(&cos[p * half..(p + 1) * half]);
+            self.sin.extend_from_slice(&sin[p * half..(p + 1) * half]);
+        }
+    }
+}
+
+/// Layer `l` through the JIT for the rows in `b`, which belong to the
+/// sequences of `caches` in order (`rows` each): each sequence's new keys and
+/// values go into its own cache at its current length, and its rows attend
+/// over that cache. Returns the time spent in kernels.
+fn jit_layer(
+    jit: &mut Jit,
+    parts: &Parts,
+    l: usize,
+    b: &mut Buffers,
+    caches: &mut [(&mut KvCache, usize)],
+    cfg: &LlamaConfig,
+    threads: usize,
+) -> Result<Duration, EngineError> {
+    let run = |part: &'static str| move |source| EngineError::Run { part, source: Box::new(source) };
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let w = &jit.shared.layers[l];
+    let t0 = Instant::now();
+    parts
+        .pre
+        .run_into(w, &[&b.x, &b.cos, &b.sin], &mut [&mut b.q, &mut b.k, &mut b.v], &mut jit.workspace)
+        .map_err(run("pre_attention"))?;
+    let mut kernels = t0.elapsed();
+    let mut row = 0;
+    for (kv, rows) in caches.iter_mut() {
+        let (r0, r1) = (row, row + *rows);
+        row = r1;
+        kv.write(l, &b.k[r0 * kvd..r1 * kvd], &b.v[r0 * kvd..r1 * kvd]);
+        let t = Instant::now();
+        let (kc, vc) = kv.layer(l);
+        jit.shared
+            .attention
+            .run(
+                &b.q[r0 * qd..r1 * qd],
+                kc,
+                vc,
+                kv.len(),
+                &mut b.attn[r0 * qd..r1 * qd],
+                &mut jit.scratch,
+                threads,
+            )
+            .map_err(run("attention"))?;
+        kernels += t.elapsed();
+    }
+    let t = Instant::now();
+    parts
+        .post
+        .run_into(w, &[&b.attn, &b.x], &mut [&mut b.x_next], &mut jit.workspace)
+        .map_err(run("post_attention"))?;
+    std::mem::swap(&mut b.x, &mut b.x_next);
+    Ok(kernels + t.elapsed())
 }
 
 /// A model ready to run: weights, compiled parts, KV cache, position.
@@ -459,89 +552,38 @@ impl Engine {
             return Err(EngineError::BadToken { id, vocab });
         }
         let t0 = Instant::now();
-        let (h, qd, kvd, half) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim / 2);
+        let compile_before = engines[0].stats.compile;
         let (first, rest) = engines.split_first_mut().expect("n > 0");
-        let opts = first.opts.clone();
-        let registry = first.registry;
-        let (parts, _) = shared.parts(&cfg, n, &opts, registry)?;
-        let (head, _) = shared.head(&cfg, n, &opts, registry)?;
-        let embd = first.weights.get("token_embd.weight").expect("checked at construction");
-        let mut x: Vec<f32> =
-            tokens.iter().flat_map(|&t| embd[t as usize * h..(t as usize + 1) * h].to_vec()).collect();
-        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
-        let positions: Vec<usize> =
-            std::iter::once(first.kv.len()).chain(rest.iter().map(|e| e.kv.len())).collect();
-        for &p in &positions {
-            cos.extend_from_slice(&first.rope_cos[p * half..(p + 1) * half]);
-            sin.extend_from_slice(&first.rope_sin[p * half..(p + 1) * half]);
-        }
-        let (mut q, mut k, mut v) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
-        let (mut attn, mut x_next) = (vec![0.0; n * qd], vec![0.0; n * h]);
-        let threads = opts.threads();
-        let run = |part: &'static str| move |source| EngineError::Run { part, source: Box::new(source) };
-        let jit = first.jit.as_mut().expect("checked above");
-        for l in 0..cfg.num_layers {
-            let w = &shared.layers[l];
-            parts
-                .pre
-                .run_into(w, &[&x, &cos, &sin], &mut [&mut q, &mut k, &mut v], &mut jit.workspace)
-                .map_err(run("pre_attention"))?;
-            for (i, kv) in
-                std::iter::once(&mut first.kv).chain(rest.iter_mut().map(|e| &mut e.kv)).enumerate()
-            {
-                kv.write(l, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
-                let (kc, vc) = kv.layer(l);
-                shared
-                    .attention
-                    .run(
-                        &q[i * qd..(i + 1) * qd],
-                        kc,
-                        vc,
-                        positions[i],
-                        &mut attn[i * qd..(i + 1) * qd],
-                        &mut jit.scratch,
-                        threads,
-                    )
-                    .map_err(run("attention"))?;
+        let parts = first.ensure_parts(n)?;
+        let threads = first.opts.threads();
+        {
+            let Engine { weights, rope_cos, rope_sin, jit, bufs, kv, stats, .. } = &mut **first;
+            let embd = weights.get("token_embd.weight").expect("checked at construction");
+            let positions = std::iter::once(kv.len()).chain(rest.iter().map(|e| e.kv.len()));
+            bufs.load(&cfg, embd, tokens, positions, (rope_cos, rope_sin));
+            let jit = jit.as_mut().expect("checked above");
+            let mut caches: Vec<(&mut KvCache, usize)> =
+                std::iter::once((kv, 1)).chain(rest.iter_mut().map(|e| (&mut e.kv, 1))).collect();
+            for l in 0..cfg.num_layers {
+                stats.kernels += jit_layer(jit, &parts, l, bufs, &mut caches, &cfg, threads)?;
             }
-            parts
-                .post
-                .run_into(w, &[&attn, &x], &mut [&mut x_next], &mut jit.workspace)
-                .map_err(run("post_attention"))?;
-            std::mem::swap(&mut x, &mut x_next);
         }
-        let mut logits = vec![0.0f32; n * vocab];
-        head.run_into(&shared.head, &[&x], &mut [&mut logits], &mut jit.workspace).map_err(run("lm_head"))?;
-        first.kv.advance(1);
-        for e in rest.iter_mut() {
+        let logits = first.head(n)?;
+        for e in engines.iter_mut() {
             e.kv.advance(1);
         }
+        let first = &mut engines[0];
         first.stats.calls += 1;
-        first.stats.forward += t0.elapsed();
+        first.stats.forward += t0.elapsed().saturating_sub(first.stats.compile - compile_before);
         Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
     }
 
     /// Runs one chunk through every layer; its hidden states end in `bufs.x`.
     fn run_chunk(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
-        let cfg = &self.cfg;
         let seq = tokens.len();
-        let (h, qd, kvd, half) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim / 2);
         let pos0 = self.kv.len();
-        let b = &mut self.bufs;
         let embd = self.weights.get("token_embd.weight").expect("checked at construction");
-        b.x.clear();
-        for &t in tokens {
-            b.x.extend_from_slice(&embd[t as usize * h..(t as usize + 1) * h]);
-        }
-        for (buf, n) in
-            [(&mut b.x_next, h), (&mut b.q, qd), (&mut b.k, kvd), (&mut b.v, kvd), (&mut b.attn, qd)]
-        {
-            buf.resize(seq * n, 0.0);
-        }
-        b.cos.clear();
-        b.cos.extend_from_slice(&self.rope_cos[pos0 * half..(pos0 + seq) * half]);
-        b.sin.clear();
-        b.sin.extend_from_slice(&self.rope_sin[pos0 * half..(pos0 + seq) * half]);
+        self.bufs.load(&self.cfg, embd, tokens, pos0..pos0 + seq, (&self.rope_cos, &self.rope_sin));
         let parts = if self.jit.is_some() { Some(self.ensure_parts(seq)?) } else { None };
         for l in 0..self.cfg.num_layers {
             self.run_layer(l, seq, pos0, parts.as_deref())?;
@@ -561,30 +603,8 @@ impl Engine {
         let b = &mut self.bufs;
         match (self.jit.as_mut(), parts) {
             (Some(jit), Some(parts)) => {
-                let w = &jit.shared.layers[l];
-                let t0 = Instant::now();
-                parts
-                    .pre
-                    .run_into(
-                        w,
-                        &[&b.x, &b.cos, &b.sin],
-                        &mut [&mut b.q, &mut b.k, &mut b.v],
-                        &mut jit.workspace,
-                    )
-                    .map_err(|source| EngineError::Run { part: "pre_attention", source: Box::new(source) })?;
-                let t1 = Instant::now();
-                self.kv.write(l, &b.k, &b.v);
-                let t2 = Instant::now();
-                let (kc, vc) = self.kv.layer(l);
-                jit.shared
-                    .attention
-                    .run(&b.q, kc, vc, pos0, &mut b.attn, &mut jit.scratch, threads)
-                    .map_err(|source| EngineError::Run { part: "attention", source: Box::new(source) })?;
-                parts.post.run_into(w, &[&b.attn, &b.x], &mut [&mut b.x_next], &mut jit.workspace).map_err(
-                    |source| EngineError::Run { part: "post_attention", source: Box::new(source) },
-                )?;
-                std::mem::swap(&mut b.x, &mut b.x_next);
-                self.stats.kernels += (t1 - t0) + t2.elapsed();
+                self.stats.kernels +=
+                    jit_layer(jit, parts, l, b, &mut [(&mut self.kv, seq)], &self.cfg, threads)?;
             }
             _ => {
                 let cfg = &self.cfg;
@@ -682,9 +702,4 @@ pub fn rope_tables(cfg: &LlamaConfig, positions: usize) -> (Vec<f32>, Vec<f32>) 
         }
     }
     (cos, sin)
-}
-
-/// The compile counter's value (see `gllm_kernels::runtime::compiled_code_count`).
-pub fn code_generated() -> u64 {
-    compiled_code_count()
 }

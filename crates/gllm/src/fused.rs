@@ -230,13 +230,25 @@ impl Expander<'_> {
         Ok(())
     }
 
+    /// The node `scope.part` computing `x · w`.
     fn matmul(&mut self, part: &str, x: &TensorRef, w: &TensorRef) -> Result<TensorRef, ExpandError> {
+        let name = self.name(part);
+        self.product(name, &format!("`{part}`: "), x, w)
+    }
+
+    /// A plain `[m, k] · [k, n]` node named `name`; a shape error starts with `context`.
+    fn product(
+        &mut self,
+        name: String,
+        context: &str,
+        x: &TensorRef,
+        w: &TensorRef,
+    ) -> Result<TensorRef, ExpandError> {
         let (m, k) = self.dims(x)?;
         let (wk, n) = self.dims(w)?;
         if wk != k {
-            return Err(self.bad(format!("`{part}`: [{m}, {k}] · [{wk}, {n}]: inner dimensions differ")));
+            return Err(self.bad(format!("{context}[{m}, {k}] · [{wk}, {n}]: inner dimensions differ")));
         }
-        let name = self.name(part);
         Ok(self.g.node(
             name,
             CompilerOp::matmul(MatMulParams::new(m, n, k)),
@@ -418,17 +430,7 @@ impl Expander<'_> {
         let op = match kind {
             OpKind::MatMul => {
                 self.arity(ins, 2)?;
-                let (m, k) = self.dims(&ins[0])?;
-                let (wk, n) = self.dims(&ins[1])?;
-                if wk != k {
-                    return Err(self.bad(format!("[{m}, {k}] · [{wk}, {n}]: inner dimensions differ")));
-                }
-                return Ok(self.g.node(
-                    scope,
-                    CompilerOp::matmul(MatMulParams::new(m, n, k)),
-                    ins.to_vec(),
-                    TensorDesc::f32([m, n]),
-                ));
+                return self.product(scope, "", &ins[0], &ins[1]);
             }
             OpKind::RmsNorm => CompilerOp::rms_norm(param(0, "eps")?),
             OpKind::LayerNorm => CompilerOp::layer_norm(param(0, "eps")?),

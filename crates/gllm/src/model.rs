@@ -254,23 +254,7 @@ impl Model {
         let st = SafetensorsModel::open(path)?;
         let dir = st.directory().to_path_buf();
         let shown = dir.display().to_string();
-        let hf = st.hf_config()?;
-        let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
-        let config = LlamaConfig {
-            name: dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()),
-            hidden_size: hf.hidden_size,
-            intermediate_size: hf.intermediate_size,
-            num_layers: hf.num_hidden_layers,
-            num_heads: hf.num_attention_heads,
-            num_kv_heads: hf.num_key_value_heads,
-            head_dim,
-            vocab_size: hf.vocab_size,
-            rms_norm_eps: hf.rms_norm_eps as f32,
-            rope_theta: hf.rope_theta as f32,
-            context_length: hf.max_position_embeddings,
-            tie_word_embeddings: hf.tie_word_embeddings || !st.tensor_names().any(|n| n == "lm_head.weight"),
-        };
-        check_config(&config, &shown)?;
+        let config = safetensors_config(&st)?;
         let hf_name = |name: &str, layer: Option<usize>| -> String {
             let part = match name {
                 "token_embd.weight" => return "model.embed_tokens.weight".into(),
@@ -440,6 +424,29 @@ pub fn gguf_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     };
     check_config(&cfg, &src)?;
     Ok(cfg)
+}
+
+/// The configuration from an HF checkpoint's `config.json` (and whether it
+/// has an `lm_head.weight`); the name is the checkpoint's directory name.
+pub fn safetensors_config(st: &SafetensorsModel) -> Result<LlamaConfig, ModelError> {
+    let dir = st.directory();
+    let hf = st.hf_config()?;
+    let config = LlamaConfig {
+        name: dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()),
+        hidden_size: hf.hidden_size,
+        intermediate_size: hf.intermediate_size,
+        num_layers: hf.num_hidden_layers,
+        num_heads: hf.num_attention_heads,
+        num_kv_heads: hf.num_key_value_heads,
+        head_dim: hf.effective_head_dim(),
+        vocab_size: hf.vocab_size,
+        rms_norm_eps: hf.rms_norm_eps as f32,
+        rope_theta: hf.rope_theta as f32,
+        context_length: hf.max_position_embeddings,
+        tie_word_embeddings: hf.tie_word_embeddings || !st.tensor_names().any(|n| n == "lm_head.weight"),
+    };
+    check_config(&config, &dir.display().to_string())?;
+    Ok(config)
 }
 
 /// The tokenizer from `tokenizer.ggml.*` metadata.

@@ -34,7 +34,7 @@ pub fn model_weights(cfg: &LlamaConfig, seed: u64) -> ModelWeights {
     let (h, v) = (cfg.hidden_size, cfg.vocab_size);
     let embd: Vec<f32> = (0..v * h).map(|_| next()).collect();
     let head: Vec<f32> = if cfg.tie_word_embeddings {
-        (0..h * v).map(|i| embd[(i % v) * h + i / v]).collect()
+        crate::weights::transpose(&embd, v, h)
     } else {
         (0..h * v).map(|_| next() / (h as f32).sqrt()).collect()
     };

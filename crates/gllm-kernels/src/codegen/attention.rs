@@ -89,9 +89,8 @@ impl CausalAttention {
         let (scores, scale_mask) = match GemmKernel::compile_with_epilogue(profile, &epilogue) {
             Ok(k) => (k, None),
             Err(CodegenError::Unsupported(_)) => {
-                let chain =
-                    GemmEpilogue::new().then(&scale_t.body, 0, &[scale])?.then(&add_t.body, 0, &[])?;
-                let prog = LoopProgram::elementwise(chain.body().clone(), 2, chain.params().to_vec());
+                // The same composed body, as a loop over the stored scores.
+                let prog = LoopProgram::elementwise(epilogue.body().clone(), 2, epilogue.params().to_vec());
                 (GemmKernel::compile(profile)?, Some(LoopKernel::compile(&prog, profile)?))
             }
             Err(e) => return Err(e),

@@ -253,8 +253,9 @@ impl CompiledLayer {
     }
 
     /// Runs every group in plan order, writing the graph's outputs into
-    /// `outputs` and every intermediate into `workspace`'s arena: no
-    /// allocation once the workspace has grown to this graph's arena.
+    /// `outputs` and every intermediate into `workspace`'s arena: no tensor
+    /// buffer is allocated once the workspace has grown to this graph's arena
+    /// (only small per-run tables of tensor addresses).
     pub fn run_into(
         &self,
         weights: &PreparedWeights,
