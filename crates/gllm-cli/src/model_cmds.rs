@@ -4,7 +4,7 @@ use crate::{BenchArgs, ChatArgs, ModelArgs, PerplexityArgs, RunArgs, SamplingArg
 use anyhow::{bail, Context, Result};
 use gllm::engine::{Backend, Engine, EngineOptions};
 use gllm::generate::{generate, generate_from, GenerationStats, StopReason};
-use gllm::model::Model;
+use gllm::model::{LoadOptions, Model};
 use gllm::sampling::{Sampler, SamplingParams};
 use gllm::{layer_graph, ChatMessage};
 use gllm_kernels::fusion::FusionOptions;
@@ -60,17 +60,25 @@ fn load(args: &ModelArgs) -> Result<(Model, EngineOptions)> {
     );
     bar.set_message(path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()));
     let started = Instant::now();
-    let model = Model::load(&path, &|done, total| {
+    let load_opts = LoadOptions { keep_quantised: !args.f32_weights && !args.reference };
+    let model = Model::load_with(&path, &load_opts, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
     .with_context(|| format!("loading {}", path.display()))?;
     bar.finish_and_clear();
     let c = &model.config;
+    let kept: Vec<&str> = model.weights.quant_formats().iter().map(|f| f.name()).collect();
+    let held = if kept.is_empty() {
+        "weights as f32".to_string()
+    } else {
+        format!("{} weights read as stored", kept.join("+"))
+    };
     eprintln!(
-        "loaded {} ({}, {:.1} M params, {} layers, hidden {}, {} heads / {} KV, vocab {}) in {:.2} s",
+        "loaded {} ({}; {held}, {:.0} MiB; {:.1} M params, {} layers, hidden {}, {} heads / {} KV, vocab {}) in {:.2} s",
         model.info.name,
         model.info.format,
+        model.weights.size_bytes() as f64 / (1 << 20) as f64,
         model.info.params as f64 / 1e6,
         c.num_layers,
         c.hidden_size,

@@ -218,7 +218,7 @@ impl Buffers {
     fn load(
         &mut self,
         cfg: &LlamaConfig,
-        embd: &[f32],
+        weights: &ModelWeights,
         tokens: &[u32],
         positions: impl Iterator<Item = usize>,
         (cos, sin): (&[f32], &[f32]),
@@ -227,7 +227,7 @@ impl Buffers {
         let rows = tokens.len();
         self.x.clear();
         for &t in tokens {
-            self.x.extend_from_slice(&embd[t as usize * h..(t as usize + 1) * h]);
+            weights.push_embedding(t as usize, h, &mut self.x);
         }
         for (buf, n) in [
             (&mut self.x_next, h),
@@ -323,6 +323,9 @@ impl Engine {
         mut opts: EngineOptions,
     ) -> Result<Engine, EngineError> {
         weights.check(&cfg)?;
+        // The scalar reference path reads f32 only.
+        let weights =
+            if opts.backend == Backend::Reference && weights.is_quantised() { Arc::new(weights.to_f32()) } else { weights };
         opts.max_context = opts.max_context.clamp(1, cfg.context_length.max(1));
         opts.prefill_chunk = opts.prefill_chunk.max(1);
         let (rope_cos, rope_sin) = rope_tables(&cfg, opts.max_context);
@@ -357,18 +360,18 @@ impl Engine {
         let w = &self.weights;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
-            let get = |name: &str| w.layer(l, name);
+            let get = |name: &str| w.layer_data(l, name);
             let mut prepared = PreparedWeights::default();
             for part in [&parts.pre, &parts.post] {
-                part.prepare_more(&mut prepared, &get).map_err(|source| EngineError::Run {
+                part.prepare_more_from(&mut prepared, &get).map_err(|source| EngineError::Run {
                     part: "preparing weights",
                     source: Box::new(source),
                 })?;
             }
             layers.push(prepared);
         }
-        let head_w = head
-            .prepare_weights(&|name: &str| w.get(name))
+        let mut head_w = PreparedWeights::default();
+        head.prepare_more_from(&mut head_w, &|name: &str| w.data(name))
             .map_err(|source| EngineError::Run { part: "preparing weights", source: Box::new(source) })?;
         self.stats.compile += t0.elapsed();
         let shared = Shared {
@@ -558,9 +561,8 @@ impl Engine {
         let threads = first.opts.threads();
         {
             let Engine { weights, rope_cos, rope_sin, jit, bufs, kv, stats, .. } = &mut **first;
-            let embd = weights.get("token_embd.weight").expect("checked at construction");
             let positions = std::iter::once(kv.len()).chain(rest.iter().map(|e| e.kv.len()));
-            bufs.load(&cfg, embd, tokens, positions, (rope_cos, rope_sin));
+            bufs.load(&cfg, weights, tokens, positions, (rope_cos, rope_sin));
             let jit = jit.as_mut().expect("checked above");
             let mut caches: Vec<(&mut KvCache, usize)> =
                 std::iter::once((kv, 1)).chain(rest.iter_mut().map(|e| (&mut e.kv, 1))).collect();
@@ -582,8 +584,7 @@ impl Engine {
     fn run_chunk(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
         let seq = tokens.len();
         let pos0 = self.kv.len();
-        let embd = self.weights.get("token_embd.weight").expect("checked at construction");
-        self.bufs.load(&self.cfg, embd, tokens, pos0..pos0 + seq, (&self.rope_cos, &self.rope_sin));
+        self.bufs.load(&self.cfg, &self.weights, tokens, pos0..pos0 + seq, (&self.rope_cos, &self.rope_sin));
         let parts = if self.jit.is_some() { Some(self.ensure_parts(seq)?) } else { None };
         for l in 0..self.cfg.num_layers {
             self.run_layer(l, seq, pos0, parts.as_deref())?;

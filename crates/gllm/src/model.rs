@@ -23,7 +23,8 @@ use crate::config::LlamaConfig;
 use crate::gguf::{GgufError, GgufFile};
 use crate::safetensors_model::{SafetensorsError, SafetensorsModel};
 use crate::tokenizer::{Tokenizer, TokenizerError, TokenizerSpec};
-use crate::weights::{transpose, ModelWeights};
+use crate::weights::{transpose, ModelWeights, QuantTensor, Tensor};
+use gllm_kernels::quant::QuantMatrix;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,6 +79,21 @@ pub struct Model {
     pub weights: Arc<ModelWeights>,
     pub tokenizer: Tokenizer,
     pub info: ModelInfo,
+}
+
+/// How to load a model's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Keep weights in the quantised formats the JIT reads as stored (Q8_0,
+    /// Q4_0, Q4_1) instead of dequantising them to f32. Other formats are
+    /// always dequantised. On by default; off is `--f32-weights`.
+    pub keep_quantised: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { keep_quantised: true }
+    }
 }
 
 /// Called as tensors are converted: (done, total).
@@ -166,12 +182,10 @@ fn convert(data: Vec<f32>, shape: &[usize], how: Convert) -> Vec<f32> {
         Convert::AsIs => data,
         Convert::Transpose => transpose(&data, shape[0], shape[1]),
         Convert::UnpermuteTranspose { head_dim } => {
-            let (rows, cols, half) = (shape[0], shape[1], head_dim / 2);
+            let (rows, cols) = (shape[0], shape[1]);
             let mut hf = vec![0.0f32; data.len()];
             for r in 0..rows {
-                let (head, j) = (r / head_dim, r % head_dim);
-                let (i, s) = (j / 2, j % 2);
-                let to = head * head_dim + s * half + i;
+                let to = unpermuted_row(r, head_dim);
                 hf[to * cols..(to + 1) * cols].copy_from_slice(&data[r * cols..(r + 1) * cols]);
             }
             transpose(&hf, rows, cols)
@@ -183,6 +197,11 @@ impl Model {
     /// Loads a GGUF file, a `.safetensors` file, or a directory holding
     /// safetensors shards with `config.json` and `tokenizer.json`.
     pub fn load(path: &Path, progress: Progress) -> Result<Model, ModelError> {
+        Model::load_with(path, &LoadOptions::default(), progress)
+    }
+
+    /// [`Model::load`] with options (e.g. every weight dequantised to f32).
+    pub fn load_with(path: &Path, options: &LoadOptions, progress: Progress) -> Result<Model, ModelError> {
         let shown = path.display().to_string();
         if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
             return Model::from_safetensors(path, progress);
@@ -194,13 +213,23 @@ impl Model {
         let n = f.read(&mut magic).map_err(|source| ModelError::Io { file: shown.clone(), source })?;
         if n == 4 && &magic == b"GGUF" {
             let file = GgufFile::open(path)?;
-            return Model::from_gguf(&file, path, progress);
+            return Model::from_gguf_with(&file, path, options, progress);
         }
         Err(ModelError::UnknownFormat(shown))
     }
 
     /// A model from an opened GGUF file (`path` for reports).
     pub fn from_gguf(file: &GgufFile, path: &Path, progress: Progress) -> Result<Model, ModelError> {
+        Model::from_gguf_with(file, path, &LoadOptions::default(), progress)
+    }
+
+    /// [`Model::from_gguf`] with options.
+    pub fn from_gguf_with(
+        file: &GgufFile,
+        path: &Path,
+        options: &LoadOptions,
+        progress: Progress,
+    ) -> Result<Model, ModelError> {
         let config = gguf_config(file)?;
         let src = file.source_name().to_string();
         let table = wanted(&config, true, &|name, layer| match layer {
@@ -223,7 +252,38 @@ impl Model {
                 });
             }
         }
-        let mut weights = convert_all(&table, &|name| Ok(file.tensor_f32(name)?), progress)?;
+        let keep = |w: &Wanted| -> Result<Option<QuantTensor>, ModelError> {
+            let info = file.tensor_info(&w.file_name)?;
+            let format = info.ggml_type().quant_format();
+            let Some(format) = format.filter(|f| options.keep_quantised && f.has_kernel()) else {
+                return Ok(None);
+            };
+            if w.shape.len() != 2 {
+                return Ok(None);
+            }
+            let (rows, cols) = (w.shape[0], w.shape[1]);
+            let stored = file.tensor_data(info);
+            let bytes = match w.convert {
+                Convert::UnpermuteTranspose { head_dim } => {
+                    let row_bytes = stored.len() / rows.max(1);
+                    let mut out = vec![0u8; stored.len()];
+                    for r in 0..rows {
+                        let to = unpermuted_row(r, head_dim);
+                        out[to * row_bytes..(to + 1) * row_bytes]
+                            .copy_from_slice(&stored[r * row_bytes..(r + 1) * row_bytes]);
+                    }
+                    out
+                }
+                _ => stored.to_vec(),
+            };
+            QuantMatrix::new(format, rows, cols, &bytes).map_err(|e| ModelError::Config {
+                file: src.clone(),
+                problem: format!("tensor `{}`: {e}", w.file_name),
+            })?;
+            let transposed = w.convert != Convert::AsIs;
+            Ok(Some(QuantTensor { format, rows, cols, bytes: Arc::new(bytes), transposed }))
+        };
+        let mut weights = convert_all(&table, &|name| Ok(file.tensor_f32(name)?), &keep, progress)?;
         tie_head(&mut weights, &config);
         let tokenizer = gguf_tokenizer(file)?;
         if tokenizer.vocab_size() != config.vocab_size {
@@ -288,7 +348,7 @@ impl Model {
                 });
             }
         }
-        let mut weights = convert_all(&table, &|name| Ok(st.tensor_f32(name)?), progress)?;
+        let mut weights = convert_all(&table, &|name| Ok(st.tensor_f32(name)?), &|_| Ok(None), progress)?;
         tie_head(&mut weights, &config);
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = hf_tokenizer(&tok_path)?;
@@ -308,35 +368,55 @@ impl Model {
 }
 
 /// Reads (`fetch` by file name) and converts every tensor of the table, in
-/// parallel, reporting progress.
+/// parallel, reporting progress. `keep` may return a tensor kept in its
+/// stored format instead (quantised weights the kernels read as stored).
 fn convert_all(
     table: &[Wanted],
     fetch: &(dyn Fn(&str) -> Result<Vec<f32>, ModelError> + Sync),
+    keep: &(dyn Fn(&Wanted) -> Result<Option<QuantTensor>, ModelError> + Sync),
     progress: Progress,
 ) -> Result<ModelWeights, ModelError> {
     let done = AtomicUsize::new(0);
-    let converted: Vec<(String, Vec<f32>)> = table
+    let converted: Vec<(String, Tensor)> = table
         .par_iter()
         .map(|w| {
-            let out = convert(fetch(&w.file_name)?, &w.shape, w.convert);
+            let out = match keep(w)? {
+                Some(q) => Tensor::Quant(q),
+                None => Tensor::F32(convert(fetch(&w.file_name)?, &w.shape, w.convert)),
+            };
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, table.len());
             Ok((w.name.clone(), out))
         })
         .collect::<Result<_, ModelError>>()?;
     let mut weights = ModelWeights::new();
     for (name, data) in converted {
-        weights.insert(name, data);
+        match data {
+            Tensor::F32(v) => weights.insert(name, v),
+            Tensor::Quant(q) => weights.insert_quant(name, q),
+        }
     }
     Ok(weights)
 }
 
-/// With tied embeddings the LM head is the embedding, transposed to `[hidden, vocab]`.
+/// With tied embeddings the LM head is the embedding, transposed to
+/// `[hidden, vocab]` (a quantised embedding is shared, read as Bᵀ).
 fn tie_head(weights: &mut ModelWeights, cfg: &LlamaConfig) {
     if cfg.tie_word_embeddings {
-        let e = weights.get("token_embd.weight").expect("loaded above");
-        let head = transpose(e, cfg.vocab_size, cfg.hidden_size);
-        weights.insert("output.weight", head);
+        match weights.tensor("token_embd.weight").expect("loaded above").clone() {
+            Tensor::F32(e) => {
+                let head = transpose(&e, cfg.vocab_size, cfg.hidden_size);
+                weights.insert("output.weight", head);
+            }
+            Tensor::Quant(q) => weights.insert_quant("output.weight", QuantTensor { transposed: true, ..q }),
+        }
     }
+}
+
+/// Where GGUF's Q/K row `r` (adjacent-pair order within each head of
+/// `head_dim`) goes in rotate-half order.
+fn unpermuted_row(r: usize, head_dim: usize) -> usize {
+    let (head, j, half) = (r / head_dim, r % head_dim, head_dim / 2);
+    head * head_dim + (j % 2) * half + j / 2
 }
 
 fn check_config(cfg: &LlamaConfig, file: &str) -> Result<(), ModelError> {

@@ -8,7 +8,10 @@
 
 use crate::config::LlamaConfig;
 use crate::layer_graph::layer_weight_shapes;
+use gllm_kernels::codegen::layer::WeightData;
+use gllm_kernels::quant::{QuantFormat, QuantMatrix};
 use std::collections::HashMap;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// `[rows, cols]` row-major → `[cols, rows]` row-major: a file's `[out, in]`
@@ -32,10 +35,63 @@ pub enum WeightsError {
     Size { name: String, got: usize, want: usize, shape: Vec<usize> },
 }
 
+/// A weight kept in its stored block format: `rows` rows of `cols`
+/// elements as the file stores them — for a projection, one row per output
+/// feature (the transpose of the graphs' `[in, out]`); for the embedding,
+/// one row per token. The bytes are shared when a tied head reuses them.
+#[derive(Debug, Clone)]
+pub struct QuantTensor {
+    pub format: QuantFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: Arc<Vec<u8>>,
+    /// The graphs declare the transpose (`[cols, rows]`): true for
+    /// projections and the LM head, false for the embedding.
+    pub transposed: bool,
+}
+
+impl QuantTensor {
+    /// A checked view for the kernels.
+    pub fn matrix(&self) -> QuantMatrix<'_> {
+        QuantMatrix::new(self.format, self.rows, self.cols, &self.bytes)
+            .expect("checked when the tensor was made")
+    }
+
+    /// Dequantised, in the graphs' layout.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        let m = self.matrix();
+        for (r, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            m.dequantize_row(r, row);
+        }
+        if self.transposed {
+            transpose(&out, self.rows, self.cols)
+        } else {
+            out
+        }
+    }
+}
+
+/// One weight: f32 in the graphs' layout, or quantised as stored.
+#[derive(Debug, Clone)]
+pub enum Tensor {
+    F32(Vec<f32>),
+    Quant(QuantTensor),
+}
+
+impl Tensor {
+    fn len(&self) -> usize {
+        match self {
+            Tensor::F32(v) => v.len(),
+            Tensor::Quant(q) => q.rows * q.cols,
+        }
+    }
+}
+
 /// Weights by canonical name (see the module docs).
 #[derive(Debug, Default, Clone)]
 pub struct ModelWeights {
-    tensors: HashMap<String, Vec<f32>>,
+    tensors: HashMap<String, Tensor>,
 }
 
 impl ModelWeights {
@@ -44,23 +100,111 @@ impl ModelWeights {
     }
 
     pub fn insert(&mut self, name: impl Into<String>, data: Vec<f32>) {
-        self.tensors.insert(name.into(), data);
+        self.tensors.insert(name.into(), Tensor::F32(data));
     }
 
+    /// Adds a weight kept quantised (see [`QuantTensor`] for its layout).
+    pub fn insert_quant(&mut self, name: impl Into<String>, q: QuantTensor) {
+        self.tensors.insert(name.into(), Tensor::Quant(q));
+    }
+
+    /// An f32 weight (`None` if missing or kept quantised).
     pub fn get(&self, name: &str) -> Option<&[f32]> {
-        self.tensors.get(name).map(Vec::as_slice)
+        match self.tensors.get(name)? {
+            Tensor::F32(v) => Some(v),
+            Tensor::Quant(_) => None,
+        }
     }
 
-    /// Layer `layer`'s weight `name` (`attn_q.weight`, …).
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    /// A weight as the compiler takes it, f32 or quantised.
+    pub fn data(&self, name: &str) -> Option<WeightData<'_>> {
+        Some(match self.tensors.get(name)? {
+            Tensor::F32(v) => WeightData::F32(v),
+            Tensor::Quant(q) => WeightData::Quant(q.matrix()),
+        })
+    }
+
+    /// Layer `layer`'s weight `name` (`attn_q.weight`, …), f32 only.
     pub fn layer(&self, layer: usize, name: &str) -> Option<&[f32]> {
         self.get(&format!("blk.{layer}.{name}"))
     }
 
+    /// Layer `layer`'s weight `name`, f32 or quantised.
+    pub fn layer_data(&self, layer: usize, name: &str) -> Option<WeightData<'_>> {
+        self.data(&format!("blk.{layer}.{name}"))
+    }
+
+    /// Every weight as f32 in the graphs' layout (for the scalar reference
+    /// path, which reads f32 only).
+    pub fn to_f32(&self) -> ModelWeights {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let t = match t {
+                    Tensor::F32(v) => Tensor::F32(v.clone()),
+                    Tensor::Quant(q) => Tensor::F32(q.to_f32()),
+                };
+                (name.clone(), t)
+            })
+            .collect();
+        ModelWeights { tensors }
+    }
+
+    /// Whether any weight is kept quantised.
+    pub fn is_quantised(&self) -> bool {
+        self.tensors.values().any(|t| matches!(t, Tensor::Quant(_)))
+    }
+
+    /// The formats of the weights kept quantised, sorted.
+    pub fn quant_formats(&self) -> Vec<QuantFormat> {
+        let mut v: Vec<QuantFormat> = self
+            .tensors
+            .values()
+            .filter_map(|t| match t {
+                Tensor::Quant(q) => Some(q.format),
+                Tensor::F32(_) => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Row `token` of `token_embd.weight` (`hidden` values) appended to
+    /// `out`, dequantised if the embedding is kept quantised.
+    pub fn push_embedding(&self, token: usize, hidden: usize, out: &mut Vec<f32>) {
+        match self.tensors.get("token_embd.weight") {
+            Some(Tensor::F32(e)) => out.extend_from_slice(&e[token * hidden..(token + 1) * hidden]),
+            Some(Tensor::Quant(q)) => {
+                let start = out.len();
+                out.resize(start + hidden, 0.0);
+                q.matrix().dequantize_row(token, &mut out[start..]);
+            }
+            None => panic!("token_embd.weight is checked at construction"),
+        }
+    }
+
+    /// Bytes the weights occupy as held.
+    pub fn size_bytes(&self) -> usize {
+        self.tensors
+            .values()
+            .map(|t| match t {
+                Tensor::F32(v) => v.len() * 4,
+                Tensor::Quant(q) => q.bytes.len(),
+            })
+            .sum()
+    }
+
     /// Number of parameters (the tied LM head counted once).
     pub fn num_params(&self, cfg: &LlamaConfig) -> usize {
-        let all: usize = self.tensors.values().map(Vec::len).sum();
+        let all: usize = self.tensors.values().map(Tensor::len).sum();
         if cfg.tie_word_embeddings {
-            all - self.tensors.get("output.weight").map_or(0, Vec::len)
+            all - self.tensors.get("output.weight").map_or(0, Tensor::len)
         } else {
             all
         }

@@ -14,6 +14,7 @@
 use super::compose::append_consumer;
 use super::loops::{LoopKernel, LoopProgram};
 use super::vasm::{Mem, Src, VecAsm, V};
+use super::quant_gemv::GEMV_MAX_ROWS;
 use super::CodegenError;
 use crate::device::{DeviceProfile, GemmBlocking, Isa};
 use crate::fusion::pressure::scratch_registers;
@@ -207,6 +208,45 @@ impl PackedB {
     pub fn size_bytes(&self) -> usize {
         self.data.len() * 4
     }
+
+    /// The blocking the panels were packed for.
+    pub(crate) fn kc_nr(&self) -> (usize, usize) {
+        (self.kc, self.nr)
+    }
+}
+
+/// A GEMM's weight operand made ready once: f32 panels, or quantised
+/// records read in their stored format (see [`super::quant_gemv`]).
+#[derive(Debug, Clone)]
+pub enum PreparedB {
+    Packed(PackedB),
+    Quant(super::quant_gemv::QuantPanels),
+}
+
+impl PreparedB {
+    /// Bytes held.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            PreparedB::Packed(p) => p.size_bytes(),
+            PreparedB::Quant(q) => q.size_bytes(),
+        }
+    }
+
+    /// B's rows (the reduction depth).
+    pub fn k(&self) -> usize {
+        match self {
+            PreparedB::Packed(p) => p.k,
+            PreparedB::Quant(q) => q.cols(),
+        }
+    }
+
+    /// B's columns.
+    pub fn n(&self) -> usize {
+        match self {
+            PreparedB::Packed(p) => p.n,
+            PreparedB::Quant(q) => q.rows(),
+        }
+    }
 }
 
 impl GemmKernel {
@@ -325,6 +365,25 @@ impl GemmKernel {
         }
     }
 
+    /// Applies this kernel's epilogue (if any) in place to a finished
+    /// `m × n` C, as a loop over C: for products computed by another kernel
+    /// (the quantised GEMV).
+    pub(crate) fn apply_epilogue(
+        &self,
+        c: &mut [f32],
+        m: usize,
+        n: usize,
+        extras: &[&[f32]],
+    ) -> Result<(), CodegenError> {
+        check_len("C", c.len(), m * n)?;
+        let extras = self.check_extras(extras, m, n)?;
+        if let Some(e) = &self.epilogue {
+            // SAFETY: C is m × n (checked), extras checked against m and n.
+            unsafe { self.edge_epilogue(e, OutC { ptr: c.as_mut_ptr(), ld: n }, &extras, (0, m), (0, n)) };
+        }
+        Ok(())
+    }
+
     /// Row strides (elements; 0 = broadcast) of the extra operands, checked.
     fn check_extras(
         &self,
@@ -382,6 +441,49 @@ impl GemmKernel {
             data.resize(start + n.div_ceil(nr) * nr * kb, 0.0);
             b.pack_block(&mut data[start..], pc, kb, 0, n, nr);
         }
+        PackedB { k, n, kc, nr, data, block_offsets }
+    }
+
+    /// Packs a k × n B given as its columns (Bᵀ lines): `lines(j0, count,
+    /// out)` writes columns `j0..j0 + count`, k values each, into `out`.
+    /// Parallel over NR-column panels; each panel's lines are fetched once.
+    pub(crate) fn pack_b_lines(
+        &self,
+        k: usize,
+        n: usize,
+        threads: usize,
+        lines: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+    ) -> PackedB {
+        let (kc, nr) = (self.blocking.kc, self.blocking.nr);
+        let panels = n.div_ceil(nr);
+        let mut block_offsets = Vec::new();
+        let mut len = 0;
+        for pc in (0..k).step_by(kc.max(1)) {
+            block_offsets.push(len);
+            len += panels * nr * kc.min(k - pc);
+        }
+        let mut data = vec![0.0f32; len];
+        let base = data.as_mut_ptr() as usize;
+        let parts = threads.max(1).min(panels.max(1));
+        let per = panels.div_ceil(parts);
+        let offsets = &block_offsets;
+        let fill = |t: usize| -> Result<(), std::convert::Infallible> {
+            let mut tmp = vec![0.0f32; nr * k];
+            for p in t * per..((t + 1) * per).min(panels) {
+                let count = nr.min(n - p * nr);
+                lines(p * nr, count, &mut tmp[..count * k]);
+                for (bi, pc) in (0..k).step_by(kc.max(1)).enumerate() {
+                    let kb = kc.min(k - pc);
+                    let at = offsets[bi] + p * nr * kb;
+                    // SAFETY: panel p of block bi is `nr·kb` values at `at`,
+                    // inside `data`; parts own disjoint panels.
+                    let dst = unsafe { std::slice::from_raw_parts_mut((base as *mut f32).add(at), nr * kb) };
+                    pack_line_panels(dst, &tmp, k, 0, count, pc, kb, nr);
+                }
+            }
+            Ok(())
+        };
+        let _ = for_each_part(parts, fill);
         PackedB { k, n, kc, nr, data, block_offsets }
     }
 
@@ -1372,12 +1474,13 @@ impl CompiledGemmGroup {
     }
 
     /// Runs the group. `tensor` resolves activations and extras, `weights`
-    /// holds each member's packed B (in member order; empty for a batched
-    /// group).
+    /// holds each member's prepared B (in member order; empty for a batched
+    /// group). Quantised weights run through the quantised GEMV for up to
+    /// [`GEMV_MAX_ROWS`] rows, else are dequantised into panels for this call.
     pub fn run<'t>(
         &self,
         tensor: &dyn Fn(crate::graph::TensorId) -> &'t [f32],
-        weights: &[&PackedB],
+        weights: &[&PreparedB],
         outputs: &mut [&mut [f32]],
     ) -> Result<(), CodegenError> {
         if let Some(p) = &self.batched {
@@ -1396,6 +1499,114 @@ impl CompiledGemmGroup {
                 outputs.len()
             )));
         }
+        for (i, w) in weights.iter().enumerate() {
+            if w.k() != self.k || w.n() * self.m != outputs[i].len() {
+                return Err(CodegenError::BadArguments(format!(
+                    "member {i}'s weight is {}×{}, the graph declares K = {} and C of {} elements",
+                    w.k(),
+                    w.n(),
+                    self.k,
+                    outputs[i].len()
+                )));
+            }
+        }
+        if weights.iter().any(|w| matches!(w, PreparedB::Quant(_))) {
+            if self.m <= GEMV_MAX_ROWS {
+                return self.run_quant_gemv(tensor, weights, outputs);
+            }
+            let kernel = &self.members[0].gemm;
+            let threads = rayon::current_num_threads().max(self.threads);
+            let dequantised: Vec<std::borrow::Cow<'_, PackedB>> = weights
+                .iter()
+                .filter_map(|w| match w {
+                    PreparedB::Quant(q) => Some(q.prefill_panels(kernel, threads)),
+                    PreparedB::Packed(_) => None,
+                })
+                .collect();
+            let mut next = dequantised.iter();
+            let packed: Vec<&PackedB> = weights
+                .iter()
+                .map(|w| match w {
+                    PreparedB::Packed(p) => p,
+                    PreparedB::Quant(_) => next.next().expect("one dequantised copy per quantised weight"),
+                })
+                .collect();
+            return self.run_packed(tensor, &packed, outputs);
+        }
+        let packed: Vec<&PackedB> = weights
+            .iter()
+            .map(|w| match w {
+                PreparedB::Packed(p) => p,
+                PreparedB::Quant(_) => unreachable!("no quantised weights on this path"),
+            })
+            .collect();
+        self.run_packed(tensor, &packed, outputs)
+    }
+
+    /// Which member writes each extra operand of member `i`: `(slot, j)`.
+    fn extras_from_members(&self, i: usize) -> Vec<(usize, usize)> {
+        let member_of = |t: crate::graph::TensorId| self.members.iter().position(|m| m.output == t);
+        self.members[i].extras.iter().enumerate().filter_map(|(slot, &t)| member_of(t).map(|j| (slot, j))).collect()
+    }
+
+    /// Members one after another: the quantised GEMV (then the epilogue as
+    /// a loop over C) or the f32 GEMM with its epilogue. A member's extra
+    /// written by another member must come from an earlier one.
+    fn run_quant_gemv<'t>(
+        &self,
+        tensor: &dyn Fn(crate::graph::TensorId) -> &'t [f32],
+        weights: &[&PreparedB],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), CodegenError> {
+        let (m, k) = (self.m, self.k);
+        let source = tensor(self.a);
+        let produced;
+        let a: &[f32] = match &self.producer {
+            Some((kernel, ins)) => {
+                let mut rows = vec![0.0f32; m * k];
+                let mut inputs: Vec<&[f32]> = vec![source];
+                inputs.extend(ins.iter().map(|&t| tensor(t)));
+                kernel.run(&inputs, &mut [&mut rows], m, k, 1)?;
+                produced = rows;
+                &produced
+            }
+            None => source,
+        };
+        check_len("A", a.len(), m * k)?;
+        for (i, member) in self.members.iter().enumerate() {
+            let from = self.extras_from_members(i);
+            let (done, rest) = outputs.split_at_mut(i);
+            let mut extras = Vec::with_capacity(member.extras.len());
+            for (slot, &t) in member.extras.iter().enumerate() {
+                match from.iter().find(|&&(s, _)| s == slot) {
+                    Some(&(_, j)) if j < i => extras.push(&*done[j]),
+                    Some(&(_, j)) => {
+                        return Err(CodegenError::BadArguments(format!(
+                            "member {i}'s extra {slot} is member {j}'s result, which is computed later"
+                        )))
+                    }
+                    None => extras.push(tensor(t)),
+                }
+            }
+            let c = &mut *rest[0];
+            match weights[i] {
+                PreparedB::Packed(b) => member.gemm.gemm_prepacked_with(a, b, c, m, &extras, self.threads)?,
+                PreparedB::Quant(q) => {
+                    q.gemv(a, m, c, self.threads)?;
+                    member.gemm.apply_epilogue(c, m, q.rows(), &extras)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every member's B as f32 panels: the tile loop of [`gemm_group`].
+    fn run_packed<'t>(
+        &self,
+        tensor: &dyn Fn(crate::graph::TensorId) -> &'t [f32],
+        weights: &[&PackedB],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), CodegenError> {
         // An extra that another member writes is read from that member's C.
         let member_of = |t: crate::graph::TensorId| self.members.iter().position(|m| m.output == t);
         let extras: Vec<Vec<&[f32]>> = self
@@ -1405,13 +1616,7 @@ impl CompiledGemmGroup {
                 m.extras.iter().map(|&t| if member_of(t).is_some() { &[][..] } else { tensor(t) }).collect()
             })
             .collect();
-        let from: Vec<Vec<(usize, usize)>> = self
-            .members
-            .iter()
-            .map(|m| {
-                m.extras.iter().enumerate().filter_map(|(slot, &t)| member_of(t).map(|j| (slot, j))).collect()
-            })
-            .collect();
+        let from: Vec<Vec<(usize, usize)>> = (0..self.members.len()).map(|i| self.extras_from_members(i)).collect();
         let producer_inputs: Vec<&[f32]> = self
             .producer
             .as_ref()

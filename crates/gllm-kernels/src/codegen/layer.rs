@@ -9,13 +9,15 @@
 //! Intermediates live in the plan's scratchpad arena, held by a
 //! [`LayerWorkspace`] that is allocated once and reused run after run.
 
-use super::gemm::{CompiledGemmGroup, PackedB};
+use super::gemm::{CompiledGemmGroup, PreparedB};
+use super::quant_gemv::QuantPanels;
 use super::group::CompiledGroup;
 use super::loops::RawSlice;
 use super::CodegenError;
 use crate::device::DeviceProfile;
 use crate::fusion::{self, BufferPurpose, FusionOptions, FusionPlan, FusionStrategy};
 use crate::graph::{CompilerGraph, SemanticGraph, TensorId, TensorRef};
+use crate::quant::QuantMatrix;
 use crate::scalar::ScalarOpRegistry;
 use std::collections::HashMap;
 
@@ -43,13 +45,23 @@ pub struct CompiledLayer {
     arena_len: usize,
 }
 
-/// Weights made ready for a compiled graph: GEMM operands packed once, the
-/// others copied; keyed by weight name so that every graph compiled from the
-/// same weights for the same device can use them.
+/// Weights made ready for a compiled graph: GEMM operands packed once (f32
+/// panels, or quantised records read as stored), the others copied; keyed
+/// by weight name so that every graph compiled from the same weights for
+/// the same device can use them.
 #[derive(Debug, Default)]
 pub struct PreparedWeights {
     plain: HashMap<String, Vec<f32>>,
-    packed: HashMap<String, PackedB>,
+    packed: HashMap<String, PreparedB>,
+}
+
+/// A weight as the caller holds it: f32 in the graph's declared shape, or a
+/// quantised matrix stored as rows of output features (`n` rows of `k`:
+/// Bᵀ of the graph's k × n operand, the layout model files use).
+#[derive(Debug, Clone, Copy)]
+pub enum WeightData<'w> {
+    F32(&'w [f32]),
+    Quant(QuantMatrix<'w>),
 }
 
 impl PreparedWeights {
@@ -213,24 +225,42 @@ impl CompiledLayer {
         prepared: &mut PreparedWeights,
         weight: &dyn Fn(&str) -> Option<&'w [f32]>,
     ) -> Result<(), CodegenError> {
-        let get = |name: &str, id: TensorId| -> Result<&'w [f32], CodegenError> {
-            let data = weight(name)
-                .ok_or_else(|| CodegenError::BadArguments(format!("weight `{name}` is missing")))?;
-            if data.len() != self.numel[id] {
-                return Err(CodegenError::BadArguments(format!(
-                    "weight `{name}` has {} elements, the graph declares {}",
-                    data.len(),
-                    self.numel[id]
-                )));
-            }
-            Ok(data)
+        self.prepare_more_from(prepared, &|name| weight(name).map(WeightData::F32))
+    }
+
+    /// [`CompiledLayer::prepare_more`] for weights that may be quantised: a
+    /// quantised GEMM operand in a format the JIT reads is kept in that
+    /// format ([`QuantPanels`]); other formats are dequantised once into f32
+    /// panels; a quantised non-GEMM weight (a norm's) is dequantised.
+    pub fn prepare_more_from<'w>(
+        &self,
+        prepared: &mut PreparedWeights,
+        weight: &dyn Fn(&str) -> Option<WeightData<'w>>,
+    ) -> Result<(), CodegenError> {
+        let missing = |name: &str| CodegenError::BadArguments(format!("weight `{name}` is missing"));
+        let wrong_size = |name: &str, got: usize, want: usize| {
+            CodegenError::BadArguments(format!("weight `{name}` has {got} elements, the graph declares {want}"))
         };
         for (id, name) in &self.plain_weights {
-            if !prepared.plain.contains_key(name) {
-                prepared.plain.insert(name.clone(), get(name, *id)?.to_vec());
+            if prepared.plain.contains_key(name) {
+                continue;
             }
+            let data = match weight(name).ok_or_else(|| missing(name))? {
+                WeightData::F32(d) => d.to_vec(),
+                WeightData::Quant(q) => {
+                    let mut out = vec![0.0f32; q.rows() * q.cols()];
+                    for (r, row) in out.chunks_exact_mut(q.cols().max(1)).enumerate() {
+                        q.dequantize_row(r, row);
+                    }
+                    out
+                }
+            };
+            if data.len() != self.numel[*id] {
+                return Err(wrong_size(name, data.len(), self.numel[*id]));
+            }
+            prepared.plain.insert(name.clone(), data);
         }
-        for (id, name, k, n, unit) in &self.packed_weights {
+        for (_, name, k, n, unit) in &self.packed_weights {
             if prepared.packed.contains_key(name) {
                 continue;
             }
@@ -238,7 +268,34 @@ impl CompiledLayer {
                 unreachable!("packed weights belong to GEMM units")
             };
             let kernel = group.member_kernel(0).expect("GEMM groups have members");
-            prepared.packed.insert(name.clone(), kernel.pack_b(get(name, *id)?, *k, *n)?);
+            let ready = match weight(name).ok_or_else(|| missing(name))? {
+                WeightData::F32(d) => {
+                    if d.len() != k * n {
+                        return Err(wrong_size(name, d.len(), k * n));
+                    }
+                    PreparedB::Packed(kernel.pack_b(d, *k, *n)?)
+                }
+                WeightData::Quant(q) => {
+                    if (q.rows(), q.cols()) != (*n, *k) {
+                        return Err(CodegenError::BadArguments(format!(
+                            "quantised weight `{name}` is {}×{} (rows × cols); the graph's {k}×{n} operand needs {n}×{k}",
+                            q.rows(),
+                            q.cols()
+                        )));
+                    }
+                    if q.format().has_kernel() {
+                        PreparedB::Quant(QuantPanels::pack(&q)?)
+                    } else {
+                        let threads = rayon::current_num_threads();
+                        PreparedB::Packed(kernel.pack_b_lines(*k, *n, threads, &|r0, count, out| {
+                            for (i, row) in out.chunks_exact_mut((*k).max(1)).take(count).enumerate() {
+                                q.dequantize_row(r0 + i, row);
+                            }
+                        }))
+                    }
+                }
+            };
+            prepared.packed.insert(name.clone(), ready);
         }
         Ok(())
     }
@@ -335,7 +392,7 @@ impl CompiledLayer {
                     unsafe { cg.run_raw(&ins, region(cg.output())?, cg.threads())? };
                 }
                 Unit::Gemm { group, weights: names } => {
-                    let packed: Vec<&PackedB> = names
+                    let packed: Vec<&PreparedB> = names
                         .iter()
                         .map(|n| weights.packed.get(n).ok_or_else(|| not_prepared(n)))
                         .collect::<Result<_, _>>()?;

@@ -18,6 +18,7 @@ pub mod lower;
 pub mod math;
 mod mul_add;
 pub mod pool;
+pub mod quant_gemv;
 pub mod vasm;
 
 pub use mul_add::{CodegenError, MulAddKernel};

@@ -139,6 +139,22 @@ const TABLE: [(GgmlType, u32, usize, usize); 35] = {
 };
 
 impl GgmlType {
+    /// The block format the compiler knows this type as, for the types it
+    /// can dequantise (and, for some, read in place).
+    pub fn quant_format(self) -> Option<gllm_kernels::quant::QuantFormat> {
+        use gllm_kernels::quant::QuantFormat;
+        Some(match self {
+            GgmlType::F16 => QuantFormat::F16,
+            GgmlType::BF16 => QuantFormat::Bf16,
+            GgmlType::Q8_0 => QuantFormat::Q8_0,
+            GgmlType::Q4_0 => QuantFormat::Q4_0,
+            GgmlType::Q4_1 => QuantFormat::Q4_1,
+            GgmlType::Q4_K => QuantFormat::Q4K,
+            GgmlType::Q6_K => QuantFormat::Q6K,
+            _ => return None,
+        })
+    }
+
     /// Every known type, in id order (for tests and listings).
     pub fn all() -> impl Iterator<Item = GgmlType> {
         TABLE.iter().map(|row| row.0)

@@ -22,7 +22,7 @@
 //! same order as the reference (`gguf` Python package, `quants.py`), so their
 //! results are bit-identical to it; this is what the real-model test checks.
 
-use super::ggml_type::{GgmlType, QK_K};
+use super::ggml_type::GgmlType;
 use half::{bf16, f16};
 
 /// Why a block conversion could not be done. These carry no file or tensor
@@ -99,25 +99,10 @@ pub const Q4_K_LAYOUT: &str =
 pub const Q6_K_LAYOUT: &str =
     "u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d; q = (ql nibble | qh 2 bits << 4) - 32; w = (d*sc)*q";
 
-fn f16_at(bytes: &[u8; 2]) -> f32 {
-    f16::from_le_bytes(*bytes).to_f32()
-}
-
 /// Splits `bytes` into blocks of `N` bytes. The callers check beforehand that
 /// the length is a whole number of blocks, so nothing is dropped.
 fn blocks<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = &[u8; N]> {
     bytes.chunks_exact(N).filter_map(|chunk| <&[u8; N]>::try_from(chunk).ok())
-}
-
-/// Splits a fixed-size block into a fixed-size head and the rest.
-fn split<const N: usize, const H: usize, const R: usize>(block: &[u8; N]) -> (&[u8; H], &[u8; R]) {
-    const { assert!(H + R == N) };
-    let (head, rest) = block.split_at(H);
-    // Both conversions succeed because H + R == N (checked at compile time).
-    match (<&[u8; H]>::try_from(head), <&[u8; R]>::try_from(rest)) {
-        (Ok(head), Ok(rest)) => (head, rest),
-        _ => unreachable!("split sizes are checked at compile time"),
-    }
 }
 
 /// The number of `f32` values `n_elements` stands for, after checking that it
@@ -143,19 +128,12 @@ fn checked_count(ty: GgmlType, actual: usize, n_elements: u64) -> Result<usize, 
 /// [`QuantError::Unsupported`].
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: u64) -> Result<Vec<f32>, QuantError> {
     let count = checked_count(ty, bytes.len(), n_elements)?;
-    let mut out = Vec::with_capacity(count);
-    match ty {
-        GgmlType::F32 => out.extend(blocks::<4>(bytes).map(|b| f32::from_le_bytes(*b))),
-        GgmlType::F16 => out.extend(blocks::<2>(bytes).map(f16_at)),
-        GgmlType::BF16 => out.extend(blocks::<2>(bytes).map(|b| bf16::from_le_bytes(*b).to_f32())),
-        GgmlType::Q8_0 => blocks::<34>(bytes).for_each(|b| dequantize_q8_0(b, &mut out)),
-        GgmlType::Q4_0 => blocks::<18>(bytes).for_each(|b| dequantize_q4_0(b, &mut out)),
-        GgmlType::Q4_1 => blocks::<20>(bytes).for_each(|b| dequantize_q4_1(b, &mut out)),
-        GgmlType::Q4_K => blocks::<144>(bytes).for_each(|b| dequantize_q4_k(b, &mut out)),
-        GgmlType::Q6_K => blocks::<210>(bytes).for_each(|b| dequantize_q6_k(b, &mut out)),
-        _ => return Err(QuantError::Unsupported { ty, operation: "dequantisation" }),
+    if ty == GgmlType::F32 {
+        return Ok(blocks::<4>(bytes).map(|b| f32::from_le_bytes(*b)).collect());
     }
-    debug_assert_eq!(out.len(), count);
+    let format = ty.quant_format().ok_or(QuantError::Unsupported { ty, operation: "dequantisation" })?;
+    let mut out = vec![0.0f32; count];
+    gllm_kernels::quant::dequantize_row(format, bytes, &mut out);
     Ok(out)
 }
 
@@ -163,71 +141,6 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: u64) -> Result<Vec<f32
 pub fn can_dequantize(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(ty, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q6_K)
-}
-
-fn dequantize_q8_0(block: &[u8; 34], out: &mut Vec<f32>) {
-    let (d, qs) = split::<34, 2, 32>(block);
-    let d = f16_at(d);
-    out.extend(qs.iter().map(|&q| f32::from(q as i8) * d));
-}
-
-fn dequantize_q4_0(block: &[u8; 18], out: &mut Vec<f32>) {
-    let (d, qs) = split::<18, 2, 16>(block);
-    let d = f16_at(d);
-    out.extend(qs.iter().map(|&q| d * f32::from((q & 0x0F) as i8 - 8)));
-    out.extend(qs.iter().map(|&q| d * f32::from((q >> 4) as i8 - 8)));
-}
-
-fn dequantize_q4_1(block: &[u8; 20], out: &mut Vec<f32>) {
-    let (d, rest) = split::<20, 2, 18>(block);
-    let (m, qs) = split::<18, 2, 16>(rest);
-    let (d, m) = (f16_at(d), f16_at(m));
-    out.extend(qs.iter().map(|&q| d * f32::from(q & 0x0F) + m));
-    out.extend(qs.iter().map(|&q| d * f32::from(q >> 4) + m));
-}
-
-/// Unpacks the 8 six-bit scales and 8 six-bit mins of a Q4_K super-block.
-fn q4_k_scales_and_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut scales = [0u8; 8];
-    let mut mins = [0u8; 8];
-    for i in 0..4 {
-        scales[i] = packed[i] & 63;
-        mins[i] = packed[i + 4] & 63;
-        scales[i + 4] = (packed[i + 8] & 15) | ((packed[i] >> 6) << 4);
-        mins[i + 4] = (packed[i + 8] >> 4) | ((packed[i + 4] >> 6) << 4);
-    }
-    (scales, mins)
-}
-
-fn dequantize_q4_k(block: &[u8; 144], out: &mut Vec<f32>) {
-    let (d, rest) = split::<144, 2, 142>(block);
-    let (dmin, rest) = split::<142, 2, 140>(rest);
-    let (packed, qs) = split::<140, 12, 128>(rest);
-    let (d, dmin) = (f16_at(d), f16_at(dmin));
-    let (scales, mins) = q4_k_scales_and_mins(packed);
-    for (pair, codes) in qs.chunks_exact(32).enumerate() {
-        for (half, shift) in [(0, 0), (1, 4)] {
-            let sub = 2 * pair + half;
-            let scale = d * f32::from(scales[sub]);
-            let min = dmin * f32::from(mins[sub]);
-            out.extend(codes.iter().map(|&q| scale * f32::from((q >> shift) & 0x0F) - min));
-        }
-    }
-}
-
-fn dequantize_q6_k(block: &[u8; 210], out: &mut Vec<f32>) {
-    let (ql, rest) = split::<210, 128, 82>(block);
-    let (qh, rest) = split::<82, 64, 18>(rest);
-    let (scales, d) = split::<18, 16, 2>(rest);
-    let d = f16_at(d);
-    for e in 0..QK_K {
-        let (h, r) = (e / 128, e % 128);
-        let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0F;
-        let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
-        let q = (low | (high << 4)) as i8 - 32;
-        let scale = d * f32::from(scales[e / 16] as i8);
-        out.push(scale * f32::from(q));
-    }
 }
 
 /// Quantises `values` (a whole number of blocks) into type `ty`, as ggml's
@@ -316,7 +229,7 @@ mod tests {
     fn q4_k_scale_unpacking_matches_the_bit_picture() {
         // scales[0..4] = EEAAAAAA.., scales[4..8] = eeaaaaaa.., scales[8..12] = eeeeEEEE.
         let packed = [0b11_000001, 2, 3, 4, 0b10_000101, 6, 7, 8, 0b1001_0110, 0, 0, 0];
-        let (sc, m) = q4_k_scales_and_mins(&packed);
+        let (sc, m) = gllm_kernels::quant::q4_k_scales_and_mins(&packed);
         assert_eq!(sc, [1, 2, 3, 4, 0b11_0110, 0, 0, 0]);
         assert_eq!(m, [5, 6, 7, 8, 0b10_1001, 0, 0, 0]);
     }

@@ -1,0 +1,113 @@
+//! Quantised GEMV (weights read as stored) against this machine's read
+//! bandwidth, measured in the same interleaved rounds: GB/s of compressed
+//! weight bytes per second over the 8-stream read probe, 1 and 2 threads;
+//! then SmolLM2's shapes on 1 vs 2 threads (hot, in cache), and the
+//! dequantising prompt-processing path. Medians of several rounds.
+//! `cargo bench -p gllm-kernels --bench quant`
+
+use gllm_kernels::codegen::gemm::GemmKernel;
+use gllm_kernels::codegen::quant_gemv::QuantPanels;
+use gllm_kernels::device::DeviceProfile;
+use gllm_kernels::quant::{QuantFormat, QuantMatrix};
+
+mod common;
+use common::interleaved_median_times;
+use common::probe::ReadProbe;
+
+/// Random stored bytes with ordinary f16 scales.
+fn matrix(format: QuantFormat, rows: usize, cols: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let bytes = format.row_bytes(cols).unwrap() * rows;
+    let mut v: Vec<u8> = (0..bytes).map(|_| next() as u8).collect();
+    let scale = half::f16::from_f32(0.01).to_le_bytes();
+    for block in v.chunks_exact_mut(format.block_bytes()) {
+        block[..2].copy_from_slice(&scale);
+        if format == QuantFormat::Q4_1 {
+            block[2..4].copy_from_slice(&scale);
+        }
+    }
+    v
+}
+
+fn main() {
+    let profile = DeviceProfile::detect().expect("an AVX2 or AVX-512 CPU");
+    let probe = ReadProbe::new(&profile);
+    println!("{} ({}); GEMV y = x·Wᵀ with W stored quantised, x f32 (quantised per 32 inside)\n", profile.name, profile.isa);
+    println!("| format | K×N | MiB | read probe 1 thr GB/s | GEMV 1 thr GB/s (% of probe) | read probe 2 thr GB/s | GEMV 2 thr GB/s (% of 2-thr probe) |");
+    println!("|---|---|---|---|---|---|---|");
+    for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+        for (k, n) in [(4096, 4096), (4096, 11008)] {
+            let bytes = matrix(format, n, k);
+            let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap()).unwrap();
+            let x: Vec<f32> = (0..k).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
+            let (mut y1, mut y2) = (vec![0.0f32; n], vec![0.0f32; n]);
+            let t = interleaved_median_times(
+                11,
+                &mut [
+                    &mut || probe.run(1),
+                    &mut || probe.run(2),
+                    &mut || panels.gemv(&x, 1, &mut y1, 1).unwrap(),
+                    &mut || panels.gemv(&x, 1, &mut y2, 2).unwrap(),
+                ],
+            );
+            let size = bytes.len() as f64;
+            let (p1, p2) = (probe.bytes() / t[0] / 1e9, probe.bytes() / t[1] / 1e9);
+            let (g1, g2) = (size / t[2] / 1e9, size / t[3] / 1e9);
+            println!(
+                "| {format} | {k}×{n} | {:.1} | {p1:.1} | {g1:.1} ({:.0}%) | {p2:.1} | {g2:.1} ({:.0}%) |",
+                size / (1 << 20) as f64,
+                100.0 * g1 / p1,
+                100.0 * g2 / p2
+            );
+        }
+    }
+
+    println!("\nSmolLM2-135M's shapes, Q4_1 weights, hot: 1 vs 2 threads (µs, median)\n");
+    println!("| M×K×N | path | 1 thr µs | 2 thr µs | 2 thr / 1 thr |");
+    println!("|---|---|---|---|---|");
+    let gemm = GemmKernel::compile(&profile).unwrap();
+    for (m, k, n) in [(1, 576, 192), (1, 576, 576), (1, 576, 1536), (1, 1536, 576), (4, 576, 1536), (16, 576, 576), (128, 576, 192), (512, 576, 1536)] {
+        let format = QuantFormat::Q4_1;
+        let bytes = matrix(format, n, k);
+        let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap()).unwrap();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
+        let (mut y, mut y2) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        let (path, t) = if m <= 8 {
+            let t = interleaved_median_times(
+                101,
+                &mut [&mut || panels.gemv(&x, m, &mut y, 1).unwrap(), &mut || panels.gemv(&x, m, &mut y2, 2).unwrap()],
+            );
+            ("quantised GEMV", t)
+        } else {
+            let packed = panels.prefill_panels(&gemm, 2).into_owned();
+            let t = interleaved_median_times(
+                15,
+                &mut [
+                    &mut || gemm.gemm_prepacked(&x, &packed, &mut y, m, 1).unwrap(),
+                    &mut || gemm.gemm_prepacked(&x, &packed, &mut y2, m, 2).unwrap(),
+                ],
+            );
+            ("dequantised panels, f32 GEMM", t)
+        };
+        println!("| {m}×{k}×{n} | {path} | {:.1} | {:.1} | {:.2}× |", t[0] * 1e6, t[1] * 1e6, t[1] / t[0]);
+    }
+    let (k, n) = (576, 1536);
+    let bytes = matrix(QuantFormat::Q4_1, n, k);
+    let panels = QuantPanels::pack(&QuantMatrix::new(QuantFormat::Q4_1, n, k, &bytes).unwrap()).unwrap();
+    let t = interleaved_median_times(
+        15,
+        &mut [&mut || drop(panels.dequantize_packed(&gemm, 1)), &mut || drop(panels.dequantize_packed(&gemm, 2))],
+    );
+    println!(
+        "\nDequantising a Q4_1 {k}×{n} weight into GEMM panels: {:.0} µs (1 thr), {:.0} µs (2 thr): {:.2} ns per weight",
+        t[0] * 1e6,
+        t[1] * 1e6,
+        t[0] * 1e9 / (k * n) as f64
+    );
+}

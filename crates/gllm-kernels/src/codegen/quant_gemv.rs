@@ -1,0 +1,559 @@
+//! Matrix products with block-quantised weights read in their stored
+//! format: a JIT GEMV for decode (one to a few activation rows) and a
+//! dequantising packer that feeds the f32 GEMM for prompt processing.
+//!
+//! ```text
+//!  QuantMatrix ──pack──► QuantPanels (pairs of blocks per record, per row)
+//!  x (f32) ──quantise per 32──► activation records (int8 + scales)
+//!  kernel(W weight rows × R activation rows): integer dot per block pair,
+//!          scaled and accumulated in f32, one horizontal sum per output
+//! ```
+//!
+//! **Why the integer path.** Decode reads every weight once per token, so
+//! the kernel must keep up with memory while spending as few instructions
+//! per byte as possible. Converting 4-bit codes to f32 costs ~4 vector
+//! instructions per 8 weights; multiplying them as bytes with `vpmaddubsw`
+//! against an int8 copy of the activations (quantised per 32, as llama.cpp
+//! does) costs ~8 per 64 weights. The price is the activation rounding,
+//! bounded by [`crate::quant::activation_quantisation_bound`].
+//!
+//! **Layout.** Two consecutive blocks of a row form one record so that one
+//! 32-byte load brings both blocks' codes and one `vcvtph2ps` both scales:
+//! Q4_0 `qs0[16] qs1[16] d0 d1` (36 bytes), Q4_1 the same plus `m0 m1`
+//! (40), Q8_0 `qs0[32] qs1[32] d0 d1` (68) — the same bytes as the file,
+//! reordered. A row with an odd block count gets a zero block.
+//!
+//! **ISA.** The kernels use AVX2 encodings (256-bit integer multiply-adds),
+//! which AVX-512 machines also run; a VNNI (`vpdpbusd`) variant is the next
+//! step there.
+
+use super::gemm::{GemmKernel, PackedB};
+use super::CodegenError;
+use crate::device::Isa;
+use crate::quant::{quantize_activation_block, QuantFormat, QuantMatrix, ACT_BLOCK};
+use crate::runtime::dispatch::for_each_part;
+use crate::runtime::ExecutableCode;
+use iced_x86::code_asm::*;
+use std::sync::OnceLock;
+
+/// Activation rows one kernel call reads at most.
+pub const MAX_ACT_ROWS: usize = 4;
+
+/// Up to this many activation rows the GEMV kernel is used (weights are
+/// read once per [`MAX_ACT_ROWS`] rows); above, the weights are dequantised
+/// into GEMM panels once per call and the f32 GEMM runs.
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Bytes read past the last record by a `vcvtph2ps` of a record's scales.
+const TAIL_PAD: usize = 64;
+
+/// A quantised matrix in the GEMV kernel's record layout.
+#[derive(Debug, Clone)]
+pub struct QuantPanels {
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+    /// Block pairs per row (an odd block count is padded with a zero block).
+    pairs: usize,
+    data: Vec<u8>,
+    /// Dequantised f32 panels kept for prompt processing (see
+    /// [`QuantPanels::prefill_panels`]).
+    prefill: OnceLock<PackedB>,
+}
+
+static PANEL_CACHE_BUDGET: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1 << 30);
+static PANEL_CACHE_USED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Bytes of dequantised f32 panels that quantised weights may keep for
+/// prompt processing, process-wide (default 1 GiB; 0 turns the cache off).
+/// Above it, each prompt-processing call dequantises the panels it needs.
+pub fn set_panel_cache_budget(bytes: usize) {
+    PANEL_CACHE_BUDGET.store(bytes, std::sync::atomic::Ordering::Release);
+}
+
+/// Bytes of one block-pair record of weights.
+fn record_bytes(format: QuantFormat) -> usize {
+    match format {
+        QuantFormat::Q4_0 => 36,
+        QuantFormat::Q4_1 => 40,
+        QuantFormat::Q8_0 => 68,
+        _ => 0,
+    }
+}
+
+/// Bytes of one block-pair record of quantised activations.
+fn act_record_bytes(format: QuantFormat) -> usize {
+    match format {
+        QuantFormat::Q8_0 => 96,
+        _ => 128,
+    }
+}
+
+impl QuantPanels {
+    /// Reorders `m` into the kernel's records (parallel over rows).
+    pub fn pack(m: &QuantMatrix) -> Result<QuantPanels, CodegenError> {
+        let format = m.format();
+        if !format.has_kernel() {
+            return Err(CodegenError::Unsupported(format!("a GEMV kernel for {format} weights")));
+        }
+        let blocks = m.cols() / ACT_BLOCK;
+        let pairs = blocks.div_ceil(2);
+        let rec = record_bytes(format);
+        let row_bytes = pairs * rec;
+        let mut data = vec![0u8; m.rows() * row_bytes + TAIL_PAD];
+        let bb = format.block_bytes();
+        let (head, codes) = match format {
+            QuantFormat::Q4_1 => (4, 16),
+            QuantFormat::Q4_0 => (2, 16),
+            _ => (2, 32),
+        };
+        let base = data.as_mut_ptr() as usize;
+        let parts = rayon::current_num_threads().min(m.rows().max(1));
+        let per = m.rows().div_ceil(parts.max(1));
+        let fill = |part: usize| -> Result<(), CodegenError> {
+            for r in part * per..((part + 1) * per).min(m.rows()) {
+                // SAFETY: rows own disjoint `row_bytes` ranges of `data`.
+                let out = unsafe { std::slice::from_raw_parts_mut((base + r * row_bytes) as *mut u8, row_bytes) };
+                for (b, block) in m.row(r).chunks_exact(bb).enumerate() {
+                    let (p, half) = (b / 2, b % 2);
+                    let rec = &mut out[p * rec..(p + 1) * rec];
+                    rec[half * codes..(half + 1) * codes].copy_from_slice(&block[head..head + codes]);
+                    let scales = 2 * codes;
+                    rec[scales + 2 * half..scales + 2 * half + 2].copy_from_slice(&block[..2]);
+                    if format == QuantFormat::Q4_1 {
+                        rec[scales + 4 + 2 * half..scales + 6 + 2 * half].copy_from_slice(&block[2..4]);
+                    }
+                }
+            }
+            Ok(())
+        };
+        for_each_part(parts, fill)?;
+        Ok(QuantPanels { format, rows: m.rows(), cols: m.cols(), pairs, data, prefill: OnceLock::new() })
+    }
+
+    pub fn format(&self) -> QuantFormat {
+        self.format
+    }
+
+    /// Output features (B's columns).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (B's rows).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.pairs * record_bytes(self.format)
+    }
+
+    /// Rows `r0..r0 + count` dequantised to f32, `cols` apart, into `out`:
+    /// the same values as [`crate::quant::dequantize_row`] on the stored
+    /// rows (same f32 operations), read from the records.
+    pub fn dequantize_rows(&self, r0: usize, count: usize, out: &mut [f32]) {
+        let (rec, row_bytes) = (record_bytes(self.format), self.row_bytes());
+        let f16_at = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        for (i, out) in out.chunks_exact_mut(self.cols.max(1)).take(count).enumerate() {
+            let row = &self.data[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
+            for (b, dst) in out.chunks_exact_mut(ACT_BLOCK).enumerate() {
+                let (p, h) = (b / 2, b % 2);
+                let rec = &row[p * rec..(p + 1) * rec];
+                match self.format {
+                    QuantFormat::Q8_0 => {
+                        let d = f16_at(&rec[64 + 2 * h..]);
+                        for (o, &q) in dst.iter_mut().zip(&rec[32 * h..32 * h + 32]) {
+                            *o = f32::from(q as i8) * d;
+                        }
+                    }
+                    QuantFormat::Q4_1 => {
+                        let (d, m) = (f16_at(&rec[32 + 2 * h..]), f16_at(&rec[36 + 2 * h..]));
+                        let (lo, hi) = dst.split_at_mut(16);
+                        for ((l, u), &q) in lo.iter_mut().zip(hi).zip(&rec[16 * h..16 * h + 16]) {
+                            *l = d * f32::from(q & 0x0F) + m;
+                            *u = d * f32::from(q >> 4) + m;
+                        }
+                    }
+                    _ => {
+                        let d = f16_at(&rec[32 + 2 * h..]);
+                        let (lo, hi) = dst.split_at_mut(16);
+                        for ((l, u), &q) in lo.iter_mut().zip(hi).zip(&rec[16 * h..16 * h + 16]) {
+                            *l = d * f32::from((q & 0x0F) as i8 - 8);
+                            *u = d * f32::from((q >> 4) as i8 - 8);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y[m × rows] = x[m × cols] · Wᵀ` with the GEMV kernel (any `m`; meant
+    /// for `m ≤` [`GEMV_MAX_ROWS`]). Rows of W are split across `threads`.
+    pub fn gemv(&self, x: &[f32], m: usize, y: &mut [f32], threads: usize) -> Result<(), CodegenError> {
+        check("x", x.len(), m * self.cols)?;
+        check("y", y.len(), m * self.rows)?;
+        if m == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        let xrec = act_record_bytes(self.format);
+        let x_stride = self.pairs * xrec;
+        let mut acts = vec![0u8; m * x_stride];
+        for (xr, out) in x.chunks_exact(self.cols.max(1)).zip(acts.chunks_exact_mut(x_stride.max(1))) {
+            quantize_activations(self.format, xr, out);
+        }
+        if self.cols == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
+        let set = kernel_set(self.format)?;
+        let rows = self.rows;
+        let threads = threads.max(1).min(rows.div_ceil(4));
+        let per = rows.div_ceil(threads).div_ceil(4) * 4;
+        let y_addr = y.as_mut_ptr() as usize;
+        let row_bytes = self.row_bytes();
+        let work = |t: usize| -> Result<(), CodegenError> {
+            let (i0, i1) = (t * per, ((t + 1) * per).min(rows));
+            for r0 in (0..m).step_by(MAX_ACT_ROWS) {
+                let r = MAX_ACT_ROWS.min(m - r0);
+                let w_max = max_weight_rows(r);
+                let mut i = i0;
+                while i < i1 {
+                    let w = w_max.min(i1 - i);
+                    let f = set.get(w, r)?;
+                    let args = KernelArgs {
+                        w: self.data[i * row_bytes..].as_ptr(),
+                        x: acts[r0 * x_stride..].as_ptr(),
+                        y: (y_addr + (r0 * rows + i) * 4) as *mut f32,
+                        pairs: self.pairs,
+                        w_stride: row_bytes,
+                        x_stride,
+                        y_stride: rows * 4,
+                        consts: (&CONSTS as *const Consts).cast(),
+                    };
+                    // SAFETY: rows i..i+w of W are `row_bytes` apart with
+                    // TAIL_PAD after the last; activation rows r0..r0+r are
+                    // `x_stride` apart; y rows r0..r0+r, columns i..i+w lie
+                    // in y (m × rows), and threads own disjoint columns.
+                    unsafe { f(&args) };
+                    i += w;
+                }
+            }
+            Ok(())
+        };
+        for_each_part(threads, work)
+    }
+
+    /// Dequantises into the f32 GEMM's packed panels for `kernel`'s blocking
+    /// (parallel over panels): prompt processing amortises this over its rows.
+    pub fn dequantize_packed(&self, kernel: &GemmKernel, threads: usize) -> PackedB {
+        kernel.pack_b_lines(self.cols, self.rows, threads, &|r0, count, out| self.dequantize_rows(r0, count, out))
+    }
+
+    /// The f32 panels for prompt processing: made on first use and kept
+    /// while the process-wide [panel cache budget](set_panel_cache_budget)
+    /// allows (so a small model pays the dequantisation once), else made
+    /// for this call only.
+    pub fn prefill_panels(&self, kernel: &GemmKernel, threads: usize) -> std::borrow::Cow<'_, PackedB> {
+        use std::sync::atomic::Ordering;
+        let fits = |p: &PackedB| p.kc_nr() == (kernel.blocking().kc, kernel.blocking().nr);
+        if let Some(p) = self.prefill.get().filter(|p| fits(p)) {
+            return std::borrow::Cow::Borrowed(p);
+        }
+        let packed = self.dequantize_packed(kernel, threads);
+        let size = packed.size_bytes();
+        let reserved = PANEL_CACHE_USED
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + size <= PANEL_CACHE_BUDGET.load(Ordering::Acquire)).then_some(used + size)
+            })
+            .is_ok();
+        if reserved && self.prefill.get().is_none() {
+            if let Err(p) = self.prefill.set(packed) {
+                PANEL_CACHE_USED.fetch_sub(size, Ordering::AcqRel);
+                return std::borrow::Cow::Owned(p);
+            }
+            return std::borrow::Cow::Borrowed(self.prefill.get().expect("just set"));
+        }
+        if reserved {
+            PANEL_CACHE_USED.fetch_sub(size, Ordering::AcqRel);
+        }
+        std::borrow::Cow::Owned(packed)
+    }
+}
+
+fn check(what: &str, got: usize, want: usize) -> Result<(), CodegenError> {
+    if got != want {
+        return Err(CodegenError::BadArguments(format!("{what} has {got} elements, expected {want}")));
+    }
+    Ok(())
+}
+
+/// Writes `x` (one activation row) as the kernel's activation records:
+/// Q4 formats `q[64]` (block pair's elements 0–15 of both blocks, then
+/// 16–31 of both) `[d0×4, d1×4]` `[c·s0/4 ×4, c·s1/4 ×4]` with `c = 1` for
+/// Q4_1's `m` term and `−8` for Q4_0's offset; Q8_0 `q[64]` (natural order)
+/// and `[d0, d0, d1, d1, d0, d0, d1, d1]`.
+pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
+    let xrec = act_record_bytes(format);
+    for (p, rec) in out.chunks_exact_mut(xrec).enumerate() {
+        let block = |b: usize| {
+            let start = (2 * p + b) * ACT_BLOCK;
+            let end = (start + ACT_BLOCK).min(x.len());
+            if start < end {
+                quantize_activation_block(&x[start..end])
+            } else {
+                quantize_activation_block(&[])
+            }
+        };
+        let (b0, b1) = (block(0), block(1));
+        let put_f32 = |rec: &mut [u8], at: usize, v: [f32; 8]| {
+            for (i, v) in v.iter().enumerate() {
+                rec[at + 4 * i..at + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        };
+        match format {
+            QuantFormat::Q8_0 => {
+                for (i, &q) in b0.q.iter().chain(&b1.q).enumerate() {
+                    rec[i] = q as u8;
+                }
+                let (a, b) = (b0.d, b1.d);
+                put_f32(rec, 64, [a, a, b, b, a, a, b, b]);
+            }
+            _ => {
+                for j in 0..16 {
+                    rec[j] = b0.q[j] as u8;
+                    rec[16 + j] = b1.q[j] as u8;
+                    rec[32 + j] = b0.q[16 + j] as u8;
+                    rec[48 + j] = b1.q[16 + j] as u8;
+                }
+                let c = if format == QuantFormat::Q4_0 { -8.0 / 4.0 } else { 1.0 / 4.0 };
+                let (a, b) = (b0.d, b1.d);
+                put_f32(rec, 64, [a, a, a, a, b, b, b, b]);
+                let (a, b) = (c * b0.s, c * b1.s);
+                put_f32(rec, 96, [a, a, a, a, b, b, b, b]);
+            }
+        }
+    }
+}
+
+/// Weight rows per call for `r` activation rows: accumulators (W·R) share
+/// the 16 vector registers with 4 constants and 6 temporaries.
+fn max_weight_rows(r: usize) -> usize {
+    (6 / r.max(1)).clamp(1, 4)
+}
+
+#[repr(C)]
+struct KernelArgs {
+    w: *const u8,
+    x: *const u8,
+    y: *mut f32,
+    pairs: usize,
+    w_stride: usize,
+    x_stride: usize,
+    y_stride: usize,
+    consts: *const u8,
+}
+
+type QuantGemvFn = unsafe extern "C" fn(*const KernelArgs);
+
+/// The kernels' constant vectors.
+#[repr(C, align(32))]
+struct Consts {
+    nibble_mask: [u8; 32],
+    ones: [i16; 16],
+    /// `[d0, d1, m0, m1]` → `[d0×4, d1×4]`.
+    idx_d: [i32; 8],
+    /// `[d0, d1, m0, m1]` → `[m0×4, m1×4]`.
+    idx_m: [i32; 8],
+    /// `[d0, d1, ..]` → the lanes `vphaddd` leaves each block's sums in.
+    idx_q8: [i32; 8],
+}
+
+static CONSTS: Consts = Consts {
+    nibble_mask: [0x0F; 32],
+    ones: [1; 16],
+    idx_d: [0, 0, 0, 0, 1, 1, 1, 1],
+    idx_m: [2, 2, 2, 2, 3, 3, 3, 3],
+    idx_q8: [0, 0, 1, 1, 0, 0, 1, 1],
+};
+
+/// One format's kernels, compiled on first use for each (W, R).
+struct KernelSet {
+    format: QuantFormat,
+    slots: [[OnceLock<Result<ExecutableCode, String>>; MAX_ACT_ROWS]; 4],
+}
+
+impl KernelSet {
+    fn get(&self, w: usize, r: usize) -> Result<QuantGemvFn, CodegenError> {
+        let code = self.slots[w - 1][r - 1].get_or_init(|| {
+            let bytes = generate(self.format, w, r).map_err(|e| e.to_string())?;
+            ExecutableCode::new(&bytes).map_err(|e| e.to_string())
+        });
+        match code {
+            // SAFETY: generated by `generate` for this signature, sealed r-x.
+            Ok(code) => Ok(unsafe { std::mem::transmute::<*const u8, QuantGemvFn>(code.entry()) }),
+            Err(e) => Err(CodegenError::Unsupported(format!("{} GEMV kernel: {e}", self.format))),
+        }
+    }
+}
+
+fn kernel_set(format: QuantFormat) -> Result<&'static KernelSet, CodegenError> {
+    static SETS: [OnceLock<KernelSet>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let i = match format {
+        QuantFormat::Q8_0 => 0,
+        QuantFormat::Q4_0 => 1,
+        QuantFormat::Q4_1 => 2,
+        other => return Err(CodegenError::Unsupported(format!("a GEMV kernel for {other} weights"))),
+    };
+    if !host_has_avx2() {
+        return Err(CodegenError::IsaNotOnHost { isa: Isa::Avx2 });
+    }
+    Ok(SETS[i].get_or_init(|| KernelSet { format, slots: Default::default() }))
+}
+
+fn host_has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+const YMM: [AsmRegisterYmm; 16] = [
+    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15,
+];
+const XMM: [AsmRegisterXmm; 16] = [
+    xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15,
+];
+
+/// Generates the kernel for `w` weight rows × `r` activation rows.
+///
+/// Registers: ymm0–3 constants, ymm4–7 the weight side of one record, ymm8–9
+/// the activation side, ymm10.. the W·R accumulators.
+fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenError> {
+    assert!((1..=4).contains(&w) && (1..=MAX_ACT_ROWS).contains(&r) && w * r <= 6);
+    let mut a = CodeAssembler::new(64)?;
+    let wp = [r10, r11, rbx, r15];
+    let xp = [rsi, r12, r13, r14];
+    for reg in [rbx, r12, r13, r14, r15] {
+        a.push(reg)?;
+    }
+    a.mov(r10, qword_ptr(rdi))?;
+    a.mov(rsi, qword_ptr(rdi + 8))?;
+    a.mov(rcx, qword_ptr(rdi + 24))?;
+    a.mov(r8, qword_ptr(rdi + 32))?;
+    a.mov(r9, qword_ptr(rdi + 40))?;
+    a.mov(rax, qword_ptr(rdi + 56))?;
+    for i in 1..w {
+        a.lea(wp[i], qword_ptr(wp[i - 1] + r8))?;
+    }
+    for i in 1..r {
+        a.lea(xp[i], qword_ptr(xp[i - 1] + r9))?;
+    }
+    let (mask, ones, idx_d, idx_m) = (YMM[0], YMM[1], YMM[2], YMM[3]);
+    let q8 = format == QuantFormat::Q8_0;
+    if q8 {
+        a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
+        a.vmovdqa(idx_m, ymmword_ptr(rax + 128))?; // idx_q8 lives in ymm3
+    } else {
+        a.vmovdqa(mask, ymmword_ptr(rax))?;
+        a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
+        a.vmovdqa(idx_d, ymmword_ptr(rax + 64))?;
+        a.vmovdqa(idx_m, ymmword_ptr(rax + 96))?;
+    }
+    let acc = |i: usize, x: usize| YMM[10 + i * r + x];
+    for i in 0..w {
+        for x in 0..r {
+            a.vxorps(acc(i, x), acc(i, x), acc(i, x))?;
+        }
+    }
+    let (t0, t1) = (YMM[8], YMM[9]);
+    let rec = record_bytes(format) as i32;
+    let xrec = act_record_bytes(format) as i32;
+    let mut body = a.create_label();
+    let mut reduce = a.create_label();
+    a.test(rcx, rcx)?;
+    a.jz(reduce)?;
+    a.set_label(&mut body)?;
+    for (i, &wr) in wp.iter().enumerate().take(w) {
+        if q8 {
+            let (w0, w1, a0, a1) = (YMM[4], YMM[5], YMM[6], YMM[7]);
+            let d = YMM[2];
+            a.vmovdqu(w0, ymmword_ptr(wr))?;
+            a.vmovdqu(w1, ymmword_ptr(wr + 32))?;
+            a.vpabsb(a0, w0)?;
+            a.vpabsb(a1, w1)?;
+            a.vcvtph2ps(XMM[2], qword_ptr(wr + 64))?;
+            a.vpermps(d, idx_m, d)?;
+            for (x, &xr) in xp.iter().enumerate().take(r) {
+                a.vmovdqu(t0, ymmword_ptr(xr))?;
+                a.vpsignb(t0, t0, w0)?;
+                a.vpmaddubsw(t0, a0, t0)?;
+                a.vpmaddwd(t0, t0, ones)?;
+                a.vmovdqu(t1, ymmword_ptr(xr + 32))?;
+                a.vpsignb(t1, t1, w1)?;
+                a.vpmaddubsw(t1, a1, t1)?;
+                a.vpmaddwd(t1, t1, ones)?;
+                a.vphaddd(t0, t0, t1)?;
+                a.vcvtdq2ps(t0, t0)?;
+                a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
+                a.vfmadd231ps(acc(i, x), t0, t1)?;
+            }
+        } else {
+            let (lo, hi, d, m) = (YMM[4], YMM[5], YMM[6], YMM[7]);
+            a.vmovdqu(lo, ymmword_ptr(wr))?;
+            a.vpsrlw(hi, lo, 4)?;
+            a.vpand(lo, lo, mask)?;
+            a.vpand(hi, hi, mask)?;
+            a.vcvtph2ps(XMM[6], qword_ptr(wr + 32))?;
+            let m = if format == QuantFormat::Q4_1 {
+                a.vpermps(m, idx_m, d)?;
+                m
+            } else {
+                d
+            };
+            a.vpermps(d, idx_d, d)?;
+            for (x, &xr) in xp.iter().enumerate().take(r) {
+                a.vpmaddubsw(t0, lo, ymmword_ptr(xr))?;
+                a.vpmaddubsw(t1, hi, ymmword_ptr(xr + 32))?;
+                a.vpaddw(t0, t0, t1)?;
+                a.vpmaddwd(t0, t0, ones)?;
+                a.vcvtdq2ps(t0, t0)?;
+                a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
+                a.vfmadd231ps(acc(i, x), t0, t1)?;
+                a.vfmadd231ps(acc(i, x), m, ymmword_ptr(xr + 96))?;
+            }
+        }
+    }
+    for &wr in wp.iter().take(w) {
+        a.add(wr, rec)?;
+    }
+    for &xr in xp.iter().take(r) {
+        a.add(xr, xrec)?;
+    }
+    a.dec(rcx)?;
+    a.jnz(body)?;
+    a.set_label(&mut reduce)?;
+    a.mov(rdx, qword_ptr(rdi + 16))?;
+    a.mov(r8, qword_ptr(rdi + 48))?;
+    for x in 0..r {
+        for i in 0..w {
+            let (v, xv) = (acc(i, x), XMM[10 + i * r + x]);
+            a.vextractf128(XMM[8], v, 1)?;
+            a.vaddps(xv, xv, XMM[8])?;
+            a.vhaddps(xv, xv, xv)?;
+            a.vhaddps(xv, xv, xv)?;
+            a.vmovss(dword_ptr(rdx + 4 * i as i32), xv)?;
+        }
+        a.add(rdx, r8)?;
+    }
+    for reg in [r15, r14, r13, r12, rbx] {
+        a.pop(reg)?;
+    }
+    a.vzeroupper()?;
+    a.ret()?;
+    Ok(a.assemble(0)?)
+}

@@ -1,0 +1,163 @@
+//! Quantised-weight kernels against their scalar references: the GEMV on
+//! random blocks (random codes; scales that are zero, subnormal f16,
+//! ordinary and extreme), odd row and block counts, 1..=9 activation rows,
+//! 1 and 2 threads; the dequantising GEMM packer against dequantising rows.
+
+mod support;
+
+use gllm_kernels::codegen::gemm::GemmKernel;
+use gllm_kernels::codegen::quant_gemv::QuantPanels;
+use gllm_kernels::device::DeviceProfile;
+use gllm_kernels::quant::{
+    activation_quantisation_bound, dequantize_row, quantize_activation_block, row_dot, row_dot_quantized,
+    QuantFormat, QuantMatrix, ACT_BLOCK,
+};
+use half::f16;
+use support::Rng;
+
+const KERNEL_FORMATS: [QuantFormat; 3] = [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1];
+
+/// An f16 scale: mostly ordinary, sometimes zero, subnormal or extreme.
+fn scale(rng: &mut Rng) -> [u8; 2] {
+    let v = match rng.next_u64() % 16 {
+        0 => f16::ZERO,
+        1 => f16::from_bits(1 + (rng.next_u64() % 1023) as u16), // subnormal
+        2 => f16::from_f32(if rng.next_u64() % 2 == 0 { 60000.0 } else { -60000.0 }),
+        3 => f16::from_f32(rng.uniform(-1e-4, 1e-4)),
+        _ => f16::from_f32(rng.uniform(-0.05, 0.05)),
+    };
+    v.to_le_bytes()
+}
+
+/// `rows × cols` random stored bytes of `format`.
+fn random_matrix(format: QuantFormat, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let blocks = rows * cols / format.block_elems();
+    let mut out = Vec::with_capacity(blocks * format.block_bytes());
+    for _ in 0..blocks {
+        let head = match format {
+            QuantFormat::Q4_1 => 4,
+            _ => 2,
+        };
+        out.extend_from_slice(&scale(rng));
+        if head == 4 {
+            out.extend_from_slice(&scale(rng));
+        }
+        for _ in head..format.block_bytes() {
+            out.push(rng.next_u64() as u8);
+        }
+    }
+    out
+}
+
+fn activations(n: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..n)
+        .map(|i| match i % 97 {
+            0 => 0.0,
+            1 => rng.uniform(-300.0, 300.0),
+            _ => rng.uniform(-2.0, 2.0),
+        })
+        .collect()
+}
+
+fn gemv_matches_references(format: QuantFormat, rows: usize, cols: usize, m: usize, threads: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let bytes = random_matrix(format, rows, cols, &mut rng);
+    let w = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
+    let panels = QuantPanels::pack(&w).unwrap();
+    let x = activations(m * cols, &mut rng);
+    let mut y = vec![f32::NAN; m * rows];
+    panels.gemv(&x, m, &mut y, threads).unwrap();
+    for r in 0..m {
+        let xr = &x[r * cols..(r + 1) * cols];
+        let acts: Vec<_> = xr.chunks(ACT_BLOCK).map(quantize_activation_block).collect();
+        for i in 0..rows {
+            let got = f64::from(y[r * rows + i]);
+            let exact = row_dot_quantized(format, w.row(i), &acts);
+            // f32 rounding of per-block scale products and the running sums.
+            let rounding = (cols / ACT_BLOCK + 16) as f64 * 2.0 * f64::from(f32::EPSILON) * exact.magnitude
+                + f64::from(f32::MIN_POSITIVE);
+            assert!(
+                (got - exact.value).abs() <= rounding,
+                "{format} {rows}×{cols} m={m} y[{r},{i}] = {got} vs integer reference {} (bound {rounding:e})",
+                exact.value
+            );
+            // And what the weights mean: within the activation rounding.
+            let meaning = row_dot(format, w.row(i), xr);
+            let bound = activation_quantisation_bound(format, w.row(i), &acts) + rounding;
+            assert!(
+                (got - meaning).abs() <= bound * (1.0 + 1e-6),
+                "{format} y[{r},{i}] = {got} vs dequantised dot {meaning} (bound {bound:e})"
+            );
+        }
+    }
+}
+
+#[test]
+fn gemv_kernels_match_the_scalar_references() {
+    let mut seed = 1;
+    for format in KERNEL_FORMATS {
+        // Rows: 1, primes, a multiple of the 4-row step and not; blocks per
+        // row: 1 (a padded pair), odd, even, SmolLM2's 18 and 48.
+        for (rows, cols) in [(1, 32), (3, 96), (7, 64), (13, 160), (16, 576), (37, 1536), (5, 32 * 11)] {
+            for m in [1, 2, 3, 4, 5, 9] {
+                seed += 1;
+                gemv_matches_references(format, rows, cols, m, 1 + (seed as usize % 2), seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemv_handles_empty_shapes() {
+    let format = QuantFormat::Q4_1;
+    let mut rng = Rng(5);
+    let bytes = random_matrix(format, 3, 64, &mut rng);
+    let panels = QuantPanels::pack(&QuantMatrix::new(format, 3, 64, &bytes).unwrap()).unwrap();
+    panels.gemv(&[], 0, &mut [], 2).unwrap();
+    let empty = QuantPanels::pack(&QuantMatrix::new(format, 0, 64, &[]).unwrap()).unwrap();
+    empty.gemv(&[1.0; 64], 1, &mut [], 2).unwrap();
+    let mut y = [0.0; 3];
+    assert!(panels.gemv(&[1.0; 63], 1, &mut y, 1).is_err(), "a short x is an error");
+}
+
+#[test]
+fn bad_shapes_are_clear_errors() {
+    let e = QuantMatrix::new(QuantFormat::Q4_1, 2, 48, &[0; 60]).unwrap_err();
+    assert!(e.to_string().contains("not a whole number of Q4_1 blocks"), "{e}");
+    let e = QuantMatrix::new(QuantFormat::Q8_0, 2, 64, &[0; 135]).unwrap_err();
+    assert!(e.to_string().contains("takes 136 bytes, but 135"), "{e}");
+    let bytes = vec![0u8; 144];
+    let e = QuantPanels::pack(&QuantMatrix::new(QuantFormat::Q4K, 1, 256, &bytes).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("Q4_K"), "{e}");
+}
+
+#[test]
+fn dequantising_packer_feeds_the_gemm_exactly() {
+    let profile = DeviceProfile::detect().unwrap();
+    let kernel = GemmKernel::compile(&profile).unwrap();
+    let mut rng = Rng(77);
+    for format in KERNEL_FORMATS {
+        for (rows, cols) in [(1, 32), (19, 96), (40, 640)] {
+            let bytes = random_matrix(format, rows, cols, &mut rng);
+            let w = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
+            let panels = QuantPanels::pack(&w).unwrap();
+            // B = Wᵀ (cols × rows), dequantised row by row by the reference.
+            let mut b = vec![0.0f32; cols * rows];
+            let mut row = vec![0.0f32; cols];
+            for i in 0..rows {
+                dequantize_row(format, w.row(i), &mut row);
+                for (p, &v) in row.iter().enumerate() {
+                    b[p * rows + i] = v;
+                }
+            }
+            let m = 7;
+            let a = activations(m * cols, &mut rng);
+            let (mut want, mut got) = (vec![0.0; m * rows], vec![0.0; m * rows]);
+            kernel.gemm_prepacked(&a, &kernel.pack_b(&b, cols, rows).unwrap(), &mut want, m, 1).unwrap();
+            kernel.gemm_prepacked(&a, &panels.dequantize_packed(&kernel, 2), &mut got, m, 1).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{format}: {g} vs {w}");
+            }
+        }
+    }
+}
