@@ -58,11 +58,11 @@ pub struct ModelArgs {
     /// Evaluate every node with its scalar reference function (no JIT; slow).
     #[arg(long)]
     reference: bool,
-    /// Dequantise every weight to f32 at load time instead of running the
-    /// quantised kernels on Q8_0/Q4_0/Q4_1 weights as stored (for accuracy
-    /// checks; 4–8× the memory traffic).
-    #[arg(long)]
-    f32_weights: bool,
+    /// Keep Q8_0/Q4_0/Q4_1 weights as stored and run the quantised kernels
+    /// (int8 activations; 4–8× fewer bytes per token). Off by default: it
+    /// changes greedy text on SmolLM2 after a few tokens (docs/quantised.md).
+    #[arg(long, conflicts_with = "reference")]
+    quantised: bool,
     /// KV-cache positions to allocate (default 2048, at most the model's context).
     #[arg(long)]
     ctx: Option<usize>,

@@ -60,7 +60,7 @@ fn load(args: &ModelArgs) -> Result<(Model, EngineOptions)> {
     );
     bar.set_message(path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()));
     let started = Instant::now();
-    let load_opts = LoadOptions { keep_quantised: !args.f32_weights && !args.reference };
+    let load_opts = LoadOptions { keep_quantised: args.quantised };
     let model = Model::load_with(&path, &load_opts, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

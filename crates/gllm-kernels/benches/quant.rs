@@ -38,7 +38,10 @@ fn matrix(format: QuantFormat, rows: usize, cols: usize) -> Vec<u8> {
 fn main() {
     let profile = DeviceProfile::detect().expect("an AVX2 or AVX-512 CPU");
     let probe = ReadProbe::new(&profile);
-    println!("{} ({}); GEMV y = x·Wᵀ with W stored quantised, x f32 (quantised per 32 inside)\n", profile.name, profile.isa);
+    println!(
+        "{} ({}); GEMV y = x·Wᵀ with W stored quantised, x f32 (quantised per 32 inside)\n",
+        profile.name, profile.isa
+    );
     println!("| format | K×N | MiB | read probe 1 thr GB/s | GEMV 1 thr GB/s (% of probe) | read probe 2 thr GB/s | GEMV 2 thr GB/s (% of 2-thr probe) |");
     println!("|---|---|---|---|---|---|---|");
     for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
@@ -72,7 +75,16 @@ fn main() {
     println!("| M×K×N | path | 1 thr µs | 2 thr µs | 2 thr / 1 thr |");
     println!("|---|---|---|---|---|");
     let gemm = GemmKernel::compile(&profile).unwrap();
-    for (m, k, n) in [(1, 576, 192), (1, 576, 576), (1, 576, 1536), (1, 1536, 576), (4, 576, 1536), (16, 576, 576), (128, 576, 192), (512, 576, 1536)] {
+    for (m, k, n) in [
+        (1, 576, 192),
+        (1, 576, 576),
+        (1, 576, 1536),
+        (1, 1536, 576),
+        (4, 576, 1536),
+        (16, 576, 576),
+        (128, 576, 192),
+        (512, 576, 1536),
+    ] {
         let format = QuantFormat::Q4_1;
         let bytes = matrix(format, n, k);
         let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap()).unwrap();
@@ -81,17 +93,18 @@ fn main() {
         let (path, t) = if m <= 8 {
             let t = interleaved_median_times(
                 101,
-                &mut [&mut || panels.gemv(&x, m, &mut y, 1).unwrap(), &mut || panels.gemv(&x, m, &mut y2, 2).unwrap()],
+                &mut [&mut || panels.gemv(&x, m, &mut y, 1).unwrap(), &mut || {
+                    panels.gemv(&x, m, &mut y2, 2).unwrap()
+                }],
             );
             ("quantised GEMV", t)
         } else {
             let packed = panels.prefill_panels(&gemm, 2).into_owned();
             let t = interleaved_median_times(
                 15,
-                &mut [
-                    &mut || gemm.gemm_prepacked(&x, &packed, &mut y, m, 1).unwrap(),
-                    &mut || gemm.gemm_prepacked(&x, &packed, &mut y2, m, 2).unwrap(),
-                ],
+                &mut [&mut || gemm.gemm_prepacked(&x, &packed, &mut y, m, 1).unwrap(), &mut || {
+                    gemm.gemm_prepacked(&x, &packed, &mut y2, m, 2).unwrap()
+                }],
             );
             ("dequantised panels, f32 GEMM", t)
         };
@@ -102,7 +115,9 @@ fn main() {
     let panels = QuantPanels::pack(&QuantMatrix::new(QuantFormat::Q4_1, n, k, &bytes).unwrap()).unwrap();
     let t = interleaved_median_times(
         15,
-        &mut [&mut || drop(panels.dequantize_packed(&gemm, 1)), &mut || drop(panels.dequantize_packed(&gemm, 2))],
+        &mut [&mut || drop(panels.dequantize_packed(&gemm, 1)), &mut || {
+            drop(panels.dequantize_packed(&gemm, 2))
+        }],
     );
     println!(
         "\nDequantising a Q4_1 {k}×{n} weight into GEMM panels: {:.0} µs (1 thr), {:.0} µs (2 thr): {:.2} ns per weight",

@@ -417,7 +417,7 @@ fn the_planned_epilogue_runs_as_planned() {
 /// sequence bit for bit.
 #[test]
 fn planned_gemm_groups_run_as_planned() {
-    use gllm_kernels::codegen::gemm::CompiledGemmGroup;
+    use gllm_kernels::codegen::gemm::{CompiledGemmGroup, PreparedB};
     use gllm_kernels::codegen::group::CompiledGroup;
     use gllm_kernels::fusion::{fuse, FusionStrategy, ProducerPlacement};
     use gllm_kernels::graph::{CompilerGraph, CompilerOp, MatMulParams, TensorDesc};
@@ -474,7 +474,7 @@ fn planned_gemm_groups_run_as_planned() {
                         .map(|mb| {
                             let w = sem.nodes[mb.node].inputs[1];
                             let n = sem.tensors[w].desc.shape[1];
-                            kernel.pack_b(&store[&w], k, n).unwrap()
+                            PreparedB::Packed(kernel.pack_b(&store[&w], k, n).unwrap())
                         })
                         .collect();
                     let packed_refs: Vec<_> = packed.iter().collect();

@@ -59,7 +59,14 @@ fn activations(n: usize, rng: &mut Rng) -> Vec<f32> {
         .collect()
 }
 
-fn gemv_matches_references(format: QuantFormat, rows: usize, cols: usize, m: usize, threads: usize, seed: u64) {
+fn gemv_matches_references(
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+    m: usize,
+    threads: usize,
+    seed: u64,
+) {
     let mut rng = Rng(seed);
     let bytes = random_matrix(format, rows, cols, &mut rng);
     let w = QuantMatrix::new(format, rows, cols, &bytes).unwrap();

@@ -324,8 +324,11 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         weights.check(&cfg)?;
         // The scalar reference path reads f32 only.
-        let weights =
-            if opts.backend == Backend::Reference && weights.is_quantised() { Arc::new(weights.to_f32()) } else { weights };
+        let weights = if opts.backend == Backend::Reference && weights.is_quantised() {
+            Arc::new(weights.to_f32())
+        } else {
+            weights
+        };
         opts.max_context = opts.max_context.clamp(1, cfg.context_length.max(1));
         opts.prefill_chunk = opts.prefill_chunk.max(1);
         let (rope_cos, rope_sin) = rope_tables(&cfg, opts.max_context);

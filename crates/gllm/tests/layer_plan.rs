@@ -134,7 +134,7 @@ fn every_non_gemm_group_of_a_layer_compiles_and_runs() {
 /// and a plain batched matmul.
 #[test]
 fn a_decoder_layer_runs_through_the_jit() {
-    use gllm_kernels::codegen::gemm::CompiledGemmGroup;
+    use gllm_kernels::codegen::gemm::{CompiledGemmGroup, PreparedB};
     use gllm_kernels::codegen::group::CompiledGroup;
     use gllm_kernels::fusion::FusionStrategy;
     use gllm_kernels::graph::{BatchLayout, OpParams, TensorRef};
@@ -258,7 +258,9 @@ fn a_decoder_layer_runs_through_the_jit() {
                         .map(|mb| {
                             let w = sem.nodes[mb.node].inputs[1];
                             let shape = &sem.tensors[w].desc.shape;
-                            cg.member_kernel(0).unwrap().pack_b(&got[&w], shape[0], shape[1]).unwrap()
+                            PreparedB::Packed(
+                                cg.member_kernel(0).unwrap().pack_b(&got[&w], shape[0], shape[1]).unwrap(),
+                            )
                         })
                         .collect()
                 };

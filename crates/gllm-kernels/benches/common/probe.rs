@@ -60,4 +60,3 @@ impl ReadProbe {
         (self.buf.len() * 4) as f64
     }
 }
-

@@ -99,6 +99,62 @@ impl CausalAttention {
         Ok(CausalAttention { shape, scale, scores, scale_mask, softmax, pv: GemmKernel::compile(profile)? })
     }
 
+    /// One query per head (a decoding step): the scores are dot products
+    /// read straight from the caches and P·V an accumulation over cache
+    /// rows, so nothing is packed (the batched GEMMs would pack all of K and
+    /// V for one row of output); scale, mask and softmax are the same
+    /// compiled kernels as the batched path.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_step(
+        &self,
+        q: &[f32],
+        k_cache: &[f32],
+        v_cache: &[f32],
+        ctx: usize,
+        out: &mut [f32],
+        scratch: &mut AttentionScratch,
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        let s = self.shape;
+        let (d, kv_dim, group) = (s.head_dim, s.kv_dim(), s.heads / s.kv_heads);
+        scratch.mask.clear();
+        scratch.mask.resize(ctx, 0.0);
+        scratch.scores.resize(s.heads * ctx, 0.0);
+        let scores = &mut scratch.scores[..s.heads * ctx];
+        for (h, row) in scores.chunks_exact_mut(ctx).enumerate() {
+            let (qh, kv) = (&q[h * d..(h + 1) * d], (h / group) * d);
+            for (c, score) in row.iter_mut().enumerate() {
+                *score = dot(qh, &k_cache[c * kv_dim + kv..c * kv_dim + kv + d]);
+            }
+        }
+        let mask = &scratch.mask;
+        match &self.scale_mask {
+            None => self.scores.apply_epilogue(scores, s.heads, ctx, &[mask])?,
+            Some(scale_mask) => {
+                let region = RawSlice::of_mut(scores);
+                for h in 0..s.heads {
+                    let head = RawSlice { addr: region.addr + h * ctx * 4, len: ctx };
+                    // SAFETY: head h's scores are a region of `scores`,
+                    // rewritten in place element for element.
+                    unsafe { scale_mask.run_raw(&[head, RawSlice::of(mask)], &[head], 1, ctx, 1)? };
+                }
+            }
+        }
+        let all = RawSlice::of_mut(scores);
+        // SAFETY: softmax rewrites each row in place, element for element.
+        unsafe { self.softmax.run_raw(&[all], &[all], s.heads, ctx, threads)? };
+        for (h, o) in out.chunks_exact_mut(d).enumerate() {
+            let kv = (h / group) * d;
+            o.fill(0.0);
+            for (c, &p) in scores[h * ctx..(h + 1) * ctx].iter().enumerate() {
+                for (o, &v) in o.iter_mut().zip(&v_cache[c * kv_dim + kv..c * kv_dim + kv + d]) {
+                    *o += p * v;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn shape(&self) -> AttentionShape {
         self.shape
     }
@@ -147,6 +203,9 @@ impl CausalAttention {
             return Ok(());
         }
         let (k_cache, v_cache) = (&k_cache[..ctx * kv_dim], &v_cache[..ctx * kv_dim]);
+        if seq == 1 {
+            return self.decode_step(q, k_cache, v_cache, ctx, out, scratch, threads);
+        }
         let mask = &mut scratch.mask;
         mask.clear();
         for r in 0..seq {
@@ -190,4 +249,17 @@ impl CausalAttention {
         };
         self.pv.gemm_batched(scores, v_cache, out, &pv, &[], threads)
     }
+}
+
+/// `Σ aᵢ·bᵢ` in eight interleaved partial sums (vectorised by the compiler).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }

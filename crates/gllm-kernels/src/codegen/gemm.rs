@@ -13,8 +13,8 @@
 
 use super::compose::append_consumer;
 use super::loops::{LoopKernel, LoopProgram};
-use super::vasm::{Mem, Src, VecAsm, V};
 use super::quant_gemv::GEMV_MAX_ROWS;
+use super::vasm::{Mem, Src, VecAsm, V};
 use super::CodegenError;
 use crate::device::{DeviceProfile, GemmBlocking, Isa};
 use crate::fusion::pressure::scratch_registers;
@@ -1546,7 +1546,12 @@ impl CompiledGemmGroup {
     /// Which member writes each extra operand of member `i`: `(slot, j)`.
     fn extras_from_members(&self, i: usize) -> Vec<(usize, usize)> {
         let member_of = |t: crate::graph::TensorId| self.members.iter().position(|m| m.output == t);
-        self.members[i].extras.iter().enumerate().filter_map(|(slot, &t)| member_of(t).map(|j| (slot, j))).collect()
+        self.members[i]
+            .extras
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, &t)| member_of(t).map(|j| (slot, j)))
+            .collect()
     }
 
     /// Members one after another: the quantised GEMV (then the epilogue as
@@ -1616,7 +1621,8 @@ impl CompiledGemmGroup {
                 m.extras.iter().map(|&t| if member_of(t).is_some() { &[][..] } else { tensor(t) }).collect()
             })
             .collect();
-        let from: Vec<Vec<(usize, usize)>> = (0..self.members.len()).map(|i| self.extras_from_members(i)).collect();
+        let from: Vec<Vec<(usize, usize)>> =
+            (0..self.members.len()).map(|i| self.extras_from_members(i)).collect();
         let producer_inputs: Vec<&[f32]> = self
             .producer
             .as_ref()

@@ -10,9 +10,9 @@
 //! [`LayerWorkspace`] that is allocated once and reused run after run.
 
 use super::gemm::{CompiledGemmGroup, PreparedB};
-use super::quant_gemv::QuantPanels;
 use super::group::CompiledGroup;
 use super::loops::RawSlice;
+use super::quant_gemv::QuantPanels;
 use super::CodegenError;
 use crate::device::DeviceProfile;
 use crate::fusion::{self, BufferPurpose, FusionOptions, FusionPlan, FusionStrategy};
@@ -239,7 +239,9 @@ impl CompiledLayer {
     ) -> Result<(), CodegenError> {
         let missing = |name: &str| CodegenError::BadArguments(format!("weight `{name}` is missing"));
         let wrong_size = |name: &str, got: usize, want: usize| {
-            CodegenError::BadArguments(format!("weight `{name}` has {got} elements, the graph declares {want}"))
+            CodegenError::BadArguments(format!(
+                "weight `{name}` has {got} elements, the graph declares {want}"
+            ))
         };
         for (id, name) in &self.plain_weights {
             if prepared.plain.contains_key(name) {

@@ -113,7 +113,8 @@ impl QuantPanels {
         let fill = |part: usize| -> Result<(), CodegenError> {
             for r in part * per..((part + 1) * per).min(m.rows()) {
                 // SAFETY: rows own disjoint `row_bytes` ranges of `data`.
-                let out = unsafe { std::slice::from_raw_parts_mut((base + r * row_bytes) as *mut u8, row_bytes) };
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut((base + r * row_bytes) as *mut u8, row_bytes) };
                 for (b, block) in m.row(r).chunks_exact(bb).enumerate() {
                     let (p, half) = (b / 2, b % 2);
                     let rec = &mut out[p * rec..(p + 1) * rec];
@@ -252,7 +253,9 @@ impl QuantPanels {
     /// Dequantises into the f32 GEMM's packed panels for `kernel`'s blocking
     /// (parallel over panels): prompt processing amortises this over its rows.
     pub fn dequantize_packed(&self, kernel: &GemmKernel, threads: usize) -> PackedB {
-        kernel.pack_b_lines(self.cols, self.rows, threads, &|r0, count, out| self.dequantize_rows(r0, count, out))
+        kernel.pack_b_lines(self.cols, self.rows, threads, &|r0, count, out| {
+            self.dequantize_rows(r0, count, out)
+        })
     }
 
     /// The f32 panels for prompt processing: made on first use and kept
@@ -422,12 +425,10 @@ fn host_has_avx2() -> bool {
         && std::arch::is_x86_feature_detected!("f16c")
 }
 
-const YMM: [AsmRegisterYmm; 16] = [
-    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15,
-];
-const XMM: [AsmRegisterXmm; 16] = [
-    xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15,
-];
+const YMM: [AsmRegisterYmm; 16] =
+    [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+const XMM: [AsmRegisterXmm; 16] =
+    [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
 
 /// Generates the kernel for `w` weight rows × `r` activation rows.
 ///

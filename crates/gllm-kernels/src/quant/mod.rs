@@ -146,7 +146,7 @@ impl<'a> QuantMatrix<'a> {
             cols,
             block: format.block_elems(),
         })?;
-        let expected = row.checked_mul(rows).unwrap_or(usize::MAX);
+        let expected = row.saturating_mul(rows);
         if expected != bytes.len() {
             return Err(QuantError::WrongByteCount { format, rows, cols, expected, actual: bytes.len() });
         }
