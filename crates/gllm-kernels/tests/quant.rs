@@ -125,6 +125,19 @@ fn gemv_handles_empty_shapes() {
     empty.gemv(&[1.0; 64], 1, &mut [], 2).unwrap();
     let mut y = [0.0; 3];
     assert!(panels.gemv(&[1.0; 63], 1, &mut y, 1).is_err(), "a short x is an error");
+    // Activations quantised for one format are refused by another's kernel
+    // (the record layouts differ), and serve a second same-format matrix.
+    let q8 = random_matrix(QuantFormat::Q8_0, 3, 64, &mut rng);
+    let q8 = QuantPanels::pack(&QuantMatrix::new(QuantFormat::Q8_0, 3, 64, &q8).unwrap()).unwrap();
+    let x = activations(64, &mut rng);
+    let e = panels.gemv_quantized(&q8.quantize(&x, 1).unwrap(), &mut y, 1).unwrap_err();
+    assert!(e.to_string().contains("Q8_0") && e.to_string().contains("Q4_1"), "{e}");
+    let other = random_matrix(format, 3, 64, &mut rng);
+    let other = QuantPanels::pack(&QuantMatrix::new(format, 3, 64, &other).unwrap()).unwrap();
+    let (mut shared, mut own) = ([0.0; 3], [0.0; 3]);
+    other.gemv_quantized(&panels.quantize(&x, 1).unwrap(), &mut shared, 1).unwrap();
+    other.gemv(&x, 1, &mut own, 1).unwrap();
+    assert_eq!(shared, own);
 }
 
 #[test]

@@ -59,11 +59,7 @@ impl QuantTensor {
 
     /// Dequantised, in the graphs' layout.
     pub fn to_f32(&self) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.rows * self.cols];
-        let m = self.matrix();
-        for (r, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
-            m.dequantize_row(r, row);
-        }
+        let out = self.matrix().dequantize();
         if self.transposed {
             transpose(&out, self.rows, self.cols)
         } else {

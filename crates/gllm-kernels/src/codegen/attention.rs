@@ -130,15 +130,7 @@ impl CausalAttention {
         let mask = &scratch.mask;
         match &self.scale_mask {
             None => self.scores.apply_epilogue(scores, s.heads, ctx, &[mask])?,
-            Some(scale_mask) => {
-                let region = RawSlice::of_mut(scores);
-                for h in 0..s.heads {
-                    let head = RawSlice { addr: region.addr + h * ctx * 4, len: ctx };
-                    // SAFETY: head h's scores are a region of `scores`,
-                    // rewritten in place element for element.
-                    unsafe { scale_mask.run_raw(&[head, RawSlice::of(mask)], &[head], 1, ctx, 1)? };
-                }
-            }
+            Some(scale_mask) => scale_and_mask_per_head(scale_mask, scores, s.heads, 1, ctx, mask)?,
         }
         let all = RawSlice::of_mut(scores);
         // SAFETY: softmax rewrites each row in place, element for element.
@@ -227,13 +219,7 @@ impl CausalAttention {
             None => self.scores.gemm_batched(q, k_cache, scores, &qk, &[mask], threads)?,
             Some(scale_mask) => {
                 self.scores.gemm_batched(q, k_cache, scores, &qk, &[], threads)?;
-                let region = RawSlice::of_mut(scores);
-                for h in 0..s.heads {
-                    let head = RawSlice { addr: region.addr + h * seq * ctx * 4, len: seq * ctx };
-                    // SAFETY: head h's scores are a region of `scores`,
-                    // computed in place (element for element).
-                    unsafe { scale_mask.run_raw(&[head, RawSlice::of(mask)], &[head], seq, ctx, 1)? };
-                }
+                scale_and_mask_per_head(scale_mask, scores, s.heads, seq, ctx, mask)?;
             }
         }
         let all = RawSlice::of_mut(scores);
@@ -249,6 +235,34 @@ impl CausalAttention {
         };
         self.pv.gemm_batched(scores, v_cache, out, &pv, &[], threads)
     }
+}
+
+/// The composed `·scale + mask` loop kernel (used when the scores GEMM had
+/// no registers for it as an epilogue) over each head's `rows × ctx` scores,
+/// in place, with the same `rows × ctx` mask for every head.
+fn scale_and_mask_per_head(
+    kernel: &LoopKernel,
+    scores: &mut [f32],
+    heads: usize,
+    rows: usize,
+    ctx: usize,
+    mask: &[f32],
+) -> Result<(), CodegenError> {
+    if scores.len() < heads * rows * ctx || mask.len() < rows * ctx {
+        return Err(CodegenError::BadArguments(format!(
+            "{} scores and a mask of {} for {heads} heads of {rows}×{ctx}",
+            scores.len(),
+            mask.len()
+        )));
+    }
+    let region = RawSlice::of_mut(scores);
+    for h in 0..heads {
+        let head = RawSlice { addr: region.addr + h * rows * ctx * 4, len: rows * ctx };
+        // SAFETY: head h's scores are a region of `scores` (heads·rows·ctx
+        // elements), rewritten in place element for element.
+        unsafe { kernel.run_raw(&[head, RawSlice::of(mask)], &[head], rows, ctx, 1)? };
+    }
+    Ok(())
 }
 
 /// `Σ aᵢ·bᵢ` in eight interleaved partial sums (vectorised by the compiler).

@@ -1510,36 +1510,21 @@ impl CompiledGemmGroup {
                 )));
             }
         }
-        if weights.iter().any(|w| matches!(w, PreparedB::Quant(_))) {
-            if self.m <= GEMV_MAX_ROWS {
-                return self.run_quant_gemv(tensor, weights, outputs);
-            }
-            let kernel = &self.members[0].gemm;
-            let threads = rayon::current_num_threads().max(self.threads);
-            let dequantised: Vec<std::borrow::Cow<'_, PackedB>> = weights
-                .iter()
-                .filter_map(|w| match w {
-                    PreparedB::Quant(q) => Some(q.prefill_panels(kernel, threads)),
-                    PreparedB::Packed(_) => None,
-                })
-                .collect();
-            let mut next = dequantised.iter();
-            let packed: Vec<&PackedB> = weights
-                .iter()
-                .map(|w| match w {
-                    PreparedB::Packed(p) => p,
-                    PreparedB::Quant(_) => next.next().expect("one dequantised copy per quantised weight"),
-                })
-                .collect();
-            return self.run_packed(tensor, &packed, outputs);
+        let quantised = weights.iter().any(|w| matches!(w, PreparedB::Quant(_)));
+        if quantised && self.m <= GEMV_MAX_ROWS {
+            return self.run_quant_gemv(tensor, weights, outputs);
         }
-        let packed: Vec<&PackedB> = weights
+        // Prompt processing: quantised weights as dequantised f32 panels.
+        let threads = rayon::current_num_threads().max(self.threads);
+        let kernel = &self.members[0].gemm;
+        let panels: Vec<std::borrow::Cow<'_, PackedB>> = weights
             .iter()
             .map(|w| match w {
-                PreparedB::Packed(p) => p,
-                PreparedB::Quant(_) => unreachable!("no quantised weights on this path"),
+                PreparedB::Packed(p) => std::borrow::Cow::Borrowed(p),
+                PreparedB::Quant(q) => q.prefill_panels(kernel, threads),
             })
             .collect();
+        let packed: Vec<&PackedB> = panels.iter().map(|p| &**p).collect();
         self.run_packed(tensor, &packed, outputs)
     }
 
@@ -1578,6 +1563,8 @@ impl CompiledGemmGroup {
             None => source,
         };
         check_len("A", a.len(), m * k)?;
+        // Members share A: quantise it once per weight format.
+        let mut quantised: Vec<super::quant_gemv::QuantActivations> = Vec::new();
         for (i, member) in self.members.iter().enumerate() {
             let from = self.extras_from_members(i);
             let (done, rest) = outputs.split_at_mut(i);
@@ -1597,7 +1584,14 @@ impl CompiledGemmGroup {
             match weights[i] {
                 PreparedB::Packed(b) => member.gemm.gemm_prepacked_with(a, b, c, m, &extras, self.threads)?,
                 PreparedB::Quant(q) => {
-                    q.gemv(a, m, c, self.threads)?;
+                    let acts = match quantised.iter().position(|x| x.format() == q.format()) {
+                        Some(j) => &quantised[j],
+                        None => {
+                            quantised.push(q.quantize(a, m)?);
+                            quantised.last().expect("just pushed")
+                        }
+                    };
+                    q.gemv_quantized(acts, c, self.threads)?;
                     member.gemm.apply_epilogue(c, m, q.rows(), &extras)?;
                 }
             }

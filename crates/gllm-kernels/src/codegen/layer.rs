@@ -249,13 +249,7 @@ impl CompiledLayer {
             }
             let data = match weight(name).ok_or_else(|| missing(name))? {
                 WeightData::F32(d) => d.to_vec(),
-                WeightData::Quant(q) => {
-                    let mut out = vec![0.0f32; q.rows() * q.cols()];
-                    for (r, row) in out.chunks_exact_mut(q.cols().max(1)).enumerate() {
-                        q.dequantize_row(r, row);
-                    }
-                    out
-                }
+                WeightData::Quant(q) => q.dequantize(),
             };
             if data.len() != self.numel[*id] {
                 return Err(wrong_size(name, data.len(), self.numel[*id]));
@@ -290,9 +284,7 @@ impl CompiledLayer {
                     } else {
                         let threads = rayon::current_num_threads();
                         PreparedB::Packed(kernel.pack_b_lines(*k, *n, threads, &|r0, count, out| {
-                            for (i, row) in out.chunks_exact_mut((*k).max(1)).take(count).enumerate() {
-                                q.dequantize_row(r0 + i, row);
-                            }
+                            q.dequantize_rows(r0, count, out)
                         }))
                     }
                 }

@@ -197,16 +197,41 @@ impl QuantPanels {
     /// `y[m × rows] = x[m × cols] · Wᵀ` with the GEMV kernel (any `m`; meant
     /// for `m ≤` [`GEMV_MAX_ROWS`]). Rows of W are split across `threads`.
     pub fn gemv(&self, x: &[f32], m: usize, y: &mut [f32], threads: usize) -> Result<(), CodegenError> {
+        let acts = self.quantize(x, m)?;
+        self.gemv_quantized(&acts, y, threads)
+    }
+
+    /// `x` (`m` rows of `cols`) as this matrix's kernels read activations;
+    /// one result serves every matrix of the same format and `cols` (e.g.
+    /// the Q, K and V projections of one input).
+    pub fn quantize(&self, x: &[f32], m: usize) -> Result<QuantActivations, CodegenError> {
         check("x", x.len(), m * self.cols)?;
+        let x_stride = self.pairs * act_record_bytes(self.format);
+        let mut data = vec![0u8; m * x_stride];
+        for (xr, out) in x.chunks_exact(self.cols.max(1)).zip(data.chunks_exact_mut(x_stride.max(1))) {
+            quantize_activations(self.format, xr, out);
+        }
+        Ok(QuantActivations { format: self.format, cols: self.cols, m, x_stride, data })
+    }
+
+    /// [`QuantPanels::gemv`] on activations quantised by
+    /// [`QuantPanels::quantize`] (of this or a same-format, same-`cols` matrix).
+    pub fn gemv_quantized(
+        &self,
+        acts: &QuantActivations,
+        y: &mut [f32],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        if (acts.format, acts.cols) != (self.format, self.cols) {
+            return Err(CodegenError::BadArguments(format!(
+                "activations quantised for {} rows of {} reach a {} matrix with rows of {}",
+                acts.format, acts.cols, self.format, self.cols
+            )));
+        }
+        let (m, x_stride, acts) = (acts.m, acts.x_stride, &acts.data);
         check("y", y.len(), m * self.rows)?;
         if m == 0 || self.rows == 0 {
             return Ok(());
-        }
-        let xrec = act_record_bytes(self.format);
-        let x_stride = self.pairs * xrec;
-        let mut acts = vec![0u8; m * x_stride];
-        for (xr, out) in x.chunks_exact(self.cols.max(1)).zip(acts.chunks_exact_mut(x_stride.max(1))) {
-            quantize_activations(self.format, xr, out);
         }
         if self.cols == 0 {
             y.fill(0.0);
@@ -286,6 +311,25 @@ impl QuantPanels {
             PANEL_CACHE_USED.fetch_sub(size, Ordering::AcqRel);
         }
         std::borrow::Cow::Owned(packed)
+    }
+}
+
+/// Activation rows quantised per block of 32 in the kernels' record layout
+/// for one weight format (see [`quantize_activations`]).
+#[derive(Debug, Clone)]
+pub struct QuantActivations {
+    format: QuantFormat,
+    cols: usize,
+    m: usize,
+    /// Bytes between rows.
+    x_stride: usize,
+    data: Vec<u8>,
+}
+
+impl QuantActivations {
+    /// The weight format these records are laid out for.
+    pub fn format(&self) -> QuantFormat {
+        self.format
     }
 }
 

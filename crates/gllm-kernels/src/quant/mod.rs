@@ -173,13 +173,30 @@ impl<'a> QuantMatrix<'a> {
 
     /// The stored bytes of row `r`.
     pub fn row(&self, r: usize) -> &'a [u8] {
-        let len = self.bytes.len() / self.rows.max(1);
+        let len = self.row_bytes();
         &self.bytes[r * len..(r + 1) * len]
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.bytes.len() / self.rows.max(1)
     }
 
     /// Row `r` as f32 into `out` (`cols` elements).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        dequantize_row(self.format, self.row(r), out);
+        self.dequantize_rows(r, 1, out);
+    }
+
+    /// Rows `r0..r0 + count` as f32 into `out` (`count × cols`, row-major).
+    pub fn dequantize_rows(&self, r0: usize, count: usize, out: &mut [f32]) {
+        let len = self.row_bytes();
+        dequantize_row(self.format, &self.bytes[r0 * len..(r0 + count) * len], out);
+    }
+
+    /// The whole matrix as f32 (`rows × cols`, row-major).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        self.dequantize_rows(0, self.rows, &mut out);
+        out
     }
 }
 

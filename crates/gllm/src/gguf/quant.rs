@@ -139,8 +139,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: u64) -> Result<Vec<f32
 
 /// Whether [`dequantize`] supports `ty`.
 pub fn can_dequantize(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(ty, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q6_K)
+    ty == GgmlType::F32 || ty.quant_format().is_some()
 }
 
 /// Quantises `values` (a whole number of blocks) into type `ty`, as ggml's
