@@ -187,11 +187,17 @@ impl ModelWeights {
 
     /// Bytes the weights occupy as held.
     pub fn size_bytes(&self) -> usize {
+        // A tied head shares its embedding's bytes: count them once.
+        let mut shared: Vec<*const Vec<u8>> = Vec::new();
         self.tensors
             .values()
             .map(|t| match t {
                 Tensor::F32(v) => v.len() * 4,
-                Tensor::Quant(q) => q.bytes.len(),
+                Tensor::Quant(q) if shared.contains(&Arc::as_ptr(&q.bytes)) => 0,
+                Tensor::Quant(q) => {
+                    shared.push(Arc::as_ptr(&q.bytes));
+                    q.bytes.len()
+                }
             })
             .sum()
     }

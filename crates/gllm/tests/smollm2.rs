@@ -248,8 +248,12 @@ fn quantised_kernels_track_the_f32_path() {
     // prompts. This is the envelope measured when the path landed (it is
     // opt-in because of it); a wrong layout or scale would be far outside.
     const TOL: f32 = 2.0;
+    // Kept as stored: exactly the file's tensor bytes (the tied head shares
+    // the embedding's).
+    let qm = quantised_model();
+    assert_eq!(qm.weights.size_bytes() as u64, qm.info.file_bytes);
     let mut f32_engine = engine(Backend::Jit, true, None);
-    let mut q_engine = engine_for(quantised_model(), Backend::Jit, true, None);
+    let mut q_engine = engine_for(qm, Backend::Jit, true, None);
     for p in prompts() {
         let (head, last) = p.ids.split_at(p.ids.len() - 1);
         let decode_logits = |e: &mut Engine| {
