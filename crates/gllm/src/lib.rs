@@ -6,6 +6,7 @@
 pub mod builtin;
 pub mod config;
 pub mod engine;
+mod file_map;
 pub mod fused;
 pub mod generate;
 pub mod gguf;

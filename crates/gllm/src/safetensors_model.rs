@@ -15,7 +15,6 @@ use safetensors::tensor::SafeTensors;
 pub use safetensors::tensor::{Dtype, SafeTensorError};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The single-file weights name in a model directory.
@@ -165,13 +164,7 @@ impl SafetensorsFile {
         let path = path.as_ref();
         let source_name = path.display().to_string();
         let io = |source| SafetensorsError::Io { file: source_name.clone(), source };
-        let file = File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only and lives as long as this value. If
-        // another process truncates or rewrites the file while it is mapped,
-        // reads may see new bytes or fault (SIGBUS); model files are not
-        // modified in place while loaded, and like every mmap-based loader we
-        // accept that hazard.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let map = crate::file_map::map_read_only(path).map_err(io)?;
         SafetensorsFile::new(source_name, Storage::Mapped(map))
     }
 

@@ -7,7 +7,6 @@ use super::quant::{self, QuantError};
 use super::reader::{parse_header, Header};
 use super::tensor_info::TensorInfo;
 use memmap2::Mmap;
-use std::fs::File;
 use std::path::Path;
 
 /// Where the file's bytes live.
@@ -70,13 +69,7 @@ impl GgufFile {
         let path = path.as_ref();
         let source_name = path.display().to_string();
         let io = |source| GgufError::Io { file: source_name.clone(), source };
-        let file = File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only and lives as long as this GgufFile. The
-        // one hazard of file maps remains: if another process truncates or
-        // rewrites the file while it is mapped, reads may see the new bytes or
-        // fault (SIGBUS). Model files are not modified in place while loaded;
-        // like every mmap-based model loader we accept that hazard.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let map = crate::file_map::map_read_only(path).map_err(io)?;
         let header = parse_header(&source_name, &map)?;
         Ok(GgufFile { source_name, storage: Storage::Mapped(map), header })
     }
