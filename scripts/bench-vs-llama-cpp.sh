@@ -10,7 +10,7 @@
 # See docs/peer-benchmark.md.
 #
 # usage: scripts/bench-vs-llama-cpp.sh [--model FILE] [-p 128,512] [-n 128]
-#                                      [-t 1,2] [-r 5] [--build-only | --skip-build]
+#                                      [-t 1,2] [-r 5] [--quantised] [--build-only | --skip-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -39,6 +39,7 @@ threads=1,2
 reps=5
 build_only=0
 skip_build=0
+quantised=0
 
 usage() { sed -n '12,13p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench-vs-llama-cpp: $*" >&2; exit 1; }
@@ -52,6 +53,7 @@ while [[ $# -gt 0 ]]; do
         -n|--n-gen) need_arg "$@"; gen=$2; shift 2 ;;
         -t|--threads) need_arg "$@"; threads=$2; shift 2 ;;
         -r|--repetitions) need_arg "$@"; reps=$2; shift 2 ;;
+        --quantised) quantised=1; shift ;;
         --build-only) build_only=1; shift ;;
         --skip-build) skip_build=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -220,12 +222,21 @@ set -o pipefail
 say "gllm: cargo run --release -p gllm-cli -- bench --model $model -p $prompts -n $gen -T $threads -r $reps"
 cargo run --release --quiet -p gllm-cli -- bench --model "$model" -p "$prompts" -n "$gen" -T "$threads" -r "$reps" >"$out/gllm.md" \
     || die "gllm bench failed"
+variants=("gllm=$out/gllm.md")
+if [[ $quantised == 1 ]]; then
+    say "gllm --quantised: the same, with Q8_0/Q4_x weights read as stored"
+    cargo run --release --quiet -p gllm-cli -- bench --model "$model" -p "$prompts" -n "$gen" -T "$threads" -r "$reps" \
+        --quantised >"$out/gllm-q.md" || die "gllm bench --quantised failed"
+    variants+=("gllm --quantised=$out/gllm-q.md")
+fi
 
 echo
-python3 - "$out/llama.json" "$out/gllm.md" "$(nproc)" "$cpu" "${avx512:-no}" <<'PY'
+python3 - "$out/llama.json" "$(nproc)" "$cpu" "${avx512:-no}" "${variants[@]}" <<'PY'
 import json, math, sys
 
-llama_path, gllm_path, nproc, cpu, avx512 = sys.argv[1:]
+llama_path, nproc, cpu, avx512 = sys.argv[1:5]
+# (label, path) of each gllm run: the default, and `--quantised` if asked.
+variants = [v.split("=", 1) for v in sys.argv[5:]]
 
 def test_name(r):
     p, n = r["n_prompt"], r["n_gen"]
@@ -257,41 +268,53 @@ for r in llama:
 table(["model", "size", "params", "backend", "threads", "test", "t/s"], lrows)
 print()
 
-# gllm, as printed by `gllm bench`.
-print("gllm:")
-print()
-gres, gorder = {}, []
-for line in open(gllm_path):
-    print(line, end="")
-    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if len(cells) != 6 or not line.startswith("|") or cells[0] == "model" or cells[0].startswith("-"):
-        continue
-    _, _, _, threads, test, ts = cells
-    m, _, s = ts.partition("±")
-    key = (test, int(threads))
-    gres[key] = (float(m), float(s or 0))
-    gorder.append(key)
-print()
+# gllm, as printed by `gllm bench`, once per variant.
+results = []
+gorder = []
+for label, path in variants:
+    print(f"{label}:")
+    print()
+    gres = {}
+    for line in open(path):
+        print(line, end="")
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 6 or not line.startswith("|") or cells[0] == "model" or cells[0].startswith("-"):
+            continue
+        _, _, _, threads, test, ts = cells
+        m, _, s = ts.partition("±")
+        key = (test, int(threads))
+        gres[key] = (float(m), float(s or 0))
+        gorder.append(key)
+    results.append((label, gres))
+    print()
 
 # Combined: one row per (test, threads) that either side ran.
-keys = list(lres) + [k for k in gorder if k not in lres]
+keys = list(dict.fromkeys(list(lres) + gorder))
 order = {t: i for i, t in enumerate(dict.fromkeys([k[0] for k in keys]))}
 keys.sort(key=lambda k: (k[1], order[k[0]]))
+
+def ratio(g, l):
+    if not (l and g and l[0] > 0 and g[0] > 0):
+        return "—"
+    q = g[0] / l[0]
+    # Relative spreads of the two means, added in quadrature.
+    dq = q * math.hypot(l[1] / l[0], g[1] / g[0])
+    return f"{q:.2f}× ± {dq:.2f}"
+
 rows = []
 fmt = lambda v: f"{v[0]:.2f} ± {v[1]:.2f}" if v else "—"
 for k in keys:
-    l, g = lres.get(k), gres.get(k)
-    if l and g and l[0] > 0 and g[0] > 0:
-        q = g[0] / l[0]
-        # Relative spreads of the two means, added in quadrature.
-        dq = q * math.hypot(l[1] / l[0], g[1] / g[0])
-        ratio = f"{q:.2f}× ± {dq:.2f}"
-    else:
-        ratio = "—"
-    rows.append([k[0], str(k[1]), fmt(l), fmt(g), ratio])
+    l = lres.get(k)
+    row = [k[0], str(k[1]), fmt(l)]
+    for _, gres in results:
+        row += [fmt(gres.get(k)), ratio(gres.get(k), l)]
+    rows.append(row)
 print("combined (t/s as mean ± std over the repetitions; ratio > 1: gllm is faster):")
 print()
-table(["test", "threads", "llama.cpp t/s", "gllm t/s", "gllm / llama.cpp"], rows)
+header = ["test", "threads", "llama.cpp t/s"]
+for label, _ in results:
+    header += [f"{label} t/s", f"{label} / llama.cpp"]
+table(header, rows)
 print()
 print(f"Both engines ran in this one invocation, one after the other, on the same machine "
       f"(nproc={nproc}, CPU: {cpu or 'unknown'}, AVX-512: {'yes' if avx512 != 'no' else 'no'}),")
