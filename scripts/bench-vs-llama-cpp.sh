@@ -10,7 +10,7 @@
 # See docs/peer-benchmark.md.
 #
 # usage: scripts/bench-vs-llama-cpp.sh [--model FILE] [-p 128,512] [-n 128]
-#                                      [-t 1,2] [-r 5] [--quantised] [--build-only | --skip-build]
+#                                      [-t 1,2] [-r 5] [--f32-weights] [--build-only | --skip-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -39,7 +39,7 @@ threads=1,2
 reps=5
 build_only=0
 skip_build=0
-quantised=0
+f32_weights=0
 
 usage() { sed -n '12,13p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench-vs-llama-cpp: $*" >&2; exit 1; }
@@ -53,7 +53,7 @@ while [[ $# -gt 0 ]]; do
         -n|--n-gen) need_arg "$@"; gen=$2; shift 2 ;;
         -t|--threads) need_arg "$@"; threads=$2; shift 2 ;;
         -r|--repetitions) need_arg "$@"; reps=$2; shift 2 ;;
-        --quantised) quantised=1; shift ;;
+        --f32-weights) f32_weights=1; shift ;;
         --build-only) build_only=1; shift ;;
         --skip-build) skip_build=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -223,11 +223,11 @@ say "gllm: cargo run --release -p gllm-cli -- bench --model $model -p $prompts -
 cargo run --release --quiet -p gllm-cli -- bench --model "$model" -p "$prompts" -n "$gen" -T "$threads" -r "$reps" >"$out/gllm.md" \
     || die "gllm bench failed"
 variants=("gllm=$out/gllm.md")
-if [[ $quantised == 1 ]]; then
-    say "gllm --quantised: the same, with Q8_0/Q4_x weights read as stored"
+if [[ $f32_weights == 1 ]]; then
+    say "gllm --f32-weights: the same, with every weight dequantised to f32 at load"
     cargo run --release --quiet -p gllm-cli -- bench --model "$model" -p "$prompts" -n "$gen" -T "$threads" -r "$reps" \
-        --quantised >"$out/gllm-q.md" || die "gllm bench --quantised failed"
-    variants+=("gllm --quantised=$out/gllm-q.md")
+        --f32-weights >"$out/gllm-f32.md" || die "gllm bench --f32-weights failed"
+    variants+=("gllm --f32-weights=$out/gllm-f32.md")
 fi
 
 echo
@@ -235,7 +235,7 @@ python3 - "$out/llama.json" "$(nproc)" "$cpu" "${avx512:-no}" "${variants[@]}" <
 import json, math, sys
 
 llama_path, nproc, cpu, avx512 = sys.argv[1:5]
-# (label, path) of each gllm run: the default, and `--quantised` if asked.
+# (label, path) of each gllm run: the default, and `--f32-weights` if asked.
 variants = [v.split("=", 1) for v in sys.argv[5:]]
 
 def test_name(r):

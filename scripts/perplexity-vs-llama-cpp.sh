@@ -7,7 +7,10 @@
 # comes from scripts/bench-vs-llama-cpp.sh's cached build (run that with
 # --build-only first).
 #
-# usage: scripts/perplexity-vs-llama-cpp.sh [--model FILE] [-c 512] [--chunks N] [-t THREADS]
+# --decode and --f32-weights are passed to `gllm perplexity` (score token by token
+# through the decode path; dequantise every weight to f32).
+#
+# usage: scripts/perplexity-vs-llama-cpp.sh [--model FILE] [-c 512] [--chunks N] [-t THREADS] [--decode] [--f32-weights]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,13 +18,15 @@ model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 ctx=512
 chunks=
 threads=$(nproc)
+gllm_flags=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --model|-m) model=$2; shift 2 ;;
         -c|--ctx-size) ctx=$2; shift 2 ;;
         --chunks) chunks=$2; shift 2 ;;
         -t|--threads) threads=$2; shift 2 ;;
-        *) echo "usage: $0 [--model FILE] [-c 512] [--chunks N] [-t THREADS]" >&2; exit 2 ;;
+        --decode|--f32-weights) gllm_flags+=("$1"); shift ;;
+        *) echo "usage: $0 [--model FILE] [-c 512] [--chunks N] [-t THREADS] [--decode] [--f32-weights]" >&2; exit 2 ;;
     esac
 done
 [[ $model == models/SmolLM2-135M-Instruct.Q4_1.gguf ]] && bash scripts/fetch-smollm2.sh
@@ -43,8 +48,8 @@ echo "==> llama.cpp: $perp"
 "$perp" -m "$model" -f "$text" -c "$ctx" -t "$threads" ${chunks:+--chunks "$chunks"} 2>&1 | tee .cache/perplexity/llama.log \
     | grep -E "Final estimate|tokenizing|perplexity: calculating" || true
 cargo build --release -q -p gllm-cli
-echo "==> gllm"
-./target/release/gllm perplexity --model "$model" -f "$text" -c "$ctx" -t "$threads" "${chunk_args[@]}" 2>&1 \
+echo "==> gllm ${gllm_flags[*]-}"
+./target/release/gllm perplexity --model "$model" -f "$text" -c "$ctx" -t "$threads" "${chunk_args[@]}" ${gllm_flags[@]+"${gllm_flags[@]}"} 2>&1 \
     | tee .cache/perplexity/gllm.log | grep -E "^perplexity|tokenised"
 llama=$(grep -oE "Final estimate: PPL = [0-9.]+" .cache/perplexity/llama.log | grep -oE "[0-9.]+$" || true)
 ours=$(grep -oE "^perplexity [0-9.]+" .cache/perplexity/gllm.log | grep -oE "[0-9.]+$" || true)

@@ -58,11 +58,12 @@ pub struct ModelArgs {
     /// Evaluate every node with its scalar reference function (no JIT; slow).
     #[arg(long)]
     reference: bool,
-    /// Keep Q8_0/Q4_0/Q4_1 weights as stored and run the quantised kernels
-    /// (int8 activations; 4–8× fewer bytes per token). Off by default: it
-    /// changes greedy text on SmolLM2 after a few tokens (docs/quantised.md).
-    #[arg(long, conflicts_with = "reference")]
-    quantised: bool,
+    /// Dequantise every weight to f32 at load: exact arithmetic on the
+    /// file's values (the accuracy baseline), 4–8× the bytes per token. By
+    /// default Q8_0/Q4_0/Q4_1 weights are read as stored, with int8
+    /// activations as llama.cpp uses (docs/quantised.md).
+    #[arg(long)]
+    f32_weights: bool,
     /// KV-cache positions to allocate (default 2048, at most the model's context).
     #[arg(long)]
     ctx: Option<usize>,
@@ -163,6 +164,11 @@ pub struct PerplexityArgs {
     /// Score at most this many chunks.
     #[arg(long)]
     chunks: Option<usize>,
+    /// Feed each chunk one token at a time through the decode path that
+    /// generation uses (GEMVs and the KV cache) instead of as one prompt;
+    /// slower, and the check on the decode kernels' accuracy.
+    #[arg(long)]
+    decode: bool,
 }
 
 #[derive(Args)]

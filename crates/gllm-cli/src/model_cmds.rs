@@ -4,7 +4,8 @@ use crate::{BenchArgs, ChatArgs, ModelArgs, PerplexityArgs, RunArgs, SamplingArg
 use anyhow::{bail, Context, Result};
 use gllm::engine::{Backend, Engine, EngineOptions};
 use gllm::generate::{generate, generate_from, GenerationStats, StopReason};
-use gllm::model::{LoadOptions, Model};
+use gllm::model::{LoadOptions, Model, WeightStorage};
+use gllm::perplexity::Scoring;
 use gllm::sampling::{Sampler, SamplingParams};
 use gllm::{layer_graph, ChatMessage};
 use gllm_kernels::fusion::FusionOptions;
@@ -60,7 +61,8 @@ fn load(args: &ModelArgs) -> Result<(Model, EngineOptions)> {
     );
     bar.set_message(path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()));
     let started = Instant::now();
-    let load_opts = LoadOptions { keep_quantised: args.quantised };
+    let weights = if args.f32_weights { WeightStorage::F32 } else { WeightStorage::AsStored };
+    let load_opts = LoadOptions { weights };
     let model = Model::load_with(&path, &load_opts, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -445,18 +447,21 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
     );
     let bos = if tok.add_bos() { tok.bos() } else { None };
     let t0 = Instant::now();
-    let result = gllm::perplexity::perplexity(&mut e, &tokens, args.ctx_size, bos, args.chunks, &mut |p| {
-        bar.set_position(p.chunk as u64);
-        bar.set_message(format!("PPL {:.4}", p.perplexity));
-    })?;
+    let scoring = if args.decode { Scoring::Decode } else { Scoring::Prompt };
+    let result =
+        gllm::perplexity::perplexity(&mut e, &tokens, args.ctx_size, bos, args.chunks, scoring, &mut |p| {
+            bar.set_position(p.chunk as u64);
+            bar.set_message(format!("PPL {:.4}", p.perplexity));
+        })?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "perplexity {:.4} over {} chunks of {} tokens ({} tokens scored) in {:.1} s ({:.0} tokens/s)",
+        "perplexity {:.4} over {} chunks of {} tokens ({} tokens scored{}) in {:.1} s ({:.0} tokens/s)",
         result.perplexity,
         result.chunks,
         args.ctx_size,
         result.scored_tokens,
+        if args.decode { ", token by token" } else { "" },
         secs,
         (result.chunks * args.ctx_size) as f64 / secs
     );

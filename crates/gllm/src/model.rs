@@ -8,8 +8,10 @@
 //!
 //! Every tensor is checked (presence, shape) against the configuration in
 //! one table before anything is converted, and every error names the file
-//! and the tensor or key. Weights are dequantised to f32 here (in parallel);
-//! projections are transposed to `[in, out]`.
+//! and the tensor or key. Weights in a format the JIT reads directly stay in
+//! their blocks (as `[out, in]` rows) unless [`WeightStorage::F32`] is asked
+//! for; the rest are dequantised to f32 here (in parallel), projections
+//! transposed to `[in, out]`.
 //!
 //! RoPE layouts: GGUF's converter permutes the rows of each head of Q and K
 //! so that rotating adjacent pairs (2i, 2i+1) is right for the stored
@@ -84,12 +86,23 @@ pub struct Model {
 /// How to load a model's weights.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Keep weights in the quantised formats the JIT reads as stored (Q8_0,
-    /// Q4_0, Q4_1) instead of dequantising them to f32 (`--quantised`).
-    /// Other formats are always dequantised. Off by default for now: on
-    /// SmolLM2 the int8-activation decode path moves logits by up to ~0.65
-    /// and changes greedy text after a few tokens (docs/quantised.md).
-    pub keep_quantised: bool,
+    /// Quantised weights as stored (the default) or dequantised to f32.
+    pub weights: WeightStorage,
+}
+
+/// How quantised weights are held after loading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// Formats the JIT reads directly (Q8_0, Q4_0, Q4_1) stay in their
+    /// blocks: decode reads 4–8× fewer bytes per token, with activations
+    /// quantised to int8 per block as llama.cpp does (the same greedy text
+    /// as llama.cpp on the same file; docs/quantised.md). Other formats are
+    /// dequantised to f32.
+    #[default]
+    AsStored,
+    /// Every weight dequantised to f32 at load (`--f32-weights`): exact
+    /// arithmetic on the file's values, the accuracy baseline.
+    F32,
 }
 
 /// Called as tensors are converted: (done, total).
@@ -251,7 +264,9 @@ impl Model {
         let keep = |w: &Wanted| -> Result<Option<QuantTensor>, ModelError> {
             let info = file.tensor_info(&w.file_name)?;
             let format = info.ggml_type().quant_format();
-            let Some(format) = format.filter(|f| options.keep_quantised && f.has_kernel()) else {
+            let Some(format) =
+                format.filter(|f| options.weights == WeightStorage::AsStored && f.has_kernel())
+            else {
                 return Ok(None);
             };
             if w.shape.len() != 2 {

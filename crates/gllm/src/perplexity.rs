@@ -4,6 +4,11 @@
 //! and only the second half of each chunk is scored (every scored token has
 //! at least `ctx/2` tokens of context). Perplexity is exp of the mean
 //! negative log-likelihood over all scored tokens.
+//!
+//! [`Scoring::Prompt`] runs each chunk as one prompt (prompt processing:
+//! GEMMs), as llama.cpp does; [`Scoring::Decode`] feeds it one token at a
+//! time through the decode path generation uses (GEMVs, the KV cache), which
+//! is where quantised weights meet int8 activations (docs/quantised.md).
 
 use crate::engine::{Engine, EngineError};
 
@@ -15,6 +20,17 @@ pub struct PerplexityProgress {
     /// Perplexity over the chunks so far.
     pub perplexity: f64,
     pub scored_tokens: usize,
+}
+
+/// How each chunk is run through the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scoring {
+    /// The whole chunk as one prompt (what llama-perplexity does; fast).
+    #[default]
+    Prompt,
+    /// One token per step, as generation runs (slower; measures the decode
+    /// kernels' accuracy).
+    Decode,
 }
 
 /// Negative log-likelihood of `next` under `logits`, in f64.
@@ -33,6 +49,7 @@ pub fn perplexity(
     ctx: usize,
     bos: Option<u32>,
     max_chunks: Option<usize>,
+    scoring: Scoring,
     progress: &mut dyn FnMut(PerplexityProgress),
 ) -> Result<PerplexityProgress, EngineError> {
     let ctx = ctx.max(2);
@@ -47,10 +64,23 @@ pub fn perplexity(
             chunk[0] = b;
         }
         engine.reset();
-        let logits = engine.forward(&chunk, true)?;
-        for i in first..ctx - 1 {
-            total += nll(&logits[i * vocab..(i + 1) * vocab], tokens[c * ctx + i + 1]);
-            count += 1;
+        match scoring {
+            Scoring::Prompt => {
+                let logits = engine.forward(&chunk, true)?;
+                for i in first..ctx - 1 {
+                    total += nll(&logits[i * vocab..(i + 1) * vocab], chunk[i + 1]);
+                    count += 1;
+                }
+            }
+            Scoring::Decode => {
+                for i in 0..ctx - 1 {
+                    let logits = engine.forward(&chunk[i..i + 1], false)?;
+                    if i >= first {
+                        total += nll(&logits, chunk[i + 1]);
+                        count += 1;
+                    }
+                }
+            }
         }
         last = PerplexityProgress {
             chunk: c + 1,

@@ -3,6 +3,7 @@
 //! prefill, and no compilation while decoding.
 
 use gllm::engine::{Backend, Engine, EngineOptions};
+use gllm::perplexity::Scoring;
 use gllm::synthetic::model_weights;
 use gllm::LlamaConfig;
 use gllm_kernels::device::{DeviceProfile, Isa};
@@ -111,7 +112,8 @@ fn perplexity_scores_the_second_half_of_each_chunk() {
     let tokens: Vec<u32> = (0..50u32).map(|i| (i * 29 + 3) % cfg.vocab_size as u32).collect();
     let host = DeviceProfile::detect().unwrap();
     let mut jit = engine(&cfg, &w, host.clone(), Backend::Jit, true, 64);
-    let got = gllm::perplexity::perplexity(&mut jit, &tokens, 16, None, None, &mut |_| {}).unwrap();
+    let got = gllm::perplexity::perplexity(&mut jit, &tokens, 16, None, None, Scoring::Prompt, &mut |_| {})
+        .unwrap();
     assert_eq!((got.chunks, got.scored_tokens), (3, 3 * 7));
     // By hand: chunk c, positions 8..15 predict the next token.
     let mut nll = 0.0;
@@ -127,13 +129,37 @@ fn perplexity_scores_the_second_half_of_each_chunk() {
     }
     assert!((got.perplexity - (nll / 21.0).exp()).abs() < 1e-9 * got.perplexity);
     let mut reference = engine(&cfg, &w, host, Backend::Reference, true, 64);
-    let want = gllm::perplexity::perplexity(&mut reference, &tokens, 16, None, None, &mut |_| {}).unwrap();
+    let want =
+        gllm::perplexity::perplexity(&mut reference, &tokens, 16, None, None, Scoring::Prompt, &mut |_| {})
+            .unwrap();
     assert!(
         (got.perplexity / want.perplexity - 1.0).abs() < 1e-4,
         "{} vs {}",
         got.perplexity,
         want.perplexity
     );
+    // Token by token through the decode path: the same chunks and scored
+    // positions, the same numbers up to f32 rounding; a BOS replaces each
+    // chunk's first token in both.
+    for bos in [None, Some(1)] {
+        let prompt =
+            gllm::perplexity::perplexity(&mut jit, &tokens, 16, bos, Some(2), Scoring::Prompt, &mut |_| {})
+                .unwrap();
+        let mut seen = Vec::new();
+        let decode =
+            gllm::perplexity::perplexity(&mut jit, &tokens, 16, bos, Some(2), Scoring::Decode, &mut |p| {
+                seen.push(p.chunk)
+            })
+            .unwrap();
+        assert_eq!(seen, [1, 2], "progress after every chunk");
+        assert_eq!((decode.chunks, decode.scored_tokens), (2, 2 * 7));
+        assert!(
+            (decode.perplexity / prompt.perplexity - 1.0).abs() < 1e-4,
+            "{bos:?}: {} vs {}",
+            decode.perplexity,
+            prompt.perplexity
+        );
+    }
 }
 
 #[test]

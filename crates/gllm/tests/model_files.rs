@@ -50,7 +50,7 @@ fn the_builtin_gguf_loads_with_its_tokenizer_and_config() {
 fn gguf_and_safetensors_of_the_same_weights_give_the_same_logits() {
     let dir = temp_dir("hf");
     // Both as f32: the comparison is bit for bit.
-    let f32_weights = gllm::model::LoadOptions { keep_quantised: false };
+    let f32_weights = gllm::model::LoadOptions { weights: gllm::model::WeightStorage::F32 };
     let gguf = Model::load_with(&write_builtin(&dir), &f32_weights, &|_, _| {}).unwrap();
     let cfg = &gguf.config;
     let w = &gguf.weights;
