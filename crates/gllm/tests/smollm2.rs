@@ -110,7 +110,8 @@ fn the_capital_of_france_is_paris() {
 /// The expected texts are `llama-completion -m <this file> -p … --temp 0
 /// -no-cnv -t 1` (llama.cpp 0c1e570, as built by
 /// scripts/bench-vs-llama-cpp.sh), up to where llama.cpp's f16 KV cache
-/// makes the two differ ("approximately 321" there, "311" here).
+/// makes the two differ ("approximately 321" there, "311" here), or a near
+/// tie lets any change of f32 rounding pick either word.
 #[test]
 fn quantised_greedy_text_is_llama_cpps() {
     let _t = turn();
@@ -123,7 +124,9 @@ fn quantised_greedy_text_is_llama_cpps() {
             tok.encode("The capital of France is", true, true),
             " Paris.\n\nThe United States has a population of approximately",
         ),
-        (tok.encode(&chat, false, true), "L'Étoile, la Marseillaise, la femme"),
+        // Here the next word is a near tie ("Marseillaise" in llama.cpp and
+        // in this engine before its decode attention used FMA, "Cité" after).
+        (tok.encode(&chat, false, true), "L'Étoile, la"),
     ];
     let mut e = engine_for(m, Backend::Jit, true, None);
     for (ids, want) in cases {

@@ -21,6 +21,7 @@ use super::loops::{LoopKernel, LoopProgram, RawSlice};
 use super::CodegenError;
 use crate::device::DeviceProfile;
 use crate::graph::{BatchLayout, MatMulParams};
+use crate::runtime::dispatch::for_each_part;
 use crate::scalar::{OpKind, ScalarOpRegistry};
 
 /// Value the causal mask adds to a score a query must not see (the same the
@@ -121,12 +122,25 @@ impl CausalAttention {
         scratch.mask.resize(ctx, 0.0);
         scratch.scores.resize(s.heads * ctx, 0.0);
         let scores = &mut scratch.scores[..s.heads * ctx];
-        for (h, row) in scores.chunks_exact_mut(ctx).enumerate() {
-            let (qh, kv) = (&q[h * d..(h + 1) * d], (h / group) * d);
-            for (c, score) in row.iter_mut().enumerate() {
-                *score = dot(qh, &k_cache[c * kv_dim + kv..c * kv_dim + kv + d]);
+        // Heads are independent: split them across threads when the context
+        // is long enough to pay for a hand-off.
+        let parts =
+            if s.heads * ctx * d >= MIN_PARALLEL_DECODE_ELEMS { threads.clamp(1, s.heads) } else { 1 };
+        let per = s.heads.div_ceil(parts);
+        let scores_at = RawSlice::of_mut(scores);
+        for_each_part(parts, |t| -> Result<(), CodegenError> {
+            for h in (t * per)..((t + 1) * per).min(s.heads) {
+                let (qh, kv) = (&q[h * d..(h + 1) * d], (h / group) * d);
+                // SAFETY: part t alone writes rows t·per.. of the scores
+                // (heads × ctx elements, alive for this call).
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut((scores_at.addr as *mut f32).add(h * ctx), ctx) };
+                for (c, score) in row.iter_mut().enumerate() {
+                    *score = dot(qh, &k_cache[c * kv_dim + kv..c * kv_dim + kv + d]);
+                }
             }
-        }
+            Ok(())
+        })?;
         let mask = &scratch.mask;
         match &self.scale_mask {
             None => self.scores.apply_epilogue(scores, s.heads, ctx, &[mask])?,
@@ -135,16 +149,21 @@ impl CausalAttention {
         let all = RawSlice::of_mut(scores);
         // SAFETY: softmax rewrites each row in place, element for element.
         unsafe { self.softmax.run_raw(&[all], &[all], s.heads, ctx, threads)? };
-        for (h, o) in out.chunks_exact_mut(d).enumerate() {
-            let kv = (h / group) * d;
-            o.fill(0.0);
-            for (c, &p) in scores[h * ctx..(h + 1) * ctx].iter().enumerate() {
-                for (o, &v) in o.iter_mut().zip(&v_cache[c * kv_dim + kv..c * kv_dim + kv + d]) {
-                    *o += p * v;
+        let scores = &*scores;
+        let out_at = RawSlice::of_mut(out);
+        for_each_part(parts, |t| -> Result<(), CodegenError> {
+            for h in (t * per)..((t + 1) * per).min(s.heads) {
+                let kv = (h / group) * d;
+                // SAFETY: part t alone writes head h's d outputs of `out`
+                // (heads·d elements, alive for this call).
+                let o = unsafe { std::slice::from_raw_parts_mut((out_at.addr as *mut f32).add(h * d), d) };
+                o.fill(0.0);
+                for (c, &p) in scores[h * ctx..(h + 1) * ctx].iter().enumerate() {
+                    axpy(p, &v_cache[c * kv_dim + kv..c * kv_dim + kv + d], o);
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn shape(&self) -> AttentionShape {
@@ -265,8 +284,18 @@ fn scale_and_mask_per_head(
     Ok(())
 }
 
-/// `Σ aᵢ·bᵢ` in eight interleaved partial sums (vectorised by the compiler).
+/// Below this many query-head × context × head-dim elements a decode
+/// step's attention runs on one thread (SmolLM2: 9 heads × 64 → a context
+/// of about 110 tokens).
+const MIN_PARALLEL_DECODE_ELEMS: usize = 1 << 16;
+
+/// `Σ aᵢ·bᵢ` (AVX2 + FMA where the CPU has them).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { simd::dot(a, b) };
+    }
     let mut lanes = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
@@ -276,4 +305,77 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail
+}
+
+/// `y += a·x` (AVX2 + FMA where the CPU has them).
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { simd::axpy(a, x, y) };
+    }
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// The decode step's inner loops compiled for AVX2 + FMA: the crate is
+/// built for baseline x86-64 (SSE2), and these two loops are most of a
+/// decode step's attention.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    pub fn available() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: every load reads elements i..i + 8 with i + 8 ≤ n, inside
+        // both slices; the caller guarantees AVX2 and FMA.
+        unsafe {
+            let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = 0;
+            while i + 16 <= n {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+                i += 16;
+            }
+            if i + 8 <= n {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+                i += 8;
+            }
+            let s = _mm256_add_ps(s0, s1);
+            let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+            let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
+            _mm_cvtss_f32(h) + tail
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let mut i = 0;
+        // SAFETY: every load and store touches elements i..i + 8 with
+        // i + 8 ≤ n, inside both slices; the caller guarantees AVX2 and FMA.
+        unsafe {
+            let av = _mm256_set1_ps(a);
+            while i + 8 <= n {
+                let p = py.add(i);
+                _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(p)));
+                i += 8;
+            }
+        }
+        for (y, &x) in y[i..n].iter_mut().zip(&x[i..n]) {
+            *y += a * x;
+        }
+    }
 }

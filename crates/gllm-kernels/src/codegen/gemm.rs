@@ -1379,6 +1379,9 @@ pub struct CompiledGemmGroup {
     m: usize,
     k: usize,
     threads: usize,
+    /// The plan's thread budget: quantised weights arrive after planning, so
+    /// their GEMV picks its own thread count within it.
+    budget: usize,
     /// Set for a batched (attention) GEMM: its B is an activation, not a weight.
     batched: Option<crate::graph::MatMulParams>,
 }
@@ -1442,7 +1445,8 @@ impl CompiledGemmGroup {
             _ => (None, sem.nodes[first.node].inputs[0]),
         };
         let threads = group.parallel.threads();
-        Ok(CompiledGemmGroup { members, producer, a, m: p.m, k: p.k, threads, batched })
+        let budget = crate::fusion::parallel::threads_for(profile);
+        Ok(CompiledGemmGroup { members, producer, a, m: p.m, k: p.k, threads, budget, batched })
     }
 
     /// The tensors `run` reads: A's source, then each member's weight, then
@@ -1591,7 +1595,8 @@ impl CompiledGemmGroup {
                             quantised.last().expect("just pushed")
                         }
                     };
-                    q.gemv_quantized(acts, c, self.threads)?;
+                    let threads = crate::fusion::parallel::for_quantised_gemv(q.size_bytes(), self.budget);
+                    q.gemv_quantized(acts, c, threads)?;
                     member.gemm.apply_epilogue(c, m, q.rows(), &extras)?;
                 }
             }
