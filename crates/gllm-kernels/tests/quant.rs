@@ -111,7 +111,21 @@ fn gemv_kernels_match_the_scalar_references() {
                 gemv_matches_references(format, rows, cols, m, 1 + (seed as usize % 2), seed);
             }
         }
+        // Big enough (≥ 128 KiB) to be split across threads: 2 and 3
+        // threads, an uneven share, 1 and 4 activation rows.
+        for (m, threads) in [(1, 2), (4, 3)] {
+            seed += 1;
+            gemv_matches_references(format, 301, 1536, m, threads, seed);
+        }
     }
+}
+
+#[test]
+fn small_gemvs_stay_on_one_thread_and_big_ones_split() {
+    use gllm_kernels::fusion::parallel::{for_quantised_gemv, MIN_PARALLEL_QUANT_BYTES};
+    assert_eq!(for_quantised_gemv(MIN_PARALLEL_QUANT_BYTES - 1, 2), 1);
+    assert_eq!(for_quantised_gemv(MIN_PARALLEL_QUANT_BYTES, 2), 2);
+    assert_eq!(for_quantised_gemv(usize::MAX, 0), 1);
 }
 
 #[test]

@@ -1380,7 +1380,8 @@ pub struct CompiledGemmGroup {
     k: usize,
     threads: usize,
     /// The plan's thread budget: quantised weights arrive after planning, so
-    /// their GEMV picks its own thread count within it.
+    /// their GEMV picks its own thread count within it
+    /// ([`crate::fusion::parallel::for_quantised_gemv`]).
     budget: usize,
     /// Set for a batched (attention) GEMM: its B is an activation, not a weight.
     batched: Option<crate::graph::MatMulParams>,
@@ -1595,8 +1596,7 @@ impl CompiledGemmGroup {
                             quantised.last().expect("just pushed")
                         }
                     };
-                    let threads = crate::fusion::parallel::for_quantised_gemv(q.size_bytes(), self.budget);
-                    q.gemv_quantized(acts, c, threads)?;
+                    q.gemv_quantized(acts, c, self.budget)?;
                     member.gemm.apply_epilogue(c, m, q.rows(), &extras)?;
                 }
             }

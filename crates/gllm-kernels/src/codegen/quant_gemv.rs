@@ -30,6 +30,7 @@
 use super::gemm::{GemmKernel, PackedB};
 use super::CodegenError;
 use crate::device::Isa;
+use crate::fusion::parallel::for_quantised_gemv;
 use crate::quant::{quantize_activation_block, QuantFormat, QuantMatrix, ACT_BLOCK};
 use crate::runtime::dispatch::for_each_part;
 use crate::runtime::ExecutableCode;
@@ -195,7 +196,8 @@ impl QuantPanels {
     }
 
     /// `y[m × rows] = x[m × cols] · Wᵀ` with the GEMV kernel (any `m`; meant
-    /// for `m ≤` [`GEMV_MAX_ROWS`]). Rows of W are split across `threads`.
+    /// for `m ≤` [`GEMV_MAX_ROWS`]). Rows of W are split across up to
+    /// `threads` threads.
     pub fn gemv(&self, x: &[f32], m: usize, y: &mut [f32], threads: usize) -> Result<(), CodegenError> {
         let acts = self.quantize(x, m)?;
         self.gemv_quantized(&acts, y, threads)
@@ -216,6 +218,8 @@ impl QuantPanels {
 
     /// [`QuantPanels::gemv`] on activations quantised by
     /// [`QuantPanels::quantize`] (of this or a same-format, same-`cols` matrix).
+    /// `threads` is an upper bound: a matrix too small to pay for a hand-off
+    /// runs on one ([`for_quantised_gemv`]).
     pub fn gemv_quantized(
         &self,
         acts: &QuantActivations,
@@ -239,7 +243,7 @@ impl QuantPanels {
         }
         let set = kernel_set(self.format)?;
         let rows = self.rows;
-        let threads = threads.max(1).min(rows.div_ceil(4));
+        let threads = for_quantised_gemv(self.size_bytes(), threads).min(rows.div_ceil(4));
         let per = rows.div_ceil(threads).div_ceil(4) * 4;
         let y_addr = y.as_mut_ptr() as usize;
         let row_bytes = self.row_bytes();
