@@ -28,7 +28,7 @@ fn matrix(format: QuantFormat, rows: usize, cols: usize) -> Vec<u8> {
     let scale = half::f16::from_f32(0.01).to_le_bytes();
     for block in v.chunks_exact_mut(format.block_bytes()) {
         block[..2].copy_from_slice(&scale);
-        if format == QuantFormat::Q4_1 {
+        if matches!(format, QuantFormat::Q4_1 | QuantFormat::Q4K) {
             block[2..4].copy_from_slice(&scale);
         }
     }
@@ -44,7 +44,7 @@ fn main() {
     );
     println!("| format | K×N | MiB | read probe 1 thr GB/s | GEMV 1 thr GB/s (% of probe) | read probe 2 thr GB/s | GEMV 2 thr GB/s (% of 2-thr probe) |");
     println!("|---|---|---|---|---|---|---|");
-    for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+    for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q4K, QuantFormat::Q8_0] {
         for (k, n) in [(4096, 4096), (4096, 11008)] {
             let bytes = matrix(format, n, k);
             let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap()).unwrap();

@@ -15,7 +15,13 @@ use gllm_kernels::quant::{
 use half::f16;
 use support::Rng;
 
-const KERNEL_FORMATS: [QuantFormat; 3] = [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1];
+const KERNEL_FORMATS: [QuantFormat; 4] =
+    [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q4K];
+
+/// `cols` rounded up to whole blocks of `format` (Q4_K's are 256 wide).
+fn whole_blocks(format: QuantFormat, cols: usize) -> usize {
+    cols.div_ceil(format.block_elems()) * format.block_elems()
+}
 
 /// An f16 scale: mostly ordinary, sometimes zero, subnormal or extreme.
 fn scale(rng: &mut Rng) -> [u8; 2] {
@@ -34,8 +40,9 @@ fn random_matrix(format: QuantFormat, rows: usize, cols: usize, rng: &mut Rng) -
     let blocks = rows * cols / format.block_elems();
     let mut out = Vec::with_capacity(blocks * format.block_bytes());
     for _ in 0..blocks {
+        // Q4_1: d, m; Q4_K: d, dmin (its 6-bit scales and codes are random bytes).
         let head = match format {
-            QuantFormat::Q4_1 => 4,
+            QuantFormat::Q4_1 | QuantFormat::Q4K => 4,
             _ => 2,
         };
         out.extend_from_slice(&scale(rng));
@@ -105,7 +112,9 @@ fn gemv_kernels_match_the_scalar_references() {
     for format in KERNEL_FORMATS {
         // Rows: 1, primes, a multiple of the 4-row step and not; blocks per
         // row: 1 (a padded pair), odd, even, SmolLM2's 18 and 48.
+        // (Q4_K: 256, 256, 256, 256, 768, 1536, 512 columns.)
         for (rows, cols) in [(1, 32), (3, 96), (7, 64), (13, 160), (16, 576), (37, 1536), (5, 32 * 11)] {
+            let cols = whole_blocks(format, cols);
             for m in [1, 2, 3, 4, 5, 9] {
                 seed += 1;
                 gemv_matches_references(format, rows, cols, m, 1 + (seed as usize % 2), seed);
@@ -160,9 +169,9 @@ fn bad_shapes_are_clear_errors() {
     assert!(e.to_string().contains("not a whole number of Q4_1 blocks"), "{e}");
     let e = QuantMatrix::new(QuantFormat::Q8_0, 2, 64, &[0; 135]).unwrap_err();
     assert!(e.to_string().contains("takes 136 bytes, but 135"), "{e}");
-    let bytes = vec![0u8; 144];
-    let e = QuantPanels::pack(&QuantMatrix::new(QuantFormat::Q4K, 1, 256, &bytes).unwrap()).unwrap_err();
-    assert!(e.to_string().contains("Q4_K"), "{e}");
+    let bytes = vec![0u8; 210];
+    let e = QuantPanels::pack(&QuantMatrix::new(QuantFormat::Q6K, 1, 256, &bytes).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("Q6_K"), "{e}");
 }
 
 #[test]
@@ -172,6 +181,7 @@ fn dequantising_packer_feeds_the_gemm_exactly() {
     let mut rng = Rng(77);
     for format in KERNEL_FORMATS {
         for (rows, cols) in [(1, 32), (19, 96), (40, 640)] {
+            let cols = whole_blocks(format, cols);
             let bytes = random_matrix(format, rows, cols, &mut rng);
             let w = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
             let panels = QuantPanels::pack(&w).unwrap();

@@ -109,7 +109,15 @@ fn permute_for_gguf(w_out_in: &[f32], rows: usize, cols: usize, head_dim: usize)
 
 /// The default model as GGUF bytes.
 pub fn gguf_bytes() -> Result<Vec<u8>, GgufWriteError> {
-    let cfg = config();
+    gguf_bytes_for(&config(), GgmlType::Q4_1)
+}
+
+/// A model of shape `cfg` with the default model's tokenizer (`cfg`'s
+/// vocabulary size) and deterministic weights, its projections stored as
+/// `projections` (e.g. Q4_K, whose rows need a multiple of 256 columns),
+/// the embedding and head as Q8_0: test models for each stored format.
+pub fn gguf_bytes_for(cfg: &LlamaConfig, projections: GgmlType) -> Result<Vec<u8>, GgufWriteError> {
+    let cfg = cfg.clone();
     let weights = model_weights(&cfg, 0x6c6c_6d21);
     let (tokens, merges, types) = tokenizer_vocab(cfg.vocab_size);
     let mut w = GgufWriter::new();
@@ -153,7 +161,7 @@ pub fn gguf_bytes() -> Result<Vec<u8>, GgufWriteError> {
             if name == "attn_q.weight" || name == "attn_k.weight" {
                 rows = permute_for_gguf(&rows, n, k, cfg.head_dim);
             }
-            w.add_tensor_f32(file_name, &[k as u64, n as u64], GgmlType::Q4_1, &rows)?;
+            w.add_tensor_f32(file_name, &[k as u64, n as u64], projections, &rows)?;
         }
     }
     Ok(w.to_bytes())

@@ -21,7 +21,12 @@
 //! 32-byte load brings both blocks' codes and one `vcvtph2ps` both scales:
 //! Q4_0 `qs0[16] qs1[16] d0 d1` (36 bytes), Q4_1 the same plus `m0 m1`
 //! (40), Q8_0 `qs0[32] qs1[32] d0 d1` (68) — the same bytes as the file,
-//! reordered. A row with an odd block count gets a zero block.
+//! reordered. A row with an odd block count gets a zero block. Q4_K runs
+//! through the Q4_1 kernel's arithmetic: each super-block of 256 becomes
+//! `f32 d | f32 −dmin` and four 36-byte records (a sub-block pair's codes,
+//! re-nibbled to Q4_1's order, then the 6-bit `sc_a m_a sc_b m_b` unpacked
+//! to bytes): 152 bytes for the file's 144, and the per-sub-block scales
+//! `d·sc` and `−dmin·m` are formed exactly in f32 inside the kernel.
 //!
 //! **ISA.** The kernels use AVX2 encodings (256-bit integer multiply-adds),
 //! which AVX-512 machines also run; a VNNI (`vpdpbusd`) variant is the next
@@ -75,12 +80,33 @@ pub fn set_panel_cache_budget(bytes: usize) {
 /// Bytes of one block-pair record of weights.
 fn record_bytes(format: QuantFormat) -> usize {
     match format {
-        QuantFormat::Q4_0 => 36,
+        QuantFormat::Q4_0 | QuantFormat::Q4K => 36,
         QuantFormat::Q4_1 => 40,
         QuantFormat::Q8_0 => 68,
         _ => 0,
     }
 }
+
+/// Block-pair records per kernel loop step: a Q4_K super-block's four
+/// share one header.
+fn records_per_step(format: QuantFormat) -> usize {
+    if format == QuantFormat::Q4K {
+        4
+    } else {
+        1
+    }
+}
+
+/// Bytes of one kernel loop step of a weight row.
+fn step_bytes(format: QuantFormat) -> usize {
+    match format {
+        QuantFormat::Q4K => Q4K_HEADER + 4 * record_bytes(format),
+        _ => record_bytes(format),
+    }
+}
+
+/// A Q4_K super-block's `f32 d | f32 −dmin` before its records.
+const Q4K_HEADER: usize = 8;
 
 /// Bytes of one block-pair record of quantised activations.
 fn act_record_bytes(format: QuantFormat) -> usize {
@@ -100,7 +126,7 @@ impl QuantPanels {
         let blocks = m.cols() / ACT_BLOCK;
         let pairs = blocks.div_ceil(2);
         let rec = record_bytes(format);
-        let row_bytes = pairs * rec;
+        let row_bytes = pairs / records_per_step(format) * step_bytes(format);
         let mut data = vec![0u8; m.rows() * row_bytes + TAIL_PAD];
         let bb = format.block_bytes();
         let (head, codes) = match format {
@@ -116,6 +142,14 @@ impl QuantPanels {
                 // SAFETY: rows own disjoint `row_bytes` ranges of `data`.
                 let out =
                     unsafe { std::slice::from_raw_parts_mut((base + r * row_bytes) as *mut u8, row_bytes) };
+                if format == QuantFormat::Q4K {
+                    for (block, out) in
+                        m.row(r).chunks_exact(bb).zip(out.chunks_exact_mut(step_bytes(format)))
+                    {
+                        pack_q4_k(block, out);
+                    }
+                    continue;
+                }
                 for (b, block) in m.row(r).chunks_exact(bb).enumerate() {
                     let (p, half) = (b / 2, b % 2);
                     let rec = &mut out[p * rec..(p + 1) * rec];
@@ -153,7 +187,12 @@ impl QuantPanels {
     }
 
     fn row_bytes(&self) -> usize {
-        self.pairs * record_bytes(self.format)
+        self.steps() * step_bytes(self.format)
+    }
+
+    /// Kernel loop steps per row.
+    fn steps(&self) -> usize {
+        self.pairs / records_per_step(self.format)
     }
 
     /// Rows `r0..r0 + count` dequantised to f32, `cols` apart, into `out`:
@@ -166,6 +205,23 @@ impl QuantPanels {
             let row = &self.data[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
             for (b, dst) in out.chunks_exact_mut(ACT_BLOCK).enumerate() {
                 let (p, h) = (b / 2, b % 2);
+                if self.format == QuantFormat::Q4K {
+                    let step = &row[b / 8 * step_bytes(self.format)..];
+                    let f32_at =
+                        |i: usize| f32::from_le_bytes([step[i], step[i + 1], step[i + 2], step[i + 3]]);
+                    let (d, neg_dmin) = (f32_at(0), f32_at(4));
+                    let rec = &step[Q4K_HEADER + (p % 4) * rec..];
+                    let (sc, m) = (rec[32 + 2 * h], rec[33 + 2 * h]);
+                    // The reference's `d·sc·q − dmin·m`, bit for bit:
+                    // (−dmin)·m is −(dmin·m) exactly.
+                    let (scale, min) = (d * f32::from(sc), neg_dmin * f32::from(m));
+                    let (lo, hi) = dst.split_at_mut(16);
+                    for ((l, u), &q) in lo.iter_mut().zip(hi).zip(&rec[16 * h..16 * h + 16]) {
+                        *l = scale * f32::from(q & 0x0F) + min;
+                        *u = scale * f32::from(q >> 4) + min;
+                    }
+                    continue;
+                }
                 let rec = &row[p * rec..(p + 1) * rec];
                 match self.format {
                     QuantFormat::Q8_0 => {
@@ -260,7 +316,7 @@ impl QuantPanels {
                         w: self.data[i * row_bytes..].as_ptr(),
                         x: acts[r0 * x_stride..].as_ptr(),
                         y: (y_addr + (r0 * rows + i) * 4) as *mut f32,
-                        pairs: self.pairs,
+                        steps: self.steps(),
                         w_stride: row_bytes,
                         x_stride,
                         y_stride: rows * 4,
@@ -344,6 +400,26 @@ fn check(what: &str, got: usize, want: usize) -> Result<(), CodegenError> {
     Ok(())
 }
 
+/// One Q4_K super-block as its kernel step: `f32 d | f32 −dmin`, then per
+/// sub-block pair (2p, 2p + 1) the codes in Q4_1's nibble order (byte `j`:
+/// element `j` low, `j + 16` high; sub-block 2p's 16 bytes, then 2p + 1's)
+/// and the bytes `sc_2p m_2p sc_2p+1 m_2p+1`.
+fn pack_q4_k(block: &[u8], out: &mut [u8]) {
+    let f16_at = |i: usize| half::f16::from_le_bytes([block[i], block[i + 1]]).to_f32();
+    out[..4].copy_from_slice(&f16_at(0).to_le_bytes());
+    out[4..8].copy_from_slice(&(-f16_at(2)).to_le_bytes());
+    let (scales, mins) = crate::quant::q4_k_scales_and_mins(&block[4..16]);
+    for (p, codes) in block[16..144].chunks_exact(32).enumerate() {
+        let rec = &mut out[Q4K_HEADER + 36 * p..Q4K_HEADER + 36 * (p + 1)];
+        for j in 0..16 {
+            // Sub-block 2p is the low nibbles of `codes`, 2p + 1 the high.
+            rec[j] = (codes[j] & 0x0F) | (codes[j + 16] << 4);
+            rec[16 + j] = (codes[j] >> 4) | (codes[j + 16] & 0xF0);
+        }
+        rec[32..36].copy_from_slice(&[scales[2 * p], mins[2 * p], scales[2 * p + 1], mins[2 * p + 1]]);
+    }
+}
+
 /// Writes `x` (one activation row) as the kernel's activation records:
 /// Q4 formats `q[64]` (block pair's elements 0–15 of both blocks, then
 /// 16–31 of both) `[d0×4, d1×4]` `[c·s0/4 ×4, c·s1/4 ×4]` with `c = 1` for
@@ -416,7 +492,8 @@ struct KernelArgs {
     w: *const u8,
     x: *const u8,
     y: *mut f32,
-    pairs: usize,
+    /// Loop steps (block pairs, or Q4_K super-blocks).
+    steps: usize,
     w_stride: usize,
     x_stride: usize,
     y_stride: usize,
@@ -436,6 +513,10 @@ struct Consts {
     idx_m: [i32; 8],
     /// `[d0, d1, ..]` → the lanes `vphaddd` leaves each block's sums in.
     idx_q8: [i32; 8],
+    /// Q4_K's `[d·sc_a, −dmin·m_a, d·sc_b, −dmin·m_b]` → `[d·sc_a×4, d·sc_b×4]`.
+    idx_d_q4k: [i32; 8],
+    /// … → `[−dmin·m_a×4, −dmin·m_b×4]`.
+    idx_m_q4k: [i32; 8],
 }
 
 static CONSTS: Consts = Consts {
@@ -444,6 +525,8 @@ static CONSTS: Consts = Consts {
     idx_d: [0, 0, 0, 0, 1, 1, 1, 1],
     idx_m: [2, 2, 2, 2, 3, 3, 3, 3],
     idx_q8: [0, 0, 1, 1, 0, 0, 1, 1],
+    idx_d_q4k: [0, 0, 0, 0, 2, 2, 2, 2],
+    idx_m_q4k: [1, 1, 1, 1, 3, 3, 3, 3],
 };
 
 /// One format's kernels, compiled on first use for each (W, R).
@@ -467,11 +550,13 @@ impl KernelSet {
 }
 
 fn kernel_set(format: QuantFormat) -> Result<&'static KernelSet, CodegenError> {
-    static SETS: [OnceLock<KernelSet>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static SETS: [OnceLock<KernelSet>; 4] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let i = match format {
         QuantFormat::Q8_0 => 0,
         QuantFormat::Q4_0 => 1,
         QuantFormat::Q4_1 => 2,
+        QuantFormat::Q4K => 3,
         other => return Err(CodegenError::Unsupported(format!("a GEMV kernel for {other} weights"))),
     };
     if !host_has_avx2() {
@@ -521,6 +606,11 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
     if q8 {
         a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
         a.vmovdqa(idx_m, ymmword_ptr(rax + 128))?; // idx_q8 lives in ymm3
+    } else if format == QuantFormat::Q4K {
+        a.vmovdqa(mask, ymmword_ptr(rax))?;
+        a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
+        a.vmovdqa(idx_d, ymmword_ptr(rax + 160))?;
+        a.vmovdqa(idx_m, ymmword_ptr(rax + 192))?;
     } else {
         a.vmovdqa(mask, ymmword_ptr(rax))?;
         a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
@@ -536,11 +626,13 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
     let (t0, t1) = (YMM[8], YMM[9]);
     let rec = record_bytes(format) as i32;
     let xrec = act_record_bytes(format) as i32;
+    let step = step_bytes(format) as i32;
+    let per_step = records_per_step(format) as i32;
     let mut body = a.create_label();
     let mut reduce = a.create_label();
     // Software prefetch: rdx sweeps the call's rows (contiguous, W records
     // per iteration) PREFETCH_AHEAD bytes ahead of the first row's cursor.
-    let sweep = w as i32 * rec;
+    let sweep = w as i32 * step;
     a.lea(rdx, qword_ptr(r10 + PREFETCH_AHEAD))?;
     a.test(rcx, rcx)?;
     a.jz(reduce)?;
@@ -549,61 +641,74 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
         a.prefetcht0(byte_ptr(rdx + line))?;
     }
     a.add(rdx, sweep)?;
-    for (i, &wr) in wp.iter().enumerate().take(w) {
-        if q8 {
-            let (w0, w1, a0, a1) = (YMM[4], YMM[5], YMM[6], YMM[7]);
-            let d = YMM[2];
-            a.vmovdqu(w0, ymmword_ptr(wr))?;
-            a.vmovdqu(w1, ymmword_ptr(wr + 32))?;
-            a.vpabsb(a0, w0)?;
-            a.vpabsb(a1, w1)?;
-            a.vcvtph2ps(XMM[2], qword_ptr(wr + 64))?;
-            a.vpermps(d, idx_m, d)?;
-            for (x, &xr) in xp.iter().enumerate().take(r) {
-                a.vmovdqu(t0, ymmword_ptr(xr))?;
-                a.vpsignb(t0, t0, w0)?;
-                a.vpmaddubsw(t0, a0, t0)?;
-                a.vpmaddwd(t0, t0, ones)?;
-                a.vmovdqu(t1, ymmword_ptr(xr + 32))?;
-                a.vpsignb(t1, t1, w1)?;
-                a.vpmaddubsw(t1, a1, t1)?;
-                a.vpmaddwd(t1, t1, ones)?;
-                a.vphaddd(t0, t0, t1)?;
-                a.vcvtdq2ps(t0, t0)?;
-                a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
-                a.vfmadd231ps(acc(i, x), t0, t1)?;
-            }
-        } else {
-            let (lo, hi, d, m) = (YMM[4], YMM[5], YMM[6], YMM[7]);
-            a.vmovdqu(lo, ymmword_ptr(wr))?;
-            a.vpsrlw(hi, lo, 4)?;
-            a.vpand(lo, lo, mask)?;
-            a.vpand(hi, hi, mask)?;
-            a.vcvtph2ps(XMM[6], qword_ptr(wr + 32))?;
-            let m = if format == QuantFormat::Q4_1 {
-                a.vpermps(m, idx_m, d)?;
-                m
+    for k in 0..per_step {
+        // Where record k of this step starts in a weight row / activation row.
+        let (wk, xk) =
+            if format == QuantFormat::Q4K { (Q4K_HEADER as i32 + k * rec, k * xrec) } else { (0, 0) };
+        for (i, &wr) in wp.iter().enumerate().take(w) {
+            if q8 {
+                let (w0, w1, a0, a1) = (YMM[4], YMM[5], YMM[6], YMM[7]);
+                let d = YMM[2];
+                a.vmovdqu(w0, ymmword_ptr(wr))?;
+                a.vmovdqu(w1, ymmword_ptr(wr + 32))?;
+                a.vpabsb(a0, w0)?;
+                a.vpabsb(a1, w1)?;
+                a.vcvtph2ps(XMM[2], qword_ptr(wr + 64))?;
+                a.vpermps(d, idx_m, d)?;
+                for (x, &xr) in xp.iter().enumerate().take(r) {
+                    a.vmovdqu(t0, ymmword_ptr(xr))?;
+                    a.vpsignb(t0, t0, w0)?;
+                    a.vpmaddubsw(t0, a0, t0)?;
+                    a.vpmaddwd(t0, t0, ones)?;
+                    a.vmovdqu(t1, ymmword_ptr(xr + 32))?;
+                    a.vpsignb(t1, t1, w1)?;
+                    a.vpmaddubsw(t1, a1, t1)?;
+                    a.vpmaddwd(t1, t1, ones)?;
+                    a.vphaddd(t0, t0, t1)?;
+                    a.vcvtdq2ps(t0, t0)?;
+                    a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
+                    a.vfmadd231ps(acc(i, x), t0, t1)?;
+                }
             } else {
-                d
-            };
-            a.vpermps(d, idx_d, d)?;
-            for (x, &xr) in xp.iter().enumerate().take(r) {
-                a.vpmaddubsw(t0, lo, ymmword_ptr(xr))?;
-                a.vpmaddubsw(t1, hi, ymmword_ptr(xr + 32))?;
-                a.vpaddw(t0, t0, t1)?;
-                a.vpmaddwd(t0, t0, ones)?;
-                a.vcvtdq2ps(t0, t0)?;
-                a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
-                a.vfmadd231ps(acc(i, x), t0, t1)?;
-                a.vfmadd231ps(acc(i, x), m, ymmword_ptr(xr + 96))?;
+                let (lo, hi, d, m) = (YMM[4], YMM[5], YMM[6], YMM[7]);
+                a.vmovdqu(lo, ymmword_ptr(wr + wk))?;
+                a.vpsrlw(hi, lo, 4)?;
+                a.vpand(lo, lo, mask)?;
+                a.vpand(hi, hi, mask)?;
+                if format == QuantFormat::Q4K {
+                    // [sc_a, m_a, sc_b, m_b] · [d, −dmin, d, −dmin], exact in f32.
+                    a.vpmovzxbd(XMM[6], dword_ptr(wr + wk + 32))?;
+                    a.vcvtdq2ps(XMM[6], XMM[6])?;
+                    a.vmovddup(XMM[7], qword_ptr(wr))?;
+                    a.vmulps(XMM[6], XMM[6], XMM[7])?;
+                } else {
+                    a.vcvtph2ps(XMM[6], qword_ptr(wr + 32))?;
+                }
+                let m = if matches!(format, QuantFormat::Q4_1 | QuantFormat::Q4K) {
+                    a.vpermps(m, idx_m, d)?;
+                    m
+                } else {
+                    d
+                };
+                a.vpermps(d, idx_d, d)?;
+                for (x, &xr) in xp.iter().enumerate().take(r) {
+                    a.vpmaddubsw(t0, lo, ymmword_ptr(xr + xk))?;
+                    a.vpmaddubsw(t1, hi, ymmword_ptr(xr + xk + 32))?;
+                    a.vpaddw(t0, t0, t1)?;
+                    a.vpmaddwd(t0, t0, ones)?;
+                    a.vcvtdq2ps(t0, t0)?;
+                    a.vmulps(t1, d, ymmword_ptr(xr + xk + 64))?;
+                    a.vfmadd231ps(acc(i, x), t0, t1)?;
+                    a.vfmadd231ps(acc(i, x), m, ymmword_ptr(xr + xk + 96))?;
+                }
             }
         }
     }
     for &wr in wp.iter().take(w) {
-        a.add(wr, rec)?;
+        a.add(wr, step)?;
     }
     for &xr in xp.iter().take(r) {
-        a.add(xr, xrec)?;
+        a.add(xr, per_step * xrec)?;
     }
     a.dec(rcx)?;
     a.jnz(body)?;

@@ -98,7 +98,7 @@ impl QuantFormat {
     /// Whether the JIT has a kernel that reads this format as stored
     /// (otherwise callers dequantise to f32 once, at load time).
     pub fn has_kernel(self) -> bool {
-        matches!(self, QuantFormat::Q8_0 | QuantFormat::Q4_0 | QuantFormat::Q4_1)
+        matches!(self, QuantFormat::Q8_0 | QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K)
     }
 
     /// Bytes of one row of `cols` elements, if `cols` is a whole number of
@@ -337,12 +337,33 @@ pub fn row_dot(format: QuantFormat, row: &[u8], x: &[f32]) -> f64 {
 /// The integer path's exact result for one stored row and a quantised
 /// activation vector (`cols / 32` blocks), in f64: per block
 /// `d_w·d_x·Σ q_w·q_x` plus the format's offset term (`m·s_x` for Q4_1,
-/// `−8·d_w·s_x` for Q4_0). A kernel differs from `value` only by the f32
+/// `−8·d_w·s_x` for Q4_0; per sub-block `d·sc·d_x·Σ q_w·q_x − dmin·m·s_x`
+/// for Q4_K). A kernel differs from `value` only by the f32
 /// rounding of its per-block products and of its running sum, which is at
 /// most a few ε·`magnitude` (the sum of the products' absolute values).
 pub fn row_dot_quantized(format: QuantFormat, row: &[u8], x: &[ActivationBlock]) -> QuantizedDot {
     let bb = format.block_bytes();
     let mut dot = QuantizedDot { value: 0.0, magnitude: 0.0 };
+    if format == QuantFormat::Q4K {
+        // Per sub-block of 32: `d·sc·Σ q_w·q_x·d_x − dmin·m·s_x`.
+        for (block, x) in row.chunks_exact(bb).zip(x.chunks(8)) {
+            let (d, dmin) = (f64::from(f16_at(block)), f64::from(f16_at(&block[2..])));
+            let (scales, mins) = q4_k_scales_and_mins(&block[4..16]);
+            for (sub, a) in x.iter().enumerate() {
+                let codes = &block[16 + 32 * (sub / 2)..16 + 32 * (sub / 2) + 32];
+                let shift = 4 * (sub % 2);
+                let (sum, abs) = codes.iter().zip(a.q.iter()).fold((0.0, 0.0), |(s, m), (&w, &q)| {
+                    let p = f64::from(i32::from((w >> shift) & 15) * i32::from(q));
+                    (s + p, m + p.abs())
+                });
+                let scale = d * f64::from(scales[sub]) * f64::from(a.d);
+                let offset = -dmin * f64::from(mins[sub]) * f64::from(a.s);
+                dot.value += scale * sum + offset;
+                dot.magnitude += scale.abs() * abs + offset.abs();
+            }
+        }
+        return dot;
+    }
     for (block, a) in row.chunks_exact(bb).zip(x) {
         // (Σ q_w·q_x, Σ |q_w·q_x|): a kernel's lanes hold partial sums,
         // whose rounding scales with the second.

@@ -156,6 +156,11 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, QuantError> {
         GgmlType::BF16 => values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
         GgmlType::Q8_0 => value_blocks(values).flat_map(quantize_q8_0).collect(),
         GgmlType::Q4_1 => value_blocks(values).flat_map(quantize_q4_1).collect(),
+        GgmlType::Q4_K => values
+            .chunks_exact(256)
+            .filter_map(|chunk| <&[f32; 256]>::try_from(chunk).ok())
+            .flat_map(quantize_q4_k)
+            .collect(),
         _ => return Err(QuantError::Unsupported { ty, operation: "quantisation" }),
     })
 }
@@ -209,9 +214,68 @@ pub fn quantize_q4_1(block: &[f32; 32]) -> [u8; 20] {
     out
 }
 
+/// Quantises one super-block of 256 values to Q4_K, simply: each sub-block
+/// of 32 gets `scale = (max − min)/15` and `min' = −min(0, min)`; the
+/// super-block's `d` and `dmin` (f16) are the largest of them over 63, the
+/// 6-bit `sc` and `m` the rounded ratios, and each code
+/// `q = round((x + dmin·m) / (d·sc))` clamped to 0..=15. (ggml searches
+/// for better scales; files it writes load the same way. This exists to
+/// make test models.)
+pub fn quantize_q4_k(block: &[f32; 256]) -> [u8; 144] {
+    let mut scales = [0.0f32; 8];
+    let mut mins = [0.0f32; 8];
+    for (j, sub) in block.chunks_exact(32).enumerate() {
+        let min = sub.iter().fold(0.0f32, |a, &v| a.min(v));
+        let max = sub.iter().fold(0.0f32, |a, &v| a.max(v));
+        scales[j] = (max - min) / 15.0;
+        mins[j] = -min;
+    }
+    let to_f16 = |v: f32| f16::from_f32(v);
+    let d = to_f16(scales.iter().fold(0.0f32, |a, &v| a.max(v)) / 63.0);
+    let dmin = to_f16(mins.iter().fold(0.0f32, |a, &v| a.max(v)) / 63.0);
+    let six_bits = |v: f32, unit: f32| if unit > 0.0 { (v / unit).round().clamp(0.0, 63.0) as u8 } else { 0 };
+    let sc: [u8; 8] = std::array::from_fn(|j| six_bits(scales[j], d.to_f32()));
+    let m: [u8; 8] = std::array::from_fn(|j| six_bits(mins[j], dmin.to_f32()));
+    let mut out = [0u8; 144];
+    out[..2].copy_from_slice(&d.to_le_bytes());
+    out[2..4].copy_from_slice(&dmin.to_le_bytes());
+    // The inverse of `gllm_kernels::quant::q4_k_scales_and_mins`.
+    for i in 0..4 {
+        out[4 + i] = sc[i] | ((sc[i + 4] >> 4) << 6);
+        out[8 + i] = m[i] | ((m[i + 4] >> 4) << 6);
+        out[12 + i] = (sc[i + 4] & 15) | ((m[i + 4] & 15) << 4);
+    }
+    for (j, sub) in block.chunks_exact(32).enumerate() {
+        let step = d.to_f32() * f32::from(sc[j]);
+        let offset = dmin.to_f32() * f32::from(m[j]);
+        let (pair, shift) = (j / 2, 4 * (j % 2));
+        for (l, &x) in sub.iter().enumerate() {
+            let q = if step > 0.0 { ((x + offset) / step).round().clamp(0.0, 15.0) as u8 } else { 0 };
+            out[16 + 32 * pair + l] |= q << shift;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q4_k_round_trip_is_within_a_step_of_its_sub_block() {
+        let block: [f32; 256] =
+            std::array::from_fn(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 * (1 + i / 32) as f32);
+        let bytes = quantize_q4_k(&block);
+        let back = dequantize(GgmlType::Q4_K, &bytes, 256).unwrap();
+        for (sub, (a, b)) in block.chunks_exact(32).zip(back.chunks_exact(32)).enumerate() {
+            let range = a.iter().fold(0.0f32, |m, &v| m.max(v)) - a.iter().fold(0.0f32, |m, &v| m.min(v));
+            for (x, y) in a.iter().zip(b) {
+                // Half a code step, plus the 6-bit rounding of the scale and min.
+                assert!((x - y).abs() <= range / 15.0, "sub-block {sub}: {x} vs {y} (range {range})");
+            }
+        }
+        assert_eq!(quantize(GgmlType::Q4_K, &block).unwrap(), bytes.to_vec());
+    }
 
     #[test]
     fn q8_0_round_trip_is_within_half_a_step() {
