@@ -27,6 +27,10 @@ fn matrix(format: QuantFormat, rows: usize, cols: usize) -> Vec<u8> {
     let mut v: Vec<u8> = (0..bytes).map(|_| next() as u8).collect();
     let scale = half::f16::from_f32(0.01).to_le_bytes();
     for block in v.chunks_exact_mut(format.block_bytes()) {
+        if format == QuantFormat::Q6K {
+            block[208..].copy_from_slice(&scale);
+            continue;
+        }
         block[..2].copy_from_slice(&scale);
         if matches!(format, QuantFormat::Q4_1 | QuantFormat::Q4K) {
             block[2..4].copy_from_slice(&scale);
@@ -44,7 +48,9 @@ fn main() {
     );
     println!("| format | K×N | MiB | read probe 1 thr GB/s | GEMV 1 thr GB/s (% of probe) | read probe 2 thr GB/s | GEMV 2 thr GB/s (% of 2-thr probe) |");
     println!("|---|---|---|---|---|---|---|");
-    for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q4K, QuantFormat::Q8_0] {
+    for format in
+        [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q4K, QuantFormat::Q6K, QuantFormat::Q8_0]
+    {
         for (k, n) in [(4096, 4096), (4096, 11008)] {
             let bytes = matrix(format, n, k);
             let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap()).unwrap();

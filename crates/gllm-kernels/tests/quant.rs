@@ -15,8 +15,8 @@ use gllm_kernels::quant::{
 use half::f16;
 use support::Rng;
 
-const KERNEL_FORMATS: [QuantFormat; 4] =
-    [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q4K];
+const KERNEL_FORMATS: [QuantFormat; 5] =
+    [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q4K, QuantFormat::Q6K];
 
 /// `cols` rounded up to whole blocks of `format` (Q4_K's are 256 wide).
 fn whole_blocks(format: QuantFormat, cols: usize) -> usize {
@@ -40,6 +40,12 @@ fn random_matrix(format: QuantFormat, rows: usize, cols: usize, rng: &mut Rng) -
     let blocks = rows * cols / format.block_elems();
     let mut out = Vec::with_capacity(blocks * format.block_bytes());
     for _ in 0..blocks {
+        if format == QuantFormat::Q6K {
+            // Random codes and i8 scales, then `d` at the end.
+            out.extend((0..208).map(|_| rng.next_u64() as u8));
+            out.extend_from_slice(&scale(rng));
+            continue;
+        }
         // Q4_1: d, m; Q4_K: d, dmin (its 6-bit scales and codes are random bytes).
         let head = match format {
             QuantFormat::Q4_1 | QuantFormat::Q4K => 4,
@@ -169,9 +175,9 @@ fn bad_shapes_are_clear_errors() {
     assert!(e.to_string().contains("not a whole number of Q4_1 blocks"), "{e}");
     let e = QuantMatrix::new(QuantFormat::Q8_0, 2, 64, &[0; 135]).unwrap_err();
     assert!(e.to_string().contains("takes 136 bytes, but 135"), "{e}");
-    let bytes = vec![0u8; 210];
-    let e = QuantPanels::pack(&QuantMatrix::new(QuantFormat::Q6K, 1, 256, &bytes).unwrap()).unwrap_err();
-    assert!(e.to_string().contains("Q6_K"), "{e}");
+    let bytes = vec![0u8; 64];
+    let e = QuantPanels::pack(&QuantMatrix::new(QuantFormat::F16, 1, 32, &bytes).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("F16"), "{e}");
 }
 
 #[test]

@@ -38,7 +38,12 @@ fn engine(m: &Model) -> Engine {
 
 #[test]
 fn stored_formats_compute_what_their_f32_weights_do() {
-    for (ty, name) in [(GgmlType::Q8_0, "Q8_0"), (GgmlType::Q4_1, "Q4_1"), (GgmlType::Q4_K, "Q4_K")] {
+    for (ty, name) in [
+        (GgmlType::Q8_0, "Q8_0"),
+        (GgmlType::Q4_1, "Q4_1"),
+        (GgmlType::Q4_K, "Q4_K"),
+        (GgmlType::Q6_K, "Q6_K"),
+    ] {
         let path = model_file(ty);
         let load = |weights| Model::load_with(&path, &LoadOptions { weights }, &|_, _| {}).unwrap();
         let (stored, f32s) = (load(WeightStorage::AsStored), load(WeightStorage::F32));

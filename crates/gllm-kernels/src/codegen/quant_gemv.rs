@@ -27,6 +27,12 @@
 //! re-nibbled to Q4_1's order, then the 6-bit `sc_a m_a sc_b m_b` unpacked
 //! to bytes): 152 bytes for the file's 144, and the per-sub-block scales
 //! `d·sc` and `−dmin·m` are formed exactly in f32 inside the kernel.
+//! Q6_K likewise: `f32 d`, then per 64 weights the low nibbles in Q4_1's
+//! order, their 2-bit highs packed four to a byte so that two variable
+//! shifts of one broadcast put them in place, and the four `i8` scales of
+//! its 16-weight sub-blocks (212 bytes per 256 for the file's 210); the
+//! `−32` offset is subtracted in the integer sums (the activation records
+//! carry `−32·Σq` per sub-block).
 //!
 //! **ISA.** The kernels use AVX2 encodings (256-bit integer multiply-adds),
 //! which AVX-512 machines also run; a VNNI (`vpdpbusd`) variant is the next
@@ -82,36 +88,41 @@ fn record_bytes(format: QuantFormat) -> usize {
     match format {
         QuantFormat::Q4_0 | QuantFormat::Q4K => 36,
         QuantFormat::Q4_1 => 40,
+        QuantFormat::Q6K => 52,
         QuantFormat::Q8_0 => 68,
         _ => 0,
     }
 }
 
-/// Block-pair records per kernel loop step: a Q4_K super-block's four
+/// Block-pair records per kernel loop step: a K-quant super-block's four
 /// share one header.
 fn records_per_step(format: QuantFormat) -> usize {
-    if format == QuantFormat::Q4K {
+    if matches!(format, QuantFormat::Q4K | QuantFormat::Q6K) {
         4
     } else {
         1
     }
 }
 
-/// Bytes of one kernel loop step of a weight row.
-fn step_bytes(format: QuantFormat) -> usize {
+/// Bytes before a step's records: Q4_K's `f32 d | f32 −dmin`, Q6_K's `f32 d`.
+fn step_header(format: QuantFormat) -> usize {
     match format {
-        QuantFormat::Q4K => Q4K_HEADER + 4 * record_bytes(format),
-        _ => record_bytes(format),
+        QuantFormat::Q4K => 8,
+        QuantFormat::Q6K => 4,
+        _ => 0,
     }
 }
 
-/// A Q4_K super-block's `f32 d | f32 −dmin` before its records.
-const Q4K_HEADER: usize = 8;
+/// Bytes of one kernel loop step of a weight row.
+fn step_bytes(format: QuantFormat) -> usize {
+    step_header(format) + records_per_step(format) * record_bytes(format)
+}
 
 /// Bytes of one block-pair record of quantised activations.
 fn act_record_bytes(format: QuantFormat) -> usize {
     match format {
         QuantFormat::Q8_0 => 96,
+        QuantFormat::Q6K => 160,
         _ => 128,
     }
 }
@@ -142,11 +153,15 @@ impl QuantPanels {
                 // SAFETY: rows own disjoint `row_bytes` ranges of `data`.
                 let out =
                     unsafe { std::slice::from_raw_parts_mut((base + r * row_bytes) as *mut u8, row_bytes) };
-                if format == QuantFormat::Q4K {
+                if records_per_step(format) > 1 {
                     for (block, out) in
                         m.row(r).chunks_exact(bb).zip(out.chunks_exact_mut(step_bytes(format)))
                     {
-                        pack_q4_k(block, out);
+                        if format == QuantFormat::Q4K {
+                            pack_q4_k(block, out);
+                        } else {
+                            pack_q6_k(block, out);
+                        }
                     }
                     continue;
                 }
@@ -205,12 +220,31 @@ impl QuantPanels {
             let row = &self.data[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
             for (b, dst) in out.chunks_exact_mut(ACT_BLOCK).enumerate() {
                 let (p, h) = (b / 2, b % 2);
+                if self.format == QuantFormat::Q6K {
+                    let step = &row[b / 8 * step_bytes(self.format)..];
+                    let d = f32::from_le_bytes([step[0], step[1], step[2], step[3]]);
+                    let rec = &step[step_header(self.format) + (p % 4) * rec..];
+                    // Block h of the pair: elements j and j + 16 in byte
+                    // 16h + j's nibbles; their high bits in byte j of the
+                    // 16 at 32 (bits 2h.. and 4 + 2h..); scales at 48.
+                    let (sc_lo, sc_hi) = (rec[48 + 2 * h] as i8, rec[49 + 2 * h] as i8);
+                    let (s_lo, s_hi) = (d * f32::from(sc_lo), d * f32::from(sc_hi));
+                    let (lo, hi) = dst.split_at_mut(16);
+                    for (j, (l, u)) in lo.iter_mut().zip(hi).enumerate() {
+                        let (q, hb) = (rec[16 * h + j], rec[32 + j]);
+                        let ql = (q & 0x0F) | (((hb >> (2 * h)) & 3) << 4);
+                        let qu = (q >> 4) | (((hb >> (4 + 2 * h)) & 3) << 4);
+                        *l = s_lo * f32::from(ql as i8 - 32);
+                        *u = s_hi * f32::from(qu as i8 - 32);
+                    }
+                    continue;
+                }
                 if self.format == QuantFormat::Q4K {
                     let step = &row[b / 8 * step_bytes(self.format)..];
                     let f32_at =
                         |i: usize| f32::from_le_bytes([step[i], step[i + 1], step[i + 2], step[i + 3]]);
                     let (d, neg_dmin) = (f32_at(0), f32_at(4));
-                    let rec = &step[Q4K_HEADER + (p % 4) * rec..];
+                    let rec = &step[step_header(self.format) + (p % 4) * rec..];
                     let (sc, m) = (rec[32 + 2 * h], rec[33 + 2 * h]);
                     // The reference's `d·sc·q − dmin·m`, bit for bit:
                     // (−dmin)·m is −(dmin·m) exactly.
@@ -410,13 +444,43 @@ fn pack_q4_k(block: &[u8], out: &mut [u8]) {
     out[4..8].copy_from_slice(&(-f16_at(2)).to_le_bytes());
     let (scales, mins) = crate::quant::q4_k_scales_and_mins(&block[4..16]);
     for (p, codes) in block[16..144].chunks_exact(32).enumerate() {
-        let rec = &mut out[Q4K_HEADER + 36 * p..Q4K_HEADER + 36 * (p + 1)];
+        let rec = &mut out[8 + 36 * p..8 + 36 * (p + 1)];
         for j in 0..16 {
             // Sub-block 2p is the low nibbles of `codes`, 2p + 1 the high.
             rec[j] = (codes[j] & 0x0F) | (codes[j + 16] << 4);
             rec[16 + j] = (codes[j] >> 4) | (codes[j + 16] & 0xF0);
         }
         rec[32..36].copy_from_slice(&[scales[2 * p], mins[2 * p], scales[2 * p + 1], mins[2 * p + 1]]);
+    }
+}
+
+/// One Q6_K super-block as its kernel step: `f32 d`, then per pair of
+/// 32-element blocks (A, B) a 52-byte record: the low nibbles of the 6-bit
+/// codes in Q4_1's order (A's 0–15 | 16–31 in bytes 0–15, B's in 16–31),
+/// 16 bytes whose byte `j` holds the high 2 bits of A`j`, B`j`, A`j+16`,
+/// B`j+16` (bits 0, 2, 4, 6), and the `i8` scales of the sub-blocks A 0–15,
+/// A 16–31, B 0–15, B 16–31.
+fn pack_q6_k(block: &[u8], out: &mut [u8]) {
+    let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
+    let d = half::f16::from_le_bytes([block[208], block[209]]).to_f32();
+    out[..4].copy_from_slice(&d.to_le_bytes());
+    // The stored code of element e (see `quant::dequantize_row`).
+    let code = |e: usize| -> u8 {
+        let (h, r) = (e / 128, e % 128);
+        let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0F;
+        let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
+        low | (high << 4)
+    };
+    for p in 0..4 {
+        let rec = &mut out[4 + 52 * p..4 + 52 * (p + 1)];
+        let (a, b) = (64 * p, 64 * p + 32);
+        for j in 0..16 {
+            let (a0, a1, b0, b1) = (code(a + j), code(a + 16 + j), code(b + j), code(b + 16 + j));
+            rec[j] = (a0 & 0x0F) | (a1 << 4);
+            rec[16 + j] = (b0 & 0x0F) | (b1 << 4);
+            rec[32 + j] = (a0 >> 4) | ((b0 >> 4) << 2) | ((a1 >> 4) << 4) | ((b1 >> 4) << 6);
+        }
+        rec[48..52].copy_from_slice(&scales[4 * p..4 * p + 4]);
     }
 }
 
@@ -450,6 +514,26 @@ pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
                 }
                 let (a, b) = (b0.d, b1.d);
                 put_f32(rec, 64, [a, a, b, b, a, a, b, b]);
+            }
+            QuantFormat::Q6K => {
+                for j in 0..16 {
+                    rec[j] = b0.q[j] as u8;
+                    rec[16 + j] = b1.q[j] as u8;
+                    rec[32 + j] = b0.q[16 + j] as u8;
+                    rec[48 + j] = b1.q[16 + j] as u8;
+                }
+                // −32·Σq of each 16-element sub-block, in the first i32 lane
+                // of the four its partial sums occupy.
+                let sum16 = |q: &[i8]| -32 * q.iter().map(|&v| i32::from(v)).sum::<i32>();
+                let put_i32 = |rec: &mut [u8], at: usize, v: [i32; 8]| {
+                    for (i, v) in v.iter().enumerate() {
+                        rec[at + 4 * i..at + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                };
+                put_i32(rec, 64, [sum16(&b0.q[..16]), 0, 0, 0, sum16(&b1.q[..16]), 0, 0, 0]);
+                put_i32(rec, 96, [sum16(&b0.q[16..]), 0, 0, 0, sum16(&b1.q[16..]), 0, 0, 0]);
+                let (a, b) = (b0.d, b1.d);
+                put_f32(rec, 128, [a, a, a, a, b, b, b, b]);
             }
             _ => {
                 for j in 0..16 {
@@ -517,6 +601,13 @@ struct Consts {
     idx_d_q4k: [i32; 8],
     /// … → `[−dmin·m_a×4, −dmin·m_b×4]`.
     idx_m_q4k: [i32; 8],
+    /// Q6_K: the high bits of the low-nibble vector: left by 4 (block A,
+    /// bits 0–1) and 2 (block B, bits 2–3) into bits 4–5.
+    shl_q6k: [i32; 8],
+    /// … of the high-nibble vector: right by 0 (A, bits 4–5) and 2 (B, 6–7).
+    shr_q6k: [i32; 8],
+    /// Bits 4–5 of every byte.
+    mask_q6k: [u8; 32],
 }
 
 static CONSTS: Consts = Consts {
@@ -527,6 +618,9 @@ static CONSTS: Consts = Consts {
     idx_q8: [0, 0, 1, 1, 0, 0, 1, 1],
     idx_d_q4k: [0, 0, 0, 0, 2, 2, 2, 2],
     idx_m_q4k: [1, 1, 1, 1, 3, 3, 3, 3],
+    shl_q6k: [4, 4, 4, 4, 2, 2, 2, 2],
+    shr_q6k: [0, 0, 0, 0, 2, 2, 2, 2],
+    mask_q6k: [0x30; 32],
 };
 
 /// One format's kernels, compiled on first use for each (W, R).
@@ -550,13 +644,14 @@ impl KernelSet {
 }
 
 fn kernel_set(format: QuantFormat) -> Result<&'static KernelSet, CodegenError> {
-    static SETS: [OnceLock<KernelSet>; 4] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static SETS: [OnceLock<KernelSet>; 5] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let i = match format {
         QuantFormat::Q8_0 => 0,
         QuantFormat::Q4_0 => 1,
         QuantFormat::Q4_1 => 2,
         QuantFormat::Q4K => 3,
+        QuantFormat::Q6K => 4,
         other => return Err(CodegenError::Unsupported(format!("a GEMV kernel for {other} weights"))),
     };
     if !host_has_avx2() {
@@ -606,7 +701,7 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
     if q8 {
         a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
         a.vmovdqa(idx_m, ymmword_ptr(rax + 128))?; // idx_q8 lives in ymm3
-    } else if format == QuantFormat::Q4K {
+    } else if matches!(format, QuantFormat::Q4K | QuantFormat::Q6K) {
         a.vmovdqa(mask, ymmword_ptr(rax))?;
         a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
         a.vmovdqa(idx_d, ymmword_ptr(rax + 160))?;
@@ -643,10 +738,45 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
     a.add(rdx, sweep)?;
     for k in 0..per_step {
         // Where record k of this step starts in a weight row / activation row.
-        let (wk, xk) =
-            if format == QuantFormat::Q4K { (Q4K_HEADER as i32 + k * rec, k * xrec) } else { (0, 0) };
+        let (wk, xk) = (step_header(format) as i32 + k * rec, k * xrec);
         for (i, &wr) in wp.iter().enumerate().take(w) {
-            if q8 {
+            if format == QuantFormat::Q6K {
+                let (lo, hi, s_lo, s_hi) = (YMM[4], YMM[5], YMM[6], YMM[7]);
+                a.vmovdqu(lo, ymmword_ptr(wr + wk))?;
+                a.vpsrlw(hi, lo, 4)?;
+                a.vpand(lo, lo, mask)?;
+                a.vpand(hi, hi, mask)?;
+                // The 2-bit highs into bits 4–5 of each code.
+                a.vbroadcasti128(t0, xmmword_ptr(wr + wk + 32))?;
+                a.vpsllvd(t1, t0, ymmword_ptr(rax + 224))?;
+                a.vpand(t1, t1, ymmword_ptr(rax + 288))?;
+                a.vpor(lo, lo, t1)?;
+                a.vpsrlvd(t0, t0, ymmword_ptr(rax + 256))?;
+                a.vpand(t0, t0, ymmword_ptr(rax + 288))?;
+                a.vpor(hi, hi, t0)?;
+                // [d·sc_A0, d·sc_A1, d·sc_B0, d·sc_B1], exact in f32.
+                a.vpmovsxbd(XMM[6], dword_ptr(wr + wk + 48))?;
+                a.vcvtdq2ps(XMM[6], XMM[6])?;
+                a.vbroadcastss(XMM[7], dword_ptr(wr))?;
+                a.vmulps(XMM[6], XMM[6], XMM[7])?;
+                a.vpermps(s_hi, idx_m, s_lo)?;
+                a.vpermps(s_lo, idx_d, s_lo)?;
+                for (x, &xr) in xp.iter().enumerate().take(r) {
+                    // Σ code·q − 32·Σq per sub-block, exact in i32, then
+                    // scaled per sub-block and by the activation scale.
+                    a.vpmaddubsw(t0, lo, ymmword_ptr(xr + xk))?;
+                    a.vpmaddwd(t0, t0, ones)?;
+                    a.vpaddd(t0, t0, ymmword_ptr(xr + xk + 64))?;
+                    a.vcvtdq2ps(t0, t0)?;
+                    a.vmulps(t0, t0, s_lo)?;
+                    a.vpmaddubsw(t1, hi, ymmword_ptr(xr + xk + 32))?;
+                    a.vpmaddwd(t1, t1, ones)?;
+                    a.vpaddd(t1, t1, ymmword_ptr(xr + xk + 96))?;
+                    a.vcvtdq2ps(t1, t1)?;
+                    a.vfmadd231ps(t0, t1, s_hi)?;
+                    a.vfmadd231ps(acc(i, x), t0, ymmword_ptr(xr + xk + 128))?;
+                }
+            } else if q8 {
                 let (w0, w1, a0, a1) = (YMM[4], YMM[5], YMM[6], YMM[7]);
                 let d = YMM[2];
                 a.vmovdqu(w0, ymmword_ptr(wr))?;

@@ -98,7 +98,10 @@ impl QuantFormat {
     /// Whether the JIT has a kernel that reads this format as stored
     /// (otherwise callers dequantise to f32 once, at load time).
     pub fn has_kernel(self) -> bool {
-        matches!(self, QuantFormat::Q8_0 | QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K)
+        matches!(
+            self,
+            QuantFormat::Q8_0 | QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K | QuantFormat::Q6K
+        )
     }
 
     /// Bytes of one row of `cols` elements, if `cols` is a whole number of
@@ -338,7 +341,8 @@ pub fn row_dot(format: QuantFormat, row: &[u8], x: &[f32]) -> f64 {
 /// activation vector (`cols / 32` blocks), in f64: per block
 /// `d_w·d_x·Σ q_w·q_x` plus the format's offset term (`m·s_x` for Q4_1,
 /// `−8·d_w·s_x` for Q4_0; per sub-block `d·sc·d_x·Σ q_w·q_x − dmin·m·s_x`
-/// for Q4_K). A kernel differs from `value` only by the f32
+/// for Q4_K; per sub-block of 16 `d·sc·d_x·Σ (q_w − 32)·q_x` for Q6_K). A
+/// kernel differs from `value` only by the f32
 /// rounding of its per-block products and of its running sum, which is at
 /// most a few ε·`magnitude` (the sum of the products' absolute values).
 pub fn row_dot_quantized(format: QuantFormat, row: &[u8], x: &[ActivationBlock]) -> QuantizedDot {
@@ -360,6 +364,32 @@ pub fn row_dot_quantized(format: QuantFormat, row: &[u8], x: &[ActivationBlock])
                 let offset = -dmin * f64::from(mins[sub]) * f64::from(a.s);
                 dot.value += scale * sum + offset;
                 dot.magnitude += scale.abs() * abs + offset.abs();
+            }
+        }
+        return dot;
+    }
+    if format == QuantFormat::Q6K {
+        // Per sub-block of 16: `d·sc·d_x·Σ (code − 32)·q_x`.
+        for (block, x) in row.chunks_exact(bb).zip(x.chunks(8)) {
+            let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
+            let d = f64::from(f16_at(&block[208..]));
+            let code = |e: usize| -> i32 {
+                let (h, r) = (e / 128, e % 128);
+                let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0F;
+                let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
+                i32::from(low | (high << 4)) - 32
+            };
+            for (blk, a) in x.iter().enumerate() {
+                for sub in 0..2 {
+                    let e0 = 32 * blk + 16 * sub;
+                    let (sum, abs) = (0..16).fold((0.0, 0.0), |(s, m), l| {
+                        let p = f64::from(code(e0 + l) * i32::from(a.q[16 * sub + l]));
+                        (s + p, m + p.abs())
+                    });
+                    let scale = d * f64::from(scales[e0 / 16] as i8) * f64::from(a.d);
+                    dot.value += scale * sum;
+                    dot.magnitude += scale.abs() * abs;
+                }
             }
         }
         return dot;

@@ -161,6 +161,11 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, QuantError> {
             .filter_map(|chunk| <&[f32; 256]>::try_from(chunk).ok())
             .flat_map(quantize_q4_k)
             .collect(),
+        GgmlType::Q6_K => values
+            .chunks_exact(256)
+            .filter_map(|chunk| <&[f32; 256]>::try_from(chunk).ok())
+            .flat_map(quantize_q6_k)
+            .collect(),
         _ => return Err(QuantError::Unsupported { ty, operation: "quantisation" }),
     })
 }
@@ -257,9 +262,59 @@ pub fn quantize_q4_k(block: &[f32; 256]) -> [u8; 144] {
     out
 }
 
+/// Quantises one super-block of 256 values to Q6_K, simply: each
+/// sub-block of 16 gets `scale = max|x| / 31`; `d` (f16) is the largest
+/// |scale| over 127, the `i8` scales the rounded ratios, and each code
+/// `q = round(x / (d·sc))` clamped to −32..=31, stored as `q + 32` (low
+/// nibbles in `ql`, high 2 bits in `qh`, as `dequantize` reads them). Exists
+/// to make test models.
+pub fn quantize_q6_k(block: &[f32; 256]) -> [u8; 210] {
+    let scales: [f32; 16] =
+        std::array::from_fn(|j| block[16 * j..16 * j + 16].iter().fold(0.0f32, |a, v| a.max(v.abs())) / 31.0);
+    let d = f16::from_f32(scales.iter().fold(0.0f32, |a, &v| a.max(v)) / 127.0);
+    let unit = d.to_f32();
+    let sc: [i8; 16] = std::array::from_fn(|j| {
+        if unit > 0.0 {
+            (scales[j] / unit).round().clamp(-128.0, 127.0) as i8
+        } else {
+            0
+        }
+    });
+    let mut out = [0u8; 210];
+    for (e, &x) in block.iter().enumerate() {
+        let step = unit * f32::from(sc[e / 16]);
+        let q = if step > 0.0 { (x / step).round().clamp(-32.0, 31.0) as i32 } else { 0 };
+        let code = (q + 32) as u8;
+        let (h, r) = (e / 128, e % 128);
+        out[64 * h + r % 64] |= (code & 0x0F) << (4 * (r / 64));
+        out[128 + 32 * h + r % 32] |= (code >> 4) << (2 * (r / 32));
+    }
+    for (o, &v) in out[192..208].iter_mut().zip(&sc) {
+        *o = v as u8;
+    }
+    out[208..].copy_from_slice(&d.to_le_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q6_k_round_trip_is_within_a_step_of_its_sub_block() {
+        let block: [f32; 256] =
+            std::array::from_fn(|i| ((i * 53 % 97) as f32 - 48.0) * 0.01 * (1 + i / 16) as f32);
+        let bytes = quantize_q6_k(&block);
+        let back = dequantize(GgmlType::Q6_K, &bytes, 256).unwrap();
+        for (sub, (a, b)) in block.chunks_exact(16).zip(back.chunks_exact(16)).enumerate() {
+            let amax = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (x, y) in a.iter().zip(b) {
+                // Half a code step (amax/31), plus the rounding of the scale.
+                assert!((x - y).abs() <= amax / 31.0, "sub-block {sub}: {x} vs {y} (amax {amax})");
+            }
+        }
+        assert_eq!(quantize(GgmlType::Q6_K, &block).unwrap(), bytes.to_vec());
+    }
 
     #[test]
     fn q4_k_round_trip_is_within_a_step_of_its_sub_block() {

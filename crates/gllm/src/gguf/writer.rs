@@ -74,7 +74,7 @@ impl GgufWriter {
 
     /// Adds tensor `name` of `dims` (ggml order: ne0 contiguous) from f32
     /// `values` (row-major with rows of ne0), stored as `ggml_type`: F32, F16,
-    /// BF16, Q8_0, Q4_1 or Q4_K (see [`quant::quantize`]).
+    /// BF16, Q8_0, Q4_1, Q4_K or Q6_K (see [`quant::quantize`]).
     pub fn add_tensor_f32(
         &mut self,
         name: impl Into<String>,
