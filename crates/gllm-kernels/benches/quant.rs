@@ -14,7 +14,8 @@ mod common;
 use common::interleaved_median_times;
 use common::probe::ReadProbe;
 
-/// Random stored bytes with ordinary f16 scales.
+/// Random stored bytes with ordinary f16 scales (F16/BF16: every element
+/// the scale's bytes).
 fn matrix(format: QuantFormat, rows: usize, cols: usize) -> Vec<u8> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -48,9 +49,7 @@ fn main() {
     );
     println!("| format | K×N | MiB | read probe 1 thr GB/s | GEMV 1 thr GB/s (% of probe) | read probe 2 thr GB/s | GEMV 2 thr GB/s (% of 2-thr probe) |");
     println!("|---|---|---|---|---|---|---|");
-    for format in
-        [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q4K, QuantFormat::Q6K, QuantFormat::Q8_0]
-    {
+    for format in QuantFormat::ALL {
         for (k, n) in [(4096, 4096), (4096, 11008)] {
             let bytes = matrix(format, n, k);
             let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap()).unwrap();

@@ -15,8 +15,11 @@ use gllm_kernels::quant::{
 use half::f16;
 use support::Rng;
 
-const KERNEL_FORMATS: [QuantFormat; 5] =
-    [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q4K, QuantFormat::Q6K];
+const KERNEL_FORMATS: [QuantFormat; 7] = QuantFormat::ALL;
+
+fn is_float(format: QuantFormat) -> bool {
+    matches!(format, QuantFormat::F16 | QuantFormat::Bf16)
+}
 
 /// `cols` rounded up to whole blocks of `format` (Q4_K's are 256 wide).
 fn whole_blocks(format: QuantFormat, cols: usize) -> usize {
@@ -40,6 +43,15 @@ fn random_matrix(format: QuantFormat, rows: usize, cols: usize, rng: &mut Rng) -
     let blocks = rows * cols / format.block_elems();
     let mut out = Vec::with_capacity(blocks * format.block_bytes());
     for _ in 0..blocks {
+        if is_float(format) {
+            // Ordinary, zero, subnormal and extreme values alike.
+            let v = f16::from_le_bytes(scale(rng)).to_f32() * rng.uniform(-1.0, 1.0);
+            match format {
+                QuantFormat::F16 => out.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+                _ => out.extend_from_slice(&half::bf16::from_f32(v * 1e3).to_le_bytes()),
+            }
+            continue;
+        }
         if format == QuantFormat::Q6K {
             // Random codes and i8 scales, then `d` at the end.
             out.extend((0..208).map(|_| rng.next_u64() as u8));
@@ -89,6 +101,25 @@ fn gemv_matches_references(
     panels.gemv(&x, m, &mut y, threads).unwrap();
     for r in 0..m {
         let xr = &x[r * cols..(r + 1) * cols];
+        if is_float(format) {
+            // f32 products of exact values: only the summation rounds.
+            for i in 0..rows {
+                let got = f64::from(y[r * rows + i]);
+                let exact = row_dot(format, w.row(i), xr);
+                let mut wi = vec![0.0f32; cols];
+                dequantize_row(format, w.row(i), &mut wi);
+                let magnitude: f64 =
+                    wi.iter().zip(xr).map(|(a, b)| (f64::from(*a) * f64::from(*b)).abs()).sum();
+                // Eight lanes of cols/8 fused multiply-adds, then their sum.
+                let bound = (cols / 8 + 16) as f64 * 2.0 * f64::from(f32::EPSILON) * magnitude
+                    + f64::from(f32::MIN_POSITIVE);
+                assert!(
+                    (got - exact).abs() <= bound,
+                    "{format} {rows}×{cols} m={m} y[{r},{i}] = {got} vs {exact} (bound {bound:e})"
+                );
+            }
+            continue;
+        }
         let acts: Vec<_> = xr.chunks(ACT_BLOCK).map(quantize_activation_block).collect();
         for i in 0..rows {
             let got = f64::from(y[r * rows + i]);
@@ -175,9 +206,9 @@ fn bad_shapes_are_clear_errors() {
     assert!(e.to_string().contains("not a whole number of Q4_1 blocks"), "{e}");
     let e = QuantMatrix::new(QuantFormat::Q8_0, 2, 64, &[0; 135]).unwrap_err();
     assert!(e.to_string().contains("takes 136 bytes, but 135"), "{e}");
-    let bytes = vec![0u8; 64];
-    let e = QuantPanels::pack(&QuantMatrix::new(QuantFormat::F16, 1, 32, &bytes).unwrap()).unwrap_err();
-    assert!(e.to_string().contains("F16"), "{e}");
+    for format in QuantFormat::ALL {
+        assert!(format.has_kernel(), "{format}: every format has a GEMV kernel");
+    }
 }
 
 #[test]

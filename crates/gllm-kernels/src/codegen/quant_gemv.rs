@@ -34,6 +34,11 @@
 //! `−32` offset is subtracted in the integer sums (the activation records
 //! carry `−32·Σq` per sub-block).
 //!
+//! **F16 and BF16** take the float path instead: records of 8 weights
+//! (`vcvtph2ps`, or a zero-extend and shift for BF16) against f32
+//! activations padded to a multiple of 8, one FMA per 8 weights: exact
+//! products, 2 bytes per weight read, no activation rounding.
+//!
 //! **ISA.** The kernels use AVX2 encodings (256-bit integer multiply-adds),
 //! which AVX-512 machines also run; a VNNI (`vpdpbusd`) variant is the next
 //! step there.
@@ -90,7 +95,21 @@ fn record_bytes(format: QuantFormat) -> usize {
         QuantFormat::Q4_1 => 40,
         QuantFormat::Q6K => 52,
         QuantFormat::Q8_0 => 68,
-        _ => 0,
+        QuantFormat::F16 | QuantFormat::Bf16 => 16,
+    }
+}
+
+/// Whether `format` runs the float path (f32 activations).
+fn is_float(format: QuantFormat) -> bool {
+    matches!(format, QuantFormat::F16 | QuantFormat::Bf16)
+}
+
+/// Elements of one record.
+fn record_elems(format: QuantFormat) -> usize {
+    if is_float(format) {
+        8
+    } else {
+        2 * ACT_BLOCK
     }
 }
 
@@ -123,6 +142,7 @@ fn act_record_bytes(format: QuantFormat) -> usize {
     match format {
         QuantFormat::Q8_0 => 96,
         QuantFormat::Q6K => 160,
+        QuantFormat::F16 | QuantFormat::Bf16 => 32,
         _ => 128,
     }
 }
@@ -134,8 +154,7 @@ impl QuantPanels {
         if !format.has_kernel() {
             return Err(CodegenError::Unsupported(format!("a GEMV kernel for {format} weights")));
         }
-        let blocks = m.cols() / ACT_BLOCK;
-        let pairs = blocks.div_ceil(2);
+        let pairs = m.cols().div_ceil(record_elems(format));
         let rec = record_bytes(format);
         let row_bytes = pairs / records_per_step(format) * step_bytes(format);
         let mut data = vec![0u8; m.rows() * row_bytes + TAIL_PAD];
@@ -153,6 +172,10 @@ impl QuantPanels {
                 // SAFETY: rows own disjoint `row_bytes` ranges of `data`.
                 let out =
                     unsafe { std::slice::from_raw_parts_mut((base + r * row_bytes) as *mut u8, row_bytes) };
+                if is_float(format) {
+                    out[..m.row(r).len()].copy_from_slice(m.row(r));
+                    continue;
+                }
                 if records_per_step(format) > 1 {
                     for (block, out) in
                         m.row(r).chunks_exact(bb).zip(out.chunks_exact_mut(step_bytes(format)))
@@ -218,6 +241,11 @@ impl QuantPanels {
         let f16_at = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
         for (i, out) in out.chunks_exact_mut(self.cols.max(1)).take(count).enumerate() {
             let row = &self.data[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
+            if is_float(self.format) {
+                // The stored row itself (zero padded after `cols`).
+                crate::quant::dequantize_row(self.format, &row[..2 * self.cols], out);
+                continue;
+            }
             for (b, dst) in out.chunks_exact_mut(ACT_BLOCK).enumerate() {
                 let (p, h) = (b / 2, b % 2);
                 if self.format == QuantFormat::Q6K {
@@ -490,6 +518,14 @@ fn pack_q6_k(block: &[u8], out: &mut [u8]) {
 /// Q4_1's `m` term and `−8` for Q4_0's offset; Q8_0 `q[64]` (natural order)
 /// and `[d0, d0, d1, d1, d0, d0, d1, d1]`.
 pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
+    if is_float(format) {
+        // f32 as is, zero padded to whole records.
+        out.fill(0);
+        for (o, v) in out.chunks_exact_mut(4).zip(x) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+        return;
+    }
     let xrec = act_record_bytes(format);
     for (p, rec) in out.chunks_exact_mut(xrec).enumerate() {
         let block = |b: usize| {
@@ -644,15 +680,23 @@ impl KernelSet {
 }
 
 fn kernel_set(format: QuantFormat) -> Result<&'static KernelSet, CodegenError> {
-    static SETS: [OnceLock<KernelSet>; 5] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static SETS: [OnceLock<KernelSet>; 7] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
     let i = match format {
         QuantFormat::Q8_0 => 0,
         QuantFormat::Q4_0 => 1,
         QuantFormat::Q4_1 => 2,
         QuantFormat::Q4K => 3,
         QuantFormat::Q6K => 4,
-        other => return Err(CodegenError::Unsupported(format!("a GEMV kernel for {other} weights"))),
+        QuantFormat::F16 => 5,
+        QuantFormat::Bf16 => 6,
     };
     if !host_has_avx2() {
         return Err(CodegenError::IsaNotOnHost { isa: Isa::Avx2 });
@@ -740,7 +784,19 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
         // Where record k of this step starts in a weight row / activation row.
         let (wk, xk) = (step_header(format) as i32 + k * rec, k * xrec);
         for (i, &wr) in wp.iter().enumerate().take(w) {
-            if format == QuantFormat::Q6K {
+            if is_float(format) {
+                let wv = YMM[4];
+                if format == QuantFormat::F16 {
+                    a.vcvtph2ps(wv, xmmword_ptr(wr))?;
+                } else {
+                    // bf16 is the upper half of an f32.
+                    a.vpmovzxwd(wv, xmmword_ptr(wr))?;
+                    a.vpslld(wv, wv, 16)?;
+                }
+                for (x, &xr) in xp.iter().enumerate().take(r) {
+                    a.vfmadd231ps(acc(i, x), wv, ymmword_ptr(xr))?;
+                }
+            } else if format == QuantFormat::Q6K {
                 let (lo, hi, s_lo, s_hi) = (YMM[4], YMM[5], YMM[6], YMM[7]);
                 a.vmovdqu(lo, ymmword_ptr(wr + wk))?;
                 a.vpsrlw(hi, lo, 4)?;

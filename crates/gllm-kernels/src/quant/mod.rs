@@ -96,12 +96,18 @@ impl QuantFormat {
     }
 
     /// Whether the JIT has a kernel that reads this format as stored
-    /// (otherwise callers dequantise to f32 once, at load time).
+    /// (otherwise callers dequantise to f32 once, at load time). Every
+    /// format here has one; a format added later may not at first.
     pub fn has_kernel(self) -> bool {
-        matches!(
-            self,
-            QuantFormat::Q8_0 | QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K | QuantFormat::Q6K
-        )
+        match self {
+            QuantFormat::F16
+            | QuantFormat::Bf16
+            | QuantFormat::Q8_0
+            | QuantFormat::Q4_0
+            | QuantFormat::Q4_1
+            | QuantFormat::Q4K
+            | QuantFormat::Q6K => true,
+        }
     }
 
     /// Bytes of one row of `cols` elements, if `cols` is a whole number of
