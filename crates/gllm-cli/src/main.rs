@@ -59,9 +59,10 @@ pub struct ModelArgs {
     #[arg(long)]
     reference: bool,
     /// Dequantise every weight to f32 at load: exact arithmetic on the
-    /// file's values (the accuracy baseline), 4–8× the bytes per token. By
-    /// default Q8_0/Q4_0/Q4_1 weights are read as stored, with int8
-    /// activations as llama.cpp uses (docs/quantised.md).
+    /// file's values (the accuracy baseline), 2–8× the bytes per token. By
+    /// default quantised (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) and F16/BF16 weights
+    /// are read as stored, the quantised ones with int8 activations as
+    /// llama.cpp uses (docs/quantised.md).
     #[arg(long)]
     f32_weights: bool,
     /// KV-cache positions to allocate (default 2048, at most the model's context).

@@ -8,10 +8,9 @@
 //!
 //! Every tensor is checked (presence, shape) against the configuration in
 //! one table before anything is converted, and every error names the file
-//! and the tensor or key. Weights in a format the JIT reads directly stay in
-//! their blocks (as `[out, in]` rows) unless [`WeightStorage::F32`] is asked
-//! for; the rest are dequantised to f32 here (in parallel), projections
-//! transposed to `[in, out]`.
+//! and the tensor or key. Matrices stay in their stored format (as
+//! `[out, in]` rows) unless [`WeightStorage::F32`] is asked for; f32 weights
+//! are converted here (in parallel), projections transposed to `[in, out]`.
 //!
 //! RoPE layouts: GGUF's converter permutes the rows of each head of Q and K
 //! so that rotating adjacent pairs (2i, 2i+1) is right for the stored
@@ -26,7 +25,7 @@ use crate::gguf::{GgufError, GgufFile};
 use crate::safetensors_model::{SafetensorsError, SafetensorsModel};
 use crate::tokenizer::{Tokenizer, TokenizerError, TokenizerSpec};
 use crate::weights::{transpose, ModelWeights, QuantTensor, Tensor};
-use gllm_kernels::quant::QuantMatrix;
+use gllm_kernels::quant::{QuantFormat, QuantMatrix};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -93,11 +92,13 @@ pub struct LoadOptions {
 /// How quantised weights are held after loading.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightStorage {
-    /// Formats the JIT reads directly (Q8_0, Q4_0, Q4_1) stay in their
-    /// blocks: decode reads 4–8× fewer bytes per token, with activations
-    /// quantised to int8 per block as llama.cpp does (the same greedy text
-    /// as llama.cpp on the same file; docs/quantised.md). Other formats are
-    /// dequantised to f32.
+    /// Matrices stay in their stored format — every GGUF block format
+    /// (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) and F16/BF16, in GGUF or safetensors
+    /// — and the JIT reads them as stored: decode reads 2–8× fewer bytes
+    /// per token. Block formats run with activations quantised to int8 per
+    /// block as llama.cpp does (the same greedy text as llama.cpp on the
+    /// same file; docs/quantised.md); F16/BF16 with f32 activations. F32
+    /// tensors stay f32.
     #[default]
     AsStored,
     /// Every weight dequantised to f32 at load (`--f32-weights`): exact
@@ -213,7 +214,7 @@ impl Model {
     pub fn load_with(path: &Path, options: &LoadOptions, progress: Progress) -> Result<Model, ModelError> {
         let shown = path.display().to_string();
         if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
-            return Model::from_safetensors(path, progress);
+            return Model::from_safetensors_with(path, options, progress);
         }
         let mut magic = [0u8; 4];
         use std::io::Read;
@@ -322,6 +323,16 @@ impl Model {
 
     /// A model from HF safetensors with `config.json` (and `tokenizer.json`).
     pub fn from_safetensors(path: &Path, progress: Progress) -> Result<Model, ModelError> {
+        Model::from_safetensors_with(path, &LoadOptions::default(), progress)
+    }
+
+    /// [`Model::from_safetensors`] with options: F16 and BF16 projections
+    /// and embeddings are kept as stored unless f32 weights are asked for.
+    pub fn from_safetensors_with(
+        path: &Path,
+        options: &LoadOptions,
+        progress: Progress,
+    ) -> Result<Model, ModelError> {
         let st = SafetensorsModel::open(path)?;
         let dir = st.directory().to_path_buf();
         let shown = dir.display().to_string();
@@ -359,7 +370,25 @@ impl Model {
                 });
             }
         }
-        let mut weights = convert_all(&table, &|name| Ok(st.tensor_f32(name)?), &|_| Ok(None), progress)?;
+        let keep = |w: &Wanted| -> Result<Option<QuantTensor>, ModelError> {
+            if options.weights != WeightStorage::AsStored || w.shape.len() != 2 {
+                return Ok(None);
+            }
+            let format = match st.tensor_info(&w.file_name)?.dtype() {
+                safetensors::Dtype::F16 => QuantFormat::F16,
+                safetensors::Dtype::BF16 => QuantFormat::Bf16,
+                _ => return Ok(None),
+            };
+            let (rows, cols) = (w.shape[0], w.shape[1]);
+            let bytes = st.tensor_bytes(&w.file_name)?.to_vec();
+            QuantMatrix::new(format, rows, cols, &bytes).map_err(|e| ModelError::Config {
+                file: shown.clone(),
+                problem: format!("tensor `{}`: {e}", w.file_name),
+            })?;
+            let transposed = w.convert != Convert::AsIs;
+            Ok(Some(QuantTensor { format, rows, cols, bytes: Arc::new(bytes), transposed }))
+        };
+        let mut weights = convert_all(&table, &|name| Ok(st.tensor_f32(name)?), &keep, progress)?;
         tie_head(&mut weights, &config);
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = hf_tokenizer(&tok_path)?;

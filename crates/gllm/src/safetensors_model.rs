@@ -385,6 +385,12 @@ impl SafetensorsModel {
         self.shard_of(name)?.tensor_f32(name)
     }
 
+    /// Tensor `name`'s stored bytes (little-endian, row-major).
+    pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], SafetensorsError> {
+        let shard = self.shard_of(name)?;
+        Ok(shard.tensor_data(shard.tensor_info(name)?))
+    }
+
     /// The model's `config.json` (in [`Self::directory`]) as a LLaMA config.
     pub fn hf_config(&self) -> Result<HfLlamaConfig, SafetensorsError> {
         HfLlamaConfig::load(self.directory.join(CONFIG_FILE_NAME))

@@ -136,6 +136,35 @@ fn gguf_and_safetensors_of_the_same_weights_give_the_same_logits() {
     assert_eq!(hf.tokenizer.eos(), gguf.tokenizer.eos());
     let (a, b) = (logits(&gguf, &ids), logits(&hf, &ids));
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "GGUF and safetensors logits differ");
+
+    // The same weights as BF16 (as most HF checkpoints ship): matrices kept
+    // as stored and read by the BF16 GEMV, with the prompt's logits those of
+    // the same file loaded as f32, bit for bit (prompt processing runs the
+    // f32 GEMM on panels dequantised from the stored rows).
+    let bf16: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.2.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bf16)
+        .map(|(t, b)| (t.0.clone(), TensorView::new(Dtype::BF16, t.1.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(hf_dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let stored = Model::load(&hf_dir, &|_, _| {}).unwrap();
+    let f32_weights = gllm::model::LoadOptions { weights: gllm::model::WeightStorage::F32 };
+    let widened = Model::load_with(&hf_dir, &f32_weights, &|_, _| {}).unwrap();
+    assert_eq!(stored.weights.quant_formats(), vec![gllm_kernels::quant::QuantFormat::Bf16]);
+    assert!(
+        stored.weights.size_bytes() * 10 < widened.weights.size_bytes() * 6,
+        "BF16 matrices held as stored"
+    );
+    let ids: Vec<u32> = ids.iter().copied().cycle().take(12).collect();
+    let (a, b) = (logits(&stored, &ids), logits(&widened, &ids));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "BF16 as stored vs as f32: logits differ"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
