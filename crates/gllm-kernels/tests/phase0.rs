@@ -311,3 +311,160 @@ mod fuzz {
         }
     }
 }
+
+/// GEMM-shaped functions whose fold is not `acc + a·b`: the GEMM kernels
+/// compute only Σ A·B, so these must be refused, naming what differs —
+/// never compiled into a plain product (issue: "never a silent wrong kernel").
+mod not_plain_products {
+    pub unsafe extern "C" fn l1_distance(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    // SAFETY: A is m×k, B is k×n, C is m×n (the signature).
+                    acc += unsafe { (*a.add(i * k + p) - *b.add(p * n + j)).abs() };
+                }
+                unsafe { *c.add(i * n + j) = acc };
+            }
+        }
+    }
+
+    pub unsafe extern "C" fn max_plus(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = f32::NEG_INFINITY;
+                for p in 0..k {
+                    // SAFETY: as above.
+                    acc = acc.max(unsafe { *a.add(i * k + p) + *b.add(p * n + j) });
+                }
+                unsafe { *c.add(i * n + j) = acc };
+            }
+        }
+    }
+
+    pub unsafe extern "C" fn scaled_product(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    // SAFETY: as above.
+                    acc += unsafe { *a.add(i * k + p) * *b.add(p * n + j) };
+                }
+                unsafe { *c.add(i * n + j) = 0.5 * acc };
+            }
+        }
+    }
+
+    pub unsafe extern "C" fn offset_product(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 1.0f32;
+                for p in 0..k {
+                    // SAFETY: as above.
+                    acc += unsafe { *a.add(i * k + p) * *b.add(p * n + j) };
+                }
+                unsafe { *c.add(i * n + j) = acc };
+            }
+        }
+    }
+
+    pub unsafe extern "C" fn fused_product(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    // SAFETY: as above.
+                    acc = unsafe { (*a.add(i * k + p)).mul_add(*b.add(p * n + j), acc) };
+                }
+                unsafe { *c.add(i * n + j) = acc };
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_shaped_functions_that_are_not_plain_products_are_refused() {
+    use gllm_kernels::scalar::{Len, TensorRole::*};
+    type GemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
+    let sig = || {
+        OpSignature::new(
+            vec![
+                Arg::Input { name: "a", role: Activation, len: Len::Product(0, 2) },
+                Arg::Input { name: "b", role: Weight, len: Len::Product(2, 1) },
+                Arg::Output { name: "c", len: Len::Product(0, 1) },
+                Arg::Dim { name: "m" },
+                Arg::Dim { name: "n" },
+                Arg::Dim { name: "k" },
+            ],
+            Returns::Nothing,
+        )
+        .unwrap()
+    };
+    let mut r = ScalarOpRegistry::with_builtins();
+    let cases: [(&str, GemmFn, Option<&str>); 5] = [
+        ("offset_product", not_plain_products::offset_product, Some("fold does not start from 0")),
+        ("l1_distance", not_plain_products::l1_distance, Some("fold is not a multiply-add of A and B")),
+        // (f32::max's NaN handling is refused earlier, by the fold analysis;
+        // either way it is an error, not a product.)
+        ("max_plus", not_plain_products::max_plus, Some("")),
+        (
+            "scaled_product",
+            not_plain_products::scaled_product,
+            Some("element is not the fold's result as is"),
+        ),
+        ("fused_product", not_plain_products::fused_product, None),
+    ];
+    for (name, f, refusal) in cases {
+        let kind = r.register_custom(name, f, sig()).unwrap();
+        let result = r.get(kind).unwrap().trace();
+        match refusal {
+            Some(why) => {
+                let e = result.expect_err(name).to_string();
+                assert!(
+                    why.is_empty() || e.contains(why) && e.contains("GEMM kernels compute only"),
+                    "{name}: {e}"
+                );
+                assert!(e.contains(name), "{name}: the error names the op: {e}");
+            }
+            None => {
+                let t = result.unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(t.class(), OpClass::Gemm, "{name}");
+            }
+        }
+    }
+}

@@ -186,6 +186,15 @@ fn lift_run(ctx: &Ctx, sig: &OpSignature, run: &RunResult, dims: &[usize]) -> Re
         if folds.len() != 1 || !body.inputs_used().is_empty() {
             return Err(ctx.err("matrix-product shape without a single multiply-accumulate fold"));
         }
+        // The GEMM kernels compute Σ A·B and nothing else: anything else in
+        // this shape would run as a plain product, silently wrong.
+        if let Some(why) = not_a_plain_product(&folds[0], &row, &body) {
+            return Err(ctx.err(format!(
+                "matrix-product shape whose {why}; the GEMM kernels compute only C = Σ_p A[i,p]·B[p,j] \
+                 (fold: {})",
+                one_line(&folds[0].combine)
+            )));
+        }
         ComputePattern::Gemm { m, n, k }
     } else if folds.is_empty() {
         match (num_inputs, num_outputs) {
@@ -199,6 +208,56 @@ fn lift_run(ctx: &Ctx, sig: &OpSignature, run: &RunResult, dims: &[usize]) -> Re
         ComputePattern::NormLike
     };
     Ok(OpTrace { pattern, folds, row, body, num_inputs, loops: Vec::new() })
+}
+
+/// Why a GEMM-shaped trace is not `C[i,j] = Σ_p A[i,p]·B[p,j]` starting
+/// from +0 (the fold `acc + a·b` or `fma(a, b, acc)`, the element the fold's
+/// result unchanged), or `None` if it is.
+fn not_a_plain_product(fold: &Fold, row: &Body, body: &Body) -> Option<&'static str> {
+    use TraceOp::*;
+    if fold.identity != 0 {
+        return Some("fold does not start from 0");
+    }
+    let c = &fold.combine;
+    let op = |v: ValueId| c.ops.get(v as usize).copied();
+    let is_ab = |x: ValueId, y: ValueId| {
+        matches!((op(x), op(y)), (Some(Input(0)), Some(Input(1))) | (Some(Input(1)), Some(Input(0))))
+    };
+    let is_product = |v: ValueId| matches!(op(v), Some(Mul(x, y)) if is_ab(x, y));
+    let multiply_add = match (c.outputs.as_slice(), c.outputs.first().and_then(|&v| op(v))) {
+        ([_], Some(Add(x, y))) => {
+            (op(x) == Some(Acc) && is_product(y)) || (op(y) == Some(Acc) && is_product(x))
+        }
+        ([_], Some(Fma(x, y, z))) => is_ab(x, y) && op(z) == Some(Acc),
+        _ => false,
+    };
+    if !multiply_add {
+        return Some("fold is not a multiply-add of A and B");
+    }
+    // The element: the fold's result, possibly through a row scalar.
+    let result = |b: &Body, v: ValueId| b.ops.get(v as usize).copied();
+    let element = match body.outputs.as_slice() {
+        [v] => result(body, *v),
+        _ => None,
+    };
+    let plain = match element {
+        Some(FoldResult(0)) => true,
+        Some(RowScalar(r)) => {
+            matches!(row.outputs.get(r as usize).and_then(|&v| result(row, v)), Some(FoldResult(0)))
+        }
+        _ => false,
+    };
+    if !plain {
+        return Some("element is not the fold's result as is");
+    }
+    None
+}
+
+/// A body on one line, for error messages.
+fn one_line(b: &Body) -> String {
+    let ops: Vec<String> = b.ops.iter().enumerate().map(|(i, op)| format!("%{i} = {op}")).collect();
+    let outs: Vec<String> = b.outputs.iter().map(|o| format!("%{o}")).collect();
+    format!("{}; => {}", ops.join("; "), outs.join(", "))
 }
 
 /// The row length: the common length of the inputs.
