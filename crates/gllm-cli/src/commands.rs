@@ -72,7 +72,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     println!("{}\n", lines.join("\n"));
 
     let cfg = LlamaConfig::llama_7b();
-    let graph = decoder_stack(&cfg, 128, cfg.num_layers);
+    let graph = decoder_stack(&cfg, 128, cfg.num_layers)?;
     let started = Instant::now();
     let plan = fusion::fuse(&graph, &profile).context("planning the LLaMA-7B graph")?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -95,7 +95,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
 
     // Phase 3a: every non-GEMM group of a SmolLM2 layer, compiled and run.
     let small = LlamaConfig::smollm2_135m();
-    let layer = decoder_stack(&small, 16, 1);
+    let layer = decoder_stack(&small, 16, 1)?;
     let sem = layer.analyse(registry).context("analysing the SmolLM2 layer")?;
     let layer_plan = fusion::plan(&sem, &profile);
     let started = Instant::now();
@@ -162,7 +162,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
 
     // A whole decoder layer through compile_graph (random weights).
     let tokens = 16;
-    let layer_graph = decoder_stack(&small, tokens, 1);
+    let layer_graph = decoder_stack(&small, tokens, 1)?;
     let started = Instant::now();
     let layer = compile_graph(&layer_graph, &profile, registry).context("compiling the SmolLM2 layer")?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -252,7 +252,7 @@ fn explain_model(name: &str, args: &ExplainArgs) -> Result<()> {
         bail!("--seq and --layers must be at least 1");
     }
     let profile = args.profile.resolve()?;
-    let graph = decoder_stack(&cfg, args.seq, args.layers);
+    let graph = decoder_stack(&cfg, args.seq, args.layers)?;
     let started = Instant::now();
     let sem =
         graph.analyse(ScalarOpRegistry::global()).with_context(|| format!("analysing the {name} graph"))?;

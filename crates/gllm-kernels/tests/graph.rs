@@ -340,3 +340,42 @@ fn unused_output() {
     g.outputs.clear();
     assert_eq!(error(&g), "node 1 `scale` (mul): output 0 is never used and is not a graph output");
 }
+
+#[test]
+fn absurd_sizes_are_errors_naming_the_limit() {
+    use gllm_kernels::graph::{MAX_NODES, MAX_TENSOR_BYTES};
+    // A tensor whose byte count overflows, one just over the limit, and the
+    // same shapes on a weight and a node output.
+    let mut g = small();
+    g.inputs[0].1 = f32t(&[usize::MAX / 2, 8]);
+    assert_eq!(
+        error(&g),
+        format!(
+            "graph input `x` has shape [{}, 8] (more bytes than a usize holds), more than the limit of {MAX_TENSOR_BYTES} bytes per tensor",
+            usize::MAX / 2
+        )
+    );
+    let mut g = small();
+    g.weights[0].1 = f32t(&[MAX_TENSOR_BYTES / 4 + 1]);
+    let e = error(&g);
+    assert!(e.starts_with("weight `w` has shape") && e.contains("more than the limit of"), "{e}");
+    let mut g = small();
+    g.nodes[0].outputs[0] = f32t(&[1 << 20, 1 << 20, 1 << 20]);
+    let e = error(&g);
+    assert!(e.starts_with("node 0 `act` (silu): output 0 has shape [1048576, 1048576, 1048576]"), "{e}");
+    // Exactly at the limit is accepted by the size check (the shapes then
+    // disagree, which is a different error).
+    let mut g = small();
+    g.weights[0].1 = f32t(&[MAX_TENSOR_BYTES / 4]);
+    assert!(!error(&g).contains("limit"));
+    // Too many nodes: checked before any node is looked at.
+    let mut g = small();
+    let x = g.inputs[0].1.clone();
+    let first = g.nodes[0].clone();
+    g.nodes.resize(MAX_NODES + 1, first);
+    g.nodes[0].outputs[0] = x;
+    assert_eq!(
+        error(&g),
+        format!("the graph has {} nodes, more than the limit of {MAX_NODES}", MAX_NODES + 1)
+    );
+}

@@ -22,7 +22,7 @@ fn main() {
     for preset in ["zen5", "haswell"] {
         let profile = DeviceProfile::preset(preset).expect("preset");
         for seq in [1, 128] {
-            let graph = decoder_stack(&cfg, seq, cfg.num_layers);
+            let graph = decoder_stack(&cfg, seq, cfg.num_layers).unwrap();
             let warm = fuse(&graph, &profile).expect("the LLaMA graph is valid");
             let (mut analyse, mut planning, mut total) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..runs {

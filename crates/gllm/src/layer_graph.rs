@@ -190,10 +190,29 @@ pub fn decoder_fused(cfg: &LlamaConfig, seq: usize, layers: usize) -> FusedGraph
 
 /// The atomic-op graph of one decoder layer for a prefill of `seq` tokens.
 pub fn decoder_layer(cfg: &LlamaConfig, seq: usize) -> CompilerGraph {
-    decoder_stack(cfg, seq, 1)
+    expand(&decoder_fused(cfg, seq, 1))
+}
+
+/// A decoder stack too large to build.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{layers} decoder layers of {per_layer} nodes each exceed the graph limit of {limit} nodes \
+     (gllm_kernels::graph::MAX_NODES)"
+)]
+pub struct TooManyLayers {
+    pub layers: usize,
+    pub per_layer: usize,
+    pub limit: usize,
 }
 
 /// `layers` decoder layers chained (the residual stream flows from one to the next).
-pub fn decoder_stack(cfg: &LlamaConfig, seq: usize, layers: usize) -> CompilerGraph {
-    expand(&decoder_fused(cfg, seq, layers))
+/// The node count is checked against the compiler's graph limit before
+/// anything is built; tensor sizes are checked when the graph is validated.
+pub fn decoder_stack(cfg: &LlamaConfig, seq: usize, layers: usize) -> Result<CompilerGraph, TooManyLayers> {
+    let limit = gllm_kernels::graph::MAX_NODES;
+    let per_layer = decoder_layer(cfg, 1).nodes.len();
+    if layers.checked_mul(per_layer).is_none_or(|n| n > limit) {
+        return Err(TooManyLayers { layers, per_layer, limit });
+    }
+    Ok(expand(&decoder_fused(cfg, seq, layers)))
 }

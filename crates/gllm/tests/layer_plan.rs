@@ -85,8 +85,8 @@ fn llama_70b_norm_is_tile_fused_only_on_the_smaller_l1() {
 #[test]
 fn stacked_layers_reuse_the_scratchpad() {
     let cfg = LlamaConfig::smollm2_135m();
-    let one = plan(&decoder_stack(&cfg, 16, 1), "zen5");
-    let four = plan(&decoder_stack(&cfg, 16, 4), "zen5");
+    let one = plan(&decoder_stack(&cfg, 16, 1).unwrap(), "zen5");
+    let four = plan(&decoder_stack(&cfg, 16, 4).unwrap(), "zen5");
     assert!(four.buffers.naive_bytes > 3 * one.buffers.naive_bytes);
     // Each layer's intermediates die before the next layer's peak.
     assert!(four.buffers.scratchpad_bytes <= one.buffers.scratchpad_bytes + (16 * 576 * 4) * 2);
@@ -329,4 +329,17 @@ fn a_decoder_layer_runs_through_the_jit() {
             }
         }
     }
+}
+
+#[test]
+fn absurd_stack_sizes_are_errors_naming_the_limit() {
+    let cfg = LlamaConfig::tiny();
+    // `gllm explain --layers 1000000000`: refused before anything is built.
+    let e = decoder_stack(&cfg, 16, 1_000_000_000).unwrap_err().to_string();
+    assert!(e.starts_with("1000000000 decoder layers of") && e.contains("limit of 1048576 nodes"), "{e}");
+    assert!(decoder_stack(&cfg, 16, usize::MAX).is_err(), "no overflow in the count");
+    // `--seq 100000000000`: shapes are numbers until validation refuses them.
+    let g = decoder_stack(&cfg, 100_000_000_000, 1).unwrap();
+    let e = g.analyse(gllm_kernels::scalar::ScalarOpRegistry::global()).unwrap_err().to_string();
+    assert!(e.contains("more than the limit of 1099511627776 bytes per tensor"), "{e}");
 }

@@ -44,6 +44,15 @@ impl fmt::Display for DType {
     }
 }
 
+/// The largest graph the validator accepts, in nodes: far beyond any model
+/// layer stack (a LLaMA-70B layer is ~30 nodes; 80 layers ~2 400), small
+/// enough that analysing and planning it fits in memory.
+pub const MAX_NODES: usize = 1 << 20;
+
+/// The largest tensor the validator accepts (1 TiB): a shape beyond it is a
+/// mistake, not a model, and its sizes would overflow the planner's sums.
+pub const MAX_TENSOR_BYTES: usize = 1 << 40;
+
 /// Shape and element type of a tensor (row-major, last dimension contiguous).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TensorDesc {
@@ -68,6 +77,12 @@ impl TensorDesc {
 
     pub fn size_bytes(&self) -> usize {
         self.numel() * self.dtype.size_bytes()
+    }
+
+    /// Bytes, or `None` if the count overflows: the validator's check
+    /// before anything trusts [`TensorDesc::size_bytes`].
+    pub fn checked_size_bytes(&self) -> Option<usize> {
+        self.shape.iter().try_fold(self.dtype.size_bytes(), |acc, &d| acc.checked_mul(d))
     }
 
     /// Length of the last (contiguous) dimension: a row.

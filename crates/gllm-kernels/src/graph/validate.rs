@@ -1,7 +1,9 @@
 //! Graph validation: every way a graph can be malformed gets its own error,
 //! naming the node and the problem.
 
-use super::{BatchLayout, CompilerGraph, CompilerNode, DType, MatMulParams, NodeId, OpParams, TensorRef};
+use super::{
+    BatchLayout, CompilerGraph, CompilerNode, DType, MatMulParams, NodeId, OpParams, TensorDesc, TensorRef,
+};
 use crate::scalar::{Arg, FnForm, Len, OpSignature, RegistryError, Returns, ScalarOpRegistry, TensorRole};
 use crate::trace::{ComputePattern, OpTrace};
 use std::fmt;
@@ -73,6 +75,10 @@ pub enum GraphError {
     DtypeMismatch { node: NodeLabel, what: String, expected: DType, got: DType },
     #[error("{node}: {what} has shape {}, expected {}", shape_str(.got), shape_str(.expected))]
     ShapeMismatch { node: NodeLabel, what: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("the graph has {count} nodes, more than the limit of {limit}")]
+    TooManyNodes { count: usize, limit: usize },
+    #[error("{what} has shape {} ({}), more than the limit of {} bytes per tensor", shape_str(.shape), .bytes.map_or("more bytes than a usize holds".to_string(), |b| format!("{b} bytes")), .limit)]
+    TensorTooLarge { what: String, shape: Vec<usize>, bytes: Option<usize>, limit: usize },
     #[error("{node}: output {output} is never used and is not a graph output")]
     UnusedOutput { node: NodeLabel, output: usize },
 }
@@ -123,6 +129,7 @@ impl Checker<'_> {
 }
 
 pub(super) fn validate(graph: &CompilerGraph, registry: &ScalarOpRegistry) -> Result<(), GraphError> {
+    check_limits(graph)?;
     for index in 0..graph.nodes.len() {
         check_node(&Checker { graph, index }, registry)?;
     }
@@ -134,6 +141,36 @@ pub(super) fn validate(graph: &CompilerGraph, registry: &ScalarOpRegistry) -> Re
     }
     check_acyclic(graph)?;
     check_all_used(graph)
+}
+
+/// Node count and every tensor's byte size, overflow-checked, before any
+/// analysis sizes buffers from them.
+fn check_limits(graph: &CompilerGraph) -> Result<(), GraphError> {
+    use super::{MAX_NODES, MAX_TENSOR_BYTES};
+    if graph.nodes.len() > MAX_NODES {
+        return Err(GraphError::TooManyNodes { count: graph.nodes.len(), limit: MAX_NODES });
+    }
+    let check = |what: &dyn Fn() -> String, d: &TensorDesc| match d.checked_size_bytes() {
+        Some(b) if b <= MAX_TENSOR_BYTES => Ok(()),
+        bytes => Err(GraphError::TensorTooLarge {
+            what: what(),
+            shape: d.shape.clone(),
+            bytes,
+            limit: MAX_TENSOR_BYTES,
+        }),
+    };
+    for (name, d) in &graph.inputs {
+        check(&|| format!("graph input `{name}`"), d)?;
+    }
+    for (name, d) in &graph.weights {
+        check(&|| format!("weight `{name}`"), d)?;
+    }
+    for index in 0..graph.nodes.len() {
+        for (o, d) in graph.nodes[index].outputs.iter().enumerate() {
+            check(&|| format!("{}: output {o}", NodeLabel::of(graph, index)), d)?;
+        }
+    }
+    Ok(())
 }
 
 fn check_node(c: &Checker, registry: &ScalarOpRegistry) -> Result<(), GraphError> {
