@@ -101,7 +101,7 @@ fn unanalysable_reference_function() {
             .unwrap();
     let kind = registry.register_custom("popcount", popcount_op as extern "C" fn(f32) -> f32, sig).unwrap();
     let mut g = small();
-    g.nodes[0].op = CompilerOp { kind, params: OpParams::None, extra_input_idx: None };
+    g.nodes[0].op = CompilerOp::new(kind);
     let e = g.analyse(&registry).unwrap_err();
     assert!(matches!(e, GraphError::Trace { .. }), "{e}");
     assert!(
@@ -184,31 +184,6 @@ fn cycle() {
     let mut g = small();
     g.nodes[0].inputs[0] = TensorRef::node(0);
     assert_eq!(error(&g), "graph has a cycle through node 0 `act` -> node 0 `act`");
-}
-
-#[test]
-fn extra_input_on_an_op_that_takes_none() {
-    let mut g = small();
-    g.nodes[0].op.extra_input_idx = Some(0);
-    assert_eq!(
-        error(&g),
-        "node 0 `act` (silu): declares extra input 0, but the operator takes no extra input"
-    );
-}
-
-#[test]
-fn extra_input_disagreeing_with_the_signature() {
-    let mut g = small();
-    g.nodes[1].op.extra_input_idx = Some(0);
-    assert_eq!(
-        error(&g),
-        "node 1 `scale` (mul): extra input is Some(0), but the operator's signature says Some(1)"
-    );
-    g.nodes[1].op.extra_input_idx = None;
-    assert_eq!(
-        error(&g),
-        "node 1 `scale` (mul): extra input is None, but the operator's signature says Some(1)"
-    );
 }
 
 #[test]

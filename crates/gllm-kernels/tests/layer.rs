@@ -80,3 +80,59 @@ fn bad_weights_and_inputs_are_named() {
     let e = compile_graph(&bad, &DeviceProfile::detect().unwrap(), ScalarOpRegistry::global()).err().unwrap();
     assert_eq!(e.to_string(), "node 2 `act` (silu): output 0 has shape [3, 25], expected [3, 24]");
 }
+
+/// A custom op with a weight operand (`y = x·w + w²`, per column), built
+/// with `CompilerOp::new` like a built-in and compiled with the registry it
+/// was registered in: its extra input comes from that registry's signature.
+extern "C" fn weighted_square(x: f32, w: f32) -> f32 {
+    x * w + w * w
+}
+
+#[test]
+fn a_custom_op_with_a_weight_operand_compiles_like_a_builtin() {
+    use gllm_kernels::scalar::{Arg, OpSignature, Returns, TensorRole};
+    let mut registry = ScalarOpRegistry::with_builtins();
+    let sig = OpSignature::new(
+        vec![
+            Arg::Element { name: "x", role: TensorRole::Activation },
+            Arg::Element { name: "w", role: TensorRole::Weight },
+        ],
+        Returns::Element,
+    )
+    .unwrap();
+    let kind = registry
+        .register_custom("weighted_square", weighted_square as extern "C" fn(f32, f32) -> f32, sig)
+        .unwrap();
+    let (m, k, n) = (5, 24, 19);
+    let mut g = CompilerGraph::new();
+    let x = g.input("x", TensorDesc::f32([m, k]));
+    let w = g.weight("w", TensorDesc::f32([k, n]));
+    let cw = g.weight("cw", TensorDesc::f32([n]));
+    let y =
+        g.node("proj", CompilerOp::matmul(MatMulParams::new(m, n, k)), vec![x, w], TensorDesc::f32([m, n]));
+    let z = g.node("custom", CompilerOp::new(kind), vec![y, cw], TensorDesc::f32([m, n]));
+    g.output(z);
+    let profile = DeviceProfile::detect().unwrap();
+    let layer = compile_graph(&g, &profile, &registry).unwrap_or_else(|e| panic!("{e}"));
+    let xv: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+    let wv: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.03 - 0.07).collect();
+    let cv: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 * 0.125).collect();
+    let weights = layer
+        .prepare_weights(&|name: &str| match name {
+            "w" => Some(&wv[..]),
+            "cw" => Some(&cv[..]),
+            _ => None,
+        })
+        .unwrap();
+    let out = layer.run(&weights, &[&xv]).unwrap();
+    let mut yv = vec![0.0; m * n];
+    // SAFETY: m·k, k·n and m·n elements.
+    unsafe { gk_matmul(xv.as_ptr(), wv.as_ptr(), yv.as_mut_ptr(), m, n, k) };
+    for (i, (got, y)) in out[0].iter().zip(&yv).enumerate() {
+        let want = weighted_square(*y, cv[i % n]);
+        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "element {i}: {got} vs {want}");
+    }
+    // And the plan fused it into the GEMM as an epilogue, like Mul would be.
+    let plan = gllm_kernels::fusion::fuse_with(&g, &profile, &registry).unwrap();
+    assert_eq!(plan.groups.len(), 1, "{}", plan.explain(&g));
+}

@@ -227,28 +227,25 @@ impl OpParams {
 }
 
 /// One atomic operator with its parameters.
+///
+/// Everything else about the op — its arity, which input is its "extra"
+/// operand (a weight, bias or residual streamed beside the data), its trace
+/// — comes from the registry the graph is analysed with, so a custom op
+/// registered at run time is built exactly like a built-in one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompilerOp {
     pub kind: OpKind,
     pub params: OpParams,
-    /// Which input is the op's one "extra" operand (VecMul → weight,
-    /// VecAdd → residual, BiasAdd → bias): the pointer an epilogue or fused
-    /// loop streams beside the data. Must agree with the registered signature.
-    pub extra_input_idx: Option<usize>,
 }
 
 impl CompilerOp {
-    /// An op with no parameters; `extra_input_idx` filled from the built-in registry.
+    /// An op with no parameters.
     pub fn new(kind: OpKind) -> CompilerOp {
         CompilerOp::with_params(kind, OpParams::None)
     }
 
     pub fn with_params(kind: OpKind, params: OpParams) -> CompilerOp {
-        let extra_input_idx = crate::scalar::ScalarOpRegistry::global()
-            .get(kind)
-            .ok()
-            .and_then(|op| validate::graph_extra_idx(op.signature(), &params));
-        CompilerOp { kind, params, extra_input_idx }
+        CompilerOp { kind, params }
     }
 
     pub fn matmul(params: MatMulParams) -> CompilerOp {

@@ -65,10 +65,6 @@ pub enum GraphError {
     BadGraphOutput { index: usize, target: String },
     #[error("graph has a cycle through {}", .nodes.join(" -> "))]
     Cycle { nodes: Vec<String> },
-    #[error("{node}: declares extra input {got}, but the operator takes no extra input")]
-    UnexpectedExtraInput { node: NodeLabel, got: usize },
-    #[error("{node}: extra input is {got:?}, but the operator's signature says {expected:?}")]
-    ExtraInputMismatch { node: NodeLabel, expected: Option<usize>, got: Option<usize> },
     #[error("{node}: {problem}")]
     Params { node: NodeLabel, problem: String },
     #[error("{node}: {what} is {got}, expected {expected}")]
@@ -90,12 +86,6 @@ fn graph_arity(sig: &OpSignature, params: &OpParams) -> (usize, usize) {
         OpParams::Rope { .. } => (sig.num_inputs().saturating_sub(1), 1),
         _ => (sig.num_inputs(), sig.num_outputs()),
     }
-}
-
-/// The signature's extra input, renumbered as a graph input.
-pub(super) fn graph_extra_idx(sig: &OpSignature, params: &OpParams) -> Option<usize> {
-    let idx = sig.extra_input_idx()?;
-    Some(if matches!(params, OpParams::Rope { .. }) { idx - 1 } else { idx })
 }
 
 struct Checker<'a> {
@@ -187,14 +177,6 @@ fn check_node(c: &Checker, registry: &ScalarOpRegistry) -> Result<(), GraphError
         return Err(GraphError::OutputArity { node: c.label(), expected: n_out, got: node.outputs.len() });
     }
     check_references(c)?;
-    let expected_extra = graph_extra_idx(sig, &node.op.params);
-    match (expected_extra, node.op.extra_input_idx) {
-        (None, Some(got)) => return Err(GraphError::UnexpectedExtraInput { node: c.label(), got }),
-        (e, g) if e != g => {
-            return Err(GraphError::ExtraInputMismatch { node: c.label(), expected: e, got: g })
-        }
-        _ => {}
-    }
     let scalars = sig.scalars().count();
     let given = node.op.params.scalar_args().len();
     if scalars != given {
