@@ -376,6 +376,26 @@ mod not_plain_products {
         }
     }
 
+    pub unsafe extern "C" fn transposed_b(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    // SAFETY: A is m×k, B is n×k, C is m×n.
+                    acc += unsafe { *a.add(i * k + p) * *b.add(j * k + p) };
+                }
+                unsafe { *c.add(i * n + j) = acc };
+            }
+        }
+    }
+
     pub unsafe extern "C" fn offset_product(
         a: *const f32,
         b: *const f32,
@@ -467,4 +487,32 @@ fn gemm_shaped_functions_that_are_not_plain_products_are_refused() {
             }
         }
     }
+}
+
+#[test]
+fn an_unrecognised_read_names_the_instruction_that_made_it() {
+    use gllm_kernels::scalar::{Len, TensorRole::*};
+    // B transposed is not recognised yet (#13); the error must point at the
+    // load of B, not at the function's first instruction.
+    let sig = OpSignature::new(
+        vec![
+            Arg::Input { name: "a", role: Activation, len: Len::Product(0, 2) },
+            Arg::Input { name: "b", role: Weight, len: Len::Product(2, 1) },
+            Arg::Output { name: "c", len: Len::Product(0, 1) },
+            Arg::Dim { name: "m" },
+            Arg::Dim { name: "n" },
+            Arg::Dim { name: "k" },
+        ],
+        Returns::Nothing,
+    )
+    .unwrap();
+    let mut r = ScalarOpRegistry::with_builtins();
+    type GemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
+    let f: GemmFn = not_plain_products::transposed_b;
+    let kind = r.register_custom("transposed_b", f, sig).unwrap();
+    let e = r.get(kind).unwrap().trace().expect_err("B transposed is not recognised");
+    let text = e.to_string();
+    assert!(text.contains("outside what this output may depend on"), "{text}");
+    let at = text.rsplit("(instruction `").next().unwrap_or_default();
+    assert!(!at.starts_with("push") && at.contains('['), "the instruction is a memory read: {text}");
 }

@@ -411,7 +411,9 @@ impl Machine<'_> {
                 (0..lanes as u64)
                     .map(|l| match (self.cells.get(&(addr + 4 * l)), r.kind) {
                         (Some(Cell::Lane(e)), _) => Ok(*e),
-                        (_, RegionKind::Input(k)) => Ok(self.pool.load(k, index + l as u32)),
+                        (_, RegionKind::Input(k)) => {
+                            Ok(self.pool.load_at(k, index + l as u32, self.ins.ip()))
+                        }
                         (_, RegionKind::Output(_)) => {
                             Err(self.err(TraceErrorKind::ReadsOutput { arg: r.name.into() }))
                         }

@@ -73,6 +73,9 @@ pub struct ExprPool {
     /// Structural hash per node (independent of node numbering).
     shash: Vec<u64>,
     index: HashMap<Expr, ExprId>,
+    /// The first instruction that loaded each `Load` node: where an error
+    /// about that read points.
+    load_sites: HashMap<ExprId, u64>,
 }
 
 impl ExprPool {
@@ -121,6 +124,19 @@ impl ExprPool {
 
     pub fn load(&mut self, input: u8, index: u32) -> ExprId {
         self.intern(Expr::Load { input, index })
+    }
+
+    /// [`ExprPool::load`] by the instruction at `site`.
+    pub fn load_at(&mut self, input: u8, index: u32, site: u64) -> ExprId {
+        let id = self.load(input, index);
+        self.load_sites.entry(id).or_insert(site);
+        id
+    }
+
+    /// The first instruction that loaded `id`, if it is a load made by
+    /// [`ExprPool::load_at`].
+    pub fn load_site(&self, id: ExprId) -> Option<u64> {
+        self.load_sites.get(&id).copied()
     }
 
     pub fn param(&mut self, k: u8) -> ExprId {

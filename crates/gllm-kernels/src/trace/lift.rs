@@ -79,6 +79,13 @@ impl Ctx<'_> {
     fn err(&self, msg: impl Into<String>) -> TraceError {
         self.code.error(self.code.entry, TraceErrorKind::Unrecognised(msg.into()))
     }
+
+    /// An error about the read `load`: it names the instruction that made
+    /// it (the function's entry if unknown).
+    fn err_at_load(&self, load: ExprId, msg: impl Into<String>) -> TraceError {
+        let at = self.pool.load_site(load).unwrap_or(self.code.entry);
+        self.code.error(at, TraceErrorKind::Unrecognised(msg.into()))
+    }
 }
 
 /// Dimension values for the runs: small, distinct, and one row long enough
@@ -351,9 +358,10 @@ fn positions(
         Expr::Load { input, index } => match geo.pos(input, index as usize) {
             Some(p) => Ok(1u128 << p),
             None if geo.is_elem(index as usize) => Ok(0),
-            None => Err(ctx.err(format!(
-                "reads element {index} of input {input}, outside what this output may depend on"
-            ))),
+            None => Err(ctx.err_at_load(
+                node,
+                format!("reads element {index} of input {input}, outside what this output may depend on"),
+            )),
         },
         _ => Ok(kids.iter().fold(0, |acc, k| acc | k)),
     })
@@ -396,7 +404,9 @@ impl<'a> Builder<'a> {
             Expr::Param(k) => TraceOp::Param(k),
             Expr::Dim(k) => TraceOp::Dim(k),
             Expr::Load { input, index } => {
-                return Err(self.ctx.err(format!("unexpected read of element {index} of input {input}")))
+                return Err(self
+                    .ctx
+                    .err_at_load(root, format!("unexpected read of element {index} of input {input}")))
             }
             Expr::Un(op, a) => {
                 let a = self.build(a, leaf)?;
@@ -612,7 +622,7 @@ fn analyse_folds(ctx: &Ctx, geo: Geometry, roots: &[ExprId]) -> Res<FoldAnalysis
             if let Expr::Load { input, index } = ctx.pool.get(x) {
                 return match geo.pos(input, index as usize) {
                     Some(p) if p == last => Ok(Some(TraceOp::Input(input))),
-                    _ => Err(ctx.err("a fold step reads an element of another position")),
+                    _ => Err(ctx.err_at_load(x, "a fold step reads an element of another position")),
                 };
             }
             Ok(None)
@@ -649,9 +659,10 @@ fn lift_element(
                 return if geo.is_elem(index as usize) {
                     Ok(Some(TraceOp::Input(input)))
                 } else {
-                    Err(ctx.err(format!(
-                        "an output element reads element {index} of input {input}, not its own"
-                    )))
+                    Err(ctx.err_at_load(
+                        x,
+                        format!("an output element reads element {index} of input {input}, not its own"),
+                    ))
                 };
             }
             if deps.get(&x).is_some_and(|&d| d != 0) && !matches!(geo, Geometry::Row { elem: Some(_), .. }) {
