@@ -242,3 +242,95 @@ fn dequantising_packer_feeds_the_gemm_exactly() {
         }
     }
 }
+
+/// `n` f32s ending exactly at a `PROT_NONE` page: a write one element past
+/// the end faults (the test dies with SIGSEGV instead of corrupting memory).
+struct GuardedF32 {
+    base: *mut libc::c_void,
+    len: usize,
+    n: usize,
+}
+
+impl GuardedF32 {
+    fn new(n: usize) -> GuardedF32 {
+        let page = 4096;
+        let data_pages = (n * 4).div_ceil(page).max(1);
+        let len = (data_pages + 1) * page;
+        // SAFETY: a fresh private anonymous mapping; the last page is then
+        // made inaccessible. Both calls are checked.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(base, libc::MAP_FAILED);
+            let guard = (base as *mut u8).add(data_pages * page);
+            assert_eq!(libc::mprotect(guard.cast(), page, libc::PROT_NONE), 0);
+            GuardedF32 { base, len, n }
+        }
+    }
+
+    fn slice(&mut self) -> &mut [f32] {
+        let page = 4096;
+        let data_pages = (self.len / page) - 1;
+        // SAFETY: the last n·4 bytes before the guard page are mapped
+        // read-write and only borrowed through `&mut self`.
+        unsafe {
+            let end = (self.base as *mut u8).add(data_pages * page);
+            std::slice::from_raw_parts_mut(end.sub(self.n * 4).cast::<f32>(), self.n)
+        }
+    }
+}
+
+impl Drop for GuardedF32 {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+#[test]
+fn gemv_writes_stay_inside_y_and_threads_agree() {
+    // Every format, row counts around the 4-row step, 1–5 activation rows,
+    // y ending at a guard page; then the same products from four threads at
+    // once (shared kernels and panels) equal the single-threaded result.
+    let mut rng = Rng(91);
+    for format in KERNEL_FORMATS {
+        let cols = whole_blocks(format, 64);
+        for rows in [1, 2, 3, 4, 5, 7, 8, 9, 13] {
+            let bytes = random_matrix(format, rows, cols, &mut rng);
+            let panels = QuantPanels::pack(&QuantMatrix::new(format, rows, cols, &bytes).unwrap()).unwrap();
+            for m in 1..=5 {
+                let x = activations(m * cols, &mut rng);
+                let mut want = vec![0.0f32; m * rows];
+                panels.gemv(&x, m, &mut want, 1).unwrap();
+                let mut guarded = GuardedF32::new(m * rows);
+                panels.gemv(&x, m, guarded.slice(), 2).unwrap();
+                assert_eq!(guarded.slice(), &want[..], "{format} {rows}×{cols} m={m}");
+            }
+        }
+        // Concurrency: one big matrix (split across threads inside too).
+        let (rows, cols) = (301, whole_blocks(format, 1536));
+        let bytes = random_matrix(format, rows, cols, &mut rng);
+        let panels = QuantPanels::pack(&QuantMatrix::new(format, rows, cols, &bytes).unwrap()).unwrap();
+        let x = activations(2 * cols, &mut rng);
+        let mut want = vec![0.0f32; 2 * rows];
+        panels.gemv(&x, 2, &mut want, 1).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (panels, x, want) = (&panels, &x, &want);
+                s.spawn(move || {
+                    for _ in 0..5 {
+                        let mut y = vec![f32::NAN; 2 * rows];
+                        panels.gemv(x, 2, &mut y, 1 + t % 2).unwrap();
+                        assert_eq!(&y, want, "{format}: thread {t}");
+                    }
+                });
+            }
+        });
+    }
+}
