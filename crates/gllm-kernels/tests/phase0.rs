@@ -437,24 +437,27 @@ mod not_plain_products {
     }
 }
 
+/// `(a: m×k, b: k×n, c: m×n, m, n, k)`, as the built-in matmul.
+fn gemm_signature() -> OpSignature {
+    use gllm_kernels::scalar::{Len, TensorRole::*};
+    OpSignature::new(
+        vec![
+            Arg::Input { name: "a", role: Activation, len: Len::Product(0, 2) },
+            Arg::Input { name: "b", role: Weight, len: Len::Product(2, 1) },
+            Arg::Output { name: "c", len: Len::Product(0, 1) },
+            Arg::Dim { name: "m" },
+            Arg::Dim { name: "n" },
+            Arg::Dim { name: "k" },
+        ],
+        Returns::Nothing,
+    )
+    .unwrap()
+}
+
 #[test]
 fn gemm_shaped_functions_that_are_not_plain_products_are_refused() {
-    use gllm_kernels::scalar::{Len, TensorRole::*};
     type GemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
-    let sig = || {
-        OpSignature::new(
-            vec![
-                Arg::Input { name: "a", role: Activation, len: Len::Product(0, 2) },
-                Arg::Input { name: "b", role: Weight, len: Len::Product(2, 1) },
-                Arg::Output { name: "c", len: Len::Product(0, 1) },
-                Arg::Dim { name: "m" },
-                Arg::Dim { name: "n" },
-                Arg::Dim { name: "k" },
-            ],
-            Returns::Nothing,
-        )
-        .unwrap()
-    };
+    let sig = gemm_signature;
     let mut r = ScalarOpRegistry::with_builtins();
     let cases: [(&str, GemmFn, Option<&str>); 5] = [
         ("offset_product", not_plain_products::offset_product, Some("fold does not start from 0")),
@@ -491,21 +494,9 @@ fn gemm_shaped_functions_that_are_not_plain_products_are_refused() {
 
 #[test]
 fn an_unrecognised_read_names_the_instruction_that_made_it() {
-    use gllm_kernels::scalar::{Len, TensorRole::*};
     // B transposed is not recognised yet (#13); the error must point at the
     // load of B, not at the function's first instruction.
-    let sig = OpSignature::new(
-        vec![
-            Arg::Input { name: "a", role: Activation, len: Len::Product(0, 2) },
-            Arg::Input { name: "b", role: Weight, len: Len::Product(2, 1) },
-            Arg::Output { name: "c", len: Len::Product(0, 1) },
-            Arg::Dim { name: "m" },
-            Arg::Dim { name: "n" },
-            Arg::Dim { name: "k" },
-        ],
-        Returns::Nothing,
-    )
-    .unwrap();
+    let sig = gemm_signature();
     let mut r = ScalarOpRegistry::with_builtins();
     type GemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
     let f: GemmFn = not_plain_products::transposed_b;

@@ -273,7 +273,7 @@ impl Model {
             if w.shape.len() != 2 {
                 return Ok(None);
             }
-            let (rows, cols) = (w.shape[0], w.shape[1]);
+            let rows = w.shape[0];
             let stored = file.tensor_data(info);
             let bytes = match w.convert {
                 Convert::UnpermuteTranspose { head_dim } => {
@@ -288,12 +288,7 @@ impl Model {
                 }
                 _ => stored.to_vec(),
             };
-            QuantMatrix::new(format, rows, cols, &bytes).map_err(|e| ModelError::Config {
-                file: src.clone(),
-                problem: format!("tensor `{}`: {e}", w.file_name),
-            })?;
-            let transposed = w.convert != Convert::AsIs;
-            Ok(Some(QuantTensor { format, rows, cols, bytes: Arc::new(bytes), transposed }))
+            kept_as_stored(w, format, bytes, &src).map(Some)
         };
         let mut weights = convert_all(&table, &|name| Ok(file.tensor_f32(name)?), &keep, progress)?;
         tie_head(&mut weights, &config);
@@ -379,14 +374,7 @@ impl Model {
                 safetensors::Dtype::BF16 => QuantFormat::Bf16,
                 _ => return Ok(None),
             };
-            let (rows, cols) = (w.shape[0], w.shape[1]);
-            let bytes = st.tensor_bytes(&w.file_name)?.to_vec();
-            QuantMatrix::new(format, rows, cols, &bytes).map_err(|e| ModelError::Config {
-                file: shown.clone(),
-                problem: format!("tensor `{}`: {e}", w.file_name),
-            })?;
-            let transposed = w.convert != Convert::AsIs;
-            Ok(Some(QuantTensor { format, rows, cols, bytes: Arc::new(bytes), transposed }))
+            kept_as_stored(w, format, st.tensor_bytes(&w.file_name)?.to_vec(), &shown).map(Some)
         };
         let mut weights = convert_all(&table, &|name| Ok(st.tensor_f32(name)?), &keep, progress)?;
         tie_head(&mut weights, &config);
@@ -405,6 +393,23 @@ impl Model {
         };
         Ok(Model { config, weights: Arc::new(weights), tokenizer, info })
     }
+}
+
+/// A 2-D table entry kept in its stored `format` (`bytes` as `[out, in]`
+/// rows), its byte count checked against the shape.
+fn kept_as_stored(
+    w: &Wanted,
+    format: QuantFormat,
+    bytes: Vec<u8>,
+    file: &str,
+) -> Result<QuantTensor, ModelError> {
+    let (rows, cols) = (w.shape[0], w.shape[1]);
+    QuantMatrix::new(format, rows, cols, &bytes).map_err(|e| ModelError::Config {
+        file: file.to_string(),
+        problem: format!("tensor `{}`: {e}", w.file_name),
+    })?;
+    let transposed = w.convert != Convert::AsIs;
+    Ok(QuantTensor { format, rows, cols, bytes: Arc::new(bytes), transposed })
 }
 
 /// Reads (`fetch` by file name) and converts every tensor of the table, in

@@ -308,8 +308,8 @@ fn writer_rejects_inconsistent_input() {
         "tensor \"u\": ne0 = 16 is not a multiple of the Q8_0 block size 32"
     );
     assert_eq!(
-        w.add_tensor_f32("u", &[256], GgmlType::Q4_K, &[0.0; 256]).unwrap_err().to_string(),
-        "tensor \"u\": unsupported tensor type Q4_K for quantisation"
+        w.add_tensor_f32("u", &[32], GgmlType::Q4_0, &[0.0; 32]).unwrap_err().to_string(),
+        "tensor \"u\": unsupported tensor type Q4_0 for quantisation"
     );
     assert_eq!(
         w.add_tensor_bytes("u", &[32], GgmlType::Q4_0, vec![0; 17]).unwrap_err().to_string(),
