@@ -1519,8 +1519,9 @@ impl CompiledGemmGroup {
         if quantised && self.m <= GEMV_MAX_ROWS {
             return self.run_quant_gemv(tensor, weights, outputs);
         }
-        // Prompt processing: quantised weights as dequantised f32 panels.
-        let threads = rayon::current_num_threads().max(self.threads);
+        // Prompt processing: quantised weights as dequantised f32 panels
+        // (made on the plan's threads: `-t 1` means one).
+        let threads = self.budget.max(self.threads);
         let kernel = &self.members[0].gemm;
         let panels: Vec<std::borrow::Cow<'_, PackedB>> = weights
             .iter()
