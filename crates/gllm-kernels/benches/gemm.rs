@@ -30,6 +30,7 @@ fn fma_peak(isa: Isa) -> f64 {
     asm.vzeroupper().unwrap();
     asm.a.ret().unwrap();
     let code = ExecutableCode::new(&asm.a.assemble(0).unwrap()).unwrap();
+    // SAFETY: the code just assembled is an `extern "C" fn(u64)` (a loop count in rdi), sealed r-x.
     let f: extern "C" fn(u64) = unsafe { std::mem::transmute(code.entry()) };
     let iters = 20_000_000u64;
     let t = median_time(5, || {

@@ -36,6 +36,7 @@ fn seconds_per_iter(isa: Isa, per_iter: u8, emit: Emit) -> f64 {
     asm.a.ret().unwrap();
     let code = ExecutableCode::new(&asm.a.assemble(0).unwrap()).unwrap();
     let pool = pool.finish();
+    // SAFETY: the code just assembled takes (count, f32 buffer, constant pool), sealed r-x.
     let f: extern "C" fn(u64, *const f32, *const u8) = unsafe { std::mem::transmute(code.entry()) };
     #[repr(align(64))]
     struct Buf([f32; 64]);

@@ -46,6 +46,7 @@ impl ReadProbe {
     /// Reads the whole buffer once, split over `threads` threads.
     pub fn run(&self, threads: usize) {
         let vb = self.vector_bytes;
+        // SAFETY: the probe's code is an `extern "C" fn(*const f32, usize)` reading that many bytes, sealed r-x.
         let f: extern "C" fn(*const f32, usize) = unsafe { std::mem::transmute(self.code.entry()) };
         std::thread::scope(|sc| {
             for part in self.buf.chunks(self.buf.len() / threads) {

@@ -92,6 +92,7 @@ pub extern "C" fn gk_swiglu(gate: f32, up: f32) -> f32 {
 /// `x` must point to `n` readable f32.
 #[cfg_attr(gk_fixture, no_mangle)]
 pub unsafe extern "C" fn gk_reduce_sum(x: *const f32, n: usize) -> f32 {
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let x = unsafe { from_raw_parts(x, n) };
     let mut sum = 0.0;
     for &v in x {
@@ -106,6 +107,7 @@ pub unsafe extern "C" fn gk_reduce_sum(x: *const f32, n: usize) -> f32 {
 /// `x` must point to `n` readable f32.
 #[cfg_attr(gk_fixture, no_mangle)]
 pub unsafe extern "C" fn gk_reduce_max(x: *const f32, n: usize) -> f32 {
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let x = unsafe { from_raw_parts(x, n) };
     let mut max = f32::NEG_INFINITY;
     for &v in x {
@@ -122,6 +124,7 @@ pub unsafe extern "C" fn gk_reduce_max(x: *const f32, n: usize) -> f32 {
 /// `a` and `b` must each point to `n` readable f32.
 #[cfg_attr(gk_fixture, no_mangle)]
 pub unsafe extern "C" fn gk_dot(a: *const f32, b: *const f32, n: usize) -> f32 {
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let (a, b) = unsafe { (from_raw_parts(a, n), from_raw_parts(b, n)) };
     let mut acc = 0.0;
     for i in 0..n {
@@ -136,6 +139,7 @@ pub unsafe extern "C" fn gk_dot(a: *const f32, b: *const f32, n: usize) -> f32 {
 /// `x`, `weight` readable and `out` writable for `n` f32; `out` must not overlap the inputs.
 #[cfg_attr(gk_fixture, no_mangle)]
 pub unsafe extern "C" fn gk_rms_norm(x: *const f32, weight: *const f32, out: *mut f32, n: usize, eps: f32) {
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let (x, weight, out) =
         unsafe { (from_raw_parts(x, n), from_raw_parts(weight, n), from_raw_parts_mut(out, n)) };
     let mut sum_sq = 0.0;
@@ -161,6 +165,7 @@ pub unsafe extern "C" fn gk_layer_norm(
     n: usize,
     eps: f32,
 ) {
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let (x, gamma, beta, out) = unsafe {
         (from_raw_parts(x, n), from_raw_parts(gamma, n), from_raw_parts(beta, n), from_raw_parts_mut(out, n))
     };
@@ -186,6 +191,7 @@ pub unsafe extern "C" fn gk_layer_norm(
 /// `x` readable and `out` writable for `n` f32; no overlap.
 #[cfg_attr(gk_fixture, no_mangle)]
 pub unsafe extern "C" fn gk_softmax(x: *const f32, out: *mut f32, n: usize) {
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let (x, out) = unsafe { (from_raw_parts(x, n), from_raw_parts_mut(out, n)) };
     let mut max = f32::NEG_INFINITY;
     for &v in x {
@@ -213,6 +219,7 @@ pub unsafe extern "C" fn gk_softmax(x: *const f32, out: *mut f32, n: usize) {
 /// `x` readable and `out` writable for `n` f32; no overlap.
 #[cfg_attr(gk_fixture, no_mangle)]
 pub unsafe extern "C" fn gk_top2_softmax(x: *const f32, out: *mut f32, n: usize) {
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let (x, out) = unsafe { (from_raw_parts(x, n), from_raw_parts_mut(out, n)) };
     let mut first = f32::NEG_INFINITY;
     for &v in x {
@@ -255,9 +262,11 @@ pub unsafe extern "C" fn gk_rope(
     out1: *mut f32,
     n: usize,
 ) {
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let (x0, x1, cos, sin) = unsafe {
         (from_raw_parts(x0, n), from_raw_parts(x1, n), from_raw_parts(cos, n), from_raw_parts(sin, n))
     };
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let (out0, out1) = unsafe { (from_raw_parts_mut(out0, n), from_raw_parts_mut(out1, n)) };
     for i in 0..n {
         out0[i] = x0[i] * cos[i] - x1[i] * sin[i];
@@ -271,6 +280,7 @@ pub unsafe extern "C" fn gk_rope(
 /// `a` readable for m·k, `b` for k·n, `c` writable for m·n f32; `c` must not overlap.
 #[cfg_attr(gk_fixture, no_mangle)]
 pub unsafe extern "C" fn gk_matmul(a: *const f32, b: *const f32, c: *mut f32, m: usize, n: usize, k: usize) {
+    // SAFETY: the lengths and non-overlap the `# Safety` section above requires of the caller.
     let (a, b, c) =
         unsafe { (from_raw_parts(a, m * k), from_raw_parts(b, k * n), from_raw_parts_mut(c, m * n)) };
     for i in 0..m {

@@ -66,6 +66,7 @@ fn known_math_addresses() -> [(u64, MathFn); 5] {
 
 /// The exact dynamic symbol at `addr`, if the dynamic linker knows one.
 fn symbol_at(addr: u64) -> Option<String> {
+    // SAFETY: `Dl_info` is plain old data (pointers and integers): all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: dladdr only inspects the loader's tables; any address is allowed
     // and `info` is a valid out-pointer.

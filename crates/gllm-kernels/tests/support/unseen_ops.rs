@@ -35,6 +35,7 @@ pub extern "C" fn gk_squared_relu(x: f32) -> f32 {
 /// `x` must point to `n` readable f32.
 #[cfg_attr(gk_fixture, no_mangle)]
 pub unsafe extern "C" fn gk_mean(x: *const f32, n: usize) -> f32 {
+    // SAFETY: the caller guarantees `n` readable f32 at `x` (# Safety above).
     let x = unsafe { std::slice::from_raw_parts(x, n) };
     let mut s = 0.0;
     for &v in x {
