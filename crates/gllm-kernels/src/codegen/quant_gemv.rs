@@ -489,16 +489,10 @@ fn pack_q4_k(block: &[u8], out: &mut [u8]) {
 /// B`j+16` (bits 0, 2, 4, 6), and the `i8` scales of the sub-blocks A 0–15,
 /// A 16–31, B 0–15, B 16–31.
 fn pack_q6_k(block: &[u8], out: &mut [u8]) {
-    let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
+    let scales = &block[192..208];
     let d = half::f16::from_le_bytes([block[208], block[209]]).to_f32();
     out[..4].copy_from_slice(&d.to_le_bytes());
-    // The stored code of element e (see `quant::dequantize_row`).
-    let code = |e: usize| -> u8 {
-        let (h, r) = (e / 128, e % 128);
-        let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0F;
-        let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
-        low | (high << 4)
-    };
+    let code = |e: usize| crate::quant::q6_k_code(block, e);
     for p in 0..4 {
         let rec = &mut out[4 + 52 * p..4 + 52 * (p + 1)];
         let (a, b) = (64 * p, 64 * p + 32);
@@ -543,6 +537,16 @@ pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
                 rec[at + 4 * i..at + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
             }
         };
+        // The 4-bit formats' nibble order: both blocks' elements 0–15, then
+        // both blocks' 16–31.
+        let put_nibble_order = |rec: &mut [u8]| {
+            for j in 0..16 {
+                rec[j] = b0.q[j] as u8;
+                rec[16 + j] = b1.q[j] as u8;
+                rec[32 + j] = b0.q[16 + j] as u8;
+                rec[48 + j] = b1.q[16 + j] as u8;
+            }
+        };
         match format {
             QuantFormat::Q8_0 => {
                 for (i, &q) in b0.q.iter().chain(&b1.q).enumerate() {
@@ -552,12 +556,7 @@ pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
                 put_f32(rec, 64, [a, a, b, b, a, a, b, b]);
             }
             QuantFormat::Q6K => {
-                for j in 0..16 {
-                    rec[j] = b0.q[j] as u8;
-                    rec[16 + j] = b1.q[j] as u8;
-                    rec[32 + j] = b0.q[16 + j] as u8;
-                    rec[48 + j] = b1.q[16 + j] as u8;
-                }
+                put_nibble_order(rec);
                 // −32·Σq of each 16-element sub-block, in the first i32 lane
                 // of the four its partial sums occupy.
                 let sum16 = |q: &[i8]| -32 * q.iter().map(|&v| i32::from(v)).sum::<i32>();
@@ -572,12 +571,7 @@ pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
                 put_f32(rec, 128, [a, a, a, a, b, b, b, b]);
             }
             _ => {
-                for j in 0..16 {
-                    rec[j] = b0.q[j] as u8;
-                    rec[16 + j] = b1.q[j] as u8;
-                    rec[32 + j] = b0.q[16 + j] as u8;
-                    rec[48 + j] = b1.q[16 + j] as u8;
-                }
+                put_nibble_order(rec);
                 let c = if format == QuantFormat::Q4_0 { -8.0 / 4.0 } else { 1.0 / 4.0 };
                 let (a, b) = (b0.d, b1.d);
                 put_f32(rec, 64, [a, a, a, a, b, b, b, b]);

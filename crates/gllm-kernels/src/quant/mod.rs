@@ -287,16 +287,22 @@ fn dequantize_q4_k(block: &[u8], out: &mut [f32]) {
 /// of `ql[64h + r % 64]`, high bits are bits `2·(r / 32)`.. of
 /// `qh[32h + r % 32]`; `q = (low | high << 4) − 32`.
 fn dequantize_q6_k(block: &[u8], out: &mut [f32]) {
-    let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
     let d = f16_at(&block[208..]);
     for (e, o) in out.iter_mut().enumerate() {
-        let (h, r) = (e / 128, e % 128);
-        let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0F;
-        let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
-        let q = (low | (high << 4)) as i8 - 32;
-        let scale = d * f32::from(scales[e / 16] as i8);
+        let q = q6_k_code(block, e) as i8 - 32;
+        let scale = d * f32::from(block[192 + e / 16] as i8);
         *o = scale * f32::from(q);
     }
+}
+
+/// The stored 6-bit code (0..=63, before the −32 offset) of element `e` of
+/// a Q6_K super-block, as the dequantiser above reads it.
+pub fn q6_k_code(block: &[u8], e: usize) -> u8 {
+    let (ql, qh) = (&block[..128], &block[128..192]);
+    let (h, r) = (e / 128, e % 128);
+    let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0F;
+    let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
+    low | (high << 4)
 }
 
 /// Elements per block of a quantised activation vector (the integer path).
@@ -377,14 +383,8 @@ pub fn row_dot_quantized(format: QuantFormat, row: &[u8], x: &[ActivationBlock])
     if format == QuantFormat::Q6K {
         // Per sub-block of 16: `d·sc·d_x·Σ (code − 32)·q_x`.
         for (block, x) in row.chunks_exact(bb).zip(x.chunks(8)) {
-            let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
-            let d = f64::from(f16_at(&block[208..]));
-            let code = |e: usize| -> i32 {
-                let (h, r) = (e / 128, e % 128);
-                let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0F;
-                let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
-                i32::from(low | (high << 4)) - 32
-            };
+            let (scales, d) = (&block[192..208], f64::from(f16_at(&block[208..])));
+            let code = |e: usize| i32::from(q6_k_code(block, e)) - 32;
             for (blk, a) in x.iter().enumerate() {
                 for sub in 0..2 {
                     let e0 = 32 * blk + 16 * sub;
