@@ -1534,14 +1534,18 @@ impl CompiledGemmGroup {
         self.run_packed(tensor, &packed, outputs)
     }
 
+    /// The member whose result is tensor `t`, if any.
+    fn member_writing(&self, t: crate::graph::TensorId) -> Option<usize> {
+        self.members.iter().position(|m| m.output == t)
+    }
+
     /// Which member writes each extra operand of member `i`: `(slot, j)`.
     fn extras_from_members(&self, i: usize) -> Vec<(usize, usize)> {
-        let member_of = |t: crate::graph::TensorId| self.members.iter().position(|m| m.output == t);
         self.members[i]
             .extras
             .iter()
             .enumerate()
-            .filter_map(|(slot, &t)| member_of(t).map(|j| (slot, j)))
+            .filter_map(|(slot, &t)| self.member_writing(t).map(|j| (slot, j)))
             .collect()
     }
 
@@ -1613,12 +1617,14 @@ impl CompiledGemmGroup {
         outputs: &mut [&mut [f32]],
     ) -> Result<(), CodegenError> {
         // An extra that another member writes is read from that member's C.
-        let member_of = |t: crate::graph::TensorId| self.members.iter().position(|m| m.output == t);
         let extras: Vec<Vec<&[f32]>> = self
             .members
             .iter()
             .map(|m| {
-                m.extras.iter().map(|&t| if member_of(t).is_some() { &[][..] } else { tensor(t) }).collect()
+                m.extras
+                    .iter()
+                    .map(|&t| if self.member_writing(t).is_some() { &[][..] } else { tensor(t) })
+                    .collect()
             })
             .collect();
         let from: Vec<Vec<(usize, usize)>> =
