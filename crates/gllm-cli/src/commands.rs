@@ -1,6 +1,6 @@
 //! One function per subcommand.
 
-use crate::{DemoArgs, DeviceArgs, ExplainArgs, ProfileArgs};
+use crate::{DemoArgs, DeviceArgs, ExplainArgs, ProfileArgs, TestOpsArgs};
 use anyhow::{bail, Context, Result};
 use gllm::layer_graph::decoder_stack;
 use gllm::synthetic::SyntheticData;
@@ -264,6 +264,78 @@ fn explain_model(name: &str, args: &ExplainArgs) -> Result<()> {
         args.layers, args.seq, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads
     );
     print!("{}", plan.explain(&graph));
+    Ok(())
+}
+
+pub fn test_ops(args: &TestOpsArgs) -> Result<()> {
+    use gllm_kernels::oracle::{self, Sweep};
+    use gllm_kernels::quant::QuantFormat;
+    let registry = ScalarOpRegistry::global();
+    let format_named = |n: &str| QuantFormat::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(n));
+    for name in &args.op {
+        if format_named(name).is_none() {
+            registry.lookup(name).with_context(|| {
+                let formats: Vec<&str> = QuantFormat::ALL.iter().map(|f| f.name()).collect();
+                format!("`{name}` is neither a registered op nor a weight format ({})", formats.join(", "))
+            })?;
+        }
+    }
+    let formats: Vec<QuantFormat> = QuantFormat::ALL
+        .into_iter()
+        .filter(|f| args.op.is_empty() || args.op.iter().any(|n| format_named(n) == Some(*f)))
+        .collect();
+    let (mut profiles, skipped) = oracle::host_profiles()?;
+    if let Some(name) = &args.isa {
+        let Some(isa) = Isa::from_name(name) else { bail!("unknown ISA `{name}` (expected avx2 or avx512)") };
+        if skipped.contains(&isa) {
+            bail!("this machine cannot run {isa}");
+        }
+        profiles.retain(|p| p.isa == isa);
+    }
+    for isa in &skipped {
+        println!("skipped: {isa} (this CPU does not have it)");
+    }
+    let sweep = if args.quick { Sweep::Quick } else { Sweep::Full };
+    let select = |op: &gllm_kernels::scalar::RegisteredOp| {
+        args.op.is_empty() || args.op.iter().any(|n| n == op.kind().name())
+    };
+    println!(
+        "{:<14} {:<18} {:<7} {:>6} {:>8} {:>9}  {:<6} bound",
+        "op", "kernel", "isa", "cases", "max ulp", "max NMSE", "result"
+    );
+    let start = Instant::now();
+    let reports = oracle::test_ops(registry, &profiles, &formats, sweep, &select, &mut |r| {
+        let ulp = if r.max_ulps == u64::MAX { "NaN".to_string() } else { r.max_ulps.to_string() };
+        println!(
+            "{:<14} {:<18} {:<7} {:>6} {:>8} {:>9.1e}  {:<6} {}",
+            r.op,
+            r.kernel.to_string(),
+            r.isa.to_string(),
+            r.cases,
+            ulp,
+            r.max_nmse,
+            match (r.passed(), &r.skipped) {
+                (false, _) => "FAIL",
+                (true, Some(_)) => "skip",
+                (true, None) => "ok",
+            },
+            r.skipped.as_deref().unwrap_or(&r.tolerance)
+        );
+        if let Some(why) = &r.failure {
+            println!("    {why}");
+        }
+    });
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    let skipped = reports.iter().filter(|r| r.skipped.is_some()).count();
+    let cases: usize = reports.iter().map(|r| r.cases).sum();
+    println!(
+        "\n{} kernels, {cases} cases, {failed} failed, {skipped} not applicable ({:.1} s)",
+        reports.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -36,6 +36,10 @@ enum Command {
     /// Show what the compiler learned about an operator (`--op`), or how it
     /// plans a model's decoder layer on a device (`--model`).
     Explain(ExplainArgs),
+    /// Differential test of every registered op's JIT kernels against its
+    /// scalar reference, on every ISA this machine runs, over a sweep of
+    /// shapes, with operands against guard pages (exit status 1 on a failure).
+    TestOps(TestOpsArgs),
     /// Walk through the compiler's phases on this machine (Phase 0 analysis,
     /// planning, loop kernels, GEMM, a whole layer) with checks against the
     /// scalar references.
@@ -202,6 +206,20 @@ pub struct DemoArgs {
     elements: usize,
 }
 
+#[derive(Args)]
+pub struct TestOpsArgs {
+    /// Only these operators or weight formats (comma-separated: registered
+    /// op names such as silu,matmul; formats such as q4_1,q6_k,f16).
+    #[arg(long, value_delimiter = ',')]
+    op: Vec<String>,
+    /// Only this ISA (avx2 or avx512; default: every ISA this machine runs).
+    #[arg(long)]
+    isa: Option<String>,
+    /// A dozen shapes per op instead of every tail 0..=64 and large rows.
+    #[arg(long)]
+    quick: bool,
+}
+
 /// Which hardware to plan for: this machine, a preset or a profile file.
 #[derive(Args, Clone)]
 pub struct ProfileArgs {
@@ -267,6 +285,7 @@ fn main() -> Result<()> {
         Command::Perplexity(args) => model_cmds::perplexity(&args),
         Command::Serve(args) => model_cmds::serve(&args),
         Command::Demo(args) => commands::demo(&args),
+        Command::TestOps(args) => commands::test_ops(&args),
         Command::Device(args) => commands::device(&args),
         Command::Explain(args) => commands::explain(&args),
     }

@@ -16,6 +16,7 @@ pub mod codegen;
 pub mod device;
 pub mod fusion;
 pub mod graph;
+pub mod oracle;
 pub mod quant;
 pub mod reference;
 pub mod runtime;

@@ -90,7 +90,7 @@ pub fn evaluate<'w>(
                 FnForm::PerElement => per_element(op, &ins, &params, &mut out).map_err(fail)?,
                 FnForm::Slices => {
                     let data = &sem.tensors[node.inputs[0]].desc;
-                    rows(op, &ins, &params, data.rows(), data.row_len(), &mut out).map_err(fail)?
+                    rows(op, &ins, &params, data.rows(), data.row_len(), &mut [&mut out]).map_err(fail)?
                 }
             },
         }
@@ -114,7 +114,12 @@ fn call(op: &RegisteredOp, args: &[AbiValue]) -> Result<Option<f32>, String> {
         .ok_or_else(|| format!("arguments do not match `{}`'s signature", op.kind().name()))
 }
 
-fn per_element(op: &RegisteredOp, ins: &[&[f32]], params: &[f32], out: &mut [f32]) -> Result<(), String> {
+pub(crate) fn per_element(
+    op: &RegisteredOp,
+    ins: &[&[f32]],
+    params: &[f32],
+    out: &mut [f32],
+) -> Result<(), String> {
     if ins.iter().any(|v| v.is_empty() && !out.is_empty()) {
         return Err("an empty input broadcast over a non-empty output".into());
     }
@@ -141,20 +146,21 @@ fn per_element(op: &RegisteredOp, ins: &[&[f32]], params: &[f32], out: &mut [f32
 }
 
 /// Row functions (norms, softmax, reductions): one call per row of `n`;
-/// inputs are full or one broadcast row.
-fn rows(
+/// inputs are full or one broadcast row; one output buffer per output
+/// argument (a reduction's single output holds one value per row).
+pub(crate) fn rows(
     op: &RegisteredOp,
     ins: &[&[f32]],
     params: &[f32],
     rows: usize,
     n: usize,
-    out: &mut [f32],
+    outs: &mut [&mut [f32]],
 ) -> Result<(), String> {
     let sig = op.signature();
     let per_row = sig.returns() == Returns::RowScalar;
     let want_out = if per_row { rows } else { rows * n };
-    if out.len() != want_out || sig.num_outputs() > 1 {
-        return Err(format!("output of {} elements for {rows} rows of {n}", out.len()));
+    if outs.len() != sig.num_outputs().max(usize::from(per_row)) || outs.iter().any(|o| o.len() != want_out) {
+        return Err(format!("{} output(s) for {rows} rows of {n}", outs.len()));
     }
     for v in ins {
         if v.len() != n && v.len() != rows * n {
@@ -162,7 +168,7 @@ fn rows(
         }
     }
     for r in 0..rows {
-        let (mut k, mut p) = (0, 0);
+        let (mut k, mut j, mut p) = (0, 0, 0);
         let mut args = Vec::new();
         for a in sig.args() {
             args.push(match a {
@@ -171,7 +177,10 @@ fn rows(
                     k += 1;
                     AbiValue::ConstPtr(v[if v.len() == n { 0 } else { r * n }..].as_ptr())
                 }
-                Arg::Output { .. } => AbiValue::MutPtr(out[r * n..].as_mut_ptr()),
+                Arg::Output { .. } => {
+                    j += 1;
+                    AbiValue::MutPtr(outs[j - 1][r * n..].as_mut_ptr())
+                }
                 Arg::Dim { .. } => AbiValue::Usize(n),
                 Arg::Scalar { .. } | Arg::Element { .. } => {
                     p += 1;
@@ -180,7 +189,7 @@ fn rows(
             });
         }
         if let Some(v) = call(op, &args)? {
-            out[r] = v;
+            outs[0][r] = v;
         }
     }
     Ok(())
@@ -204,7 +213,12 @@ const COLUMN_BLOCK: usize = 64;
 /// A (batched) product: each batch element's operands gathered into
 /// contiguous row-major matrices (B a block of columns at a time),
 /// multiplied by the scalar function, and scattered into C.
-fn matmul(op: &RegisteredOp, p: &MatMulParams, ins: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+pub(crate) fn matmul(
+    op: &RegisteredOp,
+    p: &MatMulParams,
+    ins: &[&[f32]],
+    out: &mut [f32],
+) -> Result<(), String> {
     let [a, b] = ins[..] else { return Err(format!("{} inputs to a matmul", ins.len())) };
     let (m, n, k) = (p.m, p.n, p.k);
     if p.b_shared_by == 0 || p.batch % p.b_shared_by != 0 {

@@ -8,81 +8,20 @@ mod support;
 use gllm_kernels::codegen::gemm::GemmKernel;
 use gllm_kernels::codegen::quant_gemv::QuantPanels;
 use gllm_kernels::device::DeviceProfile;
-use gllm_kernels::quant::{
-    activation_quantisation_bound, dequantize_row, quantize_activation_block, row_dot, row_dot_quantized,
-    QuantFormat, QuantMatrix, ACT_BLOCK,
-};
-use half::f16;
+use gllm_kernels::oracle::{GuardedBuffer, Placement};
+use gllm_kernels::quant::{dequantize_row, QuantFormat, QuantMatrix};
 use support::Rng;
 
 const KERNEL_FORMATS: [QuantFormat; 7] = QuantFormat::ALL;
-
-fn is_float(format: QuantFormat) -> bool {
-    matches!(format, QuantFormat::F16 | QuantFormat::Bf16)
-}
 
 /// `cols` rounded up to whole blocks of `format` (Q4_K's are 256 wide).
 fn whole_blocks(format: QuantFormat, cols: usize) -> usize {
     cols.div_ceil(format.block_elems()) * format.block_elems()
 }
 
-/// An f16 scale: mostly ordinary, sometimes zero, subnormal or extreme.
-fn scale(rng: &mut Rng) -> [u8; 2] {
-    let v = match rng.next_u64() % 16 {
-        0 => f16::ZERO,
-        1 => f16::from_bits(1 + (rng.next_u64() % 1023) as u16), // subnormal
-        2 => f16::from_f32(if rng.next_u64() % 2 == 0 { 60000.0 } else { -60000.0 }),
-        3 => f16::from_f32(rng.uniform(-1e-4, 1e-4)),
-        _ => f16::from_f32(rng.uniform(-0.05, 0.05)),
-    };
-    v.to_le_bytes()
-}
-
-/// `rows × cols` random stored bytes of `format`.
-fn random_matrix(format: QuantFormat, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    let blocks = rows * cols / format.block_elems();
-    let mut out = Vec::with_capacity(blocks * format.block_bytes());
-    for _ in 0..blocks {
-        if is_float(format) {
-            // Ordinary, zero, subnormal and extreme values alike.
-            let v = f16::from_le_bytes(scale(rng)).to_f32() * rng.uniform(-1.0, 1.0);
-            match format {
-                QuantFormat::F16 => out.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
-                _ => out.extend_from_slice(&half::bf16::from_f32(v * 1e3).to_le_bytes()),
-            }
-            continue;
-        }
-        if format == QuantFormat::Q6K {
-            // Random codes and i8 scales, then `d` at the end.
-            out.extend((0..208).map(|_| rng.next_u64() as u8));
-            out.extend_from_slice(&scale(rng));
-            continue;
-        }
-        // Q4_1: d, m; Q4_K: d, dmin (its 6-bit scales and codes are random bytes).
-        let head = match format {
-            QuantFormat::Q4_1 | QuantFormat::Q4K => 4,
-            _ => 2,
-        };
-        out.extend_from_slice(&scale(rng));
-        if head == 4 {
-            out.extend_from_slice(&scale(rng));
-        }
-        for _ in head..format.block_bytes() {
-            out.push(rng.next_u64() as u8);
-        }
-    }
-    out
-}
-
-fn activations(n: usize, rng: &mut Rng) -> Vec<f32> {
-    (0..n)
-        .map(|i| match i % 97 {
-            0 => 0.0,
-            1 => rng.uniform(-300.0, 300.0),
-            _ => rng.uniform(-2.0, 2.0),
-        })
-        .collect()
-}
+use gllm_kernels::oracle::quant::{
+    check_gemv, random_activations as activations, random_stored_matrix as random_matrix,
+};
 
 fn gemv_matches_references(
     format: QuantFormat,
@@ -99,47 +38,8 @@ fn gemv_matches_references(
     let x = activations(m * cols, &mut rng);
     let mut y = vec![f32::NAN; m * rows];
     panels.gemv(&x, m, &mut y, threads).unwrap();
-    for r in 0..m {
-        let xr = &x[r * cols..(r + 1) * cols];
-        if is_float(format) {
-            // f32 products of exact values: only the summation rounds.
-            for i in 0..rows {
-                let got = f64::from(y[r * rows + i]);
-                let exact = row_dot(format, w.row(i), xr);
-                let mut wi = vec![0.0f32; cols];
-                dequantize_row(format, w.row(i), &mut wi);
-                let magnitude: f64 =
-                    wi.iter().zip(xr).map(|(a, b)| (f64::from(*a) * f64::from(*b)).abs()).sum();
-                // Eight lanes of cols/8 fused multiply-adds, then their sum.
-                let bound = (cols / 8 + 16) as f64 * 2.0 * f64::from(f32::EPSILON) * magnitude
-                    + f64::from(f32::MIN_POSITIVE);
-                assert!(
-                    (got - exact).abs() <= bound,
-                    "{format} {rows}×{cols} m={m} y[{r},{i}] = {got} vs {exact} (bound {bound:e})"
-                );
-            }
-            continue;
-        }
-        let acts: Vec<_> = xr.chunks(ACT_BLOCK).map(quantize_activation_block).collect();
-        for i in 0..rows {
-            let got = f64::from(y[r * rows + i]);
-            let exact = row_dot_quantized(format, w.row(i), &acts);
-            // f32 rounding of per-block scale products and the running sums.
-            let rounding = (cols / ACT_BLOCK + 16) as f64 * 2.0 * f64::from(f32::EPSILON) * exact.magnitude
-                + f64::from(f32::MIN_POSITIVE);
-            assert!(
-                (got - exact.value).abs() <= rounding,
-                "{format} {rows}×{cols} m={m} y[{r},{i}] = {got} vs integer reference {} (bound {rounding:e})",
-                exact.value
-            );
-            // And what the weights mean: within the activation rounding.
-            let meaning = row_dot(format, w.row(i), xr);
-            let bound = activation_quantisation_bound(format, w.row(i), &acts) + rounding;
-            assert!(
-                (got - meaning).abs() <= bound * (1.0 + 1e-6),
-                "{format} y[{r},{i}] = {got} vs dequantised dot {meaning} (bound {bound:e})"
-            );
-        }
+    if let Err(e) = check_gemv(&w, &x, m, &y) {
+        panic!("{format} {rows}×{cols} m={m} threads={threads}: {e}");
     }
 }
 
@@ -243,56 +143,6 @@ fn dequantising_packer_feeds_the_gemm_exactly() {
     }
 }
 
-/// `n` f32s ending exactly at a `PROT_NONE` page: a write one element past
-/// the end faults (the test dies with SIGSEGV instead of corrupting memory).
-struct GuardedF32 {
-    base: *mut libc::c_void,
-    len: usize,
-    n: usize,
-}
-
-impl GuardedF32 {
-    fn new(n: usize) -> GuardedF32 {
-        let page = 4096;
-        let data_pages = (n * 4).div_ceil(page).max(1);
-        let len = (data_pages + 1) * page;
-        // SAFETY: a fresh private anonymous mapping; the last page is then
-        // made inaccessible. Both calls are checked.
-        unsafe {
-            let base = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(base, libc::MAP_FAILED);
-            let guard = (base as *mut u8).add(data_pages * page);
-            assert_eq!(libc::mprotect(guard.cast(), page, libc::PROT_NONE), 0);
-            GuardedF32 { base, len, n }
-        }
-    }
-
-    fn slice(&mut self) -> &mut [f32] {
-        let page = 4096;
-        let data_pages = (self.len / page) - 1;
-        // SAFETY: the last n·4 bytes before the guard page are mapped
-        // read-write and only borrowed through `&mut self`.
-        unsafe {
-            let end = (self.base as *mut u8).add(data_pages * page);
-            std::slice::from_raw_parts_mut(end.sub(self.n * 4).cast::<f32>(), self.n)
-        }
-    }
-}
-
-impl Drop for GuardedF32 {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base, self.len) };
-    }
-}
-
 #[test]
 fn gemv_writes_stay_inside_y_and_threads_agree() {
     // Every format, row counts around the 4-row step, 1–5 activation rows,
@@ -308,9 +158,12 @@ fn gemv_writes_stay_inside_y_and_threads_agree() {
                 let x = activations(m * cols, &mut rng);
                 let mut want = vec![0.0f32; m * rows];
                 panels.gemv(&x, m, &mut want, 1).unwrap();
-                let mut guarded = GuardedF32::new(m * rows);
-                panels.gemv(&x, m, guarded.slice(), 2).unwrap();
-                assert_eq!(guarded.slice(), &want[..], "{format} {rows}×{cols} m={m}");
+                for placement in [Placement::AgainstStart, Placement::AgainstEnd] {
+                    let mut guarded = GuardedBuffer::filled(m * rows, f32::NAN, placement).unwrap();
+                    panels.gemv(&x, m, guarded.as_mut_slice(), 2).unwrap();
+                    assert_eq!(guarded.as_slice(), &want[..], "{format} {rows}×{cols} m={m}");
+                    assert!(guarded.canary_intact(), "{format}: wrote next to y");
+                }
             }
         }
         // Concurrency: one big matrix (split across threads inside too).

@@ -12,64 +12,9 @@ pub mod unseen {
     include!("unseen_ops.rs");
 }
 
-/// xorshift64*: deterministic, dependency-free.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-
-    /// Any f32 bit pattern (all magnitudes, infinities and NaNs included).
-    pub fn any_bits(&mut self) -> f32 {
-        f32::from_bits(self.next_u64() as u32)
-    }
-
-    /// Mostly moderate values with occasional special ones.
-    pub fn row_value(&mut self) -> f32 {
-        match self.next_u64() % 64 {
-            0 => 0.0,
-            1 => -0.0,
-            2 => f32::from_bits(1 + (self.next_u64() % 1000) as u32), // subnormal
-            3 => -1e-30,
-            _ => self.uniform(-4.0, 4.0),
-        }
-    }
-}
-
-/// Values every per-element op is checked on, besides random ones.
-pub fn special_values() -> Vec<f32> {
-    vec![
-        0.0,
-        -0.0,
-        f32::MIN_POSITIVE,
-        -f32::MIN_POSITIVE,
-        f32::from_bits(1),
-        f32::from_bits(0x8000_0001),
-        f32::from_bits(0x007f_ffff),
-        1.0,
-        -1.0,
-        0.5,
-        88.7,
-        -88.7,
-        89.0,
-        -104.0,
-        1e30,
-        -1e30,
-        f32::MAX,
-        f32::MIN,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::NAN,
-    ]
-}
+/// The oracle's deterministic random data and special values, shared by
+/// every test.
+pub use gllm_kernels::oracle::{special_values, Rng};
 
 /// Bitwise equal, or both NaN.
 pub fn same(a: f32, b: f32) -> bool {
