@@ -300,14 +300,14 @@ pub fn test_ops(args: &TestOpsArgs) -> Result<()> {
         args.op.is_empty() || args.op.iter().any(|n| n == op.kind().name())
     };
     println!(
-        "{:<14} {:<18} {:<7} {:>6} {:>8} {:>9}  {:<6} bound",
+        "{:<16} {:<22} {:<7} {:>6} {:>8} {:>9}  {:<6} bound",
         "op", "kernel", "isa", "cases", "max ulp", "max NMSE", "result"
     );
     let start = Instant::now();
     let reports = oracle::test_ops(registry, &profiles, &formats, sweep, &select, &mut |r| {
         let ulp = if r.max_ulps == u64::MAX { "NaN".to_string() } else { r.max_ulps.to_string() };
         println!(
-            "{:<14} {:<18} {:<7} {:>6} {:>8} {:>9.1e}  {:<6} {}",
+            "{:<16} {:<22} {:<7} {:>6} {:>8} {:>9.1e}  {:<6} {}",
             r.op,
             r.kernel.to_string(),
             r.isa.to_string(),

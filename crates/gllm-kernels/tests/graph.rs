@@ -167,6 +167,11 @@ fn graph_output_must_be_a_node_output() {
     let mut g = small();
     g.outputs[0] = TensorRef::node(9);
     assert_eq!(error(&g), "graph output 0 refers to node 9, which is not a node output");
+    // Listed twice, the compiled layer would write only one of the two
+    // output buffers: refused instead.
+    let mut g = small();
+    g.outputs.push(g.outputs[0].clone());
+    assert_eq!(error(&g), "graph output 1 (node 1) is already graph output 0: list each tensor once");
 }
 
 #[test]

@@ -605,13 +605,23 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer, ModelError> {
 /// merges, added tokens), with `tokenizer_config.json`'s chat template and
 /// special tokens when present.
 pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
-    let shown = path.display().to_string();
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|source| ModelError::Io { file: p.display().to_string(), source })
     };
-    let bad = |problem: &str| ModelError::Config { file: shown.clone(), problem: problem.to_string() };
+    let config = std::fs::read_to_string(path.with_file_name("tokenizer_config.json")).ok();
+    hf_tokenizer_from_json(&path.display().to_string(), &read(path)?, config.as_deref())
+}
+
+/// [`hf_tokenizer`] on the texts of `tokenizer.json` and (if any)
+/// `tokenizer_config.json`; `shown` names the source in errors.
+pub fn hf_tokenizer_from_json(
+    shown: &str,
+    tokenizer_json: &str,
+    config_json: Option<&str>,
+) -> Result<Tokenizer, ModelError> {
+    let bad = |problem: &str| ModelError::Config { file: shown.to_string(), problem: problem.to_string() };
     let json: serde_json::Value =
-        serde_json::from_str(&read(path)?).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+        serde_json::from_str(tokenizer_json).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
     let model = &json["model"];
     if model["type"] != "BPE" {
         return Err(bad("only BPE tokenizers are supported"));
@@ -627,8 +637,17 @@ pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
         tokens[id] = Some(text.to_string());
         types[id] = ty;
     };
+    // Ids number the entries densely: one beyond the entries' count cannot
+    // be filled (checked before anything is sized from it).
+    let added = json["added_tokens"].as_array().map_or(0, Vec::len);
+    let entries = vocab.len() + added;
+    let checked_id = |id: u64| -> Result<usize, ModelError> {
+        usize::try_from(id).ok().filter(|&i| i < entries).ok_or_else(|| {
+            bad(&format!("token id {id} is beyond the {entries} vocabulary and added-token entries"))
+        })
+    };
     for (text, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| bad("a vocabulary id is not an integer"))? as usize;
+        let id = checked_id(id.as_u64().ok_or_else(|| bad("a vocabulary id is not an integer"))?)?;
         put(id, text, 1, &mut tokens);
     }
     let mut specials: Vec<(String, u32)> = Vec::new();
@@ -636,6 +655,7 @@ pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
         let (Some(id), Some(text)) = (t["id"].as_u64(), t["content"].as_str()) else {
             return Err(bad("an added token lacks id or content"));
         };
+        let id = checked_id(id)? as u64;
         let special = t["special"].as_bool().unwrap_or(false);
         put(id as usize, text, if special { 3 } else { 4 }, &mut tokens);
         specials.push((text.to_string(), id as u32));
@@ -657,12 +677,11 @@ pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
             _ => Err(bad("a merge is neither \"a b\" nor [a, b]")),
         })
         .collect::<Result<_, _>>()?;
-    let config_path = path.with_file_name("tokenizer_config.json");
-    let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
-        Ok(s) => {
-            serde_json::from_str(&s).map_err(|e| bad(&format!("tokenizer_config.json: invalid JSON: {e}")))?
+    let config: serde_json::Value = match config_json {
+        Some(s) => {
+            serde_json::from_str(s).map_err(|e| bad(&format!("tokenizer_config.json: invalid JSON: {e}")))?
         }
-        Err(_) => serde_json::Value::Null,
+        None => serde_json::Value::Null,
     };
     let special_id = |key: &str| -> Option<u32> {
         let text = match &config[key] {
@@ -686,7 +705,7 @@ pub fn hf_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
         add_eos: config["add_eos_token"].as_bool().unwrap_or(false),
         chat_template: config["chat_template"].as_str().map(str::to_string),
     };
-    Tokenizer::new(spec).map_err(|source| ModelError::Tokenizer { file: shown, source })
+    Tokenizer::new(spec).map_err(|source| ModelError::Tokenizer { file: shown.to_string(), source })
 }
 
 /// The llama.cpp pre-tokenizer name matching an HF `pre_tokenizer` config:

@@ -1681,17 +1681,39 @@ impl GemmKernel {
         check_len("A", a.len(), batch * m * k)?;
         check_len("B", b.len(), b_batch * k * n)?;
         check_len("C", c.len(), batch * m * n)?;
-        let per_batch_extra = |e: &[f32]| e.len() == batch * m * n && batch > 1;
-        for (i, e) in extras.iter().enumerate() {
-            if !(e.len() == n || e.len() == m * n || per_batch_extra(e)) {
-                return Err(CodegenError::BadArguments(format!(
-                    "extra operand {i} has {} elements; expected {n}, {} or {}",
-                    e.len(),
-                    m * n,
-                    batch * m * n
-                )));
-            }
+        // Each extra operand is a tensor of C's shape or a row broadcast
+        // over it (C's row is `batch·n` wide when heads are interleaved), or
+        // one m × n matrix shared by every batch element.
+        #[derive(Clone, Copy)]
+        enum Extra {
+            LikeC,
+            Row,
+            SharedMatrix,
         }
+        let interleaved_c = p.c_layout == BatchLayout::Interleaved && batch > 1;
+        let row_len = if interleaved_c { batch * n } else { n };
+        let want_extras = self.epilogue.as_ref().map_or(0, |e| e.extras);
+        if extras.len() != want_extras {
+            return Err(CodegenError::BadArguments(format!(
+                "the epilogue reads {want_extras} extra operand(s), {} given",
+                extras.len()
+            )));
+        }
+        let kinds: Vec<Extra> = extras
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match e.len() {
+                l if l == row_len => Ok(Extra::Row),
+                l if l == batch * m * n => Ok(Extra::LikeC),
+                l if l == m * n && !interleaved_c => Ok(Extra::SharedMatrix),
+                l => Err(CodegenError::BadArguments(format!(
+                    "extra operand {i} has {l} elements; expected {row_len} (a row of C), {} (C's shape) \
+                     or {} (one matrix for every batch element)",
+                    batch * m * n,
+                    m * n
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
         // Views of batch element i: (offset, row stride) of a `rows × cols`
         // element of an operand holding `count` of them.
         let view = |layout: BatchLayout, count: usize, i: usize, rows: usize, cols: usize| match layout {
@@ -1727,13 +1749,24 @@ impl GemmKernel {
                 None => BSource::View(b_view(bi)),
             };
             let (c_off, ldc) = view(p.c_layout, batch, i, m, n);
-            let ex: Vec<&[f32]> = extras
+            // (address, row stride) of batch element i's part of each extra.
+            let ex: Vec<(usize, usize)> = extras
                 .iter()
-                .map(|e| if per_batch_extra(e) { &e[i * m * n..(i + 1) * m * n] } else { *e })
+                .zip(&kinds)
+                .map(|(e, kind)| match kind {
+                    Extra::LikeC => {
+                        let (off, ld) = view(p.c_layout, batch, i, m, n);
+                        (e[off..].as_ptr() as usize, ld)
+                    }
+                    Extra::Row if interleaved_c => (e[i * n..].as_ptr() as usize, 0),
+                    Extra::Row => (e.as_ptr() as usize, 0),
+                    Extra::SharedMatrix => (e.as_ptr() as usize, n),
+                })
                 .collect();
-            let ex = self.check_extras(&ex, m, n)?;
             let c = OutC { ptr: (c_addr as *mut f32).wrapping_add(c_off), ld: ldc };
-            // SAFETY: element i's A, B and C views lie in the checked lengths
+            // SAFETY: element i's A, B and C views, and the extras' views
+            // (like C's; a row of n at i·n of a batch·n row; a whole m × n
+            // matrix), lie in the checked lengths
             // (offset + (rows − 1)·ld + cols ≤ len in both layouts); batch
             // elements write disjoint elements of C (each (i, r, col) maps to
             // a distinct index in either layout), A and B are not C.

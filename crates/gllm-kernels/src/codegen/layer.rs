@@ -33,7 +33,9 @@ pub struct CompiledLayer {
     /// Per tensor: element count, where it comes from.
     numel: Vec<usize>,
     sources: Vec<TensorRef>,
-    graph_inputs: Vec<TensorId>,
+    /// Per declared graph input: its tensor (None when no node reads it)
+    /// and its declared length.
+    graph_inputs: Vec<(Option<TensorId>, usize)>,
     graph_outputs: Vec<TensorId>,
     /// Weight tensors read directly (norm weights, biases), by name.
     plain_weights: Vec<(TensorId, String)>,
@@ -161,15 +163,18 @@ impl CompiledLayer {
                 _ => None,
             })
             .collect();
-        let mut graph_inputs: Vec<(usize, TensorId)> = sem
-            .tensors
+        // Every declared input, read or not, so that callers pass the
+        // graph's inputs in the graph's order.
+        let graph_inputs: Vec<(Option<TensorId>, usize)> = sem
+            .graph
+            .inputs
             .iter()
-            .filter_map(|t| match t.source {
-                TensorRef::Input(k) => Some((k, t.id)),
-                _ => None,
+            .enumerate()
+            .map(|(k, (_, desc))| {
+                let id = sem.tensors.iter().find(|t| t.source == TensorRef::Input(k)).map(|t| t.id);
+                (id, desc.numel())
             })
             .collect();
-        graph_inputs.sort_unstable();
         let graph_outputs = sem
             .graph
             .outputs
@@ -188,7 +193,7 @@ impl CompiledLayer {
             units,
             numel: sem.tensors.iter().map(|t| t.desc.numel()).collect(),
             sources: sem.tensors.iter().map(|t| t.source.clone()).collect(),
-            graph_inputs: graph_inputs.into_iter().map(|(_, t)| t).collect(),
+            graph_inputs,
             graph_outputs,
             plain_weights,
             packed_weights,
@@ -331,16 +336,17 @@ impl CompiledLayer {
         // Where every tensor is: borrowed inputs and weights, the caller's
         // outputs, the arena for intermediates.
         let mut at: Vec<Option<RawSlice>> = vec![None; self.numel.len()];
-        for (&id, data) in self.graph_inputs.iter().zip(inputs) {
-            if data.len() != self.numel[id] {
+        for (k, (&(id, numel), data)) in self.graph_inputs.iter().zip(inputs).enumerate() {
+            if data.len() != numel {
                 return Err(CodegenError::BadArguments(format!(
-                    "{} has {} elements, the graph declares {}",
-                    self.sources[id],
+                    "{} has {} elements, the graph declares {numel}",
+                    TensorRef::Input(k),
                     data.len(),
-                    self.numel[id]
                 )));
             }
-            at[id] = Some(RawSlice::of(data));
+            if let Some(id) = id {
+                at[id] = Some(RawSlice::of(data));
+            }
         }
         for (id, name) in &self.plain_weights {
             let w = weights.plain.get(name).ok_or_else(|| not_prepared(name))?;

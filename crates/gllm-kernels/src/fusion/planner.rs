@@ -406,6 +406,17 @@ impl Planner<'_, '_> {
             if !matches!(sem.nodes[c].class, OpClass::ElemWise | OpClass::Injective) {
                 break;
             }
+            // A head computing several elements per step (RoPE's halves)
+            // takes only consumers whose one input is its result.
+            let per_step = sem.nodes[head].trace.body.outputs.len();
+            if per_step > 1 && sem.nodes[c].inputs.len() > 1 {
+                reasons.push(format!(
+                    "chain ends: {} computes {per_step} elements per step; {} reads another tensor",
+                    self.name(head),
+                    self.name(c)
+                ));
+                break;
+            }
             if let Err(why) = self.elementwise_step(c, slot, t, head, &[]) {
                 reasons.push(format!("chain ends: {why}"));
                 break;

@@ -63,6 +63,8 @@ pub enum GraphError {
     UnknownWeight { node: NodeLabel, input: usize, name: String },
     #[error("graph output {index} refers to {target}, which is not a node output")]
     BadGraphOutput { index: usize, target: String },
+    #[error("graph output {index} ({target}) is already graph output {first}: list each tensor once")]
+    DuplicateGraphOutput { index: usize, first: usize, target: String },
     #[error("graph has a cycle through {}", .nodes.join(" -> "))]
     Cycle { nodes: Vec<String> },
     #[error("{node}: {problem}")]
@@ -127,6 +129,9 @@ pub(super) fn validate(graph: &CompilerGraph, registry: &ScalarOpRegistry) -> Re
         let ok = matches!(out, TensorRef::Node { .. }) && graph.desc(out).is_some();
         if !ok {
             return Err(GraphError::BadGraphOutput { index, target: out.to_string() });
+        }
+        if let Some(first) = graph.outputs[..index].iter().position(|o| o == out) {
+            return Err(GraphError::DuplicateGraphOutput { index, first, target: out.to_string() });
         }
     }
     check_acyclic(graph)?;

@@ -19,6 +19,7 @@
 //! checked for stray writes. `gllm test-ops` prints the table; the test
 //! suite runs the same function.
 
+mod fused;
 mod guarded;
 mod metrics;
 pub mod quant;
@@ -32,7 +33,7 @@ use crate::codegen::CodegenError;
 use crate::device::{DeviceProfile, Isa};
 use crate::graph::{BatchLayout, MatMulParams};
 use crate::reference;
-use crate::scalar::{Arg, FnForm, RegisteredOp, ScalarOpRegistry, TensorRole};
+use crate::scalar::{Arg, FnForm, OpKind, RegisteredOp, ScalarOpRegistry, TensorRole};
 use crate::trace::{ComputePattern, OpTrace};
 use std::fmt;
 
@@ -159,6 +160,9 @@ pub enum KernelKind {
     Batched,
     /// The GEMV over weights in their stored (quantised or half) format.
     QuantGemv,
+    /// RMSNorm computed tile by tile inside the GEMM's row-block loop
+    /// (`compile_graph` of norm → matmul with rows too long for L1).
+    TileFusedNormGemm,
 }
 
 impl fmt::Display for KernelKind {
@@ -170,6 +174,7 @@ impl fmt::Display for KernelKind {
             KernelKind::GemmEpilogue(op) => write!(f, "gemm+{op}"),
             KernelKind::Batched => f.write_str("batched gemm"),
             KernelKind::QuantGemv => f.write_str("stored-format gemv"),
+            KernelKind::TileFusedNormGemm => f.write_str("tile-fused norm+gemm"),
         }
     }
 }
@@ -293,6 +298,15 @@ pub fn test_ops(
                 progress(&r);
                 reports.push(r);
             }
+        }
+    }
+    // RMSNorm tiled into the GEMM, when both ops are in the selection.
+    let has = |k: OpKind| ops.iter().any(|o| o.kind() == k);
+    if has(OpKind::RmsNorm) && has(OpKind::MatMul) {
+        for profile in profiles {
+            let r = fused::test_tile_fused_norm_gemm(registry, profile, sweep);
+            progress(&r);
+            reports.push(r);
         }
     }
     // The stored-format kernels are AVX2 code on every x86 host.
@@ -642,6 +656,17 @@ fn batched_problems(sweep: Sweep) -> Vec<MatMulParams> {
         Sweep::Quick => &[(1, 7, 5), (5, 9, 16)],
         Sweep::Full => &[(1, 7, 5), (5, 9, 16), (3, 64, 8), (17, 33, 64), (1, 1, 1)],
     };
+    if sweep == Sweep::Full {
+        // Every N tail 0..=64 on two interleaved heads, B transposed (Q·Kᵀ).
+        v.extend((0..=64).map(|n| MatMulParams {
+            batch: 2,
+            transpose_b: true,
+            a_layout: BatchLayout::Interleaved,
+            b_layout: BatchLayout::Interleaved,
+            c_layout: BatchLayout::Interleaved,
+            ..MatMulParams::new(3, n, 5)
+        }));
+    }
     for &(m, n, k) in shapes {
         for (batch, shared) in [(1, 1), (3, 1), (4, 2)] {
             for (transpose_b, interleaved) in [(false, false), (true, false), (true, true)] {

@@ -241,7 +241,7 @@ pub fn output_unread_nodes(g: &mut CompilerGraph, also_every: usize) {
         }
     }
     for (i, r) in read.iter().enumerate() {
-        if !r || i % also_every == 0 {
+        if (!r || i % also_every == 0) && !g.outputs.contains(&TensorRef::node(i)) {
             g.output(TensorRef::node(i));
         }
     }
