@@ -136,3 +136,40 @@ fn a_custom_op_with_a_weight_operand_compiles_like_a_builtin() {
     let plan = gllm_kernels::fusion::fuse_with(&g, &profile, &registry).unwrap();
     assert_eq!(plan.groups.len(), 1, "{}", plan.explain(&g));
 }
+
+/// Found by the graph fuzzer: a row op with many row scalars (top-2
+/// softmax) whose elementwise consumers, each within the per-op budget,
+/// together overflowed the loop kernel's registers, so `compile_graph`
+/// failed on a valid graph. The planner now composes the chain as the code
+/// generator will and ends it where it stops fitting.
+#[test]
+fn a_fused_chain_that_would_overflow_the_registers_is_cut_where_it_fits() {
+    use gllm_kernels::reference;
+    let (rows, n) = (7, 10);
+    let mut g = CompilerGraph::new();
+    let x = g.input("x", TensorDesc::f32([rows, n]));
+    let x1 = g.input("x1", TensorDesc::f32([rows, n]));
+    let w = g.weight("w", TensorDesc::f32([n]));
+    let t = g.node("top2", CompilerOp::softmax(), vec![x], TensorDesc::f32([rows, n]));
+    g.nodes[0].op.kind = OpKind::Top2Softmax;
+    let m = g.node("mul", CompilerOp::new(OpKind::Mul), vec![t, w], TensorDesc::f32([rows, n]));
+    let r = g.node("relu", CompilerOp::new(OpKind::Relu), vec![m], TensorDesc::f32([rows, n]));
+    let s = g.node("swiglu", CompilerOp::new(OpKind::SwiGlu), vec![r, x1], TensorDesc::f32([rows, n]));
+    g.output(s);
+    let registry = ScalarOpRegistry::global();
+    // AVX2's 16 registers: where the whole chain does not fit.
+    let profile = DeviceProfile::preset("haswell").unwrap();
+    let layer = compile_graph(&g, &profile, registry).unwrap_or_else(|e| panic!("{e}"));
+    let plan = layer.plan().explain(&g);
+    assert!(plan.contains("vector registers"), "the chain was not cut:\n{plan}");
+    let xv: Vec<f32> = (0..rows * n).map(|i| ((i * 7) % 13) as f32 * 0.3 - 1.5).collect();
+    let x1v: Vec<f32> = (0..rows * n).map(|i| ((i * 5) % 11) as f32 * 0.2 - 1.0).collect();
+    let wv: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 * 0.1).collect();
+    let weights = layer.prepare_weights(&|_: &str| Some(&wv[..])).unwrap();
+    let got = layer.run(&weights, &[&xv, &x1v]).unwrap();
+    let sem = g.analyse(registry).unwrap();
+    let want = reference::evaluate(&sem, registry, &[&xv, &x1v], &|_: &str| Some(&wv[..])).unwrap();
+    for (a, b) in got[0].iter().zip(&want[0]) {
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}

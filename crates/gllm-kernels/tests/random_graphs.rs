@@ -229,3 +229,62 @@ proptest! {
         check(&random_graph(&steps, m), seed | 1)?;
     }
 }
+
+/// Compiles and runs `g` with `registry` (weights and inputs from `seed`).
+fn compile_and_run(g: &CompilerGraph, registry: &ScalarOpRegistry, seed: u64) -> Vec<Vec<f32>> {
+    let profile = DeviceProfile::detect().unwrap();
+    let layer = compile_graph(g, &profile, registry).unwrap();
+    let mut rng = Rng(seed);
+    let weights: HashMap<String, Vec<f32>> = g
+        .weights
+        .iter()
+        .map(|(name, d)| (name.clone(), (0..d.numel()).map(|_| rng.uniform(-0.5, 0.5)).collect()))
+        .collect();
+    let inputs: Vec<Vec<f32>> =
+        g.inputs.iter().map(|(_, d)| (0..d.numel()).map(|_| rng.uniform(-1.0, 1.0)).collect()).collect();
+    let prepared = layer.prepare_weights(&|n: &str| weights.get(n).map(|v| v.as_slice())).unwrap();
+    let ins: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    layer.run(&prepared, &ins).unwrap()
+}
+
+#[test]
+fn compiling_and_running_from_many_threads_matches_one_thread() {
+    // A fresh registry: the first traces are computed by racing threads.
+    let registry = ScalarOpRegistry::with_builtins();
+    let mut rng = Rng(0xc0c0);
+    let graphs: Vec<CompilerGraph> = (0..23) // prime: every stride below visits all
+        .map(|_| {
+            let steps: Vec<Step> = (0..1 + rng.next_u64() % 10)
+                .map(|_| (rng.next_u64() as u8, rng.next_u64() as u16, rng.next_u64() as u16))
+                .collect();
+            random_graph(&steps, 1 + (rng.next_u64() % 9) as usize)
+        })
+        .collect();
+    let results: Vec<Vec<Vec<Vec<f32>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (graphs, registry) = (&graphs, &registry);
+                s.spawn(move || {
+                    // Each thread walks the graphs in its own order.
+                    let mut out = vec![Vec::new(); graphs.len()];
+                    for i in 0..graphs.len() {
+                        let j = (i * (2 * t + 1) + t) % graphs.len();
+                        out[j] = compile_and_run(&graphs[j], registry, j as u64);
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (j, g) in graphs.iter().enumerate() {
+        let alone = compile_and_run(g, &registry, j as u64);
+        for (t, r) in results.iter().enumerate() {
+            let same = r[j]
+                .iter()
+                .zip(&alone)
+                .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(same, "graph {j}: thread {t} differs from a single-threaded run");
+        }
+    }
+}

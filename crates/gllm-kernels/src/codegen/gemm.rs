@@ -11,12 +11,12 @@
 //! Status: plain GEMM and prepacked B. Epilogue injection, tile-level norm
 //! fusion and the GEMV path are the next steps (issue #7).
 
-use super::compose::append_consumer;
 use super::loops::{LoopKernel, LoopProgram};
 use super::quant_gemv::GEMV_MAX_ROWS;
 use super::vasm::{Mem, Src, VecAsm, V};
 use super::CodegenError;
 use crate::device::{DeviceProfile, GemmBlocking, Isa};
+use crate::fusion::compose::append_consumer;
 use crate::fusion::pressure::scratch_registers;
 use crate::runtime::dispatch::for_each_part;
 use crate::runtime::ExecutableCode;

@@ -6,13 +6,13 @@
 //! parameters are renumbered. Still no per-operator code: what each node
 //! computes comes from its trace.
 
-use super::compose::append_consumer;
 use super::loops::{LoopKernel, LoopProgram, RawSlice};
 use super::CodegenError;
 use crate::device::DeviceProfile;
+use crate::fusion::compose::{compose_group, loop_chain, ComposedGroup};
 use crate::fusion::{FusionGroup, FusionStrategy};
 use crate::graph::{OpParams, SemanticGraph, TensorId};
-use crate::trace::{Body, ComputePattern, OpTrace, TraceOp};
+use crate::trace::ComputePattern;
 
 /// How the group's tensors map onto the kernel's rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,78 +43,22 @@ impl CompiledGroup {
         profile: &DeviceProfile,
     ) -> Result<CompiledGroup, CodegenError> {
         let head = group.nodes[0];
-        let (epilogue, head_trace): (Vec<(usize, usize)>, _) = match &group.strategy {
+        let chain: Vec<(usize, usize)> = match &group.strategy {
             FusionStrategy::Gemm(_) => {
                 return Err(CodegenError::Unsupported("GEMM groups (they have their own generator)".into()))
             }
-            FusionStrategy::RowFusion { row_op, epilogue } => {
-                (epilogue.iter().map(|e| (e.node, e.data_input)).collect(), sem.nodes[*row_op].trace.clone())
+            FusionStrategy::RowFusion { epilogue, .. } => {
+                epilogue.iter().map(|e| (e.node, e.data_input)).collect()
             }
-            FusionStrategy::LoopFusion | FusionStrategy::Standalone => {
-                let mut chain = Vec::new();
-                for w in group.nodes.windows(2) {
-                    let prev_out = sem.nodes[w[0]].outputs[0];
-                    let slot =
-                        sem.nodes[w[1]].inputs.iter().position(|&t| t == prev_out).ok_or_else(|| {
-                            CodegenError::Unsupported(
-                                "a loop-fusion chain whose nodes are not consecutive".into(),
-                            )
-                        })?;
-                    chain.push((w[1], slot));
-                }
-                (chain, sem.nodes[head].trace.clone())
-            }
+            FusionStrategy::LoopFusion | FusionStrategy::Standalone => loop_chain(sem, &group.nodes)?,
         };
-        let head_node = sem.node(head);
-        let mut streams: Vec<TensorId> = Vec::new();
-        let stream_of = |t: TensorId, streams: &mut Vec<TensorId>| -> u8 {
-            match streams.iter().position(|&s| s == t) {
-                Some(i) => i as u8,
-                None => {
-                    streams.push(t);
-                    (streams.len() - 1) as u8
-                }
-            }
-        };
-        let rope = match head_node.op.params {
+        let head_trace = sem.nodes[head].trace.clone();
+        let head_inputs = &sem.nodes[head].inputs;
+        let rope = match sem.node(head).op.params {
             OpParams::Rope { head_dim, .. } => Some(head_dim),
             _ => None,
         };
-        // Head: its inputs are streams in order (RoPE's two halves are
-        // streams 0 and 1 of the same tensor).
-        let mut params: Vec<f32> = head_node.op.params.scalar_args();
-        let head_inputs = &sem.nodes[head].inputs;
-        let mut head_streams: Vec<u8> = Vec::new();
-        if rope.is_some() {
-            head_streams.extend([0u8, 1u8]);
-            streams.push(head_inputs[0]);
-            streams.push(head_inputs[0]);
-            for &t in &head_inputs[1..] {
-                head_streams.push(stream_of(t, &mut streams));
-            }
-        } else {
-            for &t in head_inputs {
-                head_streams.push(stream_of(t, &mut streams));
-            }
-        }
-        let mut prog_trace: OpTrace = (*head_trace).clone();
-        rename_leaves(&mut prog_trace, &head_streams);
-        // Epilogue nodes: data input = previous result, others = streams.
-        for &(node, data_slot) in &epilogue {
-            let n = &sem.nodes[node];
-            let param_base = params.len() as u8;
-            params.extend(sem.node(node).op.params.scalar_args());
-            let input_map: Vec<Option<u8>> = n
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(slot, &t)| (slot != data_slot).then(|| stream_of(t, &mut streams)))
-                .collect();
-            append_consumer(&mut prog_trace.body, &n.trace.body, data_slot, &input_map, param_base)?;
-        }
-        let num_inputs = streams.len();
-        // Inputs of the composed body are streams; shift nothing else.
-        prog_trace.num_inputs = num_inputs;
+        let ComposedGroup { trace: prog_trace, streams, params } = compose_group(sem, head, &chain)?;
         let output = sem.nodes[*group.nodes.last().expect("groups are non-empty")].outputs[0];
         let out_desc = &sem.tensors[output].desc;
         // An output bigger than the last-level cache will not be read back
@@ -286,20 +230,4 @@ fn streams_dedup(streams: &[TensorId]) -> Vec<TensorId> {
         }
     }
     v
-}
-
-/// Renumbers the head trace's `Input(k)` to stream `map[k]` in every body.
-fn rename_leaves(trace: &mut OpTrace, map: &[u8]) {
-    let fix = |b: &mut Body| {
-        for op in &mut b.ops {
-            if let TraceOp::Input(k) = *op {
-                *op = TraceOp::Input(map[k as usize]);
-            }
-        }
-    };
-    fix(&mut trace.body);
-    fix(&mut trace.row);
-    for f in &mut trace.folds {
-        fix(&mut f.combine);
-    }
 }

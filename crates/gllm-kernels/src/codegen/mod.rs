@@ -9,7 +9,6 @@
 //! assemble → seal → call path end to end on both ISAs.
 
 pub mod attention;
-pub mod compose;
 pub mod gemm;
 pub mod group;
 pub mod layer;

@@ -26,6 +26,8 @@ pub enum CodegenError {
     BadArguments(String),
     #[error(transparent)]
     Graph(#[from] crate::graph::GraphError),
+    #[error("cannot fuse: {0}")]
+    Compose(#[from] crate::fusion::compose::ComposeError),
 }
 
 type MulAddFn = unsafe extern "C" fn(a: *const f32, b: *const f32, out: *mut f32, n: usize);

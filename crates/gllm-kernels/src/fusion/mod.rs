@@ -21,6 +21,7 @@
 //!   fused into one of them.
 
 mod buffers;
+pub mod compose;
 mod explain;
 pub mod parallel;
 mod planner;

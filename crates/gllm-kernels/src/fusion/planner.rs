@@ -3,7 +3,7 @@
 //! consumers, then elementwise/injective chains, then whatever is left.
 
 use super::parallel::{self, ParallelStrategy};
-use super::pressure;
+use super::{compose, pressure};
 use super::{
     EpilogueOp, FusionGroup, FusionStrategy, GemmFusion, GemmMember, GemmVariant, ProducerPlacement,
     RowProducer,
@@ -379,6 +379,17 @@ impl Planner<'_, '_> {
         } else {
             Vec::new()
         };
+        let mut epilogue = epilogue;
+        let chain = |e: &[EpilogueOp]| e.iter().map(|o| (o.node, o.data_input)).collect::<Vec<_>>();
+        while let Some(last) = epilogue.last() {
+            match self.loop_kernel_overflow(n, &chain(&epilogue)) {
+                None => break,
+                Some(why) => {
+                    reasons.push(format!("{} not fused: {why}", self.name(last.node)));
+                    epilogue.pop();
+                }
+            }
+        }
         if epilogue.is_empty() {
             let nodes = vec![n];
             self.add(nodes, FusionStrategy::Standalone, reasons);
@@ -423,8 +434,30 @@ impl Planner<'_, '_> {
             }
             nodes.push(c);
         }
+        while nodes.len() > 1 {
+            let chain = compose::loop_chain(sem, &nodes).unwrap_or_default();
+            match self.loop_kernel_overflow(head, &chain) {
+                None => break,
+                Some(why) => {
+                    let last = nodes.pop().expect("more than one node");
+                    reasons.push(format!("chain ends before {}: {why}", self.name(last)));
+                }
+            }
+        }
         let strategy = if nodes.len() > 1 { FusionStrategy::LoopFusion } else { FusionStrategy::Standalone };
         self.add(nodes, strategy, reasons);
+    }
+
+    /// Why the loop kernel of `head` followed by `chain` would not fit the
+    /// register file (None when it fits), from the same composition the
+    /// code generator compiles.
+    fn loop_kernel_overflow(&self, head: NodeId, chain: &[(NodeId, usize)]) -> Option<String> {
+        let composed = match compose::compose_group(self.sem, head, chain) {
+            Ok(c) => c,
+            Err(e) => return Some(e.to_string()),
+        };
+        let (need, have) = pressure::loop_kernel_registers(&composed.trace, self.profile.isa);
+        (need > have).then(|| format!("the fused loop would need {need} vector registers, {have} are free"))
     }
 
     /// Orders the groups topologically and fills in their interfaces and

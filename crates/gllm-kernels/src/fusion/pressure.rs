@@ -7,7 +7,7 @@
 //! registers (its tests check that it does).
 
 use crate::device::Isa;
-use crate::trace::{Body, TraceOp, ValueId};
+use crate::trace::{Body, OpTrace, TraceOp, ValueId};
 
 /// Scratch registers a vector math routine needs beyond its argument/result
 /// register (kept in step with `codegen`'s MathApprox).
@@ -109,6 +109,35 @@ pub fn scratch_registers(body: &Body, data_input: u8, isa: Isa) -> usize {
         live = live + 1 - freed;
     }
     peak - 1
+}
+
+/// Vector registers a loop kernel's element pass over `trace` (a group's
+/// composed trace) needs, and how many the register file leaves it after
+/// the kernel's reservations: the AVX2 tail mask, the row length when the
+/// trace reads it, one per fold result and one per row scalar. An upper
+/// bound on what the loop emitter asks for (its transformations only trade
+/// a division by a row scalar for one more row scalar, or a recomputed
+/// fold value for one more stream), so a group the planner accepts always
+/// compiles.
+pub fn loop_kernel_registers(trace: &OpTrace, isa: Isa) -> (usize, usize) {
+    let bodies = || trace.folds.iter().map(|f| &f.combine).chain([&trace.row, &trace.body]);
+    let uses_dim = bodies().any(|b| b.ops.iter().any(|o| matches!(o, TraceOp::Dim(_))));
+    let row_divisions = trace
+        .body
+        .ops
+        .iter()
+        .filter(|o| matches!(o, TraceOp::Div(_, b) if matches!(trace.body.ops[*b as usize], TraceOp::RowScalar(_))))
+        .count();
+    let reserved = usize::from(isa == Isa::Avx2)
+        + usize::from(uses_dim)
+        + trace.folds.len()
+        + trace.row.outputs.len()
+        + row_divisions;
+    let need = scratch_registers(&trace.body, u8::MAX, isa)
+        + trace.body.inputs_used().len()
+        + trace.body.outputs.len()
+        + usize::from(!trace.folds.is_empty());
+    (need, isa.num_simd_regs().saturating_sub(reserved))
 }
 
 #[cfg(test)]
