@@ -3,19 +3,13 @@
 
 mod support;
 
+use gllm_kernels::oracle::ulps;
+use support::profiles;
+
 use gllm_kernels::codegen::gemm::GemmKernel;
 use gllm_kernels::device::{DeviceProfile, Isa};
 use gllm_kernels::scalar::ops::gk_matmul;
 use support::Rng;
-
-fn profiles() -> Vec<DeviceProfile> {
-    let host = DeviceProfile::detect().unwrap();
-    let mut v = vec![host.clone().with_isa(Isa::Avx2).unwrap()];
-    if host.features.supports(Isa::Avx512) {
-        v.push(host.with_isa(Isa::Avx512).unwrap());
-    }
-    v
-}
 
 fn reference(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut c = vec![0.0; m * n];
@@ -129,14 +123,6 @@ mod epilogue {
         ScalarOpRegistry::global().trace(kind).unwrap().body.clone()
     }
 
-    fn ulps(a: f32, b: f32) -> u32 {
-        if a == b || a.is_nan() && b.is_nan() {
-            0
-        } else {
-            (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
-        }
-    }
-
     /// (epilogue, extras as (is_full_matrix), scalar composition, ulp bound, fits AVX2)
     type Case = (&'static str, GemmEpilogue, Vec<bool>, fn(f32, &[f32]) -> f32, u32, bool);
 
@@ -235,7 +221,7 @@ mod epilogue {
                                 let want = reference(raw[i * n + j], &e);
                                 for (what, got) in [("gemm", c[i * n + j]), ("prepacked", c2[i * n + j])] {
                                     assert!(
-                                        ulps(got, want) <= bound,
+                                        ulps(got, want) <= u64::from(bound),
                                         "{name} {what} on {} {m}×{n}×{k} t={threads} [{i},{j}]: {got} vs {want}",
                                         profile.isa
                                     );

@@ -3,29 +3,16 @@
 
 mod support;
 
+use gllm_kernels::oracle::ulps;
+use support::profiles;
+
 use gllm_kernels::codegen::group::CompiledGroup;
-use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::fusion::{fuse, FusionPlan, FusionStrategy};
 use gllm_kernels::graph::{CompilerGraph, CompilerOp, TensorDesc};
 use gllm_kernels::scalar::ops::*;
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use support::Rng;
-
-fn profiles() -> Vec<DeviceProfile> {
-    let host = DeviceProfile::detect().unwrap();
-    let mut v = vec![host.clone().with_isa(Isa::Avx2).unwrap()];
-    if host.features.supports(Isa::Avx512) {
-        v.push(host.with_isa(Isa::Avx512).unwrap());
-    }
-    v
-}
-
-fn ulps(a: f32, b: f32) -> u32 {
-    if a == b || a.is_nan() && b.is_nan() {
-        return 0;
-    }
-    (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
-}
 
 fn compile_only_group(g: &CompilerGraph, profile: &DeviceProfile) -> (FusionPlan, CompiledGroup) {
     let plan = fuse(g, profile).unwrap();

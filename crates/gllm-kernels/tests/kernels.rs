@@ -5,19 +5,13 @@
 
 mod support;
 
+use gllm_kernels::oracle::ulps;
+use support::profiles;
+
 use gllm_kernels::codegen::loops::{LoopKernel, LoopProgram};
-use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::scalar::{AbiValue, Arg, FnForm, OpKind, RegisteredOp, Returns, ScalarOpRegistry};
 use support::Rng;
-
-fn profiles() -> Vec<DeviceProfile> {
-    let host = DeviceProfile::detect().expect("x86-64 with AVX2");
-    let mut v = vec![host.clone().with_isa(Isa::Avx2).unwrap()];
-    if host.features.supports(Isa::Avx512) {
-        v.push(host.with_isa(Isa::Avx512).unwrap());
-    }
-    v
-}
 
 /// Scalar parameters used for ops that take them (eps, scale factor).
 fn params_for(op: &RegisteredOp) -> Vec<f32> {
@@ -92,21 +86,6 @@ fn reference(op: &RegisteredOp, inputs: &[Vec<f32>], params: &[f32], rows: usize
             outs
         }
     }
-}
-
-fn ulps(a: f32, b: f32) -> u64 {
-    if a.is_nan() && b.is_nan() || a == b {
-        return 0;
-    }
-    let key = |x: f32| {
-        let b = x.to_bits() as i64;
-        if b < 0x8000_0000 {
-            b
-        } else {
-            0x8000_0000 - b
-        }
-    };
-    (key(a) - key(b)).unsigned_abs()
 }
 
 /// The stated accuracy bound of each built-in op's kernel vs its reference.

@@ -7,12 +7,14 @@
 
 mod support;
 
+use support::profiles;
+
 use gllm_kernels::codegen::loops::{LoopKernel, LoopProgram};
 use gllm_kernels::codegen::lower::{emit_trace_ops, InPlace, Operand};
 use gllm_kernels::codegen::pool::ConstPool;
 use gllm_kernels::codegen::vasm::{Mem, VecAsm, V};
 use gllm_kernels::codegen::CodegenError;
-use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::fusion::pressure::scratch_registers;
 use gllm_kernels::trace::{Body, CmpPred, ComputePattern, OpTrace, TraceOp, ValueId};
 use proptest::prelude::*;
@@ -74,15 +76,6 @@ fn trace_of(body: &Body) -> OpTrace {
         num_inputs: INPUTS as usize,
         loops: Vec::new(),
     }
-}
-
-fn profiles() -> Vec<DeviceProfile> {
-    let host = DeviceProfile::detect().unwrap();
-    let mut v = vec![host.clone().with_isa(Isa::Avx2).unwrap()];
-    if host.features.supports(Isa::Avx512) {
-        v.push(host.with_isa(Isa::Avx512).unwrap());
-    }
-    v
 }
 
 fn check_body(body: &Body, profiles: &[DeviceProfile], seed: u64) -> Result<(), TestCaseError> {

@@ -3,17 +3,11 @@
 //! `cargo run --release --example math_accuracy`; its results are in
 //! docs/codegen.md.
 
-use gllm_kernels::codegen::math::{ulp_error, MathFn, MathKernel};
-use gllm_kernels::device::{DeviceProfile, Isa};
+mod support;
 
-fn profiles() -> Vec<DeviceProfile> {
-    let host = DeviceProfile::detect().unwrap();
-    let mut v = vec![host.clone().with_isa(Isa::Avx2).unwrap()];
-    if host.features.supports(Isa::Avx512) {
-        v.push(host.with_isa(Isa::Avx512).unwrap());
-    }
-    v
-}
+use support::profiles;
+
+use gllm_kernels::codegen::math::{ulp_error, MathFn, MathKernel};
 
 /// ~1M inputs spread over every exponent (a prime stride through the bit
 /// patterns), plus dense coverage of the interesting ranges.

@@ -6,8 +6,9 @@
 
 mod support;
 
+use support::profiles;
+
 use gllm_kernels::codegen::group::CompiledGroup;
-use gllm_kernels::device::{DeviceProfile, Isa};
 use gllm_kernels::fusion::fuse;
 use gllm_kernels::graph::{CompilerGraph, CompilerOp, TensorDesc, TensorRef};
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
@@ -39,15 +40,6 @@ fn random_graph(choices: &[(u8, u16, u16)], rows: usize, n: usize) -> CompilerGr
     }
     support::output_unread_nodes(&mut g, 4);
     g
-}
-
-fn profiles() -> Vec<DeviceProfile> {
-    let host = DeviceProfile::detect().unwrap();
-    let mut v = vec![host.clone().with_isa(Isa::Avx2).unwrap()];
-    if host.features.supports(Isa::Avx512) {
-        v.push(host.with_isa(Isa::Avx512).unwrap());
-    }
-    v
 }
 
 fn check(g: &CompilerGraph, seed: u64) -> Result<(), TestCaseError> {

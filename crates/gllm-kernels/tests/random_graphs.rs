@@ -149,7 +149,7 @@ fn random_graph(steps: &[Step], m: usize) -> CompilerGraph {
 }
 
 /// The detected profile and every preset whose ISA this host runs.
-fn profiles() -> Vec<DeviceProfile> {
+fn host_and_presets() -> Vec<DeviceProfile> {
     let host = DeviceProfile::detect().unwrap();
     let mut v = vec![host.clone()];
     for name in PRESET_NAMES {
@@ -185,7 +185,7 @@ fn check(g: &CompilerGraph, seed: u64) -> Result<(), TestCaseError> {
     let weight = |name: &str| weights.get(name).map(|v| v.as_slice());
     let want = reference::evaluate(&sem, registry, &ins, &weight)
         .map_err(|e| TestCaseError::fail(format!("reference: {e}")))?;
-    for profile in profiles() {
+    for profile in host_and_presets() {
         let layer = compile_graph(g, &profile, registry)
             .map_err(|e| TestCaseError::fail(format!("{}: does not compile: {e}", profile.isa)))?;
         let prepared = layer.prepare_weights(&weight).map_err(|e| TestCaseError::fail(e.to_string()))?;

@@ -12,13 +12,7 @@ use gllm_kernels::oracle::{self, GuardedBuffer, Placement, Sweep};
 use gllm_kernels::quant::QuantFormat;
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 
-fn host() -> Vec<gllm_kernels::device::DeviceProfile> {
-    let (profiles, skipped) = oracle::host_profiles().expect("x86-64 with AVX2");
-    for isa in skipped {
-        eprintln!("SKIPPED: {isa} kernels are not tested on this host (the CPU lacks {isa})");
-    }
-    profiles
-}
+use support::profiles as host;
 
 fn assert_all_pass(reports: &[oracle::OpReport]) {
     let failures: Vec<String> = reports

@@ -16,6 +16,17 @@ pub mod unseen {
 /// every test.
 pub use gllm_kernels::oracle::{special_values, Rng};
 
+/// Every ISA this host runs, as profiles of the host; says loudly on
+/// stderr which ISA it could not test, so a green run on a host without
+/// AVX-512 does not read as AVX-512 tested.
+pub fn profiles() -> Vec<gllm_kernels::device::DeviceProfile> {
+    let (profiles, skipped) = gllm_kernels::oracle::host_profiles().expect("x86-64 with AVX2");
+    for isa in skipped {
+        eprintln!("SKIPPED: {isa} kernels are not tested on this host (the CPU lacks {isa})");
+    }
+    profiles
+}
+
 /// Bitwise equal, or both NaN.
 pub fn same(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
