@@ -13,6 +13,7 @@
 
 use crate::graph::{BatchLayout, MatMulParams, OpParams, SemanticGraph, TensorId, TensorRef};
 use crate::scalar::{AbiValue, Arg, FnForm, RegisteredOp, Returns, ScalarOpRegistry};
+use crate::trace::ComputePattern;
 use rayon::prelude::*;
 use thiserror::Error;
 
@@ -228,10 +229,24 @@ pub(crate) fn matmul(
     if a.len() != p.batch * m * k || b.len() != bb * k * n || out.len() != p.batch * m * n {
         return Err(format!("operand sizes {}, {}, {} for {p:?}", a.len(), b.len(), out.len()));
     }
+    // The function's own operand layout (learned by Phase 0): the gathered
+    // operands are laid out the way it reads them.
+    let layout = match op.trace().map_err(|e| e.to_string())?.pattern {
+        ComputePattern::Gemm { layout, .. } => layout,
+        _ => return Err(format!("`{}` is not a matrix product", op.kind())),
+    };
     let mut ai = Vec::with_capacity(m * k);
     for i in 0..p.batch {
         ai.clear();
-        for r in 0..m {
+        if layout.a_transposed {
+            ai.resize(m * k, 0.0);
+            for r in 0..m {
+                for c in 0..k {
+                    ai[c * m + r] = a[at(p.a_layout, p.batch, i, m, k, r, c)];
+                }
+            }
+        }
+        for r in (0..m).filter(|_| !layout.a_transposed) {
             if p.a_layout == BatchLayout::Stacked || p.batch == 1 {
                 let start = at(p.a_layout, p.batch, i, m, k, r, 0);
                 ai.extend_from_slice(&a[start..start + k]);
@@ -255,6 +270,16 @@ pub(crate) fn matmul(
                         let start = at(p.b_layout, bb, j, k, n, r, c0);
                         bi.extend_from_slice(&b[start..start + nb]);
                     }
+                }
+                if layout.b_transposed {
+                    // k × nb gathered; the function reads nb × k.
+                    let mut t = vec![0.0f32; k * nb];
+                    for r in 0..k {
+                        for c in 0..nb {
+                            t[c * k + r] = bi[r * nb + c];
+                        }
+                    }
+                    bi = t;
                 }
                 let mut ci = vec![0.0f32; m * nb];
                 call(

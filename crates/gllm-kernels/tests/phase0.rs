@@ -47,7 +47,7 @@ fn patterns_are_recognised_from_structure() {
         (OpKind::LayerNorm, NormLike, OpClass::Reduction),
         (OpKind::Softmax, NormLike, OpClass::Reduction),
         (OpKind::Top2Softmax, NormLike, OpClass::Reduction),
-        (OpKind::MatMul, Gemm { m: 0, n: 1, k: 2 }, OpClass::Gemm),
+        (OpKind::MatMul, Gemm { m: 0, n: 1, k: 2, layout: Default::default() }, OpClass::Gemm),
     ];
     let registry = ScalarOpRegistry::global();
     assert_eq!(expected.len(), registry.len(), "every registered op is in this table");
@@ -396,6 +396,67 @@ mod not_plain_products {
         }
     }
 
+    pub unsafe extern "C" fn transposed_a(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    // SAFETY: A is k×m, B is k×n, C is m×n.
+                    acc += unsafe { *a.add(p * m + i) * *b.add(p * n + j) };
+                }
+                unsafe { *c.add(i * n + j) = acc };
+            }
+        }
+    }
+
+    pub unsafe extern "C" fn both_transposed(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    // SAFETY: A is k×m, B is n×k, C is m×n.
+                    acc += unsafe { *a.add(p * m + i) * *b.add(j * k + p) };
+                }
+                unsafe { *c.add(i * n + j) = acc };
+            }
+        }
+    }
+
+    /// Reads B's mirrored column: no layout explains it.
+    pub unsafe extern "C" fn shifted_b(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    // SAFETY: A is m×k, B is k×n, C is m×n; n − 1 − j < n.
+                    acc += unsafe { *a.add(i * k + p) * *b.add(p * n + (n - 1 - j)) };
+                }
+                unsafe { *c.add(i * n + j) = acc };
+            }
+        }
+    }
+
     pub unsafe extern "C" fn offset_product(
         a: *const f32,
         b: *const f32,
@@ -494,16 +555,93 @@ fn gemm_shaped_functions_that_are_not_plain_products_are_refused() {
 
 #[test]
 fn an_unrecognised_read_names_the_instruction_that_made_it() {
-    // B transposed is not recognised yet (#13); the error must point at the
-    // load of B, not at the function's first instruction.
+    // B's mirrored column: no operand layout explains that read; the error must
+    // point at the load of B, not at the function's first instruction.
     let sig = gemm_signature();
     let mut r = ScalarOpRegistry::with_builtins();
     type GemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
-    let f: GemmFn = not_plain_products::transposed_b;
-    let kind = r.register_custom("transposed_b", f, sig).unwrap();
-    let e = r.get(kind).unwrap().trace().expect_err("B transposed is not recognised");
+    let f: GemmFn = not_plain_products::shifted_b;
+    let kind = r.register_custom("shifted_b", f, sig).unwrap();
+    let e = r.get(kind).unwrap().trace().expect_err("a mirrored column is not a product");
     let text = e.to_string();
     assert!(text.contains("outside what this output may depend on"), "{text}");
     let at = text.rsplit("(instruction `").next().unwrap_or_default();
     assert!(!at.starts_with("push") && at.contains('['), "the instruction is a memory read: {text}");
+}
+
+/// Transposed operands are recognised from the addresses read, recorded in
+/// the pattern, evaluated bit-exactly against the function, and compiled:
+/// the function's layout is used to call it, the graph's `transpose_b` says
+/// how the tensor is stored, and both combine.
+#[test]
+fn transposed_gemm_operands_are_recognised_and_compile() {
+    use gllm_kernels::codegen::layer::compile_graph;
+    use gllm_kernels::device::DeviceProfile;
+    use gllm_kernels::graph::{CompilerGraph, CompilerOp, MatMulParams, TensorDesc};
+    use gllm_kernels::trace::GemmLayout;
+    type GemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
+    let mut r = ScalarOpRegistry::with_builtins();
+    let cases: [(&str, GemmFn, GemmLayout); 3] = [
+        (
+            "transposed_b",
+            not_plain_products::transposed_b,
+            GemmLayout { a_transposed: false, b_transposed: true },
+        ),
+        (
+            "transposed_a",
+            not_plain_products::transposed_a,
+            GemmLayout { a_transposed: true, b_transposed: false },
+        ),
+        (
+            "both_transposed",
+            not_plain_products::both_transposed,
+            GemmLayout { a_transposed: true, b_transposed: true },
+        ),
+    ];
+    let mut rng = Rng(0x7a05);
+    for (name, f, want) in cases {
+        let kind = r.register_custom(name, f, gemm_signature()).unwrap();
+        let op = r.get(kind).unwrap();
+        let t = op.trace().unwrap_or_else(|e| panic!("{name}: {e}"));
+        match t.pattern {
+            ComputePattern::Gemm { layout, .. } => assert_eq!(layout, want, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        check_against_reference(name, op.func(), op.signature(), &t, &mut rng).unwrap();
+        // In a graph, against node-by-node reference evaluation, with B
+        // stored either way.
+        for transpose_b in [false, true] {
+            let (m, n, k) = (7, 19, 33);
+            let mut g = CompilerGraph::new();
+            let x = g.input("x", TensorDesc::f32([m, k]));
+            let w = g.weight("w", TensorDesc::f32(if transpose_b { [n, k] } else { [k, n] }));
+            let y = g.node(
+                "proj",
+                CompilerOp::with_params(
+                    kind,
+                    gllm_kernels::graph::OpParams::MatMul(MatMulParams {
+                        transpose_b,
+                        ..MatMulParams::new(m, n, k)
+                    }),
+                ),
+                vec![x, w],
+                TensorDesc::f32([m, n]),
+            );
+            g.output(y);
+            let layer = compile_graph(&g, &DeviceProfile::detect().unwrap(), &r)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let xv: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let wv: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let weights = layer.prepare_weights(&|_: &str| Some(&wv[..])).unwrap();
+            let got = layer.run(&weights, &[&xv]).unwrap();
+            let sem = g.analyse(&r).unwrap();
+            let want = gllm_kernels::reference::evaluate(&sem, &r, &[&xv], &|_: &str| Some(&wv[..])).unwrap();
+            for (a, b) in got[0].iter().zip(&want[0]) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{name} transpose_b={transpose_b}: {a} vs {b}"
+                );
+            }
+        }
+    }
 }

@@ -118,7 +118,7 @@ impl OpTrace {
             }
         };
         match self.pattern {
-            ComputePattern::Gemm { m, n, k } => {
+            ComputePattern::Gemm { m, n, k, layout } => {
                 let get = |d: u8| {
                     dims.get(d as usize).copied().ok_or_else(|| EvalError::Missing(format!("dim {d}")))
                 };
@@ -128,7 +128,9 @@ impl OpTrace {
                 check("C".into(), outputs[0].len(), m * n)?;
                 for i in 0..m {
                     for j in 0..n {
-                        let row_data = |p: usize| vec![inputs[0][i * k + p], inputs[1][p * n + j]];
+                        let row_data = |p: usize| {
+                            vec![inputs[0][layout.a_index(i, p, m, k)], inputs[1][layout.b_index(p, j, n, k)]]
+                        };
                         let (folds, row) = self.row_values(k, row_data, params, dims, &mut vals)?;
                         let env = Env { inputs: &[], params, dims, acc: 0.0, row: &row, folds: &folds };
                         run_body(&self.body, &env, &mut vals, &mut out)?;

@@ -17,7 +17,7 @@ use super::error::{TraceError, TraceErrorKind};
 use super::exec::{self, RunResult};
 use super::expr::{BinOp, Expr, ExprId, ExprPool, UnOp};
 use super::memory::CodeMemory;
-use super::{Body, ComputePattern, Fold, OpTrace, TraceOp, ValueId};
+use super::{Body, ComputePattern, Fold, GemmLayout, OpTrace, TraceOp, ValueId};
 use crate::scalar::{Arg, FnForm, Len, OpSignature, Returns};
 use std::collections::{HashMap, HashSet};
 
@@ -28,8 +28,9 @@ enum Geometry {
     PerElement,
     /// Row op over `n` positions; output element `j` (if any) reads index `j`.
     Row { n: usize, elem: Option<usize> },
-    /// GEMM output (i, j): A = input `a` (m×k), B = input `b` (k×n).
-    Gemm { i: usize, j: usize, n: usize, k: usize, a: u8, b: u8 },
+    /// GEMM output (i, j): A = input 0 (m×k), B = input 1 (k×n), each
+    /// row-major or transposed as `layout` says.
+    Gemm { i: usize, j: usize, m: usize, n: usize, k: usize, layout: GemmLayout },
 }
 
 impl Geometry {
@@ -46,13 +47,21 @@ impl Geometry {
         match *self {
             Geometry::PerElement => None,
             Geometry::Row { n, .. } => (index < n).then_some(index),
-            Geometry::Gemm { i, j, n, k, a, b } => {
-                if input == a && index / k == i {
-                    Some(index % k)
-                } else if input == b && index % n == j {
-                    Some(index / n)
+            Geometry::Gemm { i, j, m, n, k, layout } => {
+                let (a_row, a_pos) = if layout.a_transposed {
+                    (index % m.max(1), index / m.max(1))
                 } else {
-                    None
+                    (index / k, index % k)
+                };
+                let (b_col, b_pos) = if layout.b_transposed {
+                    (index / k, index % k)
+                } else {
+                    (index % n.max(1), index / n.max(1))
+                };
+                match input {
+                    0 if a_row == i && a_pos < k => Some(a_pos),
+                    1 if b_col == j && b_pos < k => Some(b_pos),
+                    _ => None,
                 }
             }
         }
@@ -104,7 +113,15 @@ pub fn lift(name: &str, code: &CodeMap, sig: &OpSignature, memory: &dyn CodeMemo
         let mut pool = ExprPool::new();
         let run = exec::run(code, sig, memory, &mut pool, &dims)?;
         let ctx = Ctx { code, pool: &pool };
-        let trace = lift_run(&ctx, sig, &run, &dims)?;
+        // A GEMM's operand layout is whichever one its reads fit: the plain
+        // one first (its error is the one reported if none fits).
+        let trace = match lift_run(&ctx, sig, &run, &dims, GemmLayout::default()) {
+            Err(plain) if is_gemm_shaped(sig) => GemmLayout::ALL[1..]
+                .iter()
+                .find_map(|&layout| lift_run(&ctx, sig, &run, &dims, layout).ok())
+                .ok_or(plain)?,
+            other => other?,
+        };
         match &result {
             None => result = Some((trace, dims)),
             Some((first, first_dims)) if *first != trace => {
@@ -120,13 +137,28 @@ pub fn lift(name: &str, code: &CodeMap, sig: &OpSignature, memory: &dyn CodeMemo
     Ok(trace)
 }
 
-fn lift_run(ctx: &Ctx, sig: &OpSignature, run: &RunResult, dims: &[usize]) -> Res<OpTrace> {
+/// A signature whose single output is a product of two dimensions, over two
+/// inputs and three dimensions: what a matrix product looks like.
+fn is_gemm_shaped(sig: &OpSignature) -> bool {
+    sig.num_dims() == 3
+        && sig.num_inputs() == 2
+        && sig.num_outputs() == 1
+        && sig.outputs().all(|(_, a)| matches!(a, Arg::Output { len: Len::Product(..), .. }))
+}
+
+fn lift_run(
+    ctx: &Ctx,
+    sig: &OpSignature,
+    run: &RunResult,
+    dims: &[usize],
+    layout: GemmLayout,
+) -> Res<OpTrace> {
     let num_inputs = sig.num_inputs();
     let num_outputs = sig.num_outputs();
     let ret = || run.ret.ok_or_else(|| ctx.err("no return value"));
     // (geometry, roots) for every output element.
     let mut elements: Vec<(Geometry, Vec<ExprId>)> = Vec::new();
-    let mut gemm: Option<(u8, u8, u8)> = None;
+    let mut gemm: Option<(u8, u8, u8, GemmLayout)> = None;
     match (sig.form(), sig.returns()) {
         (FnForm::PerElement, _) => elements.push((Geometry::PerElement, vec![ret()?])),
         (FnForm::Slices, Returns::RowScalar) => {
@@ -150,8 +182,8 @@ fn lift_run(ctx: &Ctx, sig: &OpSignature, run: &RunResult, dims: &[usize]) -> Re
                     }
                 }
                 Len::Product(..) if out_lens.len() == 1 && sig.num_dims() == 3 && num_inputs == 2 => {
-                    let (m, n, k, geos) = gemm_geometry(ctx, sig, dims)?;
-                    gemm = Some((m, n, k));
+                    let (m, n, k, geos) = gemm_geometry(ctx, sig, dims, layout)?;
+                    gemm = Some((m, n, k, layout));
                     for (e, g) in geos.into_iter().enumerate() {
                         elements.push((g, vec![written(0, e)?]));
                     }
@@ -189,7 +221,7 @@ fn lift_run(ctx: &Ctx, sig: &OpSignature, run: &RunResult, dims: &[usize]) -> Re
         }
     }
     let (folds, row, body) = lifted.ok_or_else(|| ctx.err("no output elements to learn from"))?;
-    let pattern = if let Some((m, n, k)) = gemm {
+    let pattern = if let Some((m, n, k, layout)) = gemm {
         if folds.len() != 1 || !body.inputs_used().is_empty() {
             return Err(ctx.err("matrix-product shape without a single multiply-accumulate fold"));
         }
@@ -202,7 +234,7 @@ fn lift_run(ctx: &Ctx, sig: &OpSignature, run: &RunResult, dims: &[usize]) -> Re
                 one_line(&folds[0].combine)
             )));
         }
-        ComputePattern::Gemm { m, n, k }
+        ComputePattern::Gemm { m, n, k, layout }
     } else if folds.is_empty() {
         match (num_inputs, num_outputs) {
             (1, 1) => ComputePattern::Elementwise,
@@ -282,8 +314,14 @@ fn row_len(ctx: &Ctx, sig: &OpSignature, dims: &[usize]) -> Res<usize> {
 }
 
 /// Finds which dimension is m, n, k by trying every assignment against the
-/// signature's lengths: A is m×k, B is k×n, C is m×n (row-major).
-fn gemm_geometry(ctx: &Ctx, sig: &OpSignature, dims: &[usize]) -> Res<(u8, u8, u8, Vec<Geometry>)> {
+/// signature's lengths: A is m×k, B is k×n, C is m×n (row-major; A and B
+/// transposed as `layout` says).
+fn gemm_geometry(
+    ctx: &Ctx,
+    sig: &OpSignature,
+    dims: &[usize],
+    layout: GemmLayout,
+) -> Res<(u8, u8, u8, Vec<Geometry>)> {
     let lens: Vec<Len> = sig
         .args()
         .iter()
@@ -297,7 +335,7 @@ fn gemm_geometry(ctx: &Ctx, sig: &OpSignature, dims: &[usize]) -> Res<(u8, u8, u
         if same(lens[0], m, k) && same(lens[1], k, n) && same(lens[2], m, n) {
             let (mv, nv, kv) = (dims[m as usize], dims[n as usize], dims[k as usize]);
             let geos = (0..mv * nv)
-                .map(|e| Geometry::Gemm { i: e / nv, j: e % nv, n: nv, k: kv, a: 0, b: 1 })
+                .map(|e| Geometry::Gemm { i: e / nv, j: e % nv, m: mv, n: nv, k: kv, layout })
                 .collect();
             return Ok((m, n, k, geos));
         }

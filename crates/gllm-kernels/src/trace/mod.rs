@@ -233,8 +233,54 @@ pub enum ComputePattern {
     /// Folds over a row, then an elementwise pass using their results (norms, softmax).
     NormLike,
     /// `C[i,j] = fold over p of A[i,p]·B[p,j]`; `m`, `n`, `k` say which
-    /// dimension argument is which.
-    Gemm { m: u8, n: u8, k: u8 },
+    /// dimension argument is which, `layout` how the reference function
+    /// reads its operands (it matters only for calling that function: a
+    /// graph says how its tensors are stored with `MatMulParams`).
+    Gemm { m: u8, n: u8, k: u8, layout: GemmLayout },
+}
+
+/// How a GEMM reference function's operands are laid out, learned from
+/// the addresses it reads: A is `m×k` row-major or, transposed, `k×m`; B is
+/// `k×n` or, transposed, `n×k` (`acc += a[i*k+p] * b[j*k+p]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct GemmLayout {
+    pub a_transposed: bool,
+    pub b_transposed: bool,
+}
+
+impl GemmLayout {
+    /// Every layout, the plain one first (tried in this order).
+    pub const ALL: [GemmLayout; 4] = [
+        GemmLayout { a_transposed: false, b_transposed: false },
+        GemmLayout { a_transposed: false, b_transposed: true },
+        GemmLayout { a_transposed: true, b_transposed: false },
+        GemmLayout { a_transposed: true, b_transposed: true },
+    ];
+
+    /// Index of A[i, p] in the function's A.
+    pub fn a_index(self, i: usize, p: usize, m: usize, k: usize) -> usize {
+        if self.a_transposed {
+            p * m + i
+        } else {
+            i * k + p
+        }
+    }
+
+    /// Index of B[p, j] in the function's B.
+    pub fn b_index(self, p: usize, j: usize, n: usize, k: usize) -> usize {
+        if self.b_transposed {
+            j * k + p
+        } else {
+            p * n + j
+        }
+    }
+}
+
+impl fmt::Display for GemmLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = |x: bool| if x { "ᵀ" } else { "" };
+        write!(f, "A{}·B{}", t(self.a_transposed), t(self.b_transposed))
+    }
 }
 
 /// Fusion class, TVM-style; derived from the pattern, never stored.

@@ -37,7 +37,7 @@ pub fn dim_sets(sig: &OpSignature, trace: &OpTrace) -> Vec<Vec<usize>> {
     match (sig.num_dims(), trace.pattern) {
         (0, _) => vec![vec![]],
         (1, _) => [0, 1, 7, 64, 1000].iter().map(|&n| vec![n]).collect(),
-        (3, ComputePattern::Gemm { m, n, k }) => {
+        (3, ComputePattern::Gemm { m, n, k, .. }) => {
             [(1, 1, 1), (2, 3, 5), (7, 1, 13), (16, 17, 15), (3, 33, 65), (0, 4, 3)]
                 .iter()
                 .map(|&(mv, nv, kv)| {
