@@ -226,8 +226,9 @@ fn unanalysable_code_is_a_clear_error_naming_function_address_and_instruction() 
         ("unsupported instruction", &[0x0f, 0xa2, 0xc3], 0, "cpuid"),
         // jmp $ (a loop that never ends)
         ("unbounded loop", &[0xeb, 0xfe], 0, "jmp"),
-        // ucomiss xmm0, xmm0; ja +0; ret
-        ("data-dependent branch", &[0x0f, 0x2e, 0xc0, 0x77, 0x00, 0xc3], 3, "ja"),
+        // ucomiss xmm0, xmm0; js +0; ret (a branch on float flags with no
+        // comparison meaning: ja/jb/je/jp and friends become selects)
+        ("data-dependent branch", &[0x0f, 0x2e, 0xc0, 0x78, 0x00, 0xc3], 3, "js"),
         // movss xmm0, [0x1234] (absolute address nobody mapped)
         ("wild load", &[0xf3, 0x0f, 0x10, 0x04, 0x25, 0x34, 0x12, 0, 0, 0xc3], 0, "movss"),
         // invalid opcode bytes

@@ -6,8 +6,12 @@
 //! for real. Vector registers hold one [`ExprId`] per 32-bit lane. Loads from
 //! an input region yield `Load { input, index }`; stores into an output
 //! region are recorded; constants are read from the real process memory.
-//! A branch on floating-point data, an unknown call, or an access outside
-//! the regions is an error — never a guess.
+//! A branch on floating-point data (a `ucomiss` then `ja`, `jbe`, `je`, …)
+//! runs both arms from the same state up to where they re-join and merges
+//! them: every vector lane or stack value that differs becomes a select on
+//! the comparison, with the branch's NaN behaviour. Arms that store to an
+//! output or loop are refused. An unknown call, or an access outside the
+//! regions, is an error — never a guess.
 
 use super::cfg::{format_instr, Callee, CodeMap, MathFn};
 use super::error::{TraceError, TraceErrorKind};
@@ -59,8 +63,11 @@ enum Flags {
         of: bool,
         pf: bool,
     },
-    /// Set by a comparison of symbolic floats.
-    Float,
+    /// Set by `ucomiss a, b` (or `comiss`) on symbolic floats.
+    Float {
+        a: ExprId,
+        b: ExprId,
+    },
     Unknown,
 }
 
@@ -110,6 +117,9 @@ struct Machine<'a> {
     cells: HashMap<u64, Cell>,
     regions: Vec<Region>,
     ins: Instruction,
+    /// Branches whose arms are being run (innermost last): meeting one of
+    /// them again means an arm went round a loop past its join.
+    active_branches: Vec<u64>,
 }
 
 type Res<T> = Result<T, TraceError>;
@@ -134,6 +144,7 @@ pub fn run(
         cells: HashMap::new(),
         regions: Vec::new(),
         ins: Instruction::default(),
+        active_branches: Vec::new(),
     };
     // Callee-saved registers hold the caller's values: defined, not meaningful.
     for (i, g) in m.gpr.iter_mut().enumerate() {
@@ -188,20 +199,8 @@ pub fn run(
     m.cells.insert(rsp, Cell::Int(IntVal::known(RETURN_SENTINEL), 8));
     m.cells.insert(rsp + 4, Cell::IntTail);
 
-    let mut rip = code.entry;
     let mut steps = 0;
-    loop {
-        steps += 1;
-        if steps > STEP_LIMIT {
-            return Err(code.error(rip, TraceErrorKind::StepLimit { steps: STEP_LIMIT }));
-        }
-        m.ins = *code.at(rip)?;
-        match m.step()? {
-            Flow::Next => rip = m.ins.next_ip(),
-            Flow::Jump(t) => rip = t,
-            Flow::Return => break,
-        }
-    }
+    drive(&mut m, code.entry, &mut steps, &mut |_| Ok(false))?;
     let ret = match sig.returns() {
         crate::scalar::Returns::Nothing => None,
         _ => Some(m.vec[0][0]),
@@ -224,6 +223,165 @@ enum Flow {
     Next,
     Jump(u64),
     Return,
+    /// A conditional jump on floating-point flags: `cond` says when it is
+    /// taken (to `taken`); otherwise execution falls through.
+    Fork {
+        cond: FloatCond,
+        taken: u64,
+    },
+}
+
+/// When a branch on `ucomiss a, b` flags is taken: when any of `any_of`
+/// (comparison masks) holds — or, `negated`, when none does.
+#[derive(Debug, Clone)]
+struct FloatCond {
+    any_of: Vec<ExprId>,
+    negated: bool,
+}
+
+/// Where a run of instructions ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Return,
+    At(u64),
+}
+
+/// The machine state two branch arms start from and are merged into.
+#[derive(Clone)]
+struct Snapshot {
+    gpr: [IntVal; 16],
+    vec: [[ExprId; 16]; 32],
+    kmask: [[ExprId; 16]; 8],
+    flags: Flags,
+    cells: HashMap<u64, Cell>,
+}
+
+/// Instructions one branch arm may run before it must have re-joined.
+const ARM_LIMIT: usize = 4096;
+
+/// Runs from `rip` until `stop(rip)` says so (before executing that
+/// instruction) or the function returns; branches on floating-point data
+/// are forked and merged on the way.
+fn drive(
+    m: &mut Machine,
+    mut rip: u64,
+    steps: &mut usize,
+    stop: &mut dyn FnMut(u64) -> Res<bool>,
+) -> Res<End> {
+    loop {
+        if stop(rip)? {
+            return Ok(End::At(rip));
+        }
+        *steps += 1;
+        if *steps > STEP_LIMIT {
+            return Err(m.code.error(rip, TraceErrorKind::StepLimit { steps: STEP_LIMIT }));
+        }
+        m.ins = *m.code.at(rip)?;
+        match m.step()? {
+            Flow::Next => rip = m.ins.next_ip(),
+            Flow::Jump(t) => rip = t,
+            Flow::Return => return Ok(End::Return),
+            // The same branch again (the next iteration of a loop around
+            // it): this run has gone past the join it was looking for.
+            Flow::Fork { .. } if m.active_branches.contains(&rip) => return Ok(End::At(rip)),
+            Flow::Fork { cond, taken } => {
+                m.active_branches.push(rip);
+                let merged = merge_arms(m, &cond, taken, m.ins.next_ip(), steps);
+                m.active_branches.pop();
+                match merged? {
+                    End::Return => return Ok(End::Return),
+                    End::At(join) => rip = join,
+                }
+            }
+        }
+    }
+}
+
+/// Runs both arms of a branch on floating-point data from the current
+/// state to where they re-join (the first instruction of the not-taken arm
+/// that the taken arm also reaches, or the function's return) and merges
+/// their states into the machine. Returns where execution continues.
+fn merge_arms(m: &mut Machine, cond: &FloatCond, taken: u64, not_taken: u64, steps: &mut usize) -> Res<End> {
+    let branch = m.ins;
+    let start = m.snapshot();
+    // The taken arm's path, up to its first revisit (a loop around the
+    // join) or return.
+    let mut path: Vec<u64> = Vec::new();
+    let mut on_path: HashMap<u64, usize> = HashMap::new();
+    let recorded = drive(m, taken, steps, &mut |rip| {
+        if on_path.contains_key(&rip) || path.len() >= ARM_LIMIT {
+            return Ok(true);
+        }
+        on_path.insert(rip, path.len());
+        path.push(rip);
+        Ok(false)
+    })?;
+    // The other arm: to the first instruction on that path.
+    m.restore(start.clone());
+    let mut seen: HashMap<u64, ()> = HashMap::new();
+    let function = m.code.name.clone();
+    let arm_err = |what: &str| TraceError {
+        function: function.clone(),
+        address: branch.ip(),
+        instruction: Some(format_instr(&branch)),
+        kind: TraceErrorKind::Unrecognised(format!(
+            "an arm of this branch on floating-point data {what}; only arms that re-join without \
+             looping or storing to an output can be merged into a select"
+        )),
+    };
+    let end_not_taken = drive(m, not_taken, steps, &mut |rip| {
+        if on_path.contains_key(&rip) {
+            return Ok(true);
+        }
+        if seen.insert(rip, ()).is_some() || seen.len() > ARM_LIMIT {
+            return Err(arm_err("loops"));
+        }
+        Ok(false)
+    })?;
+    let join = match (end_not_taken, recorded) {
+        (End::At(j), _) => End::At(j),
+        (End::Return, End::Return) => End::Return,
+        (End::Return, End::At(_)) => return Err(arm_err("returns while the other does not")),
+    };
+    let not_taken_state = m.snapshot();
+    // The taken arm again, now only to the join.
+    m.restore(start.clone());
+    let mut revisit: HashMap<u64, ()> = HashMap::new();
+    let end_taken = drive(m, taken, steps, &mut |rip| {
+        if End::At(rip) == join {
+            return Ok(true);
+        }
+        Ok(revisit.insert(rip, ()).is_some())
+    })?;
+    if end_taken != join {
+        return Err(arm_err("loops before re-joining"));
+    }
+    let taken_state = m.snapshot();
+    for state in [&taken_state, &not_taken_state] {
+        if m.regions.iter().filter(|r| matches!(r.kind, RegionKind::Output(_))).any(|r| {
+            (0..r.len as u64).any(|i| {
+                let at = r.base + 4 * i;
+                !same_cell(start.cells.get(&at), state.cells.get(&at))
+            })
+        }) {
+            return Err(arm_err("stores to an output"));
+        }
+    }
+    let merged = m
+        .merge(cond, &taken_state, &not_taken_state)
+        .ok_or_else(|| arm_err("leaves a value that cannot be selected"))?;
+    m.restore(merged);
+    Ok(join)
+}
+
+fn same_cell(a: Option<&Cell>, b: Option<&Cell>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(Cell::Lane(x)), Some(Cell::Lane(y))) => x == y,
+        (Some(Cell::Int(x, w)), Some(Cell::Int(y, v))) => x == y && w == v,
+        (Some(Cell::IntTail), Some(Cell::IntTail)) => true,
+        _ => false,
+    }
 }
 
 fn gpr_index(r: Register) -> Option<usize> {
@@ -642,6 +800,104 @@ impl Machine<'_> {
         4
     }
 
+    // ---------- branches on floating-point data ----------
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            gpr: self.gpr,
+            vec: self.vec,
+            kmask: self.kmask,
+            flags: self.flags,
+            cells: self.cells.clone(),
+        }
+    }
+
+    fn restore(&mut self, s: Snapshot) {
+        self.gpr = s.gpr;
+        self.vec = s.vec;
+        self.kmask = s.kmask;
+        self.flags = s.flags;
+        self.cells = s.cells;
+    }
+
+    /// When a jump on the flags of `ucomiss a, b` is taken: ZF, PF and CF
+    /// are all set when unordered, so e.g. `ja` (CF = ZF = 0) is `b < a`
+    /// and false on NaN, `jb` (CF) is `!(b ≤ a)` and true on NaN.
+    fn float_cond(&mut self, cc: ConditionCode) -> Res<FloatCond> {
+        use crate::trace::CmpPred::*;
+        let Flags::Float { a, b } = self.flags else {
+            return Err(self.err(TraceErrorKind::DataDependentBranch));
+        };
+        let p = &mut *self.pool;
+        let (any_of, negated) = match cc {
+            ConditionCode::a => (vec![p.cmp(Lt, b, a)], false),
+            ConditionCode::ae => (vec![p.cmp(Le, b, a)], false),
+            ConditionCode::b => (vec![p.cmp(Nle, b, a)], false),
+            ConditionCode::be => (vec![p.cmp(Nlt, b, a)], false),
+            ConditionCode::p => (vec![p.cmp(Unord, a, b)], false),
+            ConditionCode::np => (vec![p.cmp(Unord, a, b)], true),
+            ConditionCode::e => (vec![p.cmp(Unord, a, b), p.cmp(Eq, a, b)], false),
+            ConditionCode::ne => (vec![p.cmp(Unord, a, b), p.cmp(Eq, a, b)], true),
+            _ => return Err(self.err(TraceErrorKind::DataDependentBranch)),
+        };
+        Ok(FloatCond { any_of, negated })
+    }
+
+    /// `cond ? taken : not_taken` for one value.
+    fn select_on(&mut self, cond: &FloatCond, taken: ExprId, not_taken: ExprId) -> Option<ExprId> {
+        if taken == not_taken {
+            return Some(taken);
+        }
+        let (yes, no) = if cond.negated { (not_taken, taken) } else { (taken, not_taken) };
+        let mut r = no;
+        for &m in cond.any_of.iter().rev() {
+            r = self.pool.select(m, yes, r)?;
+        }
+        Some(r)
+    }
+
+    /// The state after a branch whose arms ended in `t` (taken) and `f`:
+    /// lanes and stack values that differ are selected on the condition;
+    /// integer values that differ are unknown from here on (reading one is
+    /// an error), as are the flags.
+    fn merge(&mut self, cond: &FloatCond, t: &Snapshot, f: &Snapshot) -> Option<Snapshot> {
+        let mut out = t.clone();
+        for (g, (x, y)) in out.gpr.iter_mut().zip(t.gpr.iter().zip(&f.gpr)) {
+            if x != y {
+                *g = IntVal::UNKNOWN;
+            }
+        }
+        for r in 0..32 {
+            for l in 0..16 {
+                out.vec[r][l] = self.select_on(cond, t.vec[r][l], f.vec[r][l])?;
+            }
+        }
+        for r in 0..8 {
+            for l in 0..16 {
+                out.kmask[r][l] = self.select_on(cond, t.kmask[r][l], f.kmask[r][l])?;
+            }
+        }
+        out.flags = Flags::Unknown;
+        let addrs: Vec<u64> = t.cells.keys().chain(f.cells.keys()).copied().collect();
+        for at in addrs {
+            let merged = match (t.cells.get(&at), f.cells.get(&at)) {
+                (Some(Cell::Lane(x)), Some(Cell::Lane(y))) => Some(Cell::Lane(self.select_on(cond, *x, *y)?)),
+                (Some(a), Some(b)) if same_cell(Some(a), Some(b)) => Some(*a),
+                // Written by one arm only, or differently typed: unknown.
+                _ => None,
+            };
+            match merged {
+                Some(c) => {
+                    out.cells.insert(at, c);
+                }
+                None => {
+                    out.cells.remove(&at);
+                }
+            }
+        }
+        Some(out)
+    }
+
     // ---------- flags ----------
 
     fn set_flags_logic(&mut self, r: u64, bits: u32) {
@@ -651,7 +907,7 @@ impl Machine<'_> {
     fn cond(&self, cc: ConditionCode) -> Res<bool> {
         let (cf, zf, sf, of, pf) = match self.flags {
             Flags::Known { cf, zf, sf, of, pf } => (cf, zf, sf, of, pf),
-            Flags::Float => return Err(self.err(TraceErrorKind::DataDependentBranch)),
+            Flags::Float { .. } => return Err(self.err(TraceErrorKind::DataDependentBranch)),
             Flags::Unknown => return Err(self.err(TraceErrorKind::Undefined("flags".into()))),
         };
         let cf = || cf.ok_or_else(|| self.err(TraceErrorKind::Undefined("carry flag".into())));
@@ -732,6 +988,10 @@ impl Machine<'_> {
                     }
                     None => Err(self.err(TraceErrorKind::IndirectBranch)),
                 };
+            }
+            _ if ins.is_jcc_short_or_near() && matches!(self.flags, Flags::Float { .. }) => {
+                let cond = self.float_cond(ins.condition_code())?;
+                return Ok(Flow::Fork { cond, taken: ins.near_branch_target() });
             }
             _ if ins.is_jcc_short_or_near() => {
                 return Ok(if self.cond(ins.condition_code())? {

@@ -43,3 +43,79 @@ pub unsafe extern "C" fn gk_mean(x: *const f32, n: usize) -> f32 {
     }
     s / n as f32
 }
+
+// Activations written with `if` on the value (branches on floating-point
+// data that Phase 0 merges into selects).
+
+/// ELU: x for x > 0, eˣ − 1 otherwise.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_elu(x: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        x.exp() - 1.0
+    }
+}
+
+/// Leaky ReLU with slope 0.01.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_leaky_relu(x: f32) -> f32 {
+    if x >= 0.0 {
+        x
+    } else {
+        0.01 * x
+    }
+}
+
+/// Hard sigmoid: clamp(0.2·x + 0.5, 0, 1), written as nested ifs.
+#[allow(clippy::manual_clamp)]
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_hard_sigmoid(x: f32) -> f32 {
+    let y = 0.2 * x + 0.5;
+    if y < 0.0 {
+        0.0
+    } else if y > 1.0 {
+        1.0
+    } else {
+        y
+    }
+}
+
+/// NaN → 0 (`is_nan` is a self-comparison's parity flag).
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_nan_to_zero(x: f32) -> f32 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// An equality test: 1 at ±0, x² elsewhere.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_zero_is_one(x: f32) -> f32 {
+    if x == 0.0 {
+        1.0
+    } else {
+        x * x
+    }
+}
+
+/// An inequality test: −x unless x is exactly 1.5.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_not_equal(x: f32) -> f32 {
+    if x != 1.5 {
+        -x
+    } else {
+        x
+    }
+}
+
+/// An early `return` on a compare.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_clipped_exp(x: f32) -> f32 {
+    if x > 10.0 {
+        return f32::INFINITY;
+    }
+    x.exp()
+}

@@ -255,7 +255,7 @@ impl Machine<'_> {
                         let un = x.is_nan() || y.is_nan();
                         Flags::Known { zf: un || x == y, pf: un, cf: Some(un || x < y), of: false, sf: false }
                     }
-                    _ => Flags::Float,
+                    _ => Flags::Float { a, b },
                 };
                 Ok(())
             }
