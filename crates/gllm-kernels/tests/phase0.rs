@@ -113,8 +113,11 @@ fn unseen_ops_are_analysed_with_no_analyser_change() {
     for kind in kinds {
         let op = registry.get(kind).unwrap();
         let trace = op.trace().unwrap_or_else(|e| panic!("{e}"));
-        let want =
-            if kind.name() == "mean" { ComputePattern::Reduction } else { ComputePattern::Elementwise };
+        let want = match kind.name() {
+            "mean" | "max_abs" => ComputePattern::Reduction,
+            "axpy2" => ComputePattern::BinaryElementwise,
+            _ => ComputePattern::Elementwise,
+        };
         assert_eq!(trace.pattern, want, "{kind}");
         check_against_reference(kind.name(), op.func(), op.signature(), &trace, &mut rng)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -158,6 +161,9 @@ fn fixture_registry(lib: &libloading::Library) -> ScalarOpRegistry {
             ([ConstPtr, MutPtr, Usize], AbiReturn::Unit) => {
                 reg!(unsafe extern "C" fn(*const f32, *mut f32, usize))
             }
+            ([ConstPtr, ConstPtr, MutPtr, Usize], AbiReturn::Unit) => {
+                reg!(unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize))
+            }
             ([ConstPtr, ConstPtr, ConstPtr, ConstPtr, MutPtr, MutPtr, Usize], AbiReturn::Unit) => {
                 reg!(
                     unsafe extern "C" fn(
@@ -195,6 +201,16 @@ fn analyser_copes_with_opt_levels_1_2_3_with_and_without_native() {
         let registry = fixture_registry(&lib);
         for op in registry.iter() {
             let label = format!("{} at -O{opt}{}", op.kind(), if native { " native" } else { "" });
+            // Known gap (#13): at -O2/-O3 LLVM vectorises `f32::max`'s fold
+            // with NaN tests on whole vectors (`movmskps` of a mask and a
+            // branch on it; masks OR-ed together); the analyser refuses that
+            // with an error naming the function and the instruction rather
+            // than guessing. (At -O1 it is analysed and compiled.)
+            if op.kind().name() == "max_abs" && opt >= 2 {
+                let e = op.trace().expect_err("max_abs vectorised: not analysable yet").to_string();
+                assert!(e.contains("`max_abs`") && e.contains("(instruction `"), "{label}: {e}");
+                continue;
+            }
             let trace = op.trace().unwrap_or_else(|e| panic!("{label}: {e}"));
             let home = builtins.get(op.kind()).or_else(|_| unseen.get(op.kind())).unwrap().trace().unwrap();
             assert_eq!(trace.pattern, home.pattern, "{label}");

@@ -54,6 +54,10 @@ enum Combine {
     MaxAccG,
     MinGAcc,
     MinAccG,
+    /// `isnan(acc) ? g : max(g, acc)`: `f32::max`'s NaN-ignoring maximum.
+    MaxNum,
+    /// `isnan(acc) ? g : min(g, acc)`: `f32::min`'s.
+    MinNum,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +213,14 @@ fn fold_plan(identity: u32, combine: &Body) -> Result<FoldPlan, CodegenError> {
         TraceOp::Max(a, b) if acc(b) => (Combine::MaxGAcc, a),
         TraceOp::Min(a, b) if acc(a) => (Combine::MinAccG, b),
         TraceOp::Min(a, b) if acc(b) => (Combine::MinGAcc, a),
+        // f32::max / f32::min: a NaN accumulator is replaced by the element;
+        // a NaN element leaves the accumulator (x86 max returns its second
+        // operand on NaN).
+        TraceOp::Select(c, g, m) if is_nan_test_of_acc(combine, c) => match combine.ops[m as usize] {
+            TraceOp::Max(x, a) if x == g && acc(a) => (Combine::MaxNum, g),
+            TraceOp::Min(x, a) if x == g && acc(a) => (Combine::MinNum, g),
+            _ => return Err(unsupported()),
+        },
         _ => return Err(unsupported()),
     };
     let element = Body { ops: combine.ops.clone(), outputs: vec![g] };
@@ -216,6 +228,12 @@ fn fold_plan(identity: u32, combine: &Body) -> Result<FoldPlan, CodegenError> {
         return Err(unsupported());
     }
     Ok(FoldPlan { combine: comb, identity, element: prune(&element) })
+}
+
+/// Whether value `c` of `combine` is `unord(acc, acc)` (acc is NaN).
+fn is_nan_test_of_acc(combine: &Body, c: ValueId) -> bool {
+    let acc = |v: ValueId| combine.ops[v as usize] == TraceOp::Acc;
+    matches!(combine.ops[c as usize], TraceOp::Cmp(crate::trace::CmpPred::Unord, a, b) if acc(a) && acc(b))
 }
 
 /// The body with ops reordered so every operand precedes its use.
@@ -841,7 +859,8 @@ impl Gen<'_> {
             if let Some(out) = memo {
                 g.asm.store(Mem { base: g.stream(out), ..at }, r)?;
             }
-            combine_into(&mut g.asm, combine, accs[copy], r)
+            let tmp = free_besides(&scratch_main, &[r])?;
+            combine_into(&mut g.asm, combine, accs[copy], r, tmp)
         };
         let element_t = fold.element.clone();
         let scratch_t = scratch.clone();
@@ -859,25 +878,27 @@ impl Gen<'_> {
                 .ok_or(CodegenError::OutOfRegisters { op: "fold tail".into() })?;
             g.asm.load(t, Src::Mem(identity))?;
             g.asm.blend(t, t, Src::Reg(r), g.tail_mask)?;
-            combine_into(&mut g.asm, combine, acc0, t)
+            let tmp = free_besides(&rest, &[r, t])?;
+            combine_into(&mut g.asm, combine, acc0, t, tmp)
         };
         self.emit_loop(unroll, None, &mut main, &mut tail)?;
+        let t = scratch[0];
+        let tmp = free_besides(&scratch, &[t])?;
         for &acc in &accs[1..] {
-            combine_into(&mut self.asm, combine, accs[0], acc)?;
+            combine_into(&mut self.asm, combine, accs[0], acc, tmp)?;
         }
         // Butterfly: every lane ends up with the whole row's result.
-        let t = scratch[0];
         let acc = accs[0];
         self.asm.swap_halves(t, acc)?;
-        combine_into(&mut self.asm, combine, acc, t)?;
+        combine_into(&mut self.asm, combine, acc, t, tmp)?;
         if self.asm.isa == Isa::Avx512 {
             self.asm.swap_quarters(t, acc)?;
-            combine_into(&mut self.asm, combine, acc, t)?;
+            combine_into(&mut self.asm, combine, acc, t, tmp)?;
         }
         self.asm.permilps(t, acc, 0x4E)?;
-        combine_into(&mut self.asm, combine, acc, t)?;
+        combine_into(&mut self.asm, combine, acc, t, tmp)?;
         self.asm.permilps(t, acc, 0xB1)?;
-        combine_into(&mut self.asm, combine, acc, t)?;
+        combine_into(&mut self.asm, combine, acc, t, tmp)?;
         self.asm.mov(self.layout.folds[f], acc)
     }
 
@@ -952,13 +973,38 @@ impl Gen<'_> {
     }
 }
 
-/// `acc = acc ⊕ g` in the trace's operand order.
-fn combine_into(asm: &mut VecAsm, c: Combine, acc: V, g: V) -> Result<(), CodegenError> {
+/// A register of `regs` other than `busy` (a combine's mask scratch).
+fn free_besides(regs: &[V], busy: &[V]) -> Result<V, CodegenError> {
+    regs.iter()
+        .copied()
+        .find(|r| !busy.contains(r))
+        .ok_or(CodegenError::OutOfRegisters { op: "fold combine".into() })
+}
+
+/// `acc = acc ⊕ g` in the trace's operand order; `tmp` is a free register
+/// (the NaN-ignoring forms need a mask: `tmp` on AVX2, `k2` on AVX-512).
+fn combine_into(asm: &mut VecAsm, c: Combine, acc: V, g: V, tmp: V) -> Result<(), CodegenError> {
+    /// `_CMP_UNORD_Q`.
+    const UNORD: i32 = 3;
+    let nan_mask = |asm: &VecAsm| match asm.isa {
+        Isa::Avx512 => Mask::K(K(2)),
+        Isa::Avx2 => Mask::V(tmp),
+    };
     match c {
         Combine::Add => asm.add(acc, acc, Src::Reg(g)),
         Combine::MaxAccG => asm.max(acc, acc, Src::Reg(g)),
         Combine::MaxGAcc => asm.max(acc, g, Src::Reg(acc)),
         Combine::MinAccG => asm.min(acc, acc, Src::Reg(g)),
         Combine::MinGAcc => asm.min(acc, g, Src::Reg(acc)),
+        Combine::MaxNum | Combine::MinNum => {
+            let m = nan_mask(asm);
+            asm.cmp(m, acc, Src::Reg(acc), UNORD)?;
+            if c == Combine::MaxNum {
+                asm.max(acc, g, Src::Reg(acc))?;
+            } else {
+                asm.min(acc, g, Src::Reg(acc))?;
+            }
+            asm.blend(acc, acc, Src::Reg(g), m)
+        }
     }
 }

@@ -67,7 +67,7 @@ const SIGN: u32 = 0x8000_0000;
 const ALL_ONES: u32 = 0xFFFF_FFFF;
 
 /// The expression DAG of one execution.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ExprPool {
     nodes: Vec<Expr>,
     /// Structural hash per node (independent of node numbering).

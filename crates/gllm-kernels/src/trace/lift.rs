@@ -619,8 +619,22 @@ fn analyse_folds(ctx: &Ctx, geo: Geometry, roots: &[ExprId]) -> Res<FoldAnalysis
                 if d != all || opaque.contains(&node) {
                     continue;
                 }
-                if let Some(&acc) = ctx.pool.children(node).iter().find(|c| deps.get(c) == Some(&before_last))
-                {
+                // The accumulator is a value over exactly the earlier
+                // positions — not a comparison mask of it (f32::max's
+                // `isnan(acc)` also depends on exactly those): look through
+                // masks to the value they compare.
+                let earlier = |x: &ExprId| deps.get(x) == Some(&before_last);
+                let children = ctx.pool.children(node);
+                let value =
+                    children.iter().find(|c| earlier(c) && !matches!(ctx.pool.get(**c), Expr::Cmp(..)));
+                let through_mask = || {
+                    children
+                        .iter()
+                        .filter(|c| matches!(ctx.pool.get(**c), Expr::Cmp(..)))
+                        .flat_map(|c| ctx.pool.children(*c))
+                        .find(|c| earlier(c))
+                };
+                if let Some(acc) = value.copied().or_else(through_mask) {
                     let top = groups.entry(acc).or_insert(node);
                     *top = (*top).max(node);
                 }
@@ -788,6 +802,16 @@ fn check_chain(ctx: &Ctx, geo: Geometry, combine: &Body, top: ExprId, row_scalar
         let mut bind: Vec<Option<ExprId>> = vec![None; combine.ops.len()];
         let mut acc: Option<ExprId> = None;
         if !unify(ctx, geo, combine, combine.outputs[0], node, pos, &mut bind, &mut acc, row_scalars) {
+            // The first step, with the identity constant for the
+            // accumulator, may have been simplified (f32::max's
+            // `isnan(0.0)` test folded away): it matches if the combine,
+            // instantiated with one of its constants as the accumulator,
+            // builds the same expression.
+            if pos == 0 {
+                if let Some(identity) = first_step_identity(ctx, geo, combine, node, row_scalars) {
+                    return Ok(identity);
+                }
+            }
             return Err(ctx.err(format!("fold step at position {pos} does not match the fold's other steps")));
         }
         node = acc.ok_or_else(|| ctx.err("fold step without an accumulator"))?;
@@ -795,6 +819,82 @@ fn check_chain(ctx: &Ctx, geo: Geometry, combine: &Body, top: ExprId, row_scalar
     ctx.pool
         .const_bits(node)
         .ok_or_else(|| ctx.err("a fold does not start from a constant (first iteration peeled?)"))
+}
+
+/// The accumulator's initial constant if `node` is `combine` applied to it
+/// at position 0 (as simplified when built): tries each constant in `node`.
+fn first_step_identity(
+    ctx: &Ctx,
+    geo: Geometry,
+    combine: &Body,
+    node: ExprId,
+    row_scalars: &[ExprId],
+) -> Option<u32> {
+    // The position-0 loads and the constants under `node`.
+    let mut loads: HashMap<u8, ExprId> = HashMap::new();
+    let mut consts: Vec<ExprId> = Vec::new();
+    let mut stack = vec![node];
+    let mut seen = HashSet::new();
+    while let Some(x) = stack.pop() {
+        if !seen.insert(x) {
+            continue;
+        }
+        match ctx.pool.get(x) {
+            Expr::Load { input, index } if geo.pos(input, index as usize) == Some(0) => {
+                loads.insert(input, x);
+            }
+            Expr::Const(_) => consts.push(x),
+            _ => stack.extend(ctx.pool.children(x)),
+        }
+    }
+    for c in consts {
+        let mut pool = ctx.pool.clone();
+        if instantiate(&mut pool, combine, c, &loads, row_scalars) == Some(node) {
+            return ctx.pool.const_bits(c);
+        }
+    }
+    None
+}
+
+/// Builds `body` in `pool` with `Acc` = `acc`, `Input(k)` = `inputs[k]`,
+/// `RowScalar(r)` = `row_scalars[r]` (None for what cannot be built).
+fn instantiate(
+    pool: &mut ExprPool,
+    body: &Body,
+    acc: ExprId,
+    inputs: &HashMap<u8, ExprId>,
+    row_scalars: &[ExprId],
+) -> Option<ExprId> {
+    let mut v: Vec<ExprId> = Vec::with_capacity(body.ops.len());
+    for op in &body.ops {
+        let at = |i: ValueId| v[i as usize];
+        let x = match *op {
+            TraceOp::Acc => acc,
+            TraceOp::Input(k) => *inputs.get(&k)?,
+            TraceOp::RowScalar(r) => *row_scalars.get(r as usize)?,
+            TraceOp::Param(k) => pool.param(k),
+            TraceOp::Dim(k) => pool.dim(k),
+            TraceOp::Const(b) => pool.konst(b),
+            TraceOp::FoldResult(_) => return None,
+            TraceOp::Add(a, b) => pool.bin(BinOp::Add, at(a), at(b)),
+            TraceOp::Sub(a, b) => pool.bin(BinOp::Sub, at(a), at(b)),
+            TraceOp::Mul(a, b) => pool.bin(BinOp::Mul, at(a), at(b)),
+            TraceOp::Div(a, b) => pool.bin(BinOp::Div, at(a), at(b)),
+            TraceOp::Max(a, b) => pool.bin(BinOp::Max, at(a), at(b)),
+            TraceOp::Min(a, b) => pool.bin(BinOp::Min, at(a), at(b)),
+            TraceOp::Fma(a, b, c) => pool.fma(at(a), at(b), at(c)),
+            TraceOp::Neg(a) => pool.un(UnOp::Neg, at(a)),
+            TraceOp::Abs(a) => pool.un(UnOp::Abs, at(a)),
+            TraceOp::Sqrt(a) => pool.un(UnOp::Sqrt, at(a)),
+            TraceOp::Exp(a) => pool.un(UnOp::Exp, at(a)),
+            TraceOp::Log(a) => pool.un(UnOp::Log, at(a)),
+            TraceOp::Tanh(a) => pool.un(UnOp::Tanh, at(a)),
+            TraceOp::Cmp(p, a, b) => pool.cmp(p, at(a), at(b)),
+            TraceOp::Select(c, a, b) => pool.select(at(c), at(a), at(b))?,
+        };
+        v.push(x);
+    }
+    v.get(*body.outputs.first()? as usize).copied()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -240,9 +240,33 @@ pub fn unseen_registry() -> (ScalarOpRegistry, Vec<OpKind>) {
     )
     .unwrap();
     kinds.push(
-        r.register_custom("mean", unseen::gk_mean as unsafe extern "C" fn(*const f32, usize) -> f32, mean)
-            .unwrap(),
+        r.register_custom(
+            "mean",
+            unseen::gk_mean as unsafe extern "C" fn(*const f32, usize) -> f32,
+            mean.clone(),
+        )
+        .unwrap(),
     );
+    kinds.push(
+        r.register_custom(
+            "max_abs",
+            unseen::gk_max_abs as unsafe extern "C" fn(*const f32, usize) -> f32,
+            mean,
+        )
+        .unwrap(),
+    );
+    let two_in = OpSignature::new(
+        vec![
+            Arg::Input { name: "x", role: TensorRole::Activation, len: Len::Dim(0) },
+            Arg::Input { name: "y", role: TensorRole::Activation, len: Len::Dim(0) },
+            Arg::Output { name: "out", len: Len::Dim(0) },
+            Arg::Dim { name: "n" },
+        ],
+        Returns::Nothing,
+    )
+    .unwrap();
+    let axpy2: unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize) = unseen::gk_axpy2;
+    kinds.push(r.register_custom("axpy2", axpy2, two_in).unwrap());
     (r, kinds)
 }
 

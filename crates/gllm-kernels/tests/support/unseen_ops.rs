@@ -119,3 +119,28 @@ pub extern "C" fn gk_clipped_exp(x: f32) -> f32 {
     }
     x.exp()
 }
+
+/// Largest magnitude of a row with `f32::max` (NaN-ignoring `maxnum`): at
+/// -O3 LLVM vectorises it, folding lanes out of order with NaN checks.
+///
+/// # Safety
+/// `x` must point to `n` readable f32.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub unsafe extern "C" fn gk_max_abs(x: *const f32, n: usize) -> f32 {
+    // SAFETY: the caller guarantees `n` readable f32 at `x` (# Safety above).
+    let x = unsafe { std::slice::from_raw_parts(x, n) };
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// `out = x + 2·y` over two input pointers: rustc checks at run time that
+/// `out` does not overlap them before taking its vectorised loop.
+///
+/// # Safety
+/// `x`, `y` and `out` hold `n` f32; `out` overlaps neither input.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub unsafe extern "C" fn gk_axpy2(x: *const f32, y: *const f32, out: *mut f32, n: usize) {
+    for i in 0..n {
+        // SAFETY: i < n for all three (# Safety above).
+        unsafe { *out.add(i) = *x.add(i) + 2.0 * *y.add(i) };
+    }
+}
