@@ -807,7 +807,9 @@ fn check_chain(ctx: &Ctx, geo: Geometry, combine: &Body, top: ExprId, row_scalar
             // `isnan(0.0)` test folded away): it matches if the combine,
             // instantiated with one of its constants as the accumulator,
             // builds the same expression.
-            if pos == 0 {
+            // (Only a combine that tests the accumulator can simplify so.)
+            let tests_acc = combine.ops.iter().any(|op| matches!(op, TraceOp::Cmp(..)));
+            if pos == 0 && tests_acc {
                 if let Some(identity) = first_step_identity(ctx, geo, combine, node, row_scalars) {
                     return Ok(identity);
                 }
