@@ -114,7 +114,8 @@ fn unseen_ops_are_analysed_with_no_analyser_change() {
         let op = registry.get(kind).unwrap();
         let trace = op.trace().unwrap_or_else(|e| panic!("{e}"));
         let want = match kind.name() {
-            "mean" | "max_abs" => ComputePattern::Reduction,
+            "mean" | "max_abs" | "logsumexp" => ComputePattern::Reduction,
+            "rms_norm_plain" => ComputePattern::NormLike,
             "axpy2" => ComputePattern::BinaryElementwise,
             _ => ComputePattern::Elementwise,
         };
@@ -163,6 +164,9 @@ fn fixture_registry(lib: &libloading::Library) -> ScalarOpRegistry {
             }
             ([ConstPtr, ConstPtr, MutPtr, Usize], AbiReturn::Unit) => {
                 reg!(unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize))
+            }
+            ([ConstPtr, MutPtr, Usize, F32], AbiReturn::Unit) => {
+                reg!(unsafe extern "C" fn(*const f32, *mut f32, usize, f32))
             }
             ([ConstPtr, ConstPtr, ConstPtr, ConstPtr, MutPtr, MutPtr, Usize], AbiReturn::Unit) => {
                 reg!(

@@ -744,8 +744,12 @@ fn epilogue_cases(
             ep_ins.extend(full_ex.iter().map(|v| v.as_slice()));
             let mut want = vec![0.0; m * n];
             if m * n > 0 {
-                reference::per_element(ep, &ep_ins, &params, &mut want)
-                    .map_err(|e| format!("{case}: {e}"))?;
+                match ep.signature().form() {
+                    FnForm::PerElement => reference::per_element(ep, &ep_ins, &params, &mut want),
+                    // An elementwise op written over slices: one row of m·n.
+                    FnForm::Slices => reference::rows(ep, &ep_ins, &params, 1, m * n, &mut [&mut want]),
+                }
+                .map_err(|e| format!("{case}: {e}"))?;
             }
             let tol = Tolerance::for_op(ep, &ep_trace, 1, false);
             let owned: Vec<Vec<f32>> = ep_ins.iter().map(|v| v.to_vec()).collect();

@@ -213,6 +213,20 @@ fn check_slices(
 /// squared ReLU, mean), and their kinds.
 pub fn unseen_registry() -> (ScalarOpRegistry, Vec<OpKind>) {
     let mut r = ScalarOpRegistry::empty();
+    let kinds = register_unseen(&mut r);
+    (r, kinds)
+}
+
+/// The built-ins and the unseen ops together (so GEMMs can take the unseen
+/// elementwise ops as epilogues).
+pub fn builtins_and_unseen() -> (ScalarOpRegistry, Vec<OpKind>) {
+    let mut r = ScalarOpRegistry::with_builtins();
+    let kinds = register_unseen(&mut r);
+    (r, kinds)
+}
+
+/// Registers every op of `unseen_ops.rs` in `r`; returns their kinds.
+pub fn register_unseen(r: &mut ScalarOpRegistry) -> Vec<OpKind> {
     let unary =
         OpSignature::new(vec![Arg::Element { name: "x", role: TensorRole::Activation }], Returns::Element)
             .unwrap();
@@ -267,7 +281,48 @@ pub fn unseen_registry() -> (ScalarOpRegistry, Vec<OpKind>) {
     .unwrap();
     let axpy2: unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize) = unseen::gk_axpy2;
     kinds.push(r.register_custom("axpy2", axpy2, two_in).unwrap());
-    (r, kinds)
+    kinds.push(
+        r.register_custom("softsign", unseen::gk_softsign as extern "C" fn(f32) -> f32, unary.clone())
+            .unwrap(),
+    );
+    kinds.push(
+        r.register_custom("clamp_unit", unseen::gk_clamp_unit as extern "C" fn(f32) -> f32, unary.clone())
+            .unwrap(),
+    );
+    let with_param = OpSignature::new(
+        vec![Arg::Element { name: "x", role: TensorRole::Activation }, Arg::Scalar { name: "alpha" }],
+        Returns::Element,
+    )
+    .unwrap();
+    for (name, f) in [
+        ("prelu", unseen::gk_prelu as extern "C" fn(f32, f32) -> f32),
+        ("swish_beta", unseen::gk_swish_beta as extern "C" fn(f32, f32) -> f32),
+    ] {
+        kinds.push(r.register_custom(name, f, with_param.clone()).unwrap());
+    }
+    let norm = OpSignature::new(
+        vec![
+            Arg::Input { name: "x", role: TensorRole::Activation, len: Len::Dim(0) },
+            Arg::Output { name: "out", len: Len::Dim(0) },
+            Arg::Dim { name: "n" },
+            Arg::Scalar { name: "eps" },
+        ],
+        Returns::Nothing,
+    )
+    .unwrap();
+    let rms_plain: unsafe extern "C" fn(*const f32, *mut f32, usize, f32) = unseen::gk_rms_norm_plain;
+    kinds.push(r.register_custom("rms_norm_plain", rms_plain, norm).unwrap());
+    let row = OpSignature::new(
+        vec![
+            Arg::Input { name: "x", role: TensorRole::Activation, len: Len::Dim(0) },
+            Arg::Dim { name: "n" },
+        ],
+        Returns::RowScalar,
+    )
+    .unwrap();
+    let lse: unsafe extern "C" fn(*const f32, usize) -> f32 = unseen::gk_logsumexp;
+    kinds.push(r.register_custom("logsumexp", lse, row).unwrap());
+    kinds
 }
 
 /// Makes every node output nobody reads a graph output (the validator

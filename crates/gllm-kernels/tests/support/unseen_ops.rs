@@ -144,3 +144,71 @@ pub unsafe extern "C" fn gk_axpy2(x: *const f32, y: *const f32, out: *mut f32, n
         unsafe { *out.add(i) = *x.add(i) + 2.0 * *y.add(i) };
     }
 }
+
+/// softsign: x / (1 + |x|).
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_softsign(x: f32) -> f32 {
+    x / (1.0 + x.abs())
+}
+
+/// PReLU with its slope as a scalar parameter.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_prelu(x: f32, alpha: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        alpha * x
+    }
+}
+
+/// Swish with a β parameter: x · σ(βx).
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_swish_beta(x: f32, beta: f32) -> f32 {
+    x / (1.0 + (-beta * x).exp())
+}
+
+/// `f32::clamp` to [-1, 1] (NaN stays NaN).
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_clamp_unit(x: f32) -> f32 {
+    x.clamp(-1.0, 1.0)
+}
+
+/// RMS normalisation without a weight.
+///
+/// # Safety
+/// `x` and `out` hold `n` f32.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub unsafe extern "C" fn gk_rms_norm_plain(x: *const f32, out: *mut f32, n: usize, eps: f32) {
+    // SAFETY: the caller guarantees `n` f32 at each (# Safety above).
+    let (x, out) = unsafe { (std::slice::from_raw_parts(x, n), std::slice::from_raw_parts_mut(out, n)) };
+    let mut ss = 0.0f32;
+    for &v in x {
+        ss += v * v;
+    }
+    let inv = 1.0 / (ss / n as f32 + eps).sqrt();
+    for i in 0..n {
+        out[i] = x[i] * inv;
+    }
+}
+
+/// log Σ eˣ over a row, stabilised by the row's maximum: a reduction with
+/// a max fold and a sum fold that uses it.
+///
+/// # Safety
+/// `x` must point to `n` readable f32.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub unsafe extern "C" fn gk_logsumexp(x: *const f32, n: usize) -> f32 {
+    // SAFETY: the caller guarantees `n` readable f32 at `x` (# Safety above).
+    let x = unsafe { std::slice::from_raw_parts(x, n) };
+    let mut m = f32::NEG_INFINITY;
+    for &v in x {
+        if v > m {
+            m = v;
+        }
+    }
+    let mut s = 0.0f32;
+    for &v in x {
+        s += (v - m).exp();
+    }
+    s.ln() + m
+}
