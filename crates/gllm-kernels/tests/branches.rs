@@ -12,28 +12,17 @@ mod support;
 use gllm_kernels::oracle::{self, Sweep};
 use gllm_kernels::scalar::{Arg, OpSignature, Returns, ScalarOpRegistry, TensorRole};
 use gllm_kernels::trace::ComputePattern;
-use support::{check_against_reference, unseen, Rng};
-
-type Unary = extern "C" fn(f32) -> f32;
-
-const OPS: [(&str, Unary); 7] = [
-    ("elu", unseen::gk_elu),
-    ("leaky_relu", unseen::gk_leaky_relu),
-    ("hard_sigmoid", unseen::gk_hard_sigmoid),
-    ("nan_to_zero", unseen::gk_nan_to_zero),
-    ("zero_is_one", unseen::gk_zero_is_one),
-    ("not_equal", unseen::gk_not_equal),
-    ("clipped_exp", unseen::gk_clipped_exp),
-];
+use support::{check_against_reference, Rng};
 
 fn unary() -> OpSignature {
     OpSignature::new(vec![Arg::Element { name: "x", role: TensorRole::Activation }], Returns::Element)
         .unwrap()
 }
 
+/// Just the branchy unseen ops, registered at run time.
 fn registry() -> ScalarOpRegistry {
     let mut r = ScalarOpRegistry::empty();
-    for (name, f) in OPS {
+    for (name, f) in support::BRANCHY {
         r.register_custom(name, f, unary()).unwrap();
     }
     r
@@ -62,7 +51,7 @@ fn branchy_activations_pass_the_differential_tester() {
         .map(|r| format!("{}: {}", r.op, r.failure.as_deref().unwrap_or("")))
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
-    assert_eq!(reports.len(), OPS.len() * support::profiles().len());
+    assert_eq!(reports.len(), support::BRANCHY.len() * support::profiles().len());
 }
 
 /// A store inside one arm only (the positive elements are written, the

@@ -9,6 +9,10 @@
 mod fuzz_inputs;
 
 use gllm_kernels::device::DeviceProfile;
+#[path = "support/mutate.rs"]
+mod mutate;
+
+use mutate::mutated;
 use proptest::prelude::*;
 use std::path::PathBuf;
 
@@ -57,25 +61,6 @@ fn the_profile_seed_is_this_hosts_profile_and_loads() {
     let seeds = regressions("device_profile");
     let text = std::str::from_utf8(&seeds[0].1).unwrap();
     DeviceProfile::from_toml_str(text, "seed").unwrap();
-}
-
-fn mutated(base: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
-    let mut bytes = base.to_vec();
-    for &(at, value, how) in edits {
-        if bytes.is_empty() {
-            bytes.push(value);
-            continue;
-        }
-        let i = at % bytes.len();
-        match how % 3 {
-            0 => bytes[i] = value,
-            1 => bytes.insert(i, value),
-            _ => {
-                bytes.remove(i);
-            }
-        }
-    }
-    bytes
 }
 
 proptest! {

@@ -7,6 +7,10 @@
 #[path = "support/fuzz_inputs.rs"]
 mod fuzz_inputs;
 
+#[path = "../../gllm-kernels/tests/support/mutate.rs"]
+mod mutate;
+
+use mutate::mutated;
 use proptest::prelude::*;
 use std::path::PathBuf;
 
@@ -26,6 +30,7 @@ fn saved_inputs_of_every_front_end_target_still_pass() {
     let mut ran = 0;
     for bytes in regressions("gguf") {
         fuzz_inputs::check_gguf_bytes(&bytes);
+        fuzz_inputs::check_gguf_tokenizer(&bytes);
         ran += 1;
     }
     for bytes in regressions("safetensors") {
@@ -71,25 +76,6 @@ fn a_token_id_beyond_the_vocabulary_is_an_error_not_an_allocation() {
 /// A small valid tokenizer.json: the base the mutations start from.
 fn tokenizer_json_seed() -> Vec<u8> {
     regressions("tokenizer_json").into_iter().next().expect("a tokenizer.json seed")
-}
-
-fn mutated(base: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
-    let mut bytes = base.to_vec();
-    for &(at, value, how) in edits {
-        if bytes.is_empty() {
-            bytes.push(value);
-            continue;
-        }
-        let i = at % bytes.len();
-        match how % 3 {
-            0 => bytes[i] = value,
-            1 => bytes.insert(i, value),
-            _ => {
-                bytes.remove(i);
-            }
-        }
-    }
-    bytes
 }
 
 proptest! {

@@ -3,6 +3,9 @@
 //! `gguf` Python package, the real SmolLM2 model, one test per kind of bad
 //! file, and mutation fuzzing of the header parser.
 
+#[path = "support/fuzz_inputs.rs"]
+mod fuzz_inputs;
+
 use gllm::gguf::quant::{quantize_q4_1, quantize_q8_0};
 use gllm::gguf::{dequantize, GgmlType, GgufError, GgufFile, GgufWriter, MetaArray, MetaValue, QuantError};
 use half::{bf16, f16};
@@ -1118,31 +1121,6 @@ fn apply(bytes: &mut Vec<u8>, mutation: &Mutation, limit: usize) {
     }
 }
 
-/// Parses `bytes`; on success checks every tensor's slice and dequantises it.
-/// The property is only that nothing panics and every Ok result is in bounds.
-/// Returns whether the file parsed.
-fn parse_and_touch_everything(bytes: Vec<u8>) -> bool {
-    let len = bytes.len();
-    let Ok(file) = GgufFile::from_bytes("fuzz.gguf", bytes) else {
-        return false;
-    };
-    for (key, _) in file.metadata() {
-        let _ = file.get_usize(key);
-        let _ = file.get_str_array(key);
-    }
-    for info in file.tensors() {
-        let data = file.tensor_data(info);
-        assert_eq!(data.len() as u64, info.n_bytes(), "{}", info.name());
-        let start = file.data_offset() as u64 + info.offset();
-        assert!(start + info.n_bytes() <= len as u64, "{} ends past the buffer", info.name());
-        assert_eq!(info.offset() % file.alignment(), 0);
-        if let Ok(values) = file.tensor_f32(info.name()) {
-            assert_eq!(values.len() as u64, info.n_elements());
-        }
-    }
-    true
-}
-
 /// The fuzzing base: every metadata type, and tensors of every type the
 /// reader dequantises, in a small file.
 fn fuzz_base_file() -> Vec<u8> {
@@ -1179,7 +1157,7 @@ fn fuzz(base: Vec<u8>, cases: u32, limit: usize) -> (u32, u32) {
             apply(&mut bytes, m, limit);
         }
         run.set(run.get() + 1);
-        if parse_and_touch_everything(bytes) {
+        if fuzz_inputs::check_gguf_bytes(&bytes) {
             parsed.set(parsed.get() + 1);
         }
         Ok(())

@@ -217,6 +217,17 @@ pub fn unseen_registry() -> (ScalarOpRegistry, Vec<OpKind>) {
     (r, kinds)
 }
 
+/// The unseen unary ops written with `if` on the value.
+pub const BRANCHY: [(&str, extern "C" fn(f32) -> f32); 7] = [
+    ("elu", unseen::gk_elu),
+    ("leaky_relu", unseen::gk_leaky_relu),
+    ("hard_sigmoid", unseen::gk_hard_sigmoid),
+    ("nan_to_zero", unseen::gk_nan_to_zero),
+    ("zero_is_one", unseen::gk_zero_is_one),
+    ("not_equal", unseen::gk_not_equal),
+    ("clipped_exp", unseen::gk_clipped_exp),
+];
+
 /// The built-ins and the unseen ops together (so GEMMs can take the unseen
 /// elementwise ops as epilogues).
 pub fn builtins_and_unseen() -> (ScalarOpRegistry, Vec<OpKind>) {
@@ -230,21 +241,14 @@ pub fn register_unseen(r: &mut ScalarOpRegistry) -> Vec<OpKind> {
     let unary =
         OpSignature::new(vec![Arg::Element { name: "x", role: TensorRole::Activation }], Returns::Element)
             .unwrap();
-    let f: [(&str, extern "C" fn(f32) -> f32); 11] = [
+    let f: [(&str, extern "C" fn(f32) -> f32); 4] = [
         ("softplus", unseen::gk_softplus),
         ("hard_swish", unseen::gk_hard_swish),
         ("mish", unseen::gk_mish),
         ("squared_relu", unseen::gk_squared_relu),
-        ("elu", unseen::gk_elu),
-        ("leaky_relu", unseen::gk_leaky_relu),
-        ("hard_sigmoid", unseen::gk_hard_sigmoid),
-        ("nan_to_zero", unseen::gk_nan_to_zero),
-        ("zero_is_one", unseen::gk_zero_is_one),
-        ("not_equal", unseen::gk_not_equal),
-        ("clipped_exp", unseen::gk_clipped_exp),
     ];
     let mut kinds: Vec<OpKind> =
-        f.iter().map(|(n, f)| r.register_custom(n, *f, unary.clone()).unwrap()).collect();
+        f.iter().chain(&BRANCHY).map(|(n, f)| r.register_custom(n, *f, unary.clone()).unwrap()).collect();
     let mean = OpSignature::new(
         vec![
             Arg::Input { name: "x", role: TensorRole::Activation, len: Len::Dim(0) },

@@ -11,10 +11,11 @@ use gllm::tokenizer::Tokenizer;
 use std::sync::OnceLock;
 
 /// A GGUF file from arbitrary bytes: parsed, every metadata value and
-/// tensor touched, its tokenizer built if it has one.
-pub fn check_gguf_bytes(data: &[u8]) {
+/// tensor touched (each tensor's bytes in bounds and aligned). Returns
+/// whether it parsed.
+pub fn check_gguf_bytes(data: &[u8]) -> bool {
     let len = data.len();
-    let Ok(file) = GgufFile::from_bytes("fuzz.gguf", data.to_vec()) else { return };
+    let Ok(file) = GgufFile::from_bytes("fuzz.gguf", data.to_vec()) else { return false };
     for (key, _) in file.metadata() {
         let _ = file.get_usize(key);
         let _ = file.get_str_array(key);
@@ -22,11 +23,20 @@ pub fn check_gguf_bytes(data: &[u8]) {
     for info in file.tensors() {
         let data = file.tensor_data(info);
         assert_eq!(data.len() as u64, info.n_bytes(), "{}", info.name());
-        assert!(file.data_offset() as u64 + info.offset() + info.n_bytes() <= len as u64);
+        let start = file.data_offset() as u64 + info.offset();
+        assert!(start + info.n_bytes() <= len as u64, "{} ends past the buffer", info.name());
+        assert_eq!(info.offset() % file.alignment(), 0);
         if let Ok(values) = file.tensor_f32(info.name()) {
             assert_eq!(values.len() as u64, info.n_elements());
         }
     }
+    true
+}
+
+/// The tokenizer of a GGUF file from arbitrary bytes, if it parses and
+/// has one: built, then used.
+pub fn check_gguf_tokenizer(data: &[u8]) {
+    let Ok(file) = GgufFile::from_bytes("fuzz.gguf", data.to_vec()) else { return };
     if let Ok(tok) = gguf_tokenizer(&file) {
         let ids = tok.encode("Hello, world! 123", true, true);
         let _ = tok.decode(&ids);
