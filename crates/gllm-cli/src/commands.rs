@@ -256,7 +256,7 @@ fn explain_model(name: &str, args: &ExplainArgs) -> Result<()> {
     let started = Instant::now();
     let sem =
         graph.analyse(ScalarOpRegistry::global()).with_context(|| format!("analysing the {name} graph"))?;
-    let options = gllm_kernels::fusion::FusionOptions { fuse: !args.no_fusion };
+    let options = gllm_kernels::fusion::FusionOptions { fuse: !args.no_fusion, ..Default::default() };
     let plan = fusion::plan_with(&sem, &profile, options);
     let ms = started.elapsed().as_secs_f64() * 1e3;
     println!(

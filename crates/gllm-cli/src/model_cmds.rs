@@ -91,7 +91,7 @@ fn load(args: &ModelArgs) -> Result<(Model, EngineOptions)> {
     );
     let mut opts = EngineOptions::new(profile);
     opts.backend = if args.reference { Backend::Reference } else { Backend::Jit };
-    opts.fusion = FusionOptions { fuse: !args.no_fusion };
+    opts.fusion = FusionOptions { fuse: !args.no_fusion, ..Default::default() };
     opts.prefill_chunk = args.chunk;
     if let Some(ctx) = args.ctx {
         opts.max_context = ctx;

@@ -13,9 +13,11 @@
 
 mod support;
 
-use gllm_kernels::codegen::layer::compile_graph;
+use gllm_kernels::codegen::layer::{compile_graph, compile_graph_with, LayerWorkspace};
 use gllm_kernels::device::{DeviceProfile, PRESET_NAMES};
+use gllm_kernels::fusion::FusionOptions;
 use gllm_kernels::graph::{BatchLayout, CompilerGraph, CompilerOp, MatMulParams, TensorDesc, TensorRef};
+use gllm_kernels::oracle::{GuardedBuffer, Placement};
 use gllm_kernels::reference;
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use proptest::prelude::*;
@@ -186,10 +188,32 @@ fn check(g: &CompilerGraph, seed: u64) -> Result<(), TestCaseError> {
     let want = reference::evaluate(&sem, registry, &ins, &weight)
         .map_err(|e| TestCaseError::fail(format!("reference: {e}")))?;
     for profile in host_and_presets() {
-        let layer = compile_graph(g, &profile, registry)
+        // Every scratchpad buffer followed by a 64-byte guard gap checked
+        // after the run, the arena ending at a PROT_NONE page, the graph's
+        // inputs and outputs each against one too.
+        let options = FusionOptions { arena_guard_bytes: 64, ..FusionOptions::default() };
+        let layer = compile_graph_with(g, &profile, registry, options)
             .map_err(|e| TestCaseError::fail(format!("{}: does not compile: {e}", profile.isa)))?;
         let prepared = layer.prepare_weights(&weight).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let got = layer.run(&prepared, &ins).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let guarded_ins: Vec<GuardedBuffer> =
+            inputs.iter().map(|v| GuardedBuffer::new(v, Placement::AgainstEnd).unwrap()).collect();
+        let mut guarded_outs: Vec<GuardedBuffer> = layer
+            .output_lens()
+            .into_iter()
+            .map(|n| GuardedBuffer::filled(n, f32::NAN, Placement::AgainstEnd).unwrap())
+            .collect();
+        {
+            let gins: Vec<&[f32]> = guarded_ins.iter().map(|b| b.as_slice()).collect();
+            let mut gouts: Vec<&mut [f32]> = guarded_outs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            layer.run_checked(&prepared, &gins, &mut gouts, &mut LayerWorkspace::guarded()).map_err(|e| {
+                TestCaseError::fail(format!("{}: {e}; plan\n{}", profile.isa, layer.plan().explain(g)))
+            })?;
+        }
+        prop_assert!(
+            guarded_outs.iter().chain(&guarded_ins).all(GuardedBuffer::canary_intact),
+            "wrote next to an operand"
+        );
+        let got: Vec<Vec<f32>> = guarded_outs.iter().map(|b| b.as_slice().to_vec()).collect();
         for (o, (gv, wv)) in got.iter().zip(&want).enumerate() {
             let peak = wv.iter().filter(|x| x.is_finite()).fold(1.0f32, |m, x| m.max(x.abs()));
             let worst = gv

@@ -29,7 +29,7 @@ fn engine(
 ) -> Engine {
     let mut o = EngineOptions::new(profile);
     o.backend = backend;
-    o.fusion = FusionOptions { fuse };
+    o.fusion = FusionOptions { fuse, ..Default::default() };
     o.prefill_chunk = chunk;
     o.max_context = 64;
     Engine::new(cfg.clone(), w.clone(), o).unwrap()

@@ -55,7 +55,7 @@ fn engine_for(m: &Model, backend: Backend, fuse: bool, isa: Option<Isa>) -> Engi
     }
     let mut o = EngineOptions::new(profile);
     o.backend = backend;
-    o.fusion = FusionOptions { fuse };
+    o.fusion = FusionOptions { fuse, ..Default::default() };
     o.max_context = 512;
     Engine::new(m.config.clone(), m.weights.clone(), o).unwrap()
 }

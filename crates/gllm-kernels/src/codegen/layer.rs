@@ -43,6 +43,9 @@ pub struct CompiledLayer {
     packed_weights: Vec<(TensorId, String, usize, usize, usize)>,
     /// Per tensor: its offset in the scratchpad arena, in f32 elements.
     arena_offset: Vec<Option<usize>>,
+    /// Gaps no buffer uses, `(offset, len)` in f32 (planned with
+    /// `FusionOptions::arena_guard_bytes`; empty otherwise).
+    arena_guards: Vec<(usize, usize)>,
     /// Arena size in f32 elements.
     arena_len: usize,
 }
@@ -78,9 +81,22 @@ impl PreparedWeights {
 /// Memory for one run of a [`CompiledLayer`]: the plan's scratchpad arena,
 /// aligned to 64 bytes. Reused across runs (and across layers compiled from
 /// the same graph); grown when a larger graph uses it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct LayerWorkspace {
     buf: Vec<f32>,
+    /// With [`LayerWorkspace::guarded`]: the arena in its own mapping, its
+    /// end against a `PROT_NONE` page (a write past the arena faults).
+    guarded: Option<crate::oracle::GuardedBuffer>,
+    want_guard: bool,
+}
+
+impl std::fmt::Debug for LayerWorkspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerWorkspace")
+            .field("len", &self.buf.len())
+            .field("guarded", &self.want_guard)
+            .finish()
+    }
 }
 
 impl LayerWorkspace {
@@ -88,9 +104,28 @@ impl LayerWorkspace {
         LayerWorkspace::default()
     }
 
+    /// A workspace whose arena ends against an inaccessible page (for
+    /// testing generated code; slower to grow).
+    pub fn guarded() -> LayerWorkspace {
+        LayerWorkspace { want_guard: true, ..LayerWorkspace::default() }
+    }
+
     /// `len` f32 starting at a 64-byte boundary.
     fn arena(&mut self, len: usize) -> RawSlice {
         const ALIGN_F32: usize = fusion::BUFFER_ALIGN / 4;
+        if self.want_guard {
+            use crate::oracle::{GuardedBuffer, Placement};
+            // Arena sizes are whole 64-byte buffers, so the data, ending on a
+            // page boundary, starts 64-byte aligned.
+            let len = len.div_ceil(ALIGN_F32) * ALIGN_F32;
+            if self.guarded.as_ref().is_none_or(|g| g.as_slice().len() != len) {
+                self.guarded = Some(
+                    GuardedBuffer::filled(len, 0.0, Placement::AgainstEnd).expect("mapping a guarded arena"),
+                );
+            }
+            let g = self.guarded.as_mut().expect("just made");
+            return RawSlice { addr: g.as_mut_slice().as_mut_ptr() as usize, len };
+        }
         if self.buf.len() < len + ALIGN_F32 {
             self.buf = vec![0.0; len + ALIGN_F32];
         }
@@ -98,6 +133,9 @@ impl LayerWorkspace {
         RawSlice { addr: self.buf[skip..].as_mut_ptr() as usize, len }
     }
 }
+
+/// The value guard gaps hold: a NaN payload no kernel computes.
+const ARENA_CANARY: u32 = 0x7fb1_9a7d;
 
 /// Validates, analyses, plans and compiles `graph` for `profile`.
 pub fn compile_graph(
@@ -188,6 +226,7 @@ impl CompiledLayer {
             }
         }
         let arena_len = plan.buffers.scratchpad_bytes.div_ceil(4);
+        let arena_guards = plan.buffers.guard_regions().into_iter().map(|(o, b)| (o / 4, b / 4)).collect();
         Ok(CompiledLayer {
             plan,
             units,
@@ -198,6 +237,7 @@ impl CompiledLayer {
             plain_weights,
             packed_weights,
             arena_offset,
+            arena_guards,
             arena_len,
         })
     }
@@ -306,6 +346,38 @@ impl CompiledLayer {
         let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(|o| o.as_mut_slice()).collect();
         self.run_into(weights, inputs, &mut outs, &mut LayerWorkspace::new())?;
         Ok(outputs)
+    }
+
+    /// [`CompiledLayer::run_into`], with the arena's guard gaps filled with
+    /// a canary before and checked after: an error names the first gap a
+    /// kernel wrote into. Meaningful for layers compiled with
+    /// `FusionOptions::arena_guard_bytes` (and, with
+    /// [`LayerWorkspace::guarded`], a write past the arena faults).
+    pub fn run_checked(
+        &self,
+        weights: &PreparedWeights,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        workspace: &mut LayerWorkspace,
+    ) -> Result<(), CodegenError> {
+        let arena = workspace.arena(self.arena_len);
+        let word = |i: usize| (arena.addr + 4 * i) as *mut u32;
+        for &(off, len) in &self.arena_guards {
+            for i in off..(off + len).min(arena.len) {
+                // SAFETY: i < arena.len, inside the workspace's arena.
+                unsafe { word(i).write(ARENA_CANARY) };
+            }
+        }
+        self.run_into(weights, inputs, outputs, workspace)?;
+        for &(off, len) in &self.arena_guards {
+            for i in off..(off + len).min(arena.len) {
+                // SAFETY: as above; the run is over.
+                if unsafe { word(i).read() } != ARENA_CANARY {
+                    return Err(CodegenError::ArenaGuardOverwritten { offset_bytes: 4 * i });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs every group in plan order, writing the graph's outputs into

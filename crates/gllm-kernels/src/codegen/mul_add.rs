@@ -28,6 +28,10 @@ pub enum CodegenError {
     Graph(#[from] crate::graph::GraphError),
     #[error("cannot fuse: {0}")]
     Compose(#[from] crate::fusion::compose::ComposeError),
+    #[error(
+        "a kernel wrote into the scratchpad's guard gap at byte {offset_bytes} (past one of its buffers)"
+    )]
+    ArenaGuardOverwritten { offset_bytes: usize },
 }
 
 type MulAddFn = unsafe extern "C" fn(a: *const f32, b: *const f32, out: *mut f32, n: usize);

@@ -55,9 +55,45 @@ pub struct BufferPlan {
     pub scratchpad_bytes: usize,
     /// What the buffers would take without any reuse (the sum of aligned sizes).
     pub naive_bytes: usize,
+    /// Free bytes reserved after every slot (`FusionOptions::arena_guard_bytes`).
+    pub guard_bytes: usize,
 }
 
 impl BufferPlan {
+    /// The reserved gaps after every slot, `(offset, bytes)` (empty without
+    /// guards), less any part another buffer uses at another time: no
+    /// buffer ever legitimately writes what is left, so it must keep its
+    /// canary through a run.
+    pub fn guard_regions(&self) -> Vec<(usize, usize)> {
+        if self.guard_bytes == 0 {
+            return Vec::new();
+        }
+        let mut slot_end: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
+        for a in &self.allocations {
+            let e = slot_end.entry(a.slot).or_insert((a.offset, 0));
+            e.1 = e.1.max(a.size_bytes);
+        }
+        let used: Vec<(usize, usize)> = slot_end.values().map(|&(off, size)| (off, off + size)).collect();
+        slot_end
+            .values()
+            .map(|&(off, size)| (off + size, off + align(size + self.guard_bytes)))
+            .filter_map(|(mut start, end)| {
+                // Trim the gap to its part before any other buffer's bytes.
+                let mut stop = end;
+                for &(u0, u1) in &used {
+                    if u0 < stop && start < u1 {
+                        if u0 <= start {
+                            start = start.max(u1);
+                        } else {
+                            stop = stop.min(u0);
+                        }
+                    }
+                }
+                (start < stop).then(|| (start, stop - start))
+            })
+            .collect()
+    }
+
     /// The region holding tensor `t`, if it is in the scratchpad.
     pub fn tensor(&self, t: TensorId) -> Option<&BufferAlloc> {
         self.allocations.iter().find(|a| a.purpose == BufferPurpose::Tensor(t))
@@ -74,7 +110,7 @@ fn in_place_safe(sem: &SemanticGraph, g: &FusionGroup) -> bool {
         && g.nodes.iter().all(|&n| matches!(sem.nodes[n].class, OpClass::ElemWise | OpClass::Injective))
 }
 
-pub(super) fn plan_buffers(sem: &SemanticGraph, groups: &[FusionGroup]) -> BufferPlan {
+pub(super) fn plan_buffers(sem: &SemanticGraph, groups: &[FusionGroup], guard_bytes: usize) -> BufferPlan {
     let mut group_of = vec![0usize; sem.nodes.len()];
     for g in groups {
         for &n in &g.nodes {
@@ -121,8 +157,8 @@ pub(super) fn plan_buffers(sem: &SemanticGraph, groups: &[FusionGroup]) -> Buffe
     }
     assign_in_place(sem, groups, &mut allocs);
     let naive_bytes = allocs.iter().map(|a| align(a.size_bytes)).sum();
-    let scratchpad_bytes = place_slots(&mut allocs);
-    BufferPlan { allocations: allocs, scratchpad_bytes, naive_bytes }
+    let scratchpad_bytes = place_slots(&mut allocs, guard_bytes);
+    BufferPlan { allocations: allocs, scratchpad_bytes, naive_bytes, guard_bytes }
 }
 
 /// Lets an in-place-safe group's output take the slot of a same-size input
@@ -153,7 +189,7 @@ fn assign_in_place(sem: &SemanticGraph, groups: &[FusionGroup], allocs: &mut [Bu
 }
 
 /// First-fit placement of slots, largest first. Returns the arena size.
-fn place_slots(allocs: &mut [BufferAlloc]) -> usize {
+fn place_slots(allocs: &mut [BufferAlloc], guard: usize) -> usize {
     struct Slot {
         id: usize,
         size: usize,
@@ -186,22 +222,54 @@ fn place_slots(allocs: &mut [BufferAlloc]) -> usize {
             .iter()
             .map(|&j| &slots[j])
             .filter(|s| s.first <= slots[i].last && slots[i].first <= s.last)
-            .map(|s| (s.offset, s.offset + align(s.size)))
+            .map(|s| (s.offset, s.offset + align(s.size + guard)))
             .collect();
         busy.sort_unstable();
         let mut offset = 0;
         for (start, end) in busy {
-            if offset + slots[i].size <= start {
+            if offset + slots[i].size + guard <= start {
                 break;
             }
             offset = offset.max(end);
         }
         slots[i].offset = offset;
-        arena = arena.max(offset + align(slots[i].size));
+        arena = arena.max(offset + align(slots[i].size + guard));
         placed.push(i);
     }
     for a in allocs.iter_mut() {
         a.offset = slots.iter().find(|s| s.id == a.slot).expect("every slot placed").offset;
     }
     arena
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(offset: usize, size_bytes: usize, slot: usize) -> BufferAlloc {
+        BufferAlloc {
+            purpose: BufferPurpose::TileScratch { group: slot },
+            offset,
+            size_bytes,
+            first_group: 0,
+            last_group: 0,
+            slot,
+            in_place_of: None,
+        }
+    }
+
+    #[test]
+    fn guard_gaps_skip_bytes_another_buffer_uses_at_another_time() {
+        // Slot 0: 160 B at 0 (gap 160..256); slot 1: 8 B at 0, alive at
+        // another time (its gap 8..128 lies inside slot 0's bytes).
+        let plan = BufferPlan {
+            allocations: vec![alloc(0, 160, 0), alloc(0, 8, 1)],
+            scratchpad_bytes: 256,
+            naive_bytes: 0,
+            guard_bytes: 64,
+        };
+        assert_eq!(plan.guard_regions(), vec![(160, 96)]);
+        let none = BufferPlan { guard_bytes: 0, ..plan };
+        assert!(none.guard_regions().is_empty());
+    }
 }

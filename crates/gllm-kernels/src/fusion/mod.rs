@@ -195,11 +195,15 @@ pub struct FusionOptions {
     /// fused producers): the unfused baseline that fused plans are checked
     /// and measured against.
     pub fuse: bool,
+    /// Bytes left free after every scratchpad buffer (0 in production): a
+    /// compiled layer can fill them with a canary and check after a run
+    /// that no kernel wrote past its buffer (`CompiledLayer::run_checked`).
+    pub arena_guard_bytes: usize,
 }
 
 impl Default for FusionOptions {
     fn default() -> Self {
-        FusionOptions { fuse: true }
+        FusionOptions { fuse: true, arena_guard_bytes: 0 }
     }
 }
 
@@ -211,7 +215,7 @@ pub fn plan(sem: &SemanticGraph, profile: &DeviceProfile) -> FusionPlan {
 /// [`plan`] with explicit [`FusionOptions`].
 pub fn plan_with(sem: &SemanticGraph, profile: &DeviceProfile, options: FusionOptions) -> FusionPlan {
     let groups = planner::group(sem, profile, options);
-    let buffers = buffers::plan_buffers(sem, &groups);
+    let buffers = buffers::plan_buffers(sem, &groups, options.arena_guard_bytes);
     FusionPlan {
         profile: match &profile.source {
             crate::device::ProfileSource::Detected => format!("detected ({})", profile.name),
