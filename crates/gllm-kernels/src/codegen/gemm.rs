@@ -394,6 +394,17 @@ impl GemmKernel {
         self.extra_layouts(extras.iter().map(|e| (e.as_ptr() as usize, e.len())).collect(), m, n)
     }
 
+    /// That `given` extra operands are what this kernel's epilogue reads.
+    fn check_extra_count(&self, given: usize) -> Result<(), CodegenError> {
+        let want = self.epilogue.as_ref().map_or(0, |e| e.extras);
+        if given != want {
+            return Err(CodegenError::BadArguments(format!(
+                "the epilogue reads {want} extra operand(s), {given} given"
+            )));
+        }
+        Ok(())
+    }
+
     /// `(address, elements)` of each extra operand → `(address, row stride)`:
     /// one row of N (stride 0, broadcast) or an M×N matrix (stride N).
     fn extra_layouts(
@@ -402,13 +413,7 @@ impl GemmKernel {
         m: usize,
         n: usize,
     ) -> Result<Vec<(usize, usize)>, CodegenError> {
-        let want = self.epilogue.as_ref().map_or(0, |e| e.extras);
-        if extras.len() != want {
-            return Err(CodegenError::BadArguments(format!(
-                "the epilogue reads {want} extra operand(s), {} given",
-                extras.len()
-            )));
-        }
+        self.check_extra_count(extras.len())?;
         extras
             .into_iter()
             .enumerate()
@@ -1692,13 +1697,7 @@ impl GemmKernel {
         }
         let interleaved_c = p.c_layout == BatchLayout::Interleaved && batch > 1;
         let row_len = if interleaved_c { batch * n } else { n };
-        let want_extras = self.epilogue.as_ref().map_or(0, |e| e.extras);
-        if extras.len() != want_extras {
-            return Err(CodegenError::BadArguments(format!(
-                "the epilogue reads {want_extras} extra operand(s), {} given",
-                extras.len()
-            )));
-        }
+        self.check_extra_count(extras.len())?;
         let kinds: Vec<Extra> = extras
             .iter()
             .enumerate()

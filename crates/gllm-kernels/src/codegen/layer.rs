@@ -86,7 +86,7 @@ pub struct LayerWorkspace {
     buf: Vec<f32>,
     /// With [`LayerWorkspace::guarded`]: the arena in its own mapping, its
     /// end against a `PROT_NONE` page (a write past the arena faults).
-    guarded: Option<crate::oracle::GuardedBuffer>,
+    guarded: Option<crate::runtime::GuardedBuffer>,
     want_guard: bool,
 }
 
@@ -114,7 +114,7 @@ impl LayerWorkspace {
     fn arena(&mut self, len: usize) -> RawSlice {
         const ALIGN_F32: usize = fusion::BUFFER_ALIGN / 4;
         if self.want_guard {
-            use crate::oracle::{GuardedBuffer, Placement};
+            use crate::runtime::{GuardedBuffer, Placement};
             // Arena sizes are whole 64-byte buffers, so the data, ending on a
             // page boundary, starts 64-byte aligned.
             let len = len.div_ceil(ALIGN_F32) * ALIGN_F32;

@@ -20,11 +20,10 @@
 //! suite runs the same function.
 
 mod fused;
-mod guarded;
 mod metrics;
 pub mod quant;
 
-pub use guarded::{GuardedBuffer, Placement};
+pub use crate::runtime::{GuardedBuffer, Placement};
 pub use metrics::{ulps, ErrorStats, Scale, Tolerance};
 
 use crate::codegen::gemm::{GemmEpilogue, GemmKernel};
@@ -377,7 +376,7 @@ fn magnitudes(
     tol: &Tolerance,
     op: &RegisteredOp,
     want: &[f32],
-    inputs: &[Vec<f32>],
+    inputs: &[&[f32]],
     params: &[f32],
     rows: usize,
     n: usize,
@@ -491,7 +490,7 @@ fn run_loop_case(
     let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
     let want = loop_reference(op, &refs, params, rows, n, &vec![out_len; num_outputs])?;
     let tol = Tolerance::for_op(op, trace, n, exact);
-    let scale = magnitudes(&tol, op, &want[0], inputs, params, rows, n, out_len)?;
+    let scale = magnitudes(&tol, op, &want[0], &refs, params, rows, n, out_len)?;
     let mut stats = ErrorStats::default();
     for (j, (g, w)) in guarded_outs.iter().zip(&want).enumerate() {
         if !g.canary_intact() {
@@ -752,8 +751,7 @@ fn epilogue_cases(
                 .map_err(|e| format!("{case}: {e}"))?;
             }
             let tol = Tolerance::for_op(ep, &ep_trace, 1, false);
-            let owned: Vec<Vec<f32>> = ep_ins.iter().map(|v| v.to_vec()).collect();
-            let scale = magnitudes(&tol, ep, &want, &owned, &params, 1, m * n, m * n)?;
+            let scale = magnitudes(&tol, ep, &want, &ep_ins, &params, 1, m * n, m * n)?;
             if !c.canary_intact() || !ins.iter().all(GuardedBuffer::canary_intact) {
                 return Err(format!("{case}: wrote outside its operands"));
             }

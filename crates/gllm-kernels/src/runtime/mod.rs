@@ -8,8 +8,14 @@
 //! copied into fresh read-write anonymous pages, which are then re-protected
 //! read+execute before any pointer into them is handed out. Dropping the value
 //! unmaps the pages.
+//!
+//! [`GuardedBuffer`] is data memory between two `PROT_NONE` pages, so that
+//! generated code reading or writing one element outside an operand faults
+//! (the differential tester's operands, a guarded layer workspace's arena).
 
 pub mod dispatch;
 mod executable;
+mod guarded;
 
 pub use executable::{compiled_code_count, ExecutableCode, RuntimeError};
+pub use guarded::{GuardedBuffer, Placement};

@@ -20,7 +20,7 @@ use super::memory::CodeMemory;
 
 use crate::scalar::{Arg, OpSignature};
 use iced_x86::{ConditionCode, EncodingKind, Instruction, Mnemonic, OpKind, Register};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const REGION_BASE: u64 = 0x1000_0000_0000;
 const REGION_STRIDE: u64 = 0x10_0000_0000;
@@ -306,19 +306,11 @@ fn merge_arms(m: &mut Machine, cond: &FloatCond, taken: u64, not_taken: u64, ste
     let start = m.snapshot();
     // The taken arm's path, up to its first revisit (a loop around the
     // join) or return.
-    let mut path: Vec<u64> = Vec::new();
-    let mut on_path: HashMap<u64, usize> = HashMap::new();
-    let recorded = drive(m, taken, steps, &mut |rip| {
-        if on_path.contains_key(&rip) || path.len() >= ARM_LIMIT {
-            return Ok(true);
-        }
-        on_path.insert(rip, path.len());
-        path.push(rip);
-        Ok(false)
-    })?;
+    let mut on_path: HashSet<u64> = HashSet::new();
+    let recorded = drive(m, taken, steps, &mut |rip| Ok(on_path.len() >= ARM_LIMIT || !on_path.insert(rip)))?;
     // The other arm: to the first instruction on that path.
     m.restore(start.clone());
-    let mut seen: HashMap<u64, ()> = HashMap::new();
+    let mut seen: HashSet<u64> = HashSet::new();
     let function = m.code.name.clone();
     let arm_err = |what: &str| TraceError {
         function: function.clone(),
@@ -330,10 +322,10 @@ fn merge_arms(m: &mut Machine, cond: &FloatCond, taken: u64, not_taken: u64, ste
         )),
     };
     let end_not_taken = drive(m, not_taken, steps, &mut |rip| {
-        if on_path.contains_key(&rip) {
+        if on_path.contains(&rip) {
             return Ok(true);
         }
-        if seen.insert(rip, ()).is_some() || seen.len() > ARM_LIMIT {
+        if !seen.insert(rip) || seen.len() > ARM_LIMIT {
             return Err(arm_err("loops"));
         }
         Ok(false)
@@ -346,12 +338,12 @@ fn merge_arms(m: &mut Machine, cond: &FloatCond, taken: u64, not_taken: u64, ste
     let not_taken_state = m.snapshot();
     // The taken arm again, now only to the join.
     m.restore(start.clone());
-    let mut revisit: HashMap<u64, ()> = HashMap::new();
+    let mut revisit: HashSet<u64> = HashSet::new();
     let end_taken = drive(m, taken, steps, &mut |rip| {
         if End::At(rip) == join {
             return Ok(true);
         }
-        Ok(revisit.insert(rip, ()).is_some())
+        Ok(!revisit.insert(rip))
     })?;
     if end_taken != join {
         return Err(arm_err("loops before re-joining"));

@@ -181,7 +181,7 @@ fn lift_run(
                         elements.push((Geometry::Row { n, elem: Some(e) }, roots));
                     }
                 }
-                Len::Product(..) if out_lens.len() == 1 && sig.num_dims() == 3 && num_inputs == 2 => {
+                Len::Product(..) if is_gemm_shaped(sig) => {
                     let (m, n, k, geos) = gemm_geometry(ctx, sig, dims, layout)?;
                     gemm = Some((m, n, k, layout));
                     for (e, g) in geos.into_iter().enumerate() {
@@ -849,8 +849,10 @@ fn first_step_identity(
             _ => stack.extend(ctx.pool.children(x)),
         }
     }
+    // One scratch copy: instantiating only adds nodes, so earlier attempts
+    // cannot make a later one match.
+    let mut pool = ctx.pool.clone();
     for c in consts {
-        let mut pool = ctx.pool.clone();
         if instantiate(&mut pool, combine, c, &loads, row_scalars) == Some(node) {
             return ctx.pool.const_bits(c);
         }

@@ -135,7 +135,7 @@ fn plausible_node(b: &mut Bytes, g: &mut CompilerGraph, known: &mut Vec<(TensorR
     let registry = ScalarOpRegistry::global();
     let kinds = OpKind::BUILTIN;
     let kind = kinds[usize::from(b.u8()) % kinds.len()];
-    let Ok(op) = registry.get(kind) else { return };
+    let Ok(registered) = registry.get(kind) else { return };
     let (data, shape) = known[usize::from(b.u8()) % known.len()].clone();
     let rows = shape[..shape.len().saturating_sub(1)].iter().fold(1usize, |a, &d| a.saturating_mul(d));
     let width = *shape.last().unwrap_or(&1);
@@ -161,11 +161,11 @@ fn plausible_node(b: &mut Bytes, g: &mut CompilerGraph, known: &mut Vec<(TensorR
             OpParams::Rope { head_dim, theta: 1e4 }
         }
         OpKind::Scale => OpParams::Scalars(vec![b.f32()]),
-        _ if corrupt(b) => op_params_any(b),
+        _ if corrupt(b) => op(b).params,
         _ => OpParams::None,
     };
     if kind != OpKind::MatMul {
-        for (_, a) in op.signature().inputs().skip(1) {
+        for (_, a) in registered.signature().inputs().skip(1) {
             let role = match a {
                 Arg::Input { role, .. } | Arg::Element { role, .. } => *role,
                 _ => TensorRole::Activation,
@@ -210,10 +210,6 @@ fn plausible_node(b: &mut Bytes, g: &mut CompilerGraph, known: &mut Vec<(TensorR
         outputs: vec![TensorDesc::f32(out_shape.clone())],
     });
     known.push((TensorRef::node(g.nodes.len() - 1), out_shape));
-}
-
-fn op_params_any(b: &mut Bytes) -> OpParams {
-    op(b).params
 }
 
 /// A graph from arbitrary bytes. The first byte chooses between a

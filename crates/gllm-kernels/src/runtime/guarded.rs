@@ -8,7 +8,8 @@
 //! ```
 //!
 //! A region is a whole number of pages, so only one end of the data can sit
-//! on a guard; the oracle runs each case with both placements. Whatever the
+//! on a guard; the oracle (`gllm_kernels::oracle`) runs each case with both
+//! placements, and a guarded `LayerWorkspace` ends its arena on one. Whatever the
 //! kernel must not write on the other side (the slack inside the data pages)
 //! is filled with a canary and checked afterwards.
 
