@@ -127,16 +127,11 @@ impl LoopProgram {
         if !per_row_output && body.outputs.len() == 1 {
             // The last fold whose (costly) element value the body recomputes.
             for (f, fold) in folds.iter().enumerate().rev() {
-                let costly = fold.element.ops.iter().any(|o| {
-                    matches!(
-                        o,
-                        TraceOp::Exp(_)
-                            | TraceOp::Log(_)
-                            | TraceOp::Tanh(_)
-                            | TraceOp::Div(..)
-                            | TraceOp::Sqrt(_)
-                    )
-                });
+                let costly = fold
+                    .element
+                    .ops
+                    .iter()
+                    .any(|o| o.is_libm_call() || matches!(o, TraceOp::Div(..) | TraceOp::Sqrt(_)));
                 let target = expr_key(&fold.element, fold.element.outputs[0]);
                 let hit = (0..body.ops.len()).find(|&v| expr_key(&body, v as ValueId) == target);
                 if let (true, Some(v)) = (costly, hit) {

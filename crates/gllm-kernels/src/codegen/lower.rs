@@ -163,7 +163,15 @@ pub fn emit_trace_ops(
                 } else {
                     regs.take(op)?
                 };
-                emit_op(asm, pool, &mut regs, op, dst, &|j| operand(j))?;
+                // A constant exponent picks powf's lowering.
+                let exponent = match *op {
+                    TraceOp::Pow(_, b) => match ops[b as usize] {
+                        TraceOp::Const(bits) => Some(f32::from_bits(bits)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                emit_op(asm, pool, &mut regs, op, dst, exponent, &|j| operand(j))?;
                 val[i] = Some(Operand::Reg(dst));
                 owned[i] = true;
             }
@@ -245,6 +253,7 @@ fn emit_op(
     regs: &mut RegFile,
     op: &TraceOp,
     dst: V,
+    exponent: Option<f32>,
     operand: &dyn Fn(u32) -> Operand,
 ) -> Result<(), CodegenError> {
     // The vector register an operand occupies (an AVX2 mask is one too).
@@ -348,7 +357,7 @@ fn emit_op(
             release(regs, t);
         }
         Sqrt(a) => asm.sqrt(dst, src(operand(a))?)?,
-        Exp(a) | Log(a) | Tanh(a) => {
+        Exp(a) | Log(a) | Tanh(a) | Math(_, a) => {
             let x = match operand(a) {
                 Operand::Reg(r) => r,
                 Operand::Mem(m) => {
@@ -365,9 +374,63 @@ fn emit_op(
             match op {
                 Exp(_) => math::exp(asm, pool, dst, x, &temps)?,
                 Log(_) => math::log(asm, pool, dst, x, [temps[0], temps[1], temps[2], temps[3]])?,
+                Math(m, _) => math::unary(asm, pool, *m, dst, x, &temps)?,
                 _ => math::tanh(asm, pool, dst, x, [temps[0], temps[1], temps[2], temps[3]])?,
             }
             regs.free.extend(temps.into_iter().rev());
+        }
+        Pow(a, b) => {
+            let t = regs.take(op)?;
+            let (a, b) = (operand(a), operand(b));
+            // The exponent first (it may live in `dst`), then the base in
+            // `dst` unless the exponent took it.
+            let y = match b {
+                Operand::Reg(r) => r,
+                Operand::Mem(m) => {
+                    asm.load(t, Src::Mem(m))?;
+                    t
+                }
+                Operand::Mask(_) => return Err(CodegenError::Unsupported("a mask used as a number".into())),
+            };
+            let x = match a {
+                Operand::Reg(r) => r,
+                Operand::Mem(m) if y != dst => {
+                    asm.load(dst, Src::Mem(m))?;
+                    dst
+                }
+                Operand::Mem(m) => {
+                    asm.load(t, Src::Mem(m))?;
+                    t
+                }
+                Operand::Mask(_) => return Err(CodegenError::Unsupported("a mask used as a number".into())),
+            };
+            // A constant exponent is never read from its register, so `t`
+            // may double as the routine's spare.
+            math::pow(asm, pool, dst, x, y, exponent, t)?;
+            regs.free.push(t);
+        }
+        CopySign(a, b) => {
+            // The sign bits first (b may live in `dst`), then a's magnitude.
+            let t = regs.take(op)?;
+            match operand(b) {
+                Operand::Reg(r) => asm.and(t, r, Src::Mem(pool.splat_bits(0x8000_0000)))?,
+                Operand::Mem(m) => {
+                    asm.load(t, Src::Mem(m))?;
+                    asm.and(t, t, Src::Mem(pool.splat_bits(0x8000_0000)))?;
+                }
+                Operand::Mask(_) => return Err(CodegenError::Unsupported("a mask used as a number".into())),
+            }
+            let ra = match operand(a) {
+                Operand::Reg(r) => r,
+                Operand::Mem(m) => {
+                    asm.load(dst, Src::Mem(m))?;
+                    dst
+                }
+                Operand::Mask(_) => return Err(CodegenError::Unsupported("a mask used as a number".into())),
+            };
+            asm.and(dst, ra, Src::Mem(pool.splat_bits(0x7fff_ffff)))?;
+            asm.or(dst, dst, Src::Reg(t))?;
+            regs.free.push(t);
         }
         Select(c, a, b) => {
             let mask = match operand(c) {

@@ -14,6 +14,7 @@ use super::pool::ConstPool;
 use super::vasm::{cmp, Mask, Mem, Src, VecAsm, K, V};
 use super::CodegenError;
 use crate::device::Isa;
+use crate::trace::MathOp;
 
 type R = Result<(), CodegenError>;
 
@@ -82,6 +83,81 @@ const EXPM1_SMALL: [f32; 2] = [0.166_668_53, 0.500_016_9];
 /// 1.5·2^19: adding it to |t| < 2^18 rounds t to a multiple of 1/16 and
 /// leaves 16·t (mod 2^k) in the low mantissa bits.
 const SIXTEENTHS_SHIFTER: f32 = 786_432.0;
+
+/// `d = m(x)` for the [`MathOp`]s. The roundings are exact (one
+/// `vroundps`/`vrndscaleps`, or three more ops for ties away from zero);
+/// the libm functions use their MathApprox routine where one exists and
+/// otherwise call libm lane by lane (exact, slow). Temporaries: as many as
+/// `fusion::pressure::math_temps` says. `x` may be `d`.
+pub fn unary(asm: &mut VecAsm, pool: &mut ConstPool, m: MathOp, d: V, x: V, t: &[V]) -> R {
+    if let Some(imm) = m.round_imm() {
+        return asm.round(d, x, imm);
+    }
+    match m {
+        MathOp::Round => round_half_away(asm, pool, d, x, [t[0], t[1]]),
+        _ => asm.call_per_lane(d, &[x], m.libm_address()),
+    }
+}
+
+/// Temporaries [`unary`] needs for `m` (the register contract with
+/// `fusion::pressure`).
+pub fn unary_temps(m: MathOp) -> usize {
+    match m {
+        MathOp::Round => 2,
+        _ => 0,
+    }
+}
+
+/// `roundf`: trunc(|x|), plus one where the dropped fraction (exact) is at
+/// least ½, with x's sign. Temporaries: two.
+fn round_half_away(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 2]) -> R {
+    let [t0, t1] = t;
+    asm.and(t0, x, Src::Mem(pool.splat_bits(ABS)))?;
+    asm.round(t1, t0, 11)?;
+    asm.sub(t0, t0, Src::Reg(t1))?;
+    match asm.isa {
+        Isa::Avx512 => {
+            asm.cmp(Mask::K(K(2)), t0, Src::Mem(pool.splat(0.5)), cmp::GE_OS)?;
+            asm.add_masked(t1, t1, Src::Mem(pool.splat(1.0)), K(2))?;
+        }
+        Isa::Avx2 => {
+            asm.cmp(Mask::V(t0), t0, Src::Mem(pool.splat(0.5)), cmp::GE_OS)?;
+            asm.and(t0, t0, Src::Mem(pool.splat(1.0)))?;
+            asm.add(t1, t1, Src::Reg(t0))?;
+        }
+    }
+    asm.and(d, x, Src::Mem(pool.splat_bits(SIGN)))?;
+    asm.or(d, d, Src::Reg(t1))
+}
+
+/// `d = powf(x, y)`, `y` the constant `exponent` when the trace says so.
+/// Exponents 1, 2, 3, 4 and −1 are multiplications or a division (≤ 2 ulp
+/// from libm's correctly rounded-ish powf); any other exponent calls libm's
+/// powf lane by lane. `x` and `y` may be `d`; `t` is one spare register.
+pub fn pow(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, y: V, exponent: Option<f32>, t: V) -> R {
+    match exponent {
+        Some(1.0) => {
+            if d != x {
+                asm.mov(d, x)?;
+            }
+            Ok(())
+        }
+        Some(2.0) => asm.mul(d, x, Src::Reg(x)),
+        Some(3.0) => {
+            asm.mul(t, x, Src::Reg(x))?;
+            asm.mul(d, t, Src::Reg(x))
+        }
+        Some(4.0) => {
+            asm.mul(d, x, Src::Reg(x))?;
+            asm.mul(d, d, Src::Reg(d))
+        }
+        Some(-1.0) => {
+            asm.load(t, Src::Mem(pool.splat(1.0)))?;
+            asm.div(d, t, Src::Reg(x))
+        }
+        _ => asm.call_per_lane(d, &[x, y], crate::trace::powf_address()),
+    }
+}
 
 /// `d = exp(x)`. Temporaries: two, or on AVX-512 three or more for the
 /// table form (2^(i/16) by `vpermps`, a degree-3 polynomial: 9 cycles per

@@ -333,6 +333,77 @@ impl VecAsm {
         Ok(())
     }
 
+    /// Rounds to an integral value as the `roundps` immediate says (bits
+    /// 1:0 the direction, bit 3 suppressing the precision exception).
+    pub fn round(&mut self, d: V, a: V, imm: i32) -> R {
+        match self.isa {
+            Isa::Avx512 => self.a.vrndscaleps(z(d), z(a), imm)?,
+            Isa::Avx2 => self.a.vroundps(y(d), y(a), imm)?,
+        }
+        Ok(())
+    }
+
+    /// `d = f(args…)` lane by lane, calling the System V function at
+    /// `target` (`f32 → f32` or `(f32, f32) → f32`) once per lane. Every
+    /// vector, opmask and caller-saved general register is preserved, so this
+    /// fits anywhere a body is lowered: the exact fallback for inputs a
+    /// MathApprox routine does not cover, and the whole implementation of
+    /// functions nobody has approximated yet. Slow (a call per lane).
+    pub fn call_per_lane(&mut self, d: V, args: &[V], target: u64) -> R {
+        const GPRS: [AsmRegister64; 9] = [rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11];
+        let (count, width) = match self.isa {
+            Isa::Avx512 => (32, 64),
+            Isa::Avx2 => (16, 32),
+        };
+        let kregs = if self.isa == Isa::Avx512 { 8 } else { 0 };
+        let gpr_at = count * width;
+        let k_at = gpr_at + 8 * GPRS.len() as i32;
+        let frame = (k_at + 8 * kregs + 63) & !63;
+        self.a.push(rbp)?;
+        self.a.mov(rbp, rsp)?;
+        self.a.and(rsp, -64)?;
+        self.a.sub(rsp, frame)?;
+        for (i, &g) in GPRS.iter().enumerate() {
+            self.a.mov(qword_ptr(rsp + gpr_at + 8 * i as i32), g)?;
+        }
+        for i in 0..count {
+            let slot = rsp + i * width;
+            match self.isa {
+                Isa::Avx512 => self.a.vmovups(zmmword_ptr(slot), z(V(i as u8)))?,
+                Isa::Avx2 => self.a.vmovups(ymmword_ptr(slot), y(V(i as u8)))?,
+            }
+        }
+        for i in 1..kregs {
+            self.a.kmovq(qword_ptr(rsp + k_at + 8 * i), k(K(i as u8)))?;
+        }
+        for lane in 0..self.lanes() as i32 {
+            for (j, a) in args.iter().enumerate() {
+                let x = if j == 0 { xmm0 } else { xmm1 };
+                self.a.vmovss(x, dword_ptr(rsp + a.0 as i32 * width + 4 * lane))?;
+            }
+            self.a.vzeroupper()?;
+            self.a.mov(rax, target)?;
+            self.a.call(rax)?;
+            self.a.vmovss(dword_ptr(rsp + d.0 as i32 * width + 4 * lane), xmm0)?;
+        }
+        for i in 1..kregs {
+            self.a.kmovq(k(K(i as u8)), qword_ptr(rsp + k_at + 8 * i))?;
+        }
+        for i in 0..count {
+            let slot = rsp + i * width;
+            match self.isa {
+                Isa::Avx512 => self.a.vmovups(z(V(i as u8)), zmmword_ptr(slot))?,
+                Isa::Avx2 => self.a.vmovups(y(V(i as u8)), ymmword_ptr(slot))?,
+            }
+        }
+        for (i, &g) in GPRS.iter().enumerate() {
+            self.a.mov(g, qword_ptr(rsp + gpr_at + 8 * i as i32))?;
+        }
+        self.a.mov(rsp, rbp)?;
+        self.a.pop(rbp)?;
+        Ok(())
+    }
+
     /// AVX-512 only: `d = a · 2^floor(b)` with IEEE overflow/underflow.
     pub fn scalef(&mut self, d: V, a: V, b: V) -> R {
         self.a.vscalefps(z(d), z(a), z(b))?;

@@ -18,6 +18,12 @@ pub fn math_temps(op: &TraceOp) -> usize {
         // Three working registers plus a copy of the argument, which these
         // routines still need after the result register is first written.
         TraceOp::Log(_) | TraceOp::Tanh(_) => 4,
+        TraceOp::Math(m, _) => crate::codegen::math::unary_temps(*m),
+        // A register for the exponent (or the base), which the
+        // multiplication forms reuse as their spare.
+        TraceOp::Pow(..) => 1,
+        // The sign bits of the second operand.
+        TraceOp::CopySign(..) => 1,
         _ => 0,
     }
 }

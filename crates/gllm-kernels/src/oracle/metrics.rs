@@ -217,7 +217,7 @@ pub(crate) fn folds_exact_on_integers(trace: &OpTrace) -> bool {
 /// an `exp` (which is ≥ 0, so `1 + eˣ` cannot cancel).
 fn cancels_after_call(body: &crate::trace::Body) -> bool {
     use TraceOp::*;
-    let is_call = |v: crate::trace::ValueId| matches!(body.ops[v as usize], Exp(_) | Log(_) | Tanh(_));
+    let is_call = |v: crate::trace::ValueId| body.ops[v as usize].is_libm_call();
     let positive_const =
         |v: crate::trace::ValueId| matches!(body.ops[v as usize], Const(bits) if f32::from_bits(bits) > 0.0);
     let is_exp = |v: crate::trace::ValueId| matches!(body.ops[v as usize], Exp(_));
@@ -236,10 +236,7 @@ fn cancels_after_call(body: &crate::trace::Body) -> bool {
 /// each may add a few ULPs.
 fn approximated_calls(trace: &OpTrace) -> usize {
     let bodies = trace.folds.iter().map(|f| &f.combine).chain([&trace.row, &trace.body]);
-    bodies
-        .flat_map(|b| b.ops.iter())
-        .filter(|op| matches!(op, TraceOp::Exp(_) | TraceOp::Log(_) | TraceOp::Tanh(_)))
-        .count()
+    bodies.flat_map(|b| b.ops.iter()).filter(|op| op.is_libm_call()).count()
 }
 
 /// Whether `op` returns one value per row (a reduction) — its output has

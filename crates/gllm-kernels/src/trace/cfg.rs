@@ -4,6 +4,7 @@
 
 use super::error::{TraceError, TraceErrorKind};
 use super::memory::CodeMemory;
+use super::MathOp;
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, OpKind};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -18,27 +19,45 @@ pub enum MathFn {
     Tanh,
     Sqrt,
     Fma,
+    /// `powf` (two arguments).
+    Pow,
+    /// `fabsf`: the same bits as clearing the sign.
+    Fabs,
+    Unary(MathOp),
 }
 
 impl MathFn {
     fn from_symbol(name: &str) -> Option<MathFn> {
         let base = name.split('@').next().unwrap_or(name);
+        let base = base.strip_suffix("_finite").map(|b| b.trim_start_matches('_')).unwrap_or(base);
         Some(match base {
-            "expf" | "__expf" | "__expf_finite" => MathFn::Exp,
-            "logf" | "__logf" | "__logf_finite" => MathFn::Log,
+            "expf" | "__expf" => MathFn::Exp,
+            "logf" | "__logf" => MathFn::Log,
             "tanhf" => MathFn::Tanh,
-            "sqrtf" | "__sqrtf_finite" => MathFn::Sqrt,
+            "sqrtf" => MathFn::Sqrt,
             "fmaf" => MathFn::Fma,
+            "powf" | "__powf" => MathFn::Pow,
+            "fabsf" => MathFn::Fabs,
+            "erff" => MathFn::Unary(MathOp::Erf),
+            "expm1f" => MathFn::Unary(MathOp::Expm1),
+            "log1pf" => MathFn::Unary(MathOp::Log1p),
+            "sinf" => MathFn::Unary(MathOp::Sin),
+            "cosf" => MathFn::Unary(MathOp::Cos),
+            "floorf" => MathFn::Unary(MathOp::Floor),
+            "ceilf" => MathFn::Unary(MathOp::Ceil),
+            "truncf" => MathFn::Unary(MathOp::Trunc),
+            "roundf" => MathFn::Unary(MathOp::Round),
+            "rintf" | "nearbyintf" | "roundevenf" => MathFn::Unary(MathOp::RoundEven),
             _ => return None,
         })
     }
 
     /// Number of f32 arguments (in xmm0, xmm1, …).
     pub fn arity(self) -> usize {
-        if self == MathFn::Fma {
-            3
-        } else {
-            1
+        match self {
+            MathFn::Fma => 3,
+            MathFn::Pow => 2,
+            _ => 1,
         }
     }
 }
@@ -50,33 +69,104 @@ mod libm {
         pub fn tanhf(x: f32) -> f32;
         pub fn sqrtf(x: f32) -> f32;
         pub fn fmaf(a: f32, b: f32, c: f32) -> f32;
+        pub fn powf(x: f32, y: f32) -> f32;
+        pub fn fabsf(x: f32) -> f32;
+        pub fn erff(x: f32) -> f32;
+        pub fn expm1f(x: f32) -> f32;
+        pub fn log1pf(x: f32) -> f32;
+        pub fn sinf(x: f32) -> f32;
+        pub fn cosf(x: f32) -> f32;
+        pub fn floorf(x: f32) -> f32;
+        pub fn ceilf(x: f32) -> f32;
+        pub fn truncf(x: f32) -> f32;
+        pub fn roundf(x: f32) -> f32;
+        pub fn rintf(x: f32) -> f32;
+        pub fn nearbyintf(x: f32) -> f32;
     }
 }
 
 /// Addresses of the libm functions as this process resolves them.
-fn known_math_addresses() -> [(u64, MathFn); 5] {
+fn known_math_addresses() -> [(u64, MathFn); 18] {
+    let at = |f: *const ()| f as usize as u64;
     [
-        (libm::expf as *const () as usize as u64, MathFn::Exp),
-        (libm::logf as *const () as usize as u64, MathFn::Log),
-        (libm::tanhf as *const () as usize as u64, MathFn::Tanh),
-        (libm::sqrtf as *const () as usize as u64, MathFn::Sqrt),
-        (libm::fmaf as *const () as usize as u64, MathFn::Fma),
+        (at(libm::expf as *const ()), MathFn::Exp),
+        (at(libm::logf as *const ()), MathFn::Log),
+        (at(libm::tanhf as *const ()), MathFn::Tanh),
+        (at(libm::sqrtf as *const ()), MathFn::Sqrt),
+        (at(libm::fmaf as *const ()), MathFn::Fma),
+        (at(libm::powf as *const ()), MathFn::Pow),
+        (at(libm::fabsf as *const ()), MathFn::Fabs),
+        (at(libm::erff as *const ()), MathFn::Unary(MathOp::Erf)),
+        (at(libm::expm1f as *const ()), MathFn::Unary(MathOp::Expm1)),
+        (at(libm::log1pf as *const ()), MathFn::Unary(MathOp::Log1p)),
+        (at(libm::sinf as *const ()), MathFn::Unary(MathOp::Sin)),
+        (at(libm::cosf as *const ()), MathFn::Unary(MathOp::Cos)),
+        (at(libm::floorf as *const ()), MathFn::Unary(MathOp::Floor)),
+        (at(libm::ceilf as *const ()), MathFn::Unary(MathOp::Ceil)),
+        (at(libm::truncf as *const ()), MathFn::Unary(MathOp::Trunc)),
+        (at(libm::roundf as *const ()), MathFn::Unary(MathOp::Round)),
+        (at(libm::rintf as *const ()), MathFn::Unary(MathOp::RoundEven)),
+        (at(libm::nearbyintf as *const ()), MathFn::Unary(MathOp::RoundEven)),
     ]
 }
 
-/// The exact dynamic symbol at `addr`, if the dynamic linker knows one.
+/// The exact symbol at `addr`: the dynamic linker's if it exports one,
+/// else the local symbol table of the file it was loaded from (Rust
+/// binaries carry their own non-exported `floorf`, `roundf`, … from
+/// compiler-builtins).
 fn symbol_at(addr: u64) -> Option<String> {
     // SAFETY: `Dl_info` is plain old data (pointers and integers): all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: dladdr only inspects the loader's tables; any address is allowed
     // and `info` is a valid out-pointer.
     let found = unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) };
-    if found == 0 || info.dli_sname.is_null() || info.dli_saddr as u64 != addr {
+    if found == 0 {
         return None;
     }
-    // SAFETY: dli_sname is a NUL-terminated string owned by the loader.
-    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_sname) };
-    Some(name.to_string_lossy().into_owned())
+    if !info.dli_sname.is_null() && info.dli_saddr as u64 == addr {
+        // SAFETY: dli_sname is a NUL-terminated string owned by the loader.
+        let name = unsafe { std::ffi::CStr::from_ptr(info.dli_sname) };
+        return Some(name.to_string_lossy().into_owned());
+    }
+    if info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dli_fname is a NUL-terminated string owned by the loader.
+    let file = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
+    let (symbols, absolute) = local_symbols(&file)?;
+    let key = if absolute { addr } else { addr.wrapping_sub(info.dli_fbase as u64) };
+    symbols.get(&key).cloned()
+}
+
+/// A file's function symbols by address, and whether those addresses are
+/// absolute (a non-PIE executable) rather than relative to the load base.
+type SymbolTable = (std::sync::Arc<HashMap<u64, String>>, bool);
+
+/// Function symbols of an ELF file's `.symtab` (cached per file; `None` if
+/// the file cannot be read or parsed).
+fn local_symbols(file: &str) -> Option<SymbolTable> {
+    use object::{Object, ObjectKind, ObjectSymbol, SymbolKind};
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Cache = Mutex<HashMap<String, Option<SymbolTable>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(file) {
+        return hit.clone();
+    }
+    let read = || -> Option<SymbolTable> {
+        let data = std::fs::read(file).ok()?;
+        let obj = object::File::parse(&*data).ok()?;
+        let absolute = obj.kind() == ObjectKind::Executable;
+        let map = obj
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+            .filter_map(|s| Some((s.address(), s.name().ok()?.to_string())))
+            .collect();
+        Some((Arc::new(map), absolute))
+    };
+    let symbols = read();
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(file.to_string(), symbols.clone());
+    symbols
 }
 
 /// What a call (or tail jump) goes to.
@@ -389,6 +479,53 @@ pub fn libm_call(f: MathFn, x: f32) -> f32 {
             MathFn::Tanh => libm::tanhf(x),
             MathFn::Sqrt => libm::sqrtf(x),
             MathFn::Fma => libm::fmaf(x, x, x),
+            MathFn::Pow => libm::powf(x, x),
+            MathFn::Fabs => libm::fabsf(x),
+            MathFn::Unary(m) => libm_unary(m, x),
         }
     }
+}
+
+/// `powf(x, y)` as the analysed code called it.
+pub fn libm_pow(x: f32, y: f32) -> f32 {
+    // SAFETY: powf is pure and defined for every pair of f32.
+    unsafe { libm::powf(x, y) }
+}
+
+/// The libm function behind a [`MathOp`].
+pub fn libm_unary(m: MathOp, x: f32) -> f32 {
+    // SAFETY: these libm functions are pure and defined for every f32.
+    unsafe {
+        match m {
+            MathOp::Erf => libm::erff(x),
+            MathOp::Expm1 => libm::expm1f(x),
+            MathOp::Log1p => libm::log1pf(x),
+            MathOp::Sin => libm::sinf(x),
+            MathOp::Cos => libm::cosf(x),
+            MathOp::Floor => libm::floorf(x),
+            MathOp::Ceil => libm::ceilf(x),
+            MathOp::Trunc => libm::truncf(x),
+            MathOp::Round => libm::roundf(x),
+            MathOp::RoundEven => libm::rintf(x),
+        }
+    }
+}
+
+/// The address of the libm function behind a [`MathOp`] or `powf`, for
+/// kernels that call it per lane.
+pub fn libm_address(m: Option<MathOp>) -> u64 {
+    let f: *const () = match m {
+        None => libm::powf as *const (),
+        Some(MathOp::Erf) => libm::erff as *const (),
+        Some(MathOp::Expm1) => libm::expm1f as *const (),
+        Some(MathOp::Log1p) => libm::log1pf as *const (),
+        Some(MathOp::Sin) => libm::sinf as *const (),
+        Some(MathOp::Cos) => libm::cosf as *const (),
+        Some(MathOp::Floor) => libm::floorf as *const (),
+        Some(MathOp::Ceil) => libm::ceilf as *const (),
+        Some(MathOp::Trunc) => libm::truncf as *const (),
+        Some(MathOp::Round) => libm::roundf as *const (),
+        Some(MathOp::RoundEven) => libm::rintf as *const (),
+    };
+    f as usize as u64
 }

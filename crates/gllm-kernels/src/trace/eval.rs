@@ -71,6 +71,9 @@ fn run_body(body: &Body, env: &Env, vals: &mut Vec<f32>, out: &mut [f32]) -> Res
             TraceOp::Exp(a) => libm_call(super::cfg::MathFn::Exp, v(a)),
             TraceOp::Log(a) => libm_call(super::cfg::MathFn::Log, v(a)),
             TraceOp::Tanh(a) => libm_call(super::cfg::MathFn::Tanh, v(a)),
+            TraceOp::Math(m, a) => m.eval(v(a)),
+            TraceOp::Pow(a, b) => super::cfg::libm_pow(v(a), v(b)),
+            TraceOp::CopySign(a, b) => v(a).copysign(v(b)),
             TraceOp::Cmp(p, a, b) => mask(p.eval(v(a), v(b))),
             TraceOp::Select(c, a, b) => {
                 if v(c).to_bits() != 0 {

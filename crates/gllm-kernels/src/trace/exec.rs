@@ -15,7 +15,7 @@
 
 use super::cfg::{format_instr, Callee, CodeMap, MathFn};
 use super::error::{TraceError, TraceErrorKind};
-use super::expr::{ExprId, ExprPool, UnOp};
+use super::expr::{BinOp, ExprId, ExprPool, UnOp};
 use super::memory::CodeMemory;
 
 use crate::scalar::{Arg, OpSignature};
@@ -1220,6 +1220,9 @@ impl Machine<'_> {
             MathFn::Tanh => self.pool.un(UnOp::Tanh, args[0]),
             MathFn::Sqrt => self.pool.un(UnOp::Sqrt, args[0]),
             MathFn::Fma => self.pool.fma(args[0], args[1], args[2]),
+            MathFn::Pow => self.pool.bin(BinOp::Pow, args[0], args[1]),
+            MathFn::Fabs => self.pool.un(UnOp::Abs, args[0]),
+            MathFn::Unary(m) => self.pool.un(UnOp::Math(m), args[0]),
         };
         // The System V ABI: every vector register and the scratch GPRs are clobbered.
         let undef = self.pool.undef();

@@ -6,7 +6,7 @@
 //! limited to what is exact in IEEE arithmetic (constant folding, bit idioms
 //! for neg/abs/select), so a node always means exactly what the code computed.
 
-use super::CmpPred;
+use super::{CmpPred, MathOp};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
@@ -20,6 +20,7 @@ pub enum UnOp {
     Exp,
     Log,
     Tanh,
+    Math(MathOp),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +33,10 @@ pub enum BinOp {
     Max,
     /// `a < b ? a : b` (x86 `minss`).
     Min,
+    /// libm `powf(a, b)`.
+    Pow,
+    /// `a` with the sign bit of `b` (what `andps`/`orps` with the sign mask compute).
+    CopySign,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,6 +172,7 @@ impl ExprPool {
                 UnOp::Neg => Some(b ^ SIGN),
                 UnOp::Abs => Some(b & !SIGN),
                 UnOp::Sqrt => Some(f32::from_bits(b).sqrt().to_bits()),
+                UnOp::Math(m) if m.is_exact() => Some(m.eval(f32::from_bits(b)).to_bits()),
                 // libm results are left symbolic: folding would bake in one libm's rounding.
                 _ => None,
             };
@@ -198,6 +204,9 @@ impl ExprPool {
         if let (Some(x), Some(y)) = (self.const_bits(a), self.const_bits(b)) {
             let (x, y) = (f32::from_bits(x), f32::from_bits(y));
             let r = match op {
+                // libm results stay symbolic (see `un`).
+                BinOp::Pow => return self.intern(Expr::Bin(op, a, b)),
+                BinOp::CopySign => x.copysign(y),
                 BinOp::Add => x + y,
                 BinOp::Sub => x - y,
                 BinOp::Mul => x * y,
@@ -282,6 +291,23 @@ impl ExprPool {
 
     /// A bitwise operation on two 32-bit lanes; `None` when it is not an
     /// idiom with an exact floating-point meaning.
+    /// `copysign(+0, s) | y` with y's sign bit known clear is `copysign(y, s)`.
+    fn copysign_of(&mut self, a: ExprId, b: ExprId) -> Option<ExprId> {
+        let sign_clear = |p: &Self, y: ExprId| match p.get(y) {
+            Expr::Const(bits) => bits & SIGN == 0,
+            Expr::Un(UnOp::Abs, _) => true,
+            _ => false,
+        };
+        for (p, q) in [(a, b), (b, a)] {
+            if let Expr::Bin(BinOp::CopySign, z, s) = self.get(p) {
+                if self.const_bits(z) == Some(0) && sign_clear(self, q) {
+                    return Some(self.bin(BinOp::CopySign, q, s));
+                }
+            }
+        }
+        None
+    }
+
     pub fn bitwise(&mut self, op: BitOp, a: ExprId, b: ExprId) -> Option<ExprId> {
         if let (Some(x), Some(y)) = (self.const_bits(a), self.const_bits(b)) {
             let r = match op {
@@ -321,13 +347,19 @@ impl ExprPool {
                     (BitOp::And, Some(0)) => Some(self.konst(0)),
                     (BitOp::And, Some(ALL_ONES)) | (BitOp::Or | BitOp::Xor, Some(0)) => Some(x),
                     (BitOp::And, Some(0x7FFF_FFFF)) => Some(self.un(UnOp::Abs, x)),
+                    // x's sign bit alone: copysign(+0, x).
+                    (BitOp::And, Some(SIGN)) => {
+                        let zero = self.konst(0);
+                        Some(self.bin(BinOp::CopySign, zero, x))
+                    }
                     (BitOp::Xor, Some(SIGN)) => Some(self.un(UnOp::Neg, x)),
                     (BitOp::Or, Some(SIGN)) => {
                         let abs = self.un(UnOp::Abs, x);
                         Some(self.un(UnOp::Neg, abs))
                     }
+                    (BitOp::Or, Some(_)) => self.copysign_of(c, x),
                     (_, Some(_)) => None,
-                    (BitOp::Or, None) => self.merge_selects(a, b),
+                    (BitOp::Or, None) => self.copysign_of(a, b).or_else(|| self.merge_selects(a, b)),
                     _ => None,
                 }
             }

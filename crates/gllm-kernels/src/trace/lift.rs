@@ -455,6 +455,7 @@ impl<'a> Builder<'a> {
                     UnOp::Exp => TraceOp::Exp(a),
                     UnOp::Log => TraceOp::Log(a),
                     UnOp::Tanh => TraceOp::Tanh(a),
+                    UnOp::Math(m) => TraceOp::Math(m, a),
                 }
             }
             Expr::Bin(op, a, b) => {
@@ -467,6 +468,8 @@ impl<'a> Builder<'a> {
                     BinOp::Div => TraceOp::Div(a, b),
                     BinOp::Max => TraceOp::Max(a, b),
                     BinOp::Min => TraceOp::Min(a, b),
+                    BinOp::Pow => TraceOp::Pow(a, b),
+                    BinOp::CopySign => TraceOp::CopySign(a, b),
                 }
             }
             Expr::Fma(a, b, c) => {
@@ -554,6 +557,9 @@ fn canonicalize(body: &Body) -> Body {
             TraceOp::Exp(_) => TraceOp::Exp(mapped[0]),
             TraceOp::Log(_) => TraceOp::Log(mapped[0]),
             TraceOp::Tanh(_) => TraceOp::Tanh(mapped[0]),
+            TraceOp::Math(m, _) => TraceOp::Math(m, mapped[0]),
+            TraceOp::Pow(..) => TraceOp::Pow(mapped[0], mapped[1]),
+            TraceOp::CopySign(..) => TraceOp::CopySign(mapped[0], mapped[1]),
             TraceOp::Cmp(p, ..) => TraceOp::Cmp(p, mapped[0], mapped[1]),
             TraceOp::Select(..) => TraceOp::Select(mapped[0], mapped[1], mapped[2]),
             leaf => leaf,
@@ -893,6 +899,9 @@ fn instantiate(
             TraceOp::Exp(a) => pool.un(UnOp::Exp, at(a)),
             TraceOp::Log(a) => pool.un(UnOp::Log, at(a)),
             TraceOp::Tanh(a) => pool.un(UnOp::Tanh, at(a)),
+            TraceOp::Math(m, a) => pool.un(UnOp::Math(m), at(a)),
+            TraceOp::Pow(a, b) => pool.bin(BinOp::Pow, at(a), at(b)),
+            TraceOp::CopySign(a, b) => pool.bin(BinOp::CopySign, at(a), at(b)),
             TraceOp::Cmp(p, a, b) => pool.cmp(p, at(a), at(b)),
             TraceOp::Select(c, a, b) => pool.select(at(c), at(a), at(b))?,
         };
@@ -940,9 +949,12 @@ fn unify(
                     | (TraceOp::Div(..), Expr::Bin(BinOp::Div, ..))
                     | (TraceOp::Max(..), Expr::Bin(BinOp::Max, ..))
                     | (TraceOp::Min(..), Expr::Bin(BinOp::Min, ..))
+                    | (TraceOp::Pow(..), Expr::Bin(BinOp::Pow, ..))
+                    | (TraceOp::CopySign(..), Expr::Bin(BinOp::CopySign, ..))
                     | (TraceOp::Fma(..), Expr::Fma(..))
                     | (TraceOp::Select(..), Expr::Select(..))
-            ) || matches!((op, e), (TraceOp::Cmp(p, ..), Expr::Cmp(q, ..)) if p == q);
+            ) || matches!((op, e), (TraceOp::Cmp(p, ..), Expr::Cmp(q, ..)) if p == q)
+                || matches!((op, e), (TraceOp::Math(m, _), Expr::Un(UnOp::Math(n), _)) if m == n);
             same_kind && {
                 let ops = op.operands();
                 let kids = pool.children(x);

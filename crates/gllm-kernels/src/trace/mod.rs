@@ -22,11 +22,13 @@ mod eval;
 mod exec;
 mod expr;
 mod lift;
+mod math_op;
 mod memory;
 
 pub use cfg::{CodeMap, LoopInfo};
 pub use error::{TraceError, TraceErrorKind};
 pub use eval::EvalError;
+pub use math_op::{powf_address, MathOp};
 pub use memory::{BufferMemory, CodeMemory, ProcessMemory};
 
 use crate::scalar::{OpSignature, ScalarFn};
@@ -75,7 +77,8 @@ impl CmpPred {
 /// Semantics are exact IEEE-754 single precision; `Max`/`Min` have the x86
 /// (and `vmaxps`) meaning `a > b ? a : b` / `a < b ? a : b`, so they return `b`
 /// when either is NaN. `Exp`, `Log`, `Tanh` mean the libm functions the
-/// reference called (`expf`, `logf`, `tanhf`).
+/// reference called (`expf`, `logf`, `tanhf`); so do `Math` (see [`MathOp`])
+/// and `Pow` (`powf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TraceOp {
     /// The current element of tensor input `k` (numbering: the signature's inputs).
@@ -106,6 +109,12 @@ pub enum TraceOp {
     Exp(ValueId),
     Log(ValueId),
     Tanh(ValueId),
+    /// Another one-argument libm function, or an exact rounding.
+    Math(MathOp, ValueId),
+    /// `powf(a, b)`.
+    Pow(ValueId, ValueId),
+    /// `a` with the sign of `b`.
+    CopySign(ValueId, ValueId),
     /// A comparison mask (true/false), used only by `Select`.
     Cmp(CmpPred, ValueId, ValueId),
     /// `cond ? a : b`.
@@ -131,9 +140,23 @@ impl TraceOp {
             Exp(a) => Exp(f(a)),
             Log(a) => Log(f(a)),
             Tanh(a) => Tanh(f(a)),
+            Math(m, a) => Math(m, f(a)),
+            Pow(a, b) => Pow(f(a), f(b)),
+            CopySign(a, b) => CopySign(f(a), f(b)),
             Cmp(p, a, b) => Cmp(p, f(a), f(b)),
             Select(c, a, b) => Select(f(c), f(a), f(b)),
             leaf => leaf,
+        }
+    }
+
+    /// A libm function other than sqrt/fma: the JIT computes it with a
+    /// MathApprox routine (a few ulps from libm) or calls libm per lane, so
+    /// it is costly and may differ slightly from the reference.
+    pub fn is_libm_call(&self) -> bool {
+        match self {
+            TraceOp::Exp(_) | TraceOp::Log(_) | TraceOp::Tanh(_) | TraceOp::Pow(..) => true,
+            TraceOp::Math(m, _) => !m.is_exact(),
+            _ => false,
         }
     }
 
@@ -142,8 +165,16 @@ impl TraceOp {
         use TraceOp::*;
         match *self {
             Input(_) | Param(_) | Dim(_) | Const(_) | Acc | FoldResult(_) | RowScalar(_) => vec![],
-            Neg(a) | Abs(a) | Sqrt(a) | Exp(a) | Log(a) | Tanh(a) => vec![a],
-            Add(a, b) | Sub(a, b) | Mul(a, b) | Div(a, b) | Max(a, b) | Min(a, b) | Cmp(_, a, b) => {
+            Neg(a) | Abs(a) | Sqrt(a) | Exp(a) | Log(a) | Tanh(a) | Math(_, a) => vec![a],
+            Pow(a, b)
+            | CopySign(a, b)
+            | Add(a, b)
+            | Sub(a, b)
+            | Mul(a, b)
+            | Div(a, b)
+            | Max(a, b)
+            | Min(a, b)
+            | Cmp(_, a, b) => {
                 vec![a, b]
             }
             Fma(a, b, c) | Select(a, b, c) => vec![a, b, c],
@@ -175,6 +206,9 @@ impl fmt::Display for TraceOp {
             Exp(a) => write!(f, "exp %{a}"),
             Log(a) => write!(f, "log %{a}"),
             Tanh(a) => write!(f, "tanh %{a}"),
+            Math(m, a) => write!(f, "{} %{a}", m.name()),
+            Pow(a, b) => write!(f, "pow %{a}, %{b}"),
+            CopySign(a, b) => write!(f, "copysign %{a}, %{b}"),
             Cmp(p, a, b) => write!(f, "cmp.{p:?} %{a}, %{b}"),
             Select(c, a, b) => write!(f, "select %{c}, %{a}, %{b}"),
         }

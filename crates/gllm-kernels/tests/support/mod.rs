@@ -326,8 +326,26 @@ pub fn register_unseen(r: &mut ScalarOpRegistry) -> Vec<OpKind> {
     .unwrap();
     let lse: unsafe extern "C" fn(*const f32, usize) -> f32 = unseen::gk_logsumexp;
     kinds.push(r.register_custom("logsumexp", lse, row).unwrap());
+    kinds.extend(LIBM.iter().map(|(n, f)| r.register_custom(n, *f, unary.clone()).unwrap()));
+    kinds.push(
+        r.register_custom("snake", unseen::gk_snake as extern "C" fn(f32, f32) -> f32, with_param.clone())
+            .unwrap(),
+    );
     kinds
 }
+
+/// The unseen one-argument ops that call libm beyond exp/log/tanh.
+pub const LIBM: [(&str, extern "C" fn(f32) -> f32); 9] = [
+    ("gelu_erf", unseen::gk_gelu_erf),
+    ("elu_expm1", unseen::gk_elu_expm1),
+    ("mu_law", unseen::gk_mu_law),
+    ("raised_cosine", unseen::gk_raised_cosine),
+    ("fake_quant", unseen::gk_fake_quant),
+    ("frac", unseen::gk_frac),
+    ("gamma", unseen::gk_gamma),
+    ("cube", unseen::gk_cube),
+    ("staircase", unseen::gk_staircase),
+];
 
 /// Makes every node output nobody reads a graph output (the validator
 /// rejects dead code), plus every `also_every`-th node's, so random graphs

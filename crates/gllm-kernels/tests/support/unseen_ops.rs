@@ -212,3 +212,85 @@ pub unsafe extern "C" fn gk_logsumexp(x: *const f32, n: usize) -> f32 {
     }
     s.ln() + m
 }
+
+// Activations that call libm functions beyond exp/log/tanh (recognised by
+// symbol or address; `floor`/`trunc` become `roundss` under target-cpu=native).
+
+extern "C" {
+    fn erff(x: f32) -> f32;
+}
+
+/// Exact GELU: x/2 · (1 + erf(x/√2)).
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_gelu_erf(x: f32) -> f32 {
+    // SAFETY: erff is a pure libm function defined for every f32.
+    0.5 * x * (1.0 + unsafe { erff(x * std::f32::consts::FRAC_1_SQRT_2) })
+}
+
+/// ELU written with expm1 (accurate for small negative x).
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_elu_expm1(x: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        x.exp_m1()
+    }
+}
+
+/// μ-law companding: sign(x) · ln(1 + 255|x|) / ln 256.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_mu_law(x: f32) -> f32 {
+    let v = (255.0 * x.abs()).ln_1p() / 256f32.ln();
+    if x < 0.0 {
+        -v
+    } else {
+        v
+    }
+}
+
+/// Snake activation: x + sin²(αx)/α.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_snake(x: f32, alpha: f32) -> f32 {
+    let s = (alpha * x).sin();
+    x + s * s / alpha
+}
+
+/// Raised cosine window over x ∈ [−1, 1]: (1 + cos πx)/2, zero outside.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_raised_cosine(x: f32) -> f32 {
+    if x.abs() > 1.0 {
+        return 0.0;
+    }
+    0.5 * (1.0 + (std::f32::consts::PI * x).cos())
+}
+
+/// Fake quantisation to a 1/16 grid, clamped to [−8, 8] (round half away).
+#[allow(clippy::manual_clamp)]
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_fake_quant(x: f32) -> f32 {
+    ((x * 16.0).round() / 16.0).max(-8.0).min(8.0)
+}
+
+/// Fractional part: x − ⌊x⌋.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_frac(x: f32) -> f32 {
+    x - x.floor()
+}
+
+/// Gamma correction |x|^2.2 (a non-integer constant exponent).
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_gamma(x: f32) -> f32 {
+    x.abs().powf(2.2)
+}
+
+/// Cube through powf with a constant integer exponent.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_cube(x: f32) -> f32 {
+    x.powf(3.0)
+}
+
+/// Truncation toward zero after scaling, plus a ceiling: a staircase.
+#[cfg_attr(gk_fixture, no_mangle)]
+pub extern "C" fn gk_staircase(x: f32) -> f32 {
+    (4.0 * x).trunc() * 0.25 + (x * 0.5).ceil()
+}

@@ -3,7 +3,7 @@
 use super::{Flags, IntVal, Machine, Res};
 use crate::trace::error::TraceErrorKind;
 use crate::trace::expr::{BinOp, BitOp, ExprId, UnOp};
-use crate::trace::CmpPred;
+use crate::trace::{CmpPred, MathOp};
 use iced_x86::{Mnemonic, OpKind, Register};
 
 #[derive(Clone, Copy)]
@@ -31,6 +31,16 @@ fn arith(mn: Mnemonic) -> Option<(Arith, bool)> {
         Sqrtps | Vsqrtps => (Arith::Sqrt, false),
         _ => return None,
     })
+}
+
+/// `Some(scalar?)` for the round-to-integral instructions.
+fn rounding(mn: Mnemonic) -> Option<bool> {
+    use Mnemonic::*;
+    match mn {
+        Roundss | Vroundss | Vrndscaless => Some(true),
+        Roundps | Vroundps | Vrndscaleps => Some(false),
+        _ => None,
+    }
 }
 
 fn bitop(mn: Mnemonic) -> Option<BitOp> {
@@ -115,6 +125,33 @@ impl Machine<'_> {
         }
     }
 
+    /// `roundss`/`roundps`/`vrndscale*` with scale 0: floor, ceil, trunc or
+    /// nearest-even per the immediate (the MXCSR mode is taken to be the
+    /// default, nearest-even).
+    fn round(&mut self, scalar: bool) -> Res<()> {
+        let imm = self.imm();
+        if imm >> 4 != 0 || self.ins.op_mask() != Register::None {
+            return Err(self.unsupported());
+        }
+        let op = match if imm & 4 != 0 { 0 } else { imm & 3 } {
+            0 => MathOp::RoundEven,
+            1 => MathOp::Floor,
+            2 => MathOp::Ceil,
+            _ => MathOp::Trunc,
+        };
+        if scalar {
+            let (dst, mut out, src) = self.two_sources(4)?;
+            let x = self.vec_op(src, 1)?[0];
+            out[0] = self.pool.un(UnOp::Math(op), x);
+            return self.write_lanes_scalar(dst, out);
+        }
+        let w = self.width();
+        let dst = self.vreg(0)?;
+        let x = self.vec_op(1, w)?;
+        let out: Vec<ExprId> = x.iter().map(|&v| self.pool.un(UnOp::Math(op), v)).collect();
+        self.write_vec(dst, &out)
+    }
+
     fn bit(&mut self, op: BitOp, a: ExprId, b: ExprId) -> Res<ExprId> {
         self.pool.bitwise(op, a, b).ok_or_else(|| self.err(TraceErrorKind::OpaqueBitOperation))
     }
@@ -163,6 +200,10 @@ impl Machine<'_> {
             };
             let out: Vec<ExprId> = a.iter().zip(&b).map(|(&x, &y)| self.apply(op, x, y)).collect();
             return self.write_vec(dst, &out);
+        }
+
+        if let Some(scalar) = rounding(mn) {
+            return self.round(scalar);
         }
 
         if let Some(op) = bitop(mn) {
