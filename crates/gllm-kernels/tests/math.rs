@@ -48,7 +48,8 @@ fn sampled_accuracy_within_documented_bounds() {
 fn special_values() {
     let inf = f32::INFINITY;
     let nan = f32::NAN;
-    let cases: [(MathFn, &[(f32, f32)]); 5] = [
+    use gllm_kernels::trace::MathOp::{Cos, Erf, Expm1, Log1p, Sin};
+    let cases: [(MathFn, &[(f32, f32)]); 10] = [
         (
             MathFn::Exp,
             &[
@@ -65,6 +66,17 @@ fn special_values() {
         (MathFn::Tanh, &[(0.0, 0.0), (inf, 1.0), (-inf, -1.0), (20.0, 1.0), (-20.0, -1.0)]),
         (MathFn::Sigmoid, &[(0.0, 0.5), (inf, 1.0), (-inf, 0.0), (-100.0, 3.7835e-44)]),
         (MathFn::Gelu, &[(0.0, 0.0), (inf, inf), (100.0, 100.0), (-100.0, -0.0), (-1e30, -0.0)]),
+        (MathFn::Special(Erf), &[(0.0, 0.0), (inf, 1.0), (-inf, -1.0), (4.0, 1.0), (-1e30, -1.0)]),
+        (
+            MathFn::Special(Expm1),
+            &[(0.0, 0.0), (inf, inf), (-inf, -1.0), (1e-30, 1e-30), (89.0, inf), (-200.0, -1.0)],
+        ),
+        (
+            MathFn::Special(Log1p),
+            &[(0.0, 0.0), (-1.0, -inf), (-2.0, nan), (inf, inf), (1e-30, 1e-30), (-inf, nan)],
+        ),
+        (MathFn::Special(Sin), &[(0.0, 0.0), (inf, nan), (-inf, nan), (1e-30, 1e-30), (1e30, -0.791_163_4)]),
+        (MathFn::Special(Cos), &[(0.0, 1.0), (inf, nan), (-inf, nan), (1e-30, 1.0), (1e30, -0.611_604_8)]),
     ];
     for p in profiles() {
         for (f, pairs) in cases {
@@ -86,10 +98,83 @@ fn special_values() {
             }
             assert!(out[pairs.len()].is_nan(), "{}(NaN) on {} is not NaN", f.name(), p.isa);
             // Signs of zero are kept where the function is odd.
-            if matches!(f, MathFn::Tanh | MathFn::Gelu) {
+            if matches!(f, MathFn::Tanh | MathFn::Gelu) || matches!(f, MathFn::Special(m) if m != Cos) {
                 let mut z = [0.0f32];
                 k.run(&[-0.0], &mut z).unwrap();
                 assert!(z[0] == 0.0 && z[0].is_sign_negative(), "{}(-0) on {} = {:e}", f.name(), p.isa, z[0]);
+            }
+        }
+    }
+}
+
+/// Arguments beyond the vector reduction's range are recomputed by libm:
+/// bit-equal to `sinf`/`cosf`, in vectors mixing them with ordinary ones.
+#[test]
+fn sin_cos_beyond_the_reduction_range_equal_libm() {
+    use gllm_kernels::trace::MathOp;
+    let mut xs: Vec<f32> = Vec::new();
+    for i in 0..2000 {
+        let big = 65_536.5 * 1.013f32.powi(i);
+        if big.is_finite() {
+            xs.extend([big, -big, 0.25 * i as f32]);
+        }
+    }
+    for p in profiles() {
+        for m in [MathOp::Sin, MathOp::Cos] {
+            let k = MathKernel::compile(MathFn::Special(m), &p).unwrap();
+            let mut out = vec![0.0; xs.len()];
+            k.run(&xs, &mut out).unwrap();
+            for (x, y) in xs.iter().zip(&out) {
+                if x.abs() > 65_536.0 {
+                    assert_eq!(y.to_bits(), m.eval(*x).to_bits(), "{}({x:e}) on {}", m.name(), p.isa);
+                } else {
+                    let e = ulp_error(*y, MathFn::Special(m).reference(f64::from(*x)));
+                    assert!(e <= 2.0, "{}({x:e}) on {}: {e} ulp", m.name(), p.isa);
+                }
+            }
+        }
+    }
+}
+
+/// The roundings are exact: bit-equal to Rust's (= libm's) on a sample of
+/// the whole range, ties, ±0, the largest non-integers and NaN.
+#[test]
+fn roundings_are_bit_exact() {
+    use gllm_kernels::trace::MathOp;
+    let mut xs = sample();
+    xs.extend([
+        0.5,
+        -0.5,
+        1.5,
+        -1.5,
+        2.5,
+        -2.5,
+        0.0,
+        -0.0,
+        0.499_999_97,
+        -0.499_999_97,
+        8_388_607.5,
+        -8_388_607.5,
+        16_777_215.0,
+        1e30,
+        -1e-30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ]);
+    for p in profiles() {
+        for m in [MathOp::Floor, MathOp::Ceil, MathOp::Trunc, MathOp::Round, MathOp::RoundEven] {
+            let k = MathKernel::compile(MathFn::Special(m), &p).unwrap();
+            let mut out = vec![0.0; xs.len()];
+            k.run(&xs, &mut out).unwrap();
+            for (x, y) in xs.iter().zip(&out) {
+                let want = m.eval(*x);
+                assert!(
+                    y.to_bits() == want.to_bits() || y.is_nan() && want.is_nan(),
+                    "{}({x:e}) on {} = {y:e}, want {want:e}",
+                    m.name(),
+                    p.isa
+                );
             }
         }
     }

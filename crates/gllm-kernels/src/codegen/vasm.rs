@@ -106,6 +106,7 @@ pub mod cmp {
     pub const NLE_US: i32 = 6;
     pub const ORD_Q: i32 = 7;
     pub const GE_OS: i32 = 13;
+    pub const GT_OQ: i32 = 30;
 }
 
 /// A mask as each ISA holds it.
@@ -401,6 +402,23 @@ impl VecAsm {
         }
         self.a.mov(rsp, rbp)?;
         self.a.pop(rbp)?;
+        Ok(())
+    }
+
+    /// [`VecAsm::call_per_lane`] only when some lane of `mask` is set (a
+    /// rare-input fallback costs one test and a not-taken branch).
+    pub fn call_per_lane_if(&mut self, mask: Mask, d: V, args: &[V], target: u64) -> R {
+        let mut skip = self.a.create_label();
+        match mask {
+            Mask::K(m) => self.a.kortestw(k(m), k(m))?,
+            Mask::V(v) => self.a.vtestps(y(v), y(v))?,
+        }
+        self.a.jz(skip)?;
+        self.call_per_lane(d, args, target)?;
+        // The label binds to the next instruction emitted: one that leaves
+        // every register alone keeps it independent of what follows.
+        self.a.set_label(&mut skip)?;
+        self.a.nop()?;
         Ok(())
     }
 

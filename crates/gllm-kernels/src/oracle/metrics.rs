@@ -212,22 +212,28 @@ pub(crate) fn folds_exact_on_integers(trace: &OpTrace) -> bool {
     })
 }
 
-/// Whether an exp/log/tanh result is added to or subtracted from
+/// Whether a value computed from an approximated libm call (directly or
+/// through products, quotients, negations …) is added to or subtracted from
 /// something that can cancel it: anything but a positive constant added to
-/// an `exp` (which is ≥ 0, so `1 + eˣ` cannot cancel).
+/// an `exp` itself (which is ≥ 0, so `1 + eˣ` cannot cancel). In x + sin²(x)
+/// the sine's few ulps survive the squaring and then the cancellation.
 fn cancels_after_call(body: &crate::trace::Body) -> bool {
     use TraceOp::*;
-    let is_call = |v: crate::trace::ValueId| body.ops[v as usize].is_libm_call();
+    let mut from_call = vec![false; body.ops.len()];
+    for (i, op) in body.ops.iter().enumerate() {
+        from_call[i] = op.is_libm_call() || op.operands().iter().any(|&a| from_call[a as usize]);
+    }
+    let tainted = |v: crate::trace::ValueId| from_call[v as usize];
     let positive_const =
         |v: crate::trace::ValueId| matches!(body.ops[v as usize], Const(bits) if f32::from_bits(bits) > 0.0);
     let is_exp = |v: crate::trace::ValueId| matches!(body.ops[v as usize], Exp(_));
     body.ops.iter().any(|op| match *op {
         Add(a, b) => {
-            (is_call(a) && !(is_exp(a) && positive_const(b)))
-                || (is_call(b) && !(is_exp(b) && positive_const(a)))
+            (tainted(a) && !(is_exp(a) && positive_const(b)))
+                || (tainted(b) && !(is_exp(b) && positive_const(a)))
         }
-        Sub(a, b) => is_call(a) || is_call(b),
-        Fma(_, _, c) => is_call(c),
+        Sub(a, b) => tainted(a) || tainted(b),
+        Fma(_, _, c) => tainted(c),
         _ => false,
     })
 }
@@ -256,12 +262,21 @@ pub struct ErrorStats {
 
 impl ErrorStats {
     pub fn add(&mut self, got: f32, want: f32) {
+        self.add_scaled(got, want, 0.0);
+    }
+
+    /// Like [`ErrorStats::add`], with the element's energy taken as at
+    /// least `scale`² — for bounds relative to the inputs (a cancelling op
+    /// such as x·(1 + erf x) is accurate relative to x, not to its tiny
+    /// result, so its NMSE is too).
+    pub fn add_scaled(&mut self, got: f32, want: f32, scale: f32) {
         self.elements += 1;
         self.max_ulps = self.max_ulps.max(ulps(got, want));
         if got.is_finite() && want.is_finite() {
             let d = f64::from(got) - f64::from(want);
+            let m = f64::from(want).abs().max(f64::from(scale).abs());
             self.sq_err += d * d;
-            self.sq_ref += f64::from(want) * f64::from(want);
+            self.sq_ref += m * m;
         }
     }
 

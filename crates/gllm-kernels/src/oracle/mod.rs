@@ -513,7 +513,11 @@ fn compare(
     stats: &mut ErrorStats,
 ) -> Result<(), String> {
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        stats.add(g, w);
+        if tol.scale == Scale::Inputs {
+            stats.add_scaled(g, w, scale[i]);
+        } else {
+            stats.add(g, w);
+        }
         if !tol.accepts(g, w, scale[i]) {
             let what = if g.to_bits() == UNWRITTEN.to_bits() { " (never written)" } else { "" };
             return Err(format!(

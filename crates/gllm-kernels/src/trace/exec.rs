@@ -277,6 +277,7 @@ fn drive(
             return Err(m.code.error(rip, TraceErrorKind::StepLimit { steps: STEP_LIMIT }));
         }
         m.ins = *m.code.at(rip)?;
+        m.pool.site = rip;
         match m.step()? {
             Flow::Next => rip = m.ins.next_ip(),
             Flow::Jump(t) => rip = t,

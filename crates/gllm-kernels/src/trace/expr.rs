@@ -78,9 +78,11 @@ pub struct ExprPool {
     /// Structural hash per node (independent of node numbering).
     shash: Vec<u64>,
     index: HashMap<Expr, ExprId>,
-    /// The first instruction that loaded each `Load` node: where an error
-    /// about that read points.
-    load_sites: HashMap<ExprId, u64>,
+    /// The instruction being executed: new nodes are attributed to it.
+    pub site: u64,
+    /// The first instruction that computed (or loaded) each node: where an
+    /// error about that value points.
+    sites: HashMap<ExprId, u64>,
 }
 
 impl ExprPool {
@@ -113,6 +115,9 @@ impl ExprPool {
             }
         }
         let id = self.nodes.len() as ExprId;
+        if self.site != 0 {
+            self.sites.insert(id, self.site);
+        }
         self.nodes.push(e);
         self.shash.push(h.finish());
         self.index.insert(e, id);
@@ -134,14 +139,14 @@ impl ExprPool {
     /// [`ExprPool::load`] by the instruction at `site`.
     pub fn load_at(&mut self, input: u8, index: u32, site: u64) -> ExprId {
         let id = self.load(input, index);
-        self.load_sites.entry(id).or_insert(site);
+        self.sites.entry(id).or_insert(site);
         id
     }
 
-    /// The first instruction that loaded `id`, if it is a load made by
-    /// [`ExprPool::load_at`].
-    pub fn load_site(&self, id: ExprId) -> Option<u64> {
-        self.load_sites.get(&id).copied()
+    /// The first instruction that computed or loaded `id`, if it was made
+    /// while executing code.
+    pub fn site(&self, id: ExprId) -> Option<u64> {
+        self.sites.get(&id).copied()
     }
 
     pub fn param(&mut self, k: u8) -> ExprId {

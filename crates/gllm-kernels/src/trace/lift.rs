@@ -89,10 +89,11 @@ impl Ctx<'_> {
         self.code.error(self.code.entry, TraceErrorKind::Unrecognised(msg.into()))
     }
 
-    /// An error about the read `load`: it names the instruction that made
-    /// it (the function's entry if unknown).
-    fn err_at_load(&self, load: ExprId, msg: impl Into<String>) -> TraceError {
-        let at = self.pool.load_site(load).unwrap_or(self.code.entry);
+    /// An error about the value `node` (a read, a fold step, an output):
+    /// it names the instruction that computed it (the function's entry if
+    /// unknown).
+    fn err_at(&self, node: ExprId, msg: impl Into<String>) -> TraceError {
+        let at = self.pool.site(node).unwrap_or(self.code.entry);
         self.code.error(at, TraceErrorKind::Unrecognised(msg.into()))
     }
 }
@@ -215,7 +216,10 @@ fn lift_run(
         match &lifted {
             None => lifted = Some(this),
             Some(first) if *first != this => {
-                return Err(ctx.err(format!("output element {index} is computed differently from element 0")))
+                let at = roots.first().copied().unwrap_or(0);
+                return Err(
+                    ctx.err_at(at, format!("output element {index} is computed differently from element 0"))
+                );
             }
             Some(_) => {}
         }
@@ -228,11 +232,15 @@ fn lift_run(
         // The GEMM kernels compute Σ A·B and nothing else: anything else in
         // this shape would run as a plain product, silently wrong.
         if let Some(why) = not_a_plain_product(&folds[0], &row, &body) {
-            return Err(ctx.err(format!(
-                "matrix-product shape whose {why}; the GEMM kernels compute only C = Σ_p A[i,p]·B[p,j] \
+            let fold_root = elements.first().and_then(|(_, roots)| roots.first().copied()).unwrap_or(0);
+            return Err(ctx.err_at(
+                fold_root,
+                format!(
+                    "matrix-product shape whose {why}; the GEMM kernels compute only C = Σ_p A[i,p]·B[p,j] \
                  (fold: {})",
-                one_line(&folds[0].combine)
-            )));
+                    one_line(&folds[0].combine)
+                ),
+            ));
         }
         ComputePattern::Gemm { m, n, k, layout }
     } else if folds.is_empty() {
@@ -396,7 +404,7 @@ fn positions(
         Expr::Load { input, index } => match geo.pos(input, index as usize) {
             Some(p) => Ok(1u128 << p),
             None if geo.is_elem(index as usize) => Ok(0),
-            None => Err(ctx.err_at_load(
+            None => Err(ctx.err_at(
                 node,
                 format!("reads element {index} of input {input}, outside what this output may depend on"),
             )),
@@ -444,7 +452,7 @@ impl<'a> Builder<'a> {
             Expr::Load { input, index } => {
                 return Err(self
                     .ctx
-                    .err_at_load(root, format!("unexpected read of element {index} of input {input}")))
+                    .err_at(root, format!("unexpected read of element {index} of input {input}")))
             }
             Expr::Un(op, a) => {
                 let a = self.build(a, leaf)?;
@@ -680,7 +688,7 @@ fn analyse_folds(ctx: &Ctx, geo: Geometry, roots: &[ExprId]) -> Res<FoldAnalysis
             if let Expr::Load { input, index } = ctx.pool.get(x) {
                 return match geo.pos(input, index as usize) {
                     Some(p) if p == last => Ok(Some(TraceOp::Input(input))),
-                    _ => Err(ctx.err_at_load(x, "a fold step reads an element of another position")),
+                    _ => Err(ctx.err_at(x, "a fold step reads an element of another position")),
                 };
             }
             Ok(None)
@@ -717,14 +725,14 @@ fn lift_element(
                 return if geo.is_elem(index as usize) {
                     Ok(Some(TraceOp::Input(input)))
                 } else {
-                    Err(ctx.err_at_load(
+                    Err(ctx.err_at(
                         x,
                         format!("an output element reads element {index} of input {input}, not its own"),
                     ))
                 };
             }
             if deps.get(&x).is_some_and(|&d| d != 0) && !matches!(geo, Geometry::Row { elem: Some(_), .. }) {
-                return Err(ctx.err("an output depends on part of a row without reducing all of it"));
+                return Err(ctx.err_at(x, "an output depends on part of a row without reducing all of it"));
             }
             Ok(None)
         })?;
@@ -820,7 +828,8 @@ fn check_chain(ctx: &Ctx, geo: Geometry, combine: &Body, top: ExprId, row_scalar
                     return Ok(identity);
                 }
             }
-            return Err(ctx.err(format!("fold step at position {pos} does not match the fold's other steps")));
+            return Err(ctx
+                .err_at(node, format!("fold step at position {pos} does not match the fold's other steps")));
         }
         node = acc.ok_or_else(|| ctx.err("fold step without an accumulator"))?;
     }

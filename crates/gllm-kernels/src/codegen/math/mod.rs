@@ -18,6 +18,9 @@ use crate::trace::MathOp;
 
 type R = Result<(), CodegenError>;
 
+mod special;
+pub use special::{pow, unary, unary_temps};
+
 /// exp(r) ≈ Σ c_k r^k on |r| ≤ ln2/2, highest degree first (degree 6: max
 /// 1.04 half-ulp in f32 Horner; degree 7 would gain 0.05).
 const EXP_POLY: [f32; 7] =
@@ -83,81 +86,6 @@ const EXPM1_SMALL: [f32; 2] = [0.166_668_53, 0.500_016_9];
 /// 1.5·2^19: adding it to |t| < 2^18 rounds t to a multiple of 1/16 and
 /// leaves 16·t (mod 2^k) in the low mantissa bits.
 const SIXTEENTHS_SHIFTER: f32 = 786_432.0;
-
-/// `d = m(x)` for the [`MathOp`]s. The roundings are exact (one
-/// `vroundps`/`vrndscaleps`, or three more ops for ties away from zero);
-/// the libm functions use their MathApprox routine where one exists and
-/// otherwise call libm lane by lane (exact, slow). Temporaries: as many as
-/// `fusion::pressure::math_temps` says. `x` may be `d`.
-pub fn unary(asm: &mut VecAsm, pool: &mut ConstPool, m: MathOp, d: V, x: V, t: &[V]) -> R {
-    if let Some(imm) = m.round_imm() {
-        return asm.round(d, x, imm);
-    }
-    match m {
-        MathOp::Round => round_half_away(asm, pool, d, x, [t[0], t[1]]),
-        _ => asm.call_per_lane(d, &[x], m.libm_address()),
-    }
-}
-
-/// Temporaries [`unary`] needs for `m` (the register contract with
-/// `fusion::pressure`).
-pub fn unary_temps(m: MathOp) -> usize {
-    match m {
-        MathOp::Round => 2,
-        _ => 0,
-    }
-}
-
-/// `roundf`: trunc(|x|), plus one where the dropped fraction (exact) is at
-/// least ½, with x's sign. Temporaries: two.
-fn round_half_away(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 2]) -> R {
-    let [t0, t1] = t;
-    asm.and(t0, x, Src::Mem(pool.splat_bits(ABS)))?;
-    asm.round(t1, t0, 11)?;
-    asm.sub(t0, t0, Src::Reg(t1))?;
-    match asm.isa {
-        Isa::Avx512 => {
-            asm.cmp(Mask::K(K(2)), t0, Src::Mem(pool.splat(0.5)), cmp::GE_OS)?;
-            asm.add_masked(t1, t1, Src::Mem(pool.splat(1.0)), K(2))?;
-        }
-        Isa::Avx2 => {
-            asm.cmp(Mask::V(t0), t0, Src::Mem(pool.splat(0.5)), cmp::GE_OS)?;
-            asm.and(t0, t0, Src::Mem(pool.splat(1.0)))?;
-            asm.add(t1, t1, Src::Reg(t0))?;
-        }
-    }
-    asm.and(d, x, Src::Mem(pool.splat_bits(SIGN)))?;
-    asm.or(d, d, Src::Reg(t1))
-}
-
-/// `d = powf(x, y)`, `y` the constant `exponent` when the trace says so.
-/// Exponents 1, 2, 3, 4 and −1 are multiplications or a division (≤ 2 ulp
-/// from libm's correctly rounded-ish powf); any other exponent calls libm's
-/// powf lane by lane. `x` and `y` may be `d`; `t` is one spare register.
-pub fn pow(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, y: V, exponent: Option<f32>, t: V) -> R {
-    match exponent {
-        Some(1.0) => {
-            if d != x {
-                asm.mov(d, x)?;
-            }
-            Ok(())
-        }
-        Some(2.0) => asm.mul(d, x, Src::Reg(x)),
-        Some(3.0) => {
-            asm.mul(t, x, Src::Reg(x))?;
-            asm.mul(d, t, Src::Reg(x))
-        }
-        Some(4.0) => {
-            asm.mul(d, x, Src::Reg(x))?;
-            asm.mul(d, d, Src::Reg(d))
-        }
-        Some(-1.0) => {
-            asm.load(t, Src::Mem(pool.splat(1.0)))?;
-            asm.div(d, t, Src::Reg(x))
-        }
-        _ => asm.call_per_lane(d, &[x, y], crate::trace::powf_address()),
-    }
-}
 
 /// `d = exp(x)`. Temporaries: two, or on AVX-512 three or more for the
 /// table form (2^(i/16) by `vpermps`, a degree-3 polynomial: 9 cycles per
@@ -468,10 +396,29 @@ pub enum MathFn {
     Tanh,
     Sigmoid,
     Gelu,
+    /// One of the functions of [`special`] (erf, expm1, log1p, sin, cos).
+    Special(MathOp),
+}
+
+extern "C" {
+    /// libm's double-precision erf: the reference for the f32 routine
+    /// (Rust's std has no erf).
+    fn erf(x: f64) -> f64;
 }
 
 impl MathFn {
-    pub const ALL: [MathFn; 5] = [MathFn::Exp, MathFn::Log, MathFn::Tanh, MathFn::Sigmoid, MathFn::Gelu];
+    pub const ALL: [MathFn; 10] = [
+        MathFn::Exp,
+        MathFn::Log,
+        MathFn::Tanh,
+        MathFn::Sigmoid,
+        MathFn::Gelu,
+        MathFn::Special(MathOp::Erf),
+        MathFn::Special(MathOp::Expm1),
+        MathFn::Special(MathOp::Log1p),
+        MathFn::Special(MathOp::Sin),
+        MathFn::Special(MathOp::Cos),
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -480,6 +427,7 @@ impl MathFn {
             MathFn::Tanh => "tanh",
             MathFn::Sigmoid => "sigmoid",
             MathFn::Gelu => "gelu",
+            MathFn::Special(m) => m.name(),
         }
     }
 
@@ -495,6 +443,15 @@ impl MathFn {
                 let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
                 x / (1.0 + (-2.0 * u).exp())
             }
+            MathFn::Special(MathOp::Erf) => {
+                // SAFETY: libm's erf is pure and defined for every f64.
+                unsafe { erf(x) }
+            }
+            MathFn::Special(MathOp::Expm1) => x.exp_m1(),
+            MathFn::Special(MathOp::Log1p) => x.ln_1p(),
+            MathFn::Special(MathOp::Sin) => x.sin(),
+            MathFn::Special(MathOp::Cos) => x.cos(),
+            MathFn::Special(m) => f64::from(m.eval(x as f32)),
         }
     }
 
@@ -502,6 +459,8 @@ impl MathFn {
     pub fn max_ulps(self) -> f64 {
         match self {
             MathFn::Exp | MathFn::Log => 2.0,
+            MathFn::Special(MathOp::Erf | MathOp::Log1p | MathOp::Sin | MathOp::Cos) => 2.0,
+            MathFn::Special(MathOp::Expm1) => 3.0,
             _ => 4.0,
         }
     }
@@ -540,6 +499,7 @@ impl MathKernel {
                 MathFn::Tanh => tanh(asm, pool, d, x, [t[0], t[1], t[2], t[3]]),
                 MathFn::Sigmoid => sigmoid(asm, pool, d, x, [t[0], t[1], t[2], t[3]]),
                 MathFn::Gelu => gelu(asm, pool, d, x, [t[0], t[1], t[2], t[3], t[4], t[5], t[6]]),
+                MathFn::Special(m) => unary(asm, pool, m, d, x, &t),
             }
         };
         let mut full = asm.a.create_label();
