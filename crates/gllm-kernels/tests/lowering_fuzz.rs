@@ -75,6 +75,7 @@ fn trace_of(body: &Body) -> OpTrace {
         body: body.clone(),
         num_inputs: INPUTS as usize,
         loops: Vec::new(),
+        assumed_no_nan: false,
     }
 }
 

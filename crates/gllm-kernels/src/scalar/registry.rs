@@ -1,6 +1,6 @@
 use super::abi::{ScalarFn, ScalarFnPtr};
-use super::signature::{OpSignature, SignatureError};
-use crate::trace::{OpTrace, TraceError};
+use super::signature::{Arg, FnForm, OpSignature, Returns, SignatureError};
+use crate::trace::{OpTrace, TraceError, TraceErrorKind};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -142,13 +142,68 @@ impl RegisteredOp {
         &self.signature
     }
 
-    /// The op's trace: analysed on first use, then cached (errors too).
+    /// The op's trace: analysed on first use, then cached (errors too). A
+    /// trace analysed on the assumption that no NaN comes
+    /// ([`OpTrace::assumed_no_nan`]) is first checked against the function
+    /// on rows holding NaNs.
     pub fn trace(&self) -> Result<Arc<OpTrace>, TraceError> {
         self.trace
             .get_or_init(|| {
-                crate::trace::analyse(self.kind.name(), &self.func, &self.signature).map(Arc::new)
+                let trace = crate::trace::analyse(self.kind.name(), &self.func, &self.signature)?;
+                if trace.assumed_no_nan {
+                    self.check_nan_inputs(&trace)?;
+                }
+                Ok(Arc::new(trace))
             })
             .clone()
+    }
+
+    /// Calls the function and evaluates `trace` on rows with a NaN at the
+    /// start, middle or end, or all NaN (lengths that reach the vector
+    /// loops and their remainders); any difference refuses the trace.
+    fn check_nan_inputs(&self, trace: &OpTrace) -> Result<(), TraceError> {
+        let refuse = |why: String| TraceError {
+            function: self.kind.name().to_string(),
+            address: self.func.address() as u64,
+            instruction: None,
+            kind: TraceErrorKind::Unrecognised(why),
+        };
+        let sig = &self.signature;
+        if sig.form() != FnForm::Slices {
+            return Err(refuse("a vectorised NaN test outside a function over rows".into()));
+        }
+        let per_row = sig.returns() == Returns::RowScalar;
+        let params: Vec<f32> =
+            sig.args().iter().filter(|a| matches!(a, Arg::Scalar { .. })).map(|_| 0.5).collect();
+        let same = |a: f32, b: f32| a == b || a.is_nan() && b.is_nan();
+        for n in [5usize, 37, 127, 300] {
+            for nan_at in [Some(0), Some(n / 2), Some(n - 1), None] {
+                let value = |k: usize, i: usize| match nan_at {
+                    Some(p) if p != i => ((i * 7 + k * 3) % 23) as f32 - 11.0,
+                    _ => f32::NAN,
+                };
+                let inputs: Vec<Vec<f32>> =
+                    (0..sig.num_inputs()).map(|k| (0..n).map(|i| value(k, i)).collect()).collect();
+                let ins: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+                let outs = sig.num_outputs().max(usize::from(per_row));
+                let len = if per_row { 1 } else { n };
+                let mut want = vec![vec![0.0f32; len]; outs];
+                let mut got = want.clone();
+                let mut views: Vec<&mut [f32]> = want.iter_mut().map(|o| o.as_mut_slice()).collect();
+                crate::reference::rows(self, &ins, &params, 1, n, &mut views).map_err(refuse)?;
+                let mut views: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                trace.eval(&ins, &params, &[n], &mut views).map_err(|e| refuse(e.to_string()))?;
+                let pairs = want.iter().flatten().zip(got.iter().flatten());
+                if let Some((i, (w, g))) = pairs.enumerate().find(|(_, (&w, &g))| !same(w, g)) {
+                    return Err(refuse(format!(
+                        "the vectorised loop leaves on a NaN, and what runs then is not the fold \
+                         found (n = {n}, NaN at {nan_at:?}: output {i} is {w:e} from the function, \
+                         {g:e} from the trace)"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

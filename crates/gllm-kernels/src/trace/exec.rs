@@ -36,6 +36,10 @@ pub struct RunResult {
     pub outputs: Vec<Vec<Option<ExprId>>>,
     /// Lane 0 of xmm0 at return, for functions returning f32.
     pub ret: Option<ExprId>,
+    /// A whole-vector NaN test (`movmskps` of unord masks) was decided as
+    /// "no NaN": the result holds for inputs without NaN, and the caller
+    /// must check the function on NaN inputs before trusting it.
+    pub assumed_no_nan: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +124,8 @@ struct Machine<'a> {
     /// Branches whose arms are being run (innermost last): meeting one of
     /// them again means an arm went round a loop past its join.
     active_branches: Vec<u64>,
+    /// See [`RunResult::assumed_no_nan`].
+    assumed_no_nan: bool,
 }
 
 type Res<T> = Result<T, TraceError>;
@@ -145,6 +151,7 @@ pub fn run(
         regions: Vec::new(),
         ins: Instruction::default(),
         active_branches: Vec::new(),
+        assumed_no_nan: false,
     };
     // Callee-saved registers hold the caller's values: defined, not meaningful.
     for (i, g) in m.gpr.iter_mut().enumerate() {
@@ -216,7 +223,7 @@ pub fn run(
                 .collect(),
         );
     }
-    Ok(RunResult { outputs: outs, ret })
+    Ok(RunResult { outputs: outs, ret, assumed_no_nan: m.assumed_no_nan })
 }
 
 enum Flow {

@@ -52,6 +52,10 @@ pub enum BitOp {
 pub enum Expr {
     /// Bits nobody defined (upper lanes after a call, uninitialised stack).
     Undef,
+    /// The result of a bit operation on float data with no float meaning,
+    /// made by the instruction at this address: harmless in a lane nobody
+    /// reads (the upper lanes after `cmpss`), an error if an output uses it.
+    Opaque(u64),
     Const(u32),
     /// Element `index` of tensor input `input`, as it was on entry.
     Load {
@@ -104,6 +108,7 @@ impl ExprPool {
         std::mem::discriminant(&e).hash(&mut h);
         match e {
             Expr::Undef => {}
+            Expr::Opaque(site) => site.hash(&mut h),
             Expr::Const(b) => b.hash(&mut h),
             Expr::Load { input, index } => (input, index).hash(&mut h),
             Expr::Param(k) | Expr::Dim(k) => k.hash(&mut h),
@@ -126,6 +131,11 @@ impl ExprPool {
 
     pub fn undef(&mut self) -> ExprId {
         0
+    }
+
+    /// See [`Expr::Opaque`].
+    pub fn opaque(&mut self, site: u64) -> ExprId {
+        self.intern(Expr::Opaque(site))
     }
 
     pub fn konst(&mut self, bits: u32) -> ExprId {
@@ -364,7 +374,10 @@ impl ExprPool {
                     }
                     (BitOp::Or, Some(_)) => self.copysign_of(c, x),
                     (_, Some(_)) => None,
-                    (BitOp::Or, None) => self.copysign_of(a, b).or_else(|| self.merge_selects(a, b)),
+                    (BitOp::Or, None) => self
+                        .copysign_of(a, b)
+                        .or_else(|| self.merge_selects(a, b))
+                        .or_else(|| self.mask_or(a, b)),
                     _ => None,
                 }
             }
@@ -383,6 +396,60 @@ impl ExprPool {
     }
 
     /// `(m ? x : 0) | (m ? 0 : y)` → `m ? x : y` (the and/andn/or select idiom).
+    /// Whether `id` is a comparison mask, or masks OR-ed together.
+    pub fn is_mask(&self, id: ExprId) -> bool {
+        match self.get(id) {
+            Expr::Cmp(..) => true,
+            Expr::Select(m, t, f) => {
+                self.const_bits(t) == Some(ALL_ONES) && self.is_mask(m) && self.is_mask(f)
+            }
+            _ => false,
+        }
+    }
+
+    /// `a | b` of two masks: `a ? all-ones : b` (what LLVM's vectorised
+    /// NaN tests OR together before one `movmskps`).
+    fn mask_or(&mut self, a: ExprId, b: ExprId) -> Option<ExprId> {
+        if !self.is_mask(a) || !self.is_mask(b) {
+            return None;
+        }
+        let (m, rest) = if matches!(self.get(a), Expr::Cmp(..)) { (a, b) } else { (b, a) };
+        if !matches!(self.get(m), Expr::Cmp(..)) {
+            return None;
+        }
+        let ones = self.konst(ALL_ONES);
+        Some(self.intern(Expr::Select(m, ones, rest)))
+    }
+
+    /// Whether the mask `id` is all-zero whenever no input element is NaN:
+    /// `unord` tests (OR-ed together) of values that can be NaN only if an
+    /// input is (loads, constants, abs, neg, max, min, selects of those).
+    pub fn false_unless_input_nan(&self, id: ExprId) -> bool {
+        match self.get(id) {
+            Expr::Const(0) => true,
+            Expr::Cmp(super::CmpPred::Unord, a, b) => {
+                self.nan_only_from_inputs(a) && self.nan_only_from_inputs(b)
+            }
+            Expr::Select(m, t, f) if self.const_bits(t) == Some(ALL_ONES) => {
+                self.false_unless_input_nan(m) && self.false_unless_input_nan(f)
+            }
+            _ => false,
+        }
+    }
+
+    fn nan_only_from_inputs(&self, id: ExprId) -> bool {
+        match self.get(id) {
+            Expr::Load { .. } | Expr::Param(_) => true,
+            Expr::Const(bits) => !f32::from_bits(bits).is_nan(),
+            Expr::Un(UnOp::Abs | UnOp::Neg, a) => self.nan_only_from_inputs(a),
+            Expr::Bin(BinOp::Max | BinOp::Min, a, b) => {
+                self.nan_only_from_inputs(a) && self.nan_only_from_inputs(b)
+            }
+            Expr::Select(_, a, b) => self.nan_only_from_inputs(a) && self.nan_only_from_inputs(b),
+            _ => false,
+        }
+    }
+
     fn merge_selects(&mut self, a: ExprId, b: ExprId) -> Option<ExprId> {
         let (Expr::Select(m1, x1, y1), Expr::Select(m2, x2, y2)) = (self.get(a), self.get(b)) else {
             return None;
@@ -403,7 +470,12 @@ impl ExprPool {
     /// Operand nodes of `id`.
     pub fn children(&self, id: ExprId) -> Vec<ExprId> {
         match self.get(id) {
-            Expr::Undef | Expr::Const(_) | Expr::Load { .. } | Expr::Param(_) | Expr::Dim(_) => vec![],
+            Expr::Undef
+            | Expr::Opaque(_)
+            | Expr::Const(_)
+            | Expr::Load { .. }
+            | Expr::Param(_)
+            | Expr::Dim(_) => vec![],
             Expr::Un(_, a) => vec![a],
             Expr::Bin(_, a, b) | Expr::Cmp(_, a, b) => vec![a, b],
             Expr::Fma(a, b, c) | Expr::Select(a, b, c) => vec![a, b, c],

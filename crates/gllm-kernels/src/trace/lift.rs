@@ -110,9 +110,11 @@ fn run_dims(num_dims: usize) -> Vec<Vec<usize>> {
 
 pub fn lift(name: &str, code: &CodeMap, sig: &OpSignature, memory: &dyn CodeMemory) -> Res<OpTrace> {
     let mut result: Option<(OpTrace, Vec<usize>)> = None;
+    let mut assumed_no_nan = false;
     for dims in run_dims(sig.num_dims()) {
         let mut pool = ExprPool::new();
         let run = exec::run(code, sig, memory, &mut pool, &dims)?;
+        assumed_no_nan |= run.assumed_no_nan;
         let ctx = Ctx { code, pool: &pool };
         // A GEMM's operand layout is whichever one its reads fit: the plain
         // one first (its error is the one reported if none fits).
@@ -135,6 +137,7 @@ pub fn lift(name: &str, code: &CodeMap, sig: &OpSignature, memory: &dyn CodeMemo
     }
     let (mut trace, _) = result.expect("at least one run");
     trace.loops = code.loops.clone();
+    trace.assumed_no_nan = assumed_no_nan;
     Ok(trace)
 }
 
@@ -254,7 +257,7 @@ fn lift_run(
     } else {
         ComputePattern::NormLike
     };
-    Ok(OpTrace { pattern, folds, row, body, num_inputs, loops: Vec::new() })
+    Ok(OpTrace { pattern, folds, row, body, num_inputs, loops: Vec::new(), assumed_no_nan: false })
 }
 
 /// Why a GEMM-shaped trace is not `C[i,j] = Σ_p A[i,p]·B[p,j]` starting
@@ -446,6 +449,7 @@ impl<'a> Builder<'a> {
         let pool = self.ctx.pool;
         let op = match pool.get(root) {
             Expr::Undef => return Err(self.ctx.err("an output depends on an undefined value")),
+            Expr::Opaque(site) => return Err(self.ctx.code.error(site, TraceErrorKind::OpaqueBitOperation)),
             Expr::Const(b) => TraceOp::Const(b),
             Expr::Param(k) => TraceOp::Param(k),
             Expr::Dim(k) => TraceOp::Dim(k),
@@ -828,6 +832,11 @@ fn check_chain(ctx: &Ctx, geo: Geometry, combine: &Body, top: ExprId, row_scalar
                     return Ok(identity);
                 }
             }
+            // LLVM vectorises max/min folds by lanes and merges the lanes in
+            // a tree: the same fold when the combine is order-insensitive.
+            if let Some(identity) = tree_fold(ctx, geo, combine, node, pos, row_scalars) {
+                return Ok(identity);
+            }
             return Err(ctx
                 .err_at(node, format!("fold step at position {pos} does not match the fold's other steps")));
         }
@@ -873,6 +882,216 @@ fn first_step_identity(
         }
     }
     None
+}
+
+/// Placeholders for the two operands of a combine written as a binary
+/// operator (parameters no signature has this many of).
+const TREE_LEFT: u8 = 250;
+const TREE_RIGHT: u8 = 251;
+
+/// The identity if `node` is `combine` applied as a tree — pairs of partial
+/// results combined, each leaf one position's element (possibly combined
+/// with the identity constant, as a simplified first step) — over exactly
+/// positions 0..=last, and the combine is order-insensitive (associative
+/// and commutative on random and special values, ±0 and NaN payloads
+/// aside). That is how LLVM vectorises `f32::max`/`min` folds: per-lane
+/// accumulators, then a horizontal merge. A sum is not order-insensitive in
+/// floating point, so a sum tree is never taken for a fold.
+fn tree_fold(
+    ctx: &Ctx,
+    geo: Geometry,
+    combine: &Body,
+    node: ExprId,
+    last: usize,
+    row_scalars: &[ExprId],
+) -> Option<u32> {
+    let binary = as_binary(combine)?;
+    let element = element_body(combine)?;
+    let mut pool = ctx.pool.clone();
+    if !order_insensitive(&mut pool, &binary) {
+        return None;
+    }
+    let (left, right) = (pool.param(TREE_LEFT), pool.param(TREE_RIGHT));
+    let template = instantiate(&mut pool, &binary, left, &HashMap::from([(u8::MAX, right)]), row_scalars)?;
+    let mut seen = vec![false; last + 1];
+    let mut identity: Option<u32> = None;
+    let mut stack = vec![node];
+    while let Some(t) = stack.pop() {
+        let mut bind = [None, None];
+        if match_template(&pool, template, t, &mut bind, (left, right)) {
+            stack.extend(bind.iter().flatten());
+            continue;
+        }
+        // A leaf: one position's element, alone or combined with a constant.
+        let (p, loads, consts) = leaf_parts(&pool, geo, t)?;
+        if p > last || std::mem::replace(&mut seen[p], true) {
+            return None;
+        }
+        if instantiate(&mut pool, &element, left, &loads, row_scalars) == Some(t) {
+            continue;
+        }
+        let c = consts
+            .into_iter()
+            .find(|&c| instantiate(&mut pool, combine, c, &loads, row_scalars) == Some(t))?;
+        let bits = pool.const_bits(c)?;
+        if *identity.get_or_insert(bits) != bits {
+            return None;
+        }
+    }
+    if seen.iter().all(|&s| s) {
+        identity
+    } else {
+        None
+    }
+}
+
+/// The combine as a binary operator: its element sub-expression (the one
+/// value computed from the position's inputs alone that the accumulator's
+/// computation uses) replaced by `Input(u8::MAX)`.
+fn as_binary(combine: &Body) -> Option<Body> {
+    let root = element_root(combine)?;
+    let mut b = combine.clone();
+    // With one element root every input read is under it: dead once it is
+    // replaced (a constant keeps the numbering).
+    for op in b.ops.iter_mut() {
+        if matches!(op, TraceOp::Input(_)) {
+            *op = TraceOp::Const(0);
+        }
+    }
+    b.ops[root as usize] = TraceOp::Input(u8::MAX);
+    Some(b)
+}
+
+/// The combine's element sub-expression as a body of its own.
+fn element_body(combine: &Body) -> Option<Body> {
+    let root = element_root(combine)?;
+    Some(Body { ops: combine.ops[..=root as usize].to_vec(), outputs: vec![root] })
+}
+
+/// The one maximal accumulator-free value of `combine` that an
+/// accumulator-dependent op reads.
+fn element_root(combine: &Body) -> Option<ValueId> {
+    let mut uses_acc = vec![false; combine.ops.len()];
+    for (i, op) in combine.ops.iter().enumerate() {
+        uses_acc[i] = *op == TraceOp::Acc || op.operands().iter().any(|&a| uses_acc[a as usize]);
+    }
+    let mut roots: Vec<ValueId> = Vec::new();
+    for (i, op) in combine.ops.iter().enumerate() {
+        if uses_acc[i] {
+            for a in op.operands() {
+                let leafish = matches!(combine.ops[a as usize], TraceOp::Const(_) | TraceOp::Param(_));
+                if !uses_acc[a as usize] && !leafish && !roots.contains(&a) {
+                    roots.push(a);
+                }
+            }
+        }
+    }
+    match roots[..] {
+        [r] => Some(r),
+        _ => None,
+    }
+}
+
+/// Checks C(a, b) = C(b, a) and C(C(a, b), c) = C(a, C(b, c)) on a spread
+/// of values by constant folding in `pool` (a combine that does not fold to
+/// constants — a libm call — is not taken to be order-insensitive).
+fn order_insensitive(pool: &mut ExprPool, binary: &Body) -> bool {
+    let values: [f32; 9] = [0.0, 1.5, -2.25, 3.0e5, -7.0e-3, f32::INFINITY, f32::NEG_INFINITY, 4.5, f32::NAN];
+    let same = |x: f32, y: f32| x == y || x.is_nan() && y.is_nan();
+    let apply = |pool: &mut ExprPool, a: f32, b: f32| -> Option<f32> {
+        let (ka, kb) = (pool.konst(a.to_bits()), pool.konst(b.to_bits()));
+        let r = instantiate(pool, binary, ka, &HashMap::from([(u8::MAX, kb)]), &[])?;
+        pool.const_bits(r).map(f32::from_bits)
+    };
+    for &a in &values {
+        for &b in &values {
+            let (Some(ab), Some(ba)) = (apply(pool, a, b), apply(pool, b, a)) else { return false };
+            if !same(ab, ba) {
+                return false;
+            }
+            for &c in &values[..5] {
+                let left = apply(pool, ab, c);
+                let right = apply(pool, b, c).and_then(|bc| apply(pool, a, bc));
+                match (left, right) {
+                    (Some(l), Some(r)) if same(l, r) => {}
+                    _ => return false,
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Structural match of `x` against `template`, binding the two placeholder
+/// parameters (commutative operands may be swapped, as interning orders them).
+fn match_template(
+    pool: &ExprPool,
+    template: ExprId,
+    x: ExprId,
+    bind: &mut [Option<ExprId>; 2],
+    (left, right): (ExprId, ExprId),
+) -> bool {
+    if template == left || template == right {
+        let slot = &mut bind[usize::from(template == right)];
+        return *slot.get_or_insert(x) == x;
+    }
+    if template == x {
+        return true;
+    }
+    let (t, e) = (pool.get(template), pool.get(x));
+    let same_op = match (t, e) {
+        (Expr::Un(a, _), Expr::Un(b, _)) => a == b,
+        (Expr::Bin(a, ..), Expr::Bin(b, ..)) => a == b,
+        (Expr::Cmp(a, ..), Expr::Cmp(b, ..)) => a == b,
+        (Expr::Fma(..), Expr::Fma(..)) | (Expr::Select(..), Expr::Select(..)) => true,
+        _ => false,
+    };
+    if !same_op {
+        return false;
+    }
+    let (tk, ek) = (pool.children(template), pool.children(x));
+    let saved = *bind;
+    if tk.iter().zip(&ek).all(|(&a, &b)| match_template(pool, a, b, bind, (left, right))) {
+        return true;
+    }
+    *bind = saved;
+    let commutes = matches!(t, Expr::Bin(BinOp::Add | BinOp::Mul, ..) | Expr::Fma(..));
+    if commutes {
+        let mut swapped = ek.clone();
+        swapped.swap(0, 1);
+        if tk.iter().zip(&swapped).all(|(&a, &b)| match_template(pool, a, b, bind, (left, right))) {
+            return true;
+        }
+        *bind = saved;
+    }
+    false
+}
+
+/// A tree leaf's position (all its loads must be of one position), those
+/// loads by input, and the constants in it.
+type LeafParts = (usize, HashMap<u8, ExprId>, Vec<ExprId>);
+
+fn leaf_parts(pool: &ExprPool, geo: Geometry, leaf: ExprId) -> Option<LeafParts> {
+    let (mut pos, mut loads, mut consts) = (None, HashMap::new(), Vec::new());
+    let mut stack = vec![leaf];
+    let mut seen = HashSet::new();
+    while let Some(x) = stack.pop() {
+        if !seen.insert(x) {
+            continue;
+        }
+        match pool.get(x) {
+            Expr::Load { input, index } => {
+                let p = geo.pos(input, index as usize)?;
+                if *pos.get_or_insert(p) != p {
+                    return None;
+                }
+                loads.insert(input, x);
+            }
+            Expr::Const(_) => consts.push(x),
+            _ => stack.extend(pool.children(x)),
+        }
+    }
+    Some((pos?, loads, consts))
 }
 
 /// Builds `body` in `pool` with `Acc` = `acc`, `Input(k)` = `inputs[k]`,
@@ -992,4 +1211,29 @@ fn unify(
         bind[v as usize] = Some(x);
     }
     ok
+}
+
+#[cfg(test)]
+mod tree_tests {
+    use super::*;
+    use crate::trace::CmpPred;
+
+    fn order_insensitive_combine(ops: Vec<TraceOp>) -> bool {
+        let out = ops.len() as ValueId - 1;
+        let combine = Body { ops, outputs: vec![out] };
+        let binary = as_binary(&combine).expect("one element root");
+        order_insensitive(&mut ExprPool::new(), &binary)
+    }
+
+    #[test]
+    fn only_order_insensitive_combines_are_taken_as_trees() {
+        use TraceOp::*;
+        // f32::max's NaN-ignoring step: a tree of it is the same fold.
+        let maxnum = vec![Acc, Cmp(CmpPred::Unord, 0, 0), Input(0), Abs(2), Max(3, 0), Select(1, 3, 4)];
+        assert!(order_insensitive_combine(maxnum));
+        // A float sum depends on the order: a sum tree is not the fold.
+        assert!(!order_insensitive_combine(vec![Acc, Input(0), Abs(1), Add(0, 2)]));
+        // x86 `max` alone returns its second operand on NaN: not commutative.
+        assert!(!order_insensitive_combine(vec![Acc, Input(0), Abs(1), Max(2, 0)]));
+    }
 }

@@ -357,6 +357,12 @@ pub struct OpTrace {
     pub num_inputs: usize,
     /// Loops found in the machine code (back edges), for reporting.
     pub loops: Vec<LoopInfo>,
+    /// The code has a vectorised path that leaves its loop when it sees a
+    /// NaN (LLVM's `f32::max` folds at -O2/-O3), analysed as if none came:
+    /// the trace holds for inputs without NaN by construction, and
+    /// [`crate::scalar::RegisteredOp::trace`] checks it against the function
+    /// on inputs with NaNs before handing it out.
+    pub assumed_no_nan: bool,
 }
 
 impl OpTrace {

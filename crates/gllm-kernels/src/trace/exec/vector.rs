@@ -153,7 +153,7 @@ impl Machine<'_> {
     }
 
     fn bit(&mut self, op: BitOp, a: ExprId, b: ExprId) -> Res<ExprId> {
-        self.pool.bitwise(op, a, b).ok_or_else(|| self.err(TraceErrorKind::OpaqueBitOperation))
+        Ok(self.pool.bitwise(op, a, b).unwrap_or_else(|| self.pool.opaque(self.ins.ip())))
     }
 
     fn imm(&self) -> u64 {
@@ -204,6 +204,20 @@ impl Machine<'_> {
 
         if let Some(scalar) = rounding(mn) {
             return self.round(scalar);
+        }
+
+        if matches!(mn, Movmskps | Vmovmskps) {
+            // The sign bits of a mask as an integer: data, unless every lane
+            // is a NaN test of the inputs (LLVM's vectorised f32::max folds
+            // leave their vector loop when a NaN appears). Then the value is
+            // 0 for inputs without NaN — taken as such and recorded, so that
+            // the trace is checked on NaN inputs before it is trusted.
+            let lanes = self.vec_op(1, self.width())?;
+            if !lanes.iter().all(|&l| self.pool.false_unless_input_nan(l)) {
+                return Err(self.err(TraceErrorKind::DataDependentBranch));
+            }
+            self.assumed_no_nan = true;
+            return self.set_int_dest(IntVal::known(0));
         }
 
         if let Some(op) = bitop(mn) {
@@ -305,13 +319,11 @@ impl Machine<'_> {
                 let (dst, a, src) = self.two_sources(w)?;
                 let b = self.vec_op(src, w)?;
                 let mask = if mn == Blendvps { self.vec[0][..w].to_vec() } else { self.vec_op(3, w)? };
-                let out = (0..w)
-                    .map(|l| {
-                        self.pool
-                            .select(mask[l], b[l], a[l])
-                            .ok_or_else(|| self.err(TraceErrorKind::OpaqueBitOperation))
-                    })
-                    .collect::<Res<Vec<_>>>()?;
+                // A lane whose "mask" is data (the upper lanes after a scalar
+                // `cmpss`, which keep the first source) picks by a data sign
+                // bit: undefined here, an error only if that lane is used.
+                let out: Vec<ExprId> =
+                    (0..w).map(|l| self.pool.select(mask[l], b[l], a[l]).unwrap_or(0)).collect();
                 self.write_vec(dst, &out)
             }
             Blendps | Vblendps => {
@@ -402,6 +414,35 @@ impl Machine<'_> {
                         out.push(if from_b { b[blk + sel] } else { a[blk + sel] });
                     }
                 }
+                self.write_vec(dst, &out)
+            }
+            Shufpd | Vshufpd => {
+                // Pairs of f32 as one f64: per 128-bit block, the low pair
+                // from a and the high pair from b, each chosen by one bit.
+                let w = self.width();
+                let (dst, a, src) = self.two_sources(w)?;
+                let b = self.vec_op(src, w)?;
+                let imm = self.imm() as usize;
+                let mut out = Vec::with_capacity(w);
+                for (q, blk) in (0..w).step_by(4).enumerate() {
+                    let lo = blk + 2 * ((imm >> (2 * q)) & 1);
+                    let hi = blk + 2 * ((imm >> (2 * q + 1)) & 1);
+                    out.extend([a[lo], a[lo + 1], b[hi], b[hi + 1]]);
+                }
+                self.write_vec(dst, &out)
+            }
+            Movshdup | Vmovshdup | Movsldup | Vmovsldup | Movddup | Vmovddup => {
+                let w = self.width();
+                let dst = self.vreg(0)?;
+                let a = self.vec_op(1, w)?;
+                let out: Vec<ExprId> = (0..w)
+                    .map(|l| match mn {
+                        Movshdup | Vmovshdup => a[l | 1],
+                        Movsldup | Vmovsldup => a[l & !1],
+                        // Duplicates the low f64 (two f32) of each block.
+                        _ => a[l / 4 * 4 + (l % 2)],
+                    })
+                    .collect();
                 self.write_vec(dst, &out)
             }
             Pshufd | Vpshufd | Vpermilps if ins.op_count() >= 3 || mn == Pshufd => {
