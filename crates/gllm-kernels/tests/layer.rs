@@ -1,5 +1,7 @@
 //! `compile_graph`: a small graph end to end, and its errors.
 
+mod support;
+
 use gllm_kernels::codegen::layer::compile_graph;
 use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::graph::{CompilerGraph, CompilerOp, MatMulParams, TensorDesc};
@@ -172,4 +174,78 @@ fn a_fused_chain_that_would_overflow_the_registers_is_cut_where_it_fits() {
     for (a, b) in got[0].iter().zip(&want[0]) {
         assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
     }
+}
+
+/// Every unseen elementwise op (registered at run time, no parameter) as
+/// the epilogue of a GEMM through `compile_graph`, against the unfused
+/// reference evaluation of the same graph. The GEMM's data are dyadic
+/// (exact sums), so the only difference left is the op's own, held to the
+/// oracle's bound for it — floors and roundings exactly.
+#[test]
+fn unseen_elementwise_ops_fuse_into_gemms_through_compile_graph() {
+    use gllm_kernels::oracle::{Scale, Tolerance};
+    use gllm_kernels::reference;
+    use gllm_kernels::scalar::{Arg, FnForm};
+    use gllm_kernels::trace::ComputePattern;
+    let (registry, kinds) = support::builtins_and_unseen();
+    let (m, k, n) = (7, 33, 29);
+    let xv: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 9) as f32 * 0.5 - 2.0).collect();
+    let wv: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.125 - 0.625).collect();
+    let (mut fused, mut tested) = (Vec::new(), 0);
+    for profile in support::profiles() {
+        for &kind in &kinds {
+            let op = registry.get(kind).unwrap();
+            let trace = op.trace().unwrap();
+            let has_param = op.signature().args().iter().any(|a| matches!(a, Arg::Scalar { .. }));
+            if trace.pattern != ComputePattern::Elementwise
+                || op.signature().form() != FnForm::PerElement
+                || has_param
+            {
+                continue;
+            }
+            let mut g = CompilerGraph::new();
+            let x = g.input("x", TensorDesc::f32([m, k]));
+            let w = g.weight("w", TensorDesc::f32([k, n]));
+            let y = g.node(
+                "proj",
+                CompilerOp::matmul(MatMulParams::new(m, n, k)),
+                vec![x, w],
+                TensorDesc::f32([m, n]),
+            );
+            let z = g.node("op", CompilerOp::new(kind), vec![y], TensorDesc::f32([m, n]));
+            g.output(z);
+            let layer = compile_graph(&g, &profile, &registry).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let weights = layer.prepare_weights(&|name: &str| (name == "w").then_some(&wv[..])).unwrap();
+            let got = layer.run(&weights, &[&xv]).unwrap().swap_remove(0);
+            let sem = g.analyse(&registry).unwrap();
+            let want =
+                reference::evaluate(&sem, &registry, &[&xv], &|name: &str| (name == "w").then_some(&wv[..]))
+                    .unwrap()
+                    .swap_remove(0);
+            let mut yv = vec![0.0; m * n];
+            // SAFETY: m·k, k·n and m·n elements.
+            unsafe { gk_matmul(xv.as_ptr(), wv.as_ptr(), yv.as_mut_ptr(), m, n, k) };
+            let tol = Tolerance::for_op(op, &trace, m * n, false);
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                let scale = match tol.scale {
+                    Scale::Inputs => yv[i].abs().max(1.0),
+                    _ => w.abs().max(yv[i].abs()),
+                };
+                assert!(
+                    tol.accepts(g, w, scale),
+                    "{kind} on {}: [{i}] {g:e} vs {w:e} (y = {}; {tol})",
+                    profile.isa,
+                    yv[i]
+                );
+            }
+            tested += 1;
+            let plan = gllm_kernels::fusion::fuse_with(&g, &profile, &registry).unwrap();
+            if plan.groups.len() == 1 {
+                fused.push(format!("{kind}/{}", profile.isa));
+            }
+        }
+    }
+    assert!(tested >= 20, "{tested} ops tested");
+    assert!(fused.len() >= 4, "fused as epilogues: {fused:?}");
+    eprintln!("fused as GEMM epilogues: {fused:?}");
 }
