@@ -358,14 +358,7 @@ fn emit_op(
         }
         Sqrt(a) => asm.sqrt(dst, src(operand(a))?)?,
         Exp(a) | Log(a) | Tanh(a) | Math(_, a) => {
-            let x = match operand(a) {
-                Operand::Reg(r) => r,
-                Operand::Mem(m) => {
-                    asm.load(dst, Src::Mem(m))?;
-                    dst
-                }
-                Operand::Mask(_) => return Err(CodegenError::Unsupported("a mask used as a number".into())),
-            };
+            let x = reg_or_load(asm, operand(a), dst)?;
             let need = math_temps(op);
             let mut temps = Vec::with_capacity(need);
             for _ in 0..need {
@@ -384,26 +377,8 @@ fn emit_op(
             let (a, b) = (operand(a), operand(b));
             // The exponent first (it may live in `dst`), then the base in
             // `dst` unless the exponent took it.
-            let y = match b {
-                Operand::Reg(r) => r,
-                Operand::Mem(m) => {
-                    asm.load(t, Src::Mem(m))?;
-                    t
-                }
-                Operand::Mask(_) => return Err(CodegenError::Unsupported("a mask used as a number".into())),
-            };
-            let x = match a {
-                Operand::Reg(r) => r,
-                Operand::Mem(m) if y != dst => {
-                    asm.load(dst, Src::Mem(m))?;
-                    dst
-                }
-                Operand::Mem(m) => {
-                    asm.load(t, Src::Mem(m))?;
-                    t
-                }
-                Operand::Mask(_) => return Err(CodegenError::Unsupported("a mask used as a number".into())),
-            };
+            let y = reg_or_load(asm, b, t)?;
+            let x = reg_or_load(asm, a, if y != dst { dst } else { t })?;
             // A constant exponent is never read from its register, so `t`
             // may double as the routine's spare.
             math::pow(asm, pool, dst, x, y, exponent, t)?;
@@ -412,22 +387,9 @@ fn emit_op(
         CopySign(a, b) => {
             // The sign bits first (b may live in `dst`), then a's magnitude.
             let t = regs.take(op)?;
-            match operand(b) {
-                Operand::Reg(r) => asm.and(t, r, Src::Mem(pool.splat_bits(0x8000_0000)))?,
-                Operand::Mem(m) => {
-                    asm.load(t, Src::Mem(m))?;
-                    asm.and(t, t, Src::Mem(pool.splat_bits(0x8000_0000)))?;
-                }
-                Operand::Mask(_) => return Err(CodegenError::Unsupported("a mask used as a number".into())),
-            }
-            let ra = match operand(a) {
-                Operand::Reg(r) => r,
-                Operand::Mem(m) => {
-                    asm.load(dst, Src::Mem(m))?;
-                    dst
-                }
-                Operand::Mask(_) => return Err(CodegenError::Unsupported("a mask used as a number".into())),
-            };
+            let rb = reg_or_load(asm, operand(b), t)?;
+            asm.and(t, rb, Src::Mem(pool.splat_bits(0x8000_0000)))?;
+            let ra = reg_or_load(asm, operand(a), dst)?;
             asm.and(dst, ra, Src::Mem(pool.splat_bits(0x7fff_ffff)))?;
             asm.or(dst, dst, Src::Reg(t))?;
             regs.free.push(t);
@@ -450,6 +412,18 @@ fn emit_op(
         _ => unreachable!("leaves and comparisons are handled by the caller"),
     }
     Ok(())
+}
+
+/// `a`'s register, or `into` after loading `a` there from memory.
+fn reg_or_load(asm: &mut VecAsm, a: Operand, into: V) -> Result<V, CodegenError> {
+    match a {
+        Operand::Reg(r) => Ok(r),
+        Operand::Mem(m) => {
+            asm.load(into, Src::Mem(m))?;
+            Ok(into)
+        }
+        Operand::Mask(_) => Err(CodegenError::Unsupported("a mask used as a number".into())),
+    }
 }
 
 /// `a` in a register other than `dst` (loading it into a temporary if needed).
