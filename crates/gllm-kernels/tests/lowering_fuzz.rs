@@ -1,6 +1,6 @@
 //! Random TraceOp bodies through the emitter against the trace interpreter:
 //! every IEEE op (add, sub, mul, div, max, min, fma, neg, abs, sqrt, cmp,
-//! select) must come out bit for bit, whatever the register allocation had to
+//! select, copysign, the roundings) must come out bit for bit, whatever the register allocation had to
 //! do (reuse, temporaries, memory first operands, masks), on both ISAs and in
 //! the masked tail. Also: in-place lowering always fits the planner's
 //! scratch-register estimate.
@@ -16,11 +16,13 @@ use gllm_kernels::codegen::vasm::{Mem, VecAsm, V};
 use gllm_kernels::codegen::CodegenError;
 use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::fusion::pressure::scratch_registers;
-use gllm_kernels::trace::{Body, CmpPred, ComputePattern, OpTrace, TraceOp, ValueId};
+use gllm_kernels::trace::{Body, CmpPred, ComputePattern, MathOp, OpTrace, TraceOp, ValueId};
 use proptest::prelude::*;
 use support::Rng;
 
 const INPUTS: u8 = 3;
+/// The exact roundings (libm's approximated functions are not bit-exact).
+const ROUNDINGS: [MathOp; 5] = [MathOp::Floor, MathOp::Ceil, MathOp::Trunc, MathOp::Round, MathOp::RoundEven];
 const PREDS: [CmpPred; 8] = [
     CmpPred::Eq,
     CmpPred::Lt,
@@ -44,7 +46,7 @@ fn body_from(choices: &[(u8, u16, u16, u16)], outputs: usize) -> Body {
     for &(kind, a, b, c) in choices {
         let pick = |x: u16| numeric[x as usize % numeric.len()];
         let (a, b, c) = (pick(a), pick(b), pick(c));
-        let op = match kind % 12 {
+        let op = match kind % 14 {
             0 => TraceOp::Add(a, b),
             1 => TraceOp::Sub(a, b),
             2 => TraceOp::Mul(a, b),
@@ -55,8 +57,10 @@ fn body_from(choices: &[(u8, u16, u16, u16)], outputs: usize) -> Body {
             7 => TraceOp::Neg(a),
             8 => TraceOp::Abs(a),
             9 => TraceOp::Sqrt(a),
+            10 => TraceOp::CopySign(a, b),
+            11 => TraceOp::Math(ROUNDINGS[(kind as usize / 14) % ROUNDINGS.len()], a),
             _ => {
-                ops.push(TraceOp::Cmp(PREDS[(kind as usize / 12) % PREDS.len()], a, b));
+                ops.push(TraceOp::Cmp(PREDS[(kind as usize / 14) % PREDS.len()], a, b));
                 TraceOp::Select((ops.len() - 1) as ValueId, c, a)
             }
         };

@@ -291,7 +291,8 @@ mod tests {
                     let mut pool = ConstPool::new();
                     let (x, d) = (V(0), if in_place { V(0) } else { V(1) });
                     let t: Vec<V> = (2..2 + unary_temps(m) as u8).map(V).collect();
-                    unary(&mut asm, &mut pool, m, d, x, &t).unwrap_or_else(|e| panic!("{} {isa}: {e}", m.name()));
+                    unary(&mut asm, &mut pool, m, d, x, &t)
+                        .unwrap_or_else(|e| panic!("{} {isa}: {e}", m.name()));
                     asm.a.ret().unwrap();
                     asm.a.assemble(0).unwrap_or_else(|e| panic!("{} {isa}: {e}", m.name()));
                 }
