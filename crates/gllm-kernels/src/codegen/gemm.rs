@@ -8,8 +8,14 @@
 //! code, one per ISA. Threads split the NC loop (each thread packs its own
 //! panels), or M when N is too narrow.
 //!
-//! Status: plain GEMM and prepacked B. Epilogue injection, tile-level norm
-//! fusion and the GEMV path are the next steps (issue #7).
+//! On top of the plain GEMM: prepacked B (weights packed once), elementwise
+//! epilogues lowered from their traces into the microkernel's store,
+//! tile-level fusion of a row op (RMSNorm) into the MC loop and several GEMMs
+//! sharing one packed A (`gemm_group`), batched GEMMs (stacked, shared B,
+//! interleaved heads, Bᵀ), the M ≤ 16 GEMV path, and quantised weights
+//! dequantised into the packed panels. Blocking and measured results:
+//! `docs/gemm.md`. (Packing, microkernel, epilogue, driver, GEMV and batched
+//! are still one file: splitting them by concept is issue #14.)
 
 use super::loops::{LoopKernel, LoopProgram};
 use super::quant_gemv::GEMV_MAX_ROWS;

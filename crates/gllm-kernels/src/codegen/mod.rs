@@ -1,12 +1,23 @@
-//! Machine-code generation.
+//! Phase 3: machine code from traces and fusion plans.
 //!
 //! ```text
-//!   (today) hand-assembled kernels ──[iced-x86 CodeAssembler]──> Vec<u8> ──> runtime::ExecutableCode
+//!   OpTrace bodies ──[lower: TraceOp → vector instructions, MathApprox]──┐
+//!   FusionGroup    ──[loops / group: row loops with folds, chains]───────┼─[vasm over iced-x86]─> bytes
+//!                  ──[gemm: packing + JIT microkernel + epilogue]────────┤       ──> runtime::ExecutableCode
+//!                  ──[quant_gemv, attention]──────────────────────────────┘
+//!   FusionPlan     ──[layer::compile_graph]──> CompiledLayer (kernels + scratchpad arena)
 //! ```
 //!
-//! This module will hold the TraceOp emitter, MathApprox and the GEMM
-//! generator; for now it holds the one kernel that proves the
-//! assemble → seal → call path end to end on both ISAs.
+//! Guarantees: no per-operator code — every kernel lowers what its op's trace
+//! says (a GEMM only where the trace is exactly Σ A·B, see `docs/phase0.md`);
+//! vector code is written once in [`vasm`] for AVX-512 and AVX2; a body the
+//! planner accepted as an epilogue fits the registers the microkernel leaves
+//! (`fusion::pressure` is the contract); libm functions without a MathApprox
+//! routine are called per lane, exactly. Accuracy of every kernel against its
+//! scalar reference is checked by [`crate::oracle`] (`gllm test-ops`).
+//! `mul_add` is the first hand-assembled kernel, kept as the smallest
+//! assemble → seal → call example (and home of [`CodegenError`] until it
+//! gets a module of its own, issue #14).
 
 pub mod attention;
 pub mod gemm;

@@ -396,7 +396,7 @@ pub enum MathFn {
     Tanh,
     Sigmoid,
     Gelu,
-    /// One of the functions of [`special`] (erf, expm1, log1p, sin, cos).
+    /// One of the functions of `math/special.rs` (erf, expm1, log1p, sin, cos).
     Special(MathOp),
 }
 
