@@ -12,7 +12,7 @@
 use super::lower::{emit_trace_ops, Operand};
 use super::pool::{ConstPool, PoolData, POOL_REG};
 use super::vasm::{Mask, Mem, Src, VecAsm, K, V};
-use super::CodegenError;
+use super::{CodegenError, RegisterUse};
 use crate::device::{DeviceProfile, Isa};
 use crate::fusion::pressure::scratch_registers;
 use crate::runtime::dispatch::for_each_part;
@@ -490,13 +490,12 @@ impl LoopKernel {
         threads: usize,
     ) -> Result<(), CodegenError> {
         if inputs.len() != self.num_inputs || outputs.len() != self.num_outputs {
-            return Err(CodegenError::BadArguments(format!(
-                "kernel takes {} inputs and {} outputs, got {} and {}",
-                self.num_inputs,
-                self.num_outputs,
-                inputs.len(),
-                outputs.len()
-            )));
+            return Err(CodegenError::ArgumentCount {
+                inputs: self.num_inputs,
+                outputs: self.num_outputs,
+                got_inputs: inputs.len(),
+                got_outputs: outputs.len(),
+            });
         }
         let full = rows * row_len;
         let mut strides = [0isize; MAX_STREAMS];
@@ -506,20 +505,14 @@ impl LoopKernel {
             } else if i.len == row_len {
                 0
             } else {
-                return Err(CodegenError::BadArguments(format!(
-                    "input {k} has {} elements; expected {full} ({rows} rows × {row_len}) or one row of {row_len}",
-                    i.len
-                )));
+                return Err(CodegenError::InputLength { index: k, got: i.len, full, rows, row_len });
             };
         }
         let out_len = if self.per_row_output { rows } else { full };
         let out_stride = if self.per_row_output { 4 } else { (row_len * 4) as isize };
         for (j, o) in outputs.iter().enumerate() {
             if o.len != out_len {
-                return Err(CodegenError::BadArguments(format!(
-                    "output {j} has {} elements, expected {out_len}",
-                    o.len
-                )));
+                return Err(CodegenError::OutputLength { index: j, got: o.len, want: out_len });
             }
             strides[self.num_inputs + j] = out_stride;
         }
@@ -607,11 +600,9 @@ impl Layout<'_> {
                 Ok(Operand::Mem(Mem { base: STREAM_GPRS[k as usize], ..at }))
             }
             TraceOp::Param(k) => {
-                let v = *self.prog.params.get(k as usize).ok_or_else(|| {
-                    CodegenError::BadArguments(format!(
-                        "parameter {k} is used but {} given",
-                        self.prog.params.len()
-                    ))
+                let v = *self.prog.params.get(k as usize).ok_or(CodegenError::MissingParameter {
+                    index: k as usize,
+                    given: self.prog.params.len(),
                 })?;
                 Ok(Operand::Mem(pool.splat(v)))
             }
@@ -832,7 +823,7 @@ impl Gen<'_> {
         let need = self.pressure(&fold.element) + used_inputs.len() + 1;
         let unroll = [4usize, 2, 1].into_iter().find(|&u| self.free.len() >= u + need).unwrap_or(1);
         if self.free.len() < unroll + need {
-            return Err(CodegenError::OutOfRegisters { op: format!("fold {f}") });
+            return Err(CodegenError::OutOfRegisters { at: RegisterUse::Fold(f) });
         }
         let accs: Vec<V> = self.free[..unroll].to_vec();
         let scratch: Vec<V> = self.free[unroll..].to_vec();
@@ -870,7 +861,7 @@ impl Gen<'_> {
             let t = *rest
                 .iter()
                 .find(|&&x| x != r)
-                .ok_or(CodegenError::OutOfRegisters { op: "fold tail".into() })?;
+                .ok_or(CodegenError::OutOfRegisters { at: RegisterUse::FoldTail })?;
             g.asm.load(t, Src::Mem(identity))?;
             g.asm.blend(t, t, Src::Reg(r), g.tail_mask)?;
             let tmp = free_besides(&rest, &[r, t])?;
@@ -902,7 +893,7 @@ impl Gen<'_> {
     fn masked_loads(&mut self, body: &Body, scratch: &[V]) -> Result<TailLoads, CodegenError> {
         let used = body.inputs_used();
         if used.len() > scratch.len() {
-            return Err(CodegenError::OutOfRegisters { op: "tail loads".into() });
+            return Err(CodegenError::OutOfRegisters { at: RegisterUse::TailLoads });
         }
         let mut loaded = Vec::new();
         for (i, &k) in used.iter().enumerate() {
@@ -918,7 +909,7 @@ impl Gen<'_> {
         let ni = self.layout.prog.num_inputs;
         let need = self.pressure(&body) + body.inputs_used().len() + body.outputs.len();
         if self.free.len() < need {
-            return Err(CodegenError::OutOfRegisters { op: "element body".into() });
+            return Err(CodegenError::OutOfRegisters { at: RegisterUse::ElementBody });
         }
         let scratch = self.free.clone();
         let unroll = if body.ops.len() <= 24 { 4 } else { 2 };
@@ -973,7 +964,7 @@ fn free_besides(regs: &[V], busy: &[V]) -> Result<V, CodegenError> {
     regs.iter()
         .copied()
         .find(|r| !busy.contains(r))
-        .ok_or(CodegenError::OutOfRegisters { op: "fold combine".into() })
+        .ok_or(CodegenError::OutOfRegisters { at: RegisterUse::FoldCombine })
 }
 
 /// `acc = acc ⊕ g` in the trace's operand order; `tmp` is a free register

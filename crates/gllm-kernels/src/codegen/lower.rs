@@ -11,7 +11,7 @@
 use super::math;
 use super::pool::ConstPool;
 use super::vasm::{Mask, Mem, Src, VecAsm, K, V};
-use super::CodegenError;
+use super::{CodegenError, MaskMisuse, RegisterUse};
 use crate::device::Isa;
 use crate::fusion::pressure::math_temps;
 use crate::trace::{Body, CmpPred, TraceOp};
@@ -44,7 +44,7 @@ struct RegFile {
 
 impl RegFile {
     fn take(&mut self, what: &TraceOp) -> Result<V, CodegenError> {
-        self.free.pop().ok_or_else(|| CodegenError::OutOfRegisters { op: what.to_string() })
+        self.free.pop().ok_or(CodegenError::OutOfRegisters { at: RegisterUse::Op(*what) })
     }
 }
 
@@ -109,7 +109,7 @@ pub fn emit_trace_ops(
                         let k = regs
                             .kfree
                             .pop()
-                            .ok_or_else(|| CodegenError::OutOfRegisters { op: op.to_string() })?;
+                            .ok_or(CodegenError::OutOfRegisters { at: RegisterUse::Op(*op) })?;
                         Mask::K(K(k))
                     }
                     Isa::Avx2 => {
@@ -135,7 +135,7 @@ pub fn emit_trace_ops(
                         regs.free.push(t);
                         t
                     }
-                    Operand::Mask(_) => return Err(CodegenError::Unsupported("comparison of masks".into())),
+                    Operand::Mask(_) => return Err(CodegenError::MaskMisuse(MaskMisuse::Compared)),
                 };
                 asm.cmp(mask, ra, src(b)?, predicate(pred))?;
                 val[i] = Some(Operand::Mask(mask));
@@ -216,9 +216,7 @@ pub fn emit_trace_ops(
                 asm.load(r, Src::Mem(m))?;
                 out.push(r);
             }
-            Operand::Mask(_) => {
-                return Err(CodegenError::Unsupported("a body whose result is a mask".into()))
-            }
+            Operand::Mask(_) => return Err(CodegenError::MaskMisuse(MaskMisuse::AsResult)),
         }
     }
     Ok(out)
@@ -228,7 +226,7 @@ fn src(o: Operand) -> Result<Src, CodegenError> {
     match o {
         Operand::Reg(r) => Ok(Src::Reg(r)),
         Operand::Mem(m) => Ok(Src::Mem(m)),
-        Operand::Mask(_) => Err(CodegenError::Unsupported("a mask used as a number".into())),
+        Operand::Mask(_) => Err(CodegenError::MaskMisuse(MaskMisuse::AsNumber)),
     }
 }
 
@@ -279,7 +277,7 @@ fn emit_op(
                 asm.load(t, Src::Mem(m))?;
                 Ok((t, Some(t)))
             }
-            Operand::Mask(_) => Err(CodegenError::Unsupported("a mask used as a number".into())),
+            Operand::Mask(_) => Err(CodegenError::MaskMisuse(MaskMisuse::AsNumber)),
         }
     };
     let release = |regs: &mut RegFile, t: Option<V>| {
@@ -339,9 +337,7 @@ fn emit_op(
                 match c {
                     Operand::Reg(r) => asm.mov(dst, r)?,
                     Operand::Mem(m) => asm.load(dst, Src::Mem(m))?,
-                    Operand::Mask(_) => {
-                        return Err(CodegenError::Unsupported("a mask used as a number".into()))
-                    }
+                    Operand::Mask(_) => return Err(CodegenError::MaskMisuse(MaskMisuse::AsNumber)),
                 }
                 asm.fmadd231(dst, ra, src(b)?)?;
                 release(regs, t);
@@ -397,11 +393,7 @@ fn emit_op(
         Select(c, a, b) => {
             let mask = match operand(c) {
                 Operand::Mask(m) => m,
-                _ => {
-                    return Err(CodegenError::Unsupported(
-                        "select on a value that is not a comparison".into(),
-                    ))
-                }
+                _ => return Err(CodegenError::MaskMisuse(MaskMisuse::NotAMask)),
             };
             let (a, b) = (operand(a), operand(b));
             // Loading b must not clobber the mask when the result takes its register.
@@ -422,7 +414,7 @@ fn reg_or_load(asm: &mut VecAsm, a: Operand, into: V) -> Result<V, CodegenError>
             asm.load(into, Src::Mem(m))?;
             Ok(into)
         }
-        Operand::Mask(_) => Err(CodegenError::Unsupported("a mask used as a number".into())),
+        Operand::Mask(_) => Err(CodegenError::MaskMisuse(MaskMisuse::AsNumber)),
     }
 }
 
@@ -446,6 +438,6 @@ fn in_reg_distinct(
             asm.load(t, Src::Mem(m))?;
             Ok((t, Some(t)))
         }
-        Operand::Mask(_) => Err(CodegenError::Unsupported("a mask used as a number".into())),
+        Operand::Mask(_) => Err(CodegenError::MaskMisuse(MaskMisuse::AsNumber)),
     }
 }

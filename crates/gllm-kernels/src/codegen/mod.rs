@@ -16,10 +16,10 @@
 //! routine are called per lane, exactly. Accuracy of every kernel against its
 //! scalar reference is checked by [`crate::oracle`] (`gllm test-ops`).
 //! `mul_add` is the first hand-assembled kernel, kept as the smallest
-//! assemble → seal → call example (and home of [`CodegenError`] until it
-//! gets a module of its own, issue #14).
+//! assemble → seal → call example. Errors: [`CodegenError`].
 
 pub mod attention;
+mod error;
 pub mod gemm;
 pub mod group;
 pub mod layer;
@@ -31,4 +31,6 @@ pub mod pool;
 pub mod quant_gemv;
 pub mod vasm;
 
-pub use mul_add::{CodegenError, MulAddKernel};
+pub(crate) use error::check_length;
+pub use error::{Buffer, CodegenError, MaskMisuse, RegisterUse};
+pub use mul_add::MulAddKernel;

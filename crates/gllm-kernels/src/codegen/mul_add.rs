@@ -2,37 +2,10 @@
 //! whole generate → seal → call path, with a masked AVX-512 tail and a scalar
 //! AVX2 tail.
 
+use super::CodegenError;
 use crate::device::{DeviceProfile, Isa};
-use crate::runtime::{ExecutableCode, RuntimeError};
+use crate::runtime::ExecutableCode;
 use iced_x86::code_asm::*;
-use thiserror::Error;
-
-/// Why a kernel could not be generated or run.
-#[derive(Debug, Error)]
-pub enum CodegenError {
-    #[error("assembler rejected generated code: {0}")]
-    Assemble(#[from] IcedError),
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error("code for {isa} cannot run on this CPU (it lacks the features)")]
-    IsaNotOnHost { isa: Isa },
-    #[error("slice lengths differ: a has {a}, b has {b}, out has {out}")]
-    LengthMismatch { a: usize, b: usize, out: usize },
-    #[error("out of vector registers while lowering `{op}`")]
-    OutOfRegisters { op: String },
-    #[error("cannot generate code for {0}")]
-    Unsupported(String),
-    #[error("{0}")]
-    BadArguments(String),
-    #[error(transparent)]
-    Graph(#[from] crate::graph::GraphError),
-    #[error("cannot fuse: {0}")]
-    Compose(#[from] crate::fusion::compose::ComposeError),
-    #[error(
-        "a kernel wrote into the scratchpad's guard gap at byte {offset_bytes} (past one of its buffers)"
-    )]
-    ArenaGuardOverwritten { offset_bytes: usize },
-}
 
 type MulAddFn = unsafe extern "C" fn(a: *const f32, b: *const f32, out: *mut f32, n: usize);
 

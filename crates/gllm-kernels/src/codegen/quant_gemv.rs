@@ -44,7 +44,7 @@
 //! step there.
 
 use super::gemm::{GemmKernel, PackedB};
-use super::CodegenError;
+use super::{check_length, Buffer, CodegenError};
 use crate::device::Isa;
 use crate::fusion::parallel::for_quantised_gemv;
 use crate::quant::{quantize_activation_block, QuantFormat, QuantMatrix, ACT_BLOCK};
@@ -325,7 +325,7 @@ impl QuantPanels {
     /// one result serves every matrix of the same format and `cols` (e.g.
     /// the Q, K and V projections of one input).
     pub fn quantize(&self, x: &[f32], m: usize) -> Result<QuantActivations, CodegenError> {
-        check("x", x.len(), m * self.cols)?;
+        check_length(Buffer::X, x.len(), m * self.cols)?;
         let x_stride = self.pairs * act_record_bytes(self.format);
         let mut data = vec![0u8; m * x_stride];
         for (xr, out) in x.chunks_exact(self.cols.max(1)).zip(data.chunks_exact_mut(x_stride.max(1))) {
@@ -351,7 +351,7 @@ impl QuantPanels {
             )));
         }
         let (m, x_stride, acts) = (acts.m, acts.x_stride, &acts.data);
-        check("y", y.len(), m * self.rows)?;
+        check_length(Buffer::Y, y.len(), m * self.rows)?;
         if m == 0 || self.rows == 0 {
             return Ok(());
         }
@@ -453,13 +453,6 @@ impl QuantActivations {
     pub fn format(&self) -> QuantFormat {
         self.format
     }
-}
-
-fn check(what: &str, got: usize, want: usize) -> Result<(), CodegenError> {
-    if got != want {
-        return Err(CodegenError::BadArguments(format!("{what} has {got} elements, expected {want}")));
-    }
-    Ok(())
 }
 
 /// One Q4_K super-block as its kernel step: `f32 d | f32 −dmin`, then per

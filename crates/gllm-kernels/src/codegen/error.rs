@@ -1,0 +1,133 @@
+//! Why code generation or a run of generated code failed: variants a caller
+//! can act on (fix the arguments, choose another ISA, plan smaller groups),
+//! with the details as data.
+
+use crate::device::Isa;
+use crate::runtime::RuntimeError;
+use crate::trace::TraceOp;
+use iced_x86::IcedError;
+use thiserror::Error;
+
+/// Why a kernel could not be generated or run.
+#[derive(Debug, Error)]
+pub enum CodegenError {
+    #[error("assembler rejected generated code: {0}")]
+    Assemble(#[from] IcedError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("code for {isa} cannot run on this CPU (it lacks the features)")]
+    IsaNotOnHost { isa: Isa },
+    #[error("slice lengths differ: a has {a}, b has {b}, out has {out}")]
+    LengthMismatch { a: usize, b: usize, out: usize },
+    #[error("out of vector registers while lowering {at}")]
+    OutOfRegisters { at: RegisterUse },
+    /// A comparison mask where a number is needed (or the reverse): the
+    /// lowering's SSA discipline was broken by the body it was given.
+    #[error("cannot generate code for {0}")]
+    MaskMisuse(MaskMisuse),
+    #[error("kernel takes {inputs} inputs and {outputs} outputs, got {got_inputs} and {got_outputs}")]
+    ArgumentCount { inputs: usize, outputs: usize, got_inputs: usize, got_outputs: usize },
+    #[error(
+        "input {index} has {got} elements; expected {full} ({rows} rows × {row_len}) or one row of {row_len}"
+    )]
+    InputLength { index: usize, got: usize, full: usize, rows: usize, row_len: usize },
+    #[error("output {index} has {got} elements, expected {want}")]
+    OutputLength { index: usize, got: usize, want: usize },
+    #[error("{what} has {got} elements, expected {want}")]
+    Length { what: Buffer, got: usize, want: usize },
+    #[error("parameter {index} is used but {given} given")]
+    MissingParameter { index: usize, given: usize },
+    #[error("cannot generate code for {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    BadArguments(String),
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
+    #[error("cannot fuse: {0}")]
+    Compose(#[from] crate::fusion::compose::ComposeError),
+    #[error(
+        "a kernel wrote into the scratchpad's guard gap at byte {offset_bytes} (past one of its buffers)"
+    )]
+    ArenaGuardOverwritten { offset_bytes: usize },
+}
+
+/// What needed a vector register when none was left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterUse {
+    /// A value of a lowered body.
+    Op(TraceOp),
+    /// The accumulator of fold `k`.
+    Fold(usize),
+    /// Merging a fold's lanes at the end of a row.
+    FoldTail,
+    /// The masked loads of a row's tail.
+    TailLoads,
+    /// The per-element pass.
+    ElementBody,
+    /// A fold's combine step.
+    FoldCombine,
+}
+
+impl std::fmt::Display for RegisterUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegisterUse::Op(op) => write!(f, "`{op}`"),
+            RegisterUse::Fold(k) => write!(f, "fold {k}"),
+            RegisterUse::FoldTail => f.write_str("a fold's tail"),
+            RegisterUse::TailLoads => f.write_str("the tail loads"),
+            RegisterUse::ElementBody => f.write_str("the element body"),
+            RegisterUse::FoldCombine => f.write_str("a fold's combine"),
+        }
+    }
+}
+
+/// How a body used a comparison mask wrongly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum MaskMisuse {
+    #[error("a mask used as a number")]
+    AsNumber,
+    #[error("a body whose result is a mask")]
+    AsResult,
+    #[error("comparison of masks")]
+    Compared,
+    #[error("select on a value that is not a comparison")]
+    NotAMask,
+}
+
+/// An operand of a GEMM or GEMV call, for length errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Buffer {
+    /// The GEMM's A (activations).
+    A,
+    /// The GEMM's B (weights, unpacked).
+    B,
+    /// The GEMM's C (output).
+    C,
+    /// C of member `k` of a shared-input GEMM group.
+    MemberC(usize),
+    /// A GEMV's input vector(s).
+    X,
+    /// A GEMV's output vector(s).
+    Y,
+}
+
+impl std::fmt::Display for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Buffer::A => f.write_str("A"),
+            Buffer::B => f.write_str("B"),
+            Buffer::C => f.write_str("C"),
+            Buffer::MemberC(k) => write!(f, "C of member {k}"),
+            Buffer::X => f.write_str("x"),
+            Buffer::Y => f.write_str("y"),
+        }
+    }
+}
+
+/// `Ok` when `got == want`, else [`CodegenError::Length`].
+pub(crate) fn check_length(what: Buffer, got: usize, want: usize) -> Result<(), CodegenError> {
+    if got != want {
+        return Err(CodegenError::Length { what, got, want });
+    }
+    Ok(())
+}
