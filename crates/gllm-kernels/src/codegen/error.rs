@@ -35,6 +35,23 @@ pub enum CodegenError {
     OutputLength { index: usize, got: usize, want: usize },
     #[error("{what} has {got} elements, expected {want}")]
     Length { what: Buffer, got: usize, want: usize },
+    #[error("weight `{name}` is missing")]
+    MissingWeight { name: String },
+    #[error("weight `{name}` was not prepared for this graph")]
+    WeightNotPrepared { name: String },
+    #[error("{what}weight `{name}` has {got} elements, the graph declares {want}", what = if *.prepared { "prepared " } else { "" })]
+    WeightLength { name: String, got: usize, want: usize, prepared: bool },
+    #[error(
+        "quantised weight `{name}` is {rows}×{cols} (rows × cols); the graph's {k}×{n} operand needs {n}×{k}"
+    )]
+    QuantWeightShape { name: String, rows: usize, cols: usize, k: usize, n: usize },
+    #[error("the graph takes {want} inputs, {got} given")]
+    GraphInputCount { want: usize, got: usize },
+    #[error("the graph has {want} outputs, {got} given")]
+    GraphOutputCount { want: usize, got: usize },
+    /// A graph input or output the caller passed with the wrong length.
+    #[error("{}{tensor} has {got} elements, the graph declares {want}", if *.output { "output " } else { "" })]
+    TensorLength { tensor: crate::graph::TensorRef, got: usize, want: usize, output: bool },
     #[error("parameter {index} is used but {given} given")]
     MissingParameter { index: usize, given: usize },
     #[error("cannot generate code for {0}")]

@@ -282,11 +282,12 @@ impl CompiledLayer {
         prepared: &mut PreparedWeights,
         weight: &dyn Fn(&str) -> Option<WeightData<'w>>,
     ) -> Result<(), CodegenError> {
-        let missing = |name: &str| CodegenError::BadArguments(format!("weight `{name}` is missing"));
-        let wrong_size = |name: &str, got: usize, want: usize| {
-            CodegenError::BadArguments(format!(
-                "weight `{name}` has {got} elements, the graph declares {want}"
-            ))
+        let missing = |name: &str| CodegenError::MissingWeight { name: name.to_string() };
+        let wrong_size = |name: &str, got: usize, want: usize| CodegenError::WeightLength {
+            name: name.to_string(),
+            got,
+            want,
+            prepared: false,
         };
         for (id, name) in &self.plain_weights {
             if prepared.plain.contains_key(name) {
@@ -318,11 +319,13 @@ impl CompiledLayer {
                 }
                 WeightData::Quant(q) => {
                     if (q.rows(), q.cols()) != (*n, *k) {
-                        return Err(CodegenError::BadArguments(format!(
-                            "quantised weight `{name}` is {}×{} (rows × cols); the graph's {k}×{n} operand needs {n}×{k}",
-                            q.rows(),
-                            q.cols()
-                        )));
+                        return Err(CodegenError::QuantWeightShape {
+                            name: name.clone(),
+                            rows: q.rows(),
+                            cols: q.cols(),
+                            k: *k,
+                            n: *n,
+                        });
                     }
                     if q.format().has_kernel() {
                         PreparedB::Quant(QuantPanels::pack(&q)?)
@@ -392,29 +395,25 @@ impl CompiledLayer {
         workspace: &mut LayerWorkspace,
     ) -> Result<(), CodegenError> {
         if inputs.len() != self.graph_inputs.len() {
-            return Err(CodegenError::BadArguments(format!(
-                "the graph takes {} inputs, {} given",
-                self.graph_inputs.len(),
-                inputs.len()
-            )));
+            return Err(CodegenError::GraphInputCount { want: self.graph_inputs.len(), got: inputs.len() });
         }
         if outputs.len() != self.graph_outputs.len() {
-            return Err(CodegenError::BadArguments(format!(
-                "the graph has {} outputs, {} given",
-                self.graph_outputs.len(),
-                outputs.len()
-            )));
+            return Err(CodegenError::GraphOutputCount {
+                want: self.graph_outputs.len(),
+                got: outputs.len(),
+            });
         }
         // Where every tensor is: borrowed inputs and weights, the caller's
         // outputs, the arena for intermediates.
         let mut at: Vec<Option<RawSlice>> = vec![None; self.numel.len()];
         for (k, (&(id, numel), data)) in self.graph_inputs.iter().zip(inputs).enumerate() {
             if data.len() != numel {
-                return Err(CodegenError::BadArguments(format!(
-                    "{} has {} elements, the graph declares {numel}",
-                    TensorRef::Input(k),
-                    data.len(),
-                )));
+                return Err(CodegenError::TensorLength {
+                    tensor: TensorRef::Input(k),
+                    got: data.len(),
+                    want: numel,
+                    output: false,
+                });
             }
             if let Some(id) = id {
                 at[id] = Some(RawSlice::of(data));
@@ -423,22 +422,23 @@ impl CompiledLayer {
         for (id, name) in &self.plain_weights {
             let w = weights.plain.get(name).ok_or_else(|| not_prepared(name))?;
             if w.len() != self.numel[*id] {
-                return Err(CodegenError::BadArguments(format!(
-                    "prepared weight `{name}` has {} elements, the graph declares {}",
-                    w.len(),
-                    self.numel[*id]
-                )));
+                return Err(CodegenError::WeightLength {
+                    name: name.clone(),
+                    got: w.len(),
+                    want: self.numel[*id],
+                    prepared: true,
+                });
             }
             at[*id] = Some(RawSlice::of(w));
         }
         for (&id, out) in self.graph_outputs.iter().zip(outputs.iter_mut()) {
             if out.len() != self.numel[id] {
-                return Err(CodegenError::BadArguments(format!(
-                    "output {} has {} elements, the graph declares {}",
-                    self.sources[id],
-                    out.len(),
-                    self.numel[id]
-                )));
+                return Err(CodegenError::TensorLength {
+                    tensor: self.sources[id].clone(),
+                    got: out.len(),
+                    want: self.numel[id],
+                    output: true,
+                });
             }
             at[id] = Some(RawSlice::of_mut(out));
         }
@@ -503,5 +503,5 @@ impl CompiledLayer {
 }
 
 fn not_prepared(name: &str) -> CodegenError {
-    CodegenError::BadArguments(format!("weight `{name}` was not prepared for this graph"))
+    CodegenError::WeightNotPrepared { name: name.to_string() }
 }
