@@ -327,11 +327,7 @@ impl VecAsm {
 
     /// Rounds to the nearest integer value (ties to even), as f32.
     pub fn round_nearest(&mut self, d: V, a: V) -> R {
-        match self.isa {
-            Isa::Avx512 => self.a.vrndscaleps(z(d), z(a), 0)?,
-            Isa::Avx2 => self.a.vroundps(y(d), y(a), 0)?,
-        }
-        Ok(())
+        self.round(d, a, 0)
     }
 
     /// Rounds to an integral value as the `roundps` immediate says (bits

@@ -1,5 +1,5 @@
 use super::abi::{ScalarFn, ScalarFnPtr};
-use super::signature::{Arg, FnForm, OpSignature, Returns, SignatureError};
+use super::signature::{FnForm, OpSignature, Returns, SignatureError};
 use crate::trace::{OpTrace, TraceError, TraceErrorKind};
 use std::collections::HashMap;
 use std::fmt;
@@ -173,9 +173,7 @@ impl RegisteredOp {
             return Err(refuse("a vectorised NaN test outside a function over rows".into()));
         }
         let per_row = sig.returns() == Returns::RowScalar;
-        let params: Vec<f32> =
-            sig.args().iter().filter(|a| matches!(a, Arg::Scalar { .. })).map(|_| 0.5).collect();
-        let same = |a: f32, b: f32| a == b || a.is_nan() && b.is_nan();
+        let params: Vec<f32> = sig.scalars().map(|_| 0.5).collect();
         for n in [5usize, 37, 127, 300] {
             for nan_at in [Some(0), Some(n / 2), Some(n - 1), None] {
                 let value = |k: usize, i: usize| match nan_at {
@@ -194,7 +192,9 @@ impl RegisteredOp {
                 let mut views: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
                 trace.eval(&ins, &params, &[n], &mut views).map_err(|e| refuse(e.to_string()))?;
                 let pairs = want.iter().flatten().zip(got.iter().flatten());
-                if let Some((i, (w, g))) = pairs.enumerate().find(|(_, (&w, &g))| !same(w, g)) {
+                if let Some((i, (w, g))) =
+                    pairs.enumerate().find(|(_, (&w, &g))| !crate::trace::same_value(w, g))
+                {
                     return Err(refuse(format!(
                         "the vectorised loop leaves on a NaN, and what runs then is not the fold \
                          found (n = {n}, NaN at {nan_at:?}: output {i} is {w:e} from the function, \

@@ -86,9 +86,9 @@ mod libm {
 }
 
 /// Addresses of the libm functions as this process resolves them.
-fn known_math_addresses() -> [(u64, MathFn); 18] {
+fn known_math_addresses() -> Vec<(u64, MathFn)> {
     let at = |f: *const ()| f as usize as u64;
-    [
+    let mut known = vec![
         (at(libm::expf as *const ()), MathFn::Exp),
         (at(libm::logf as *const ()), MathFn::Log),
         (at(libm::tanhf as *const ()), MathFn::Tanh),
@@ -96,18 +96,10 @@ fn known_math_addresses() -> [(u64, MathFn); 18] {
         (at(libm::fmaf as *const ()), MathFn::Fma),
         (at(libm::powf as *const ()), MathFn::Pow),
         (at(libm::fabsf as *const ()), MathFn::Fabs),
-        (at(libm::erff as *const ()), MathFn::Unary(MathOp::Erf)),
-        (at(libm::expm1f as *const ()), MathFn::Unary(MathOp::Expm1)),
-        (at(libm::log1pf as *const ()), MathFn::Unary(MathOp::Log1p)),
-        (at(libm::sinf as *const ()), MathFn::Unary(MathOp::Sin)),
-        (at(libm::cosf as *const ()), MathFn::Unary(MathOp::Cos)),
-        (at(libm::floorf as *const ()), MathFn::Unary(MathOp::Floor)),
-        (at(libm::ceilf as *const ()), MathFn::Unary(MathOp::Ceil)),
-        (at(libm::truncf as *const ()), MathFn::Unary(MathOp::Trunc)),
-        (at(libm::roundf as *const ()), MathFn::Unary(MathOp::Round)),
-        (at(libm::rintf as *const ()), MathFn::Unary(MathOp::RoundEven)),
         (at(libm::nearbyintf as *const ()), MathFn::Unary(MathOp::RoundEven)),
-    ]
+    ];
+    known.extend(MathOp::ALL.map(|m| (libm_address(Some(m)), MathFn::Unary(m))));
+    known
 }
 
 /// The exact symbol at `addr`: the dynamic linker's if it exports one,
@@ -481,7 +473,7 @@ pub fn libm_call(f: MathFn, x: f32) -> f32 {
             MathFn::Fma => libm::fmaf(x, x, x),
             MathFn::Pow => libm::powf(x, x),
             MathFn::Fabs => libm::fabsf(x),
-            MathFn::Unary(m) => libm_unary(m, x),
+            MathFn::Unary(m) => unary_fn(m)(x),
         }
     }
 }
@@ -492,40 +484,34 @@ pub fn libm_pow(x: f32, y: f32) -> f32 {
     unsafe { libm::powf(x, y) }
 }
 
-/// The libm function behind a [`MathOp`].
-pub fn libm_unary(m: MathOp, x: f32) -> f32 {
-    // SAFETY: these libm functions are pure and defined for every f32.
-    unsafe {
-        match m {
-            MathOp::Erf => libm::erff(x),
-            MathOp::Expm1 => libm::expm1f(x),
-            MathOp::Log1p => libm::log1pf(x),
-            MathOp::Sin => libm::sinf(x),
-            MathOp::Cos => libm::cosf(x),
-            MathOp::Floor => libm::floorf(x),
-            MathOp::Ceil => libm::ceilf(x),
-            MathOp::Trunc => libm::truncf(x),
-            MathOp::Round => libm::roundf(x),
-            MathOp::RoundEven => libm::rintf(x),
-        }
+/// The libm function behind a [`MathOp`] (one table for calling it and
+/// for recognising and emitting calls to it).
+fn unary_fn(m: MathOp) -> unsafe extern "C" fn(f32) -> f32 {
+    match m {
+        MathOp::Erf => libm::erff,
+        MathOp::Expm1 => libm::expm1f,
+        MathOp::Log1p => libm::log1pf,
+        MathOp::Sin => libm::sinf,
+        MathOp::Cos => libm::cosf,
+        MathOp::Floor => libm::floorf,
+        MathOp::Ceil => libm::ceilf,
+        MathOp::Trunc => libm::truncf,
+        MathOp::Round => libm::roundf,
+        MathOp::RoundEven => libm::rintf,
     }
 }
 
-/// The address of the libm function behind a [`MathOp`] or `powf`, for
-/// kernels that call it per lane.
+/// Calls the libm function behind a [`MathOp`].
+pub fn libm_unary(m: MathOp, x: f32) -> f32 {
+    // SAFETY: these libm functions are pure and defined for every f32.
+    unsafe { unary_fn(m)(x) }
+}
+
+/// The address of the libm function behind a [`MathOp`] or (for `None`)
+/// `powf`, for kernels that call it per lane.
 pub fn libm_address(m: Option<MathOp>) -> u64 {
-    let f: *const () = match m {
-        None => libm::powf as *const (),
-        Some(MathOp::Erf) => libm::erff as *const (),
-        Some(MathOp::Expm1) => libm::expm1f as *const (),
-        Some(MathOp::Log1p) => libm::log1pf as *const (),
-        Some(MathOp::Sin) => libm::sinf as *const (),
-        Some(MathOp::Cos) => libm::cosf as *const (),
-        Some(MathOp::Floor) => libm::floorf as *const (),
-        Some(MathOp::Ceil) => libm::ceilf as *const (),
-        Some(MathOp::Trunc) => libm::truncf as *const (),
-        Some(MathOp::Round) => libm::roundf as *const (),
-        Some(MathOp::RoundEven) => libm::rintf as *const (),
-    };
-    f as usize as u64
+    match m {
+        Some(m) => unary_fn(m) as usize as u64,
+        None => libm::powf as *const () as usize as u64,
+    }
 }

@@ -304,8 +304,6 @@ impl ExprPool {
         }
     }
 
-    /// A bitwise operation on two 32-bit lanes; `None` when it is not an
-    /// idiom with an exact floating-point meaning.
     /// `copysign(+0, s) | y` with y's sign bit known clear is `copysign(y, s)`.
     fn copysign_of(&mut self, a: ExprId, b: ExprId) -> Option<ExprId> {
         let sign_clear = |p: &Self, y: ExprId| match p.get(y) {
@@ -323,6 +321,8 @@ impl ExprPool {
         None
     }
 
+    /// A bitwise operation on two 32-bit lanes; `None` when it is not an
+    /// idiom with an exact floating-point meaning.
     pub fn bitwise(&mut self, op: BitOp, a: ExprId, b: ExprId) -> Option<ExprId> {
         if let (Some(x), Some(y)) = (self.const_bits(a), self.const_bits(b)) {
             let r = match op {
@@ -395,7 +395,6 @@ impl ExprPool {
         }
     }
 
-    /// `(m ? x : 0) | (m ? 0 : y)` → `m ? x : y` (the and/andn/or select idiom).
     /// Whether `id` is a comparison mask, or masks OR-ed together.
     pub fn is_mask(&self, id: ExprId) -> bool {
         match self.get(id) {
@@ -450,6 +449,7 @@ impl ExprPool {
         }
     }
 
+    /// `(m ? x : 0) | (m ? 0 : y)` → `m ? x : y` (the and/andn/or select idiom).
     fn merge_selects(&mut self, a: ExprId, b: ExprId) -> Option<ExprId> {
         let (Expr::Select(m1, x1, y1), Expr::Select(m2, x2, y2)) = (self.get(a), self.get(b)) else {
             return None;

@@ -523,17 +523,8 @@ fn canonicalize(body: &Body) -> Body {
             kids[..2].sort_unstable();
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::mem::discriminant(op).hash(&mut h);
-        match op {
-            TraceOp::Input(k)
-            | TraceOp::Param(k)
-            | TraceOp::Dim(k)
-            | TraceOp::FoldResult(k)
-            | TraceOp::RowScalar(k) => k.hash(&mut h),
-            TraceOp::Const(b) => b.hash(&mut h),
-            TraceOp::Cmp(p, ..) => p.hash(&mut h),
-            _ => {}
-        }
+        // The op without its operands: kind, predicate, function, constant, index.
+        op.map_operands(|_| 0).hash(&mut h);
         kids.hash(&mut h);
         hashes.push(h.finish());
     }
@@ -551,30 +542,19 @@ fn canonicalize(body: &Body) -> Body {
         }
         let op = body.ops[v as usize];
         let mut operands = op.operands();
-        if commutative(&op) && hashes[operands[1] as usize] < hashes[operands[0] as usize] {
+        let swap = commutative(&op) && hashes[operands[1] as usize] < hashes[operands[0] as usize];
+        if swap {
             operands.swap(0, 1);
         }
-        let mapped: Vec<ValueId> = operands.iter().map(|&o| emit(o, body, hashes, out, memo)).collect();
-        let new = match op {
-            TraceOp::Add(..) => TraceOp::Add(mapped[0], mapped[1]),
-            TraceOp::Sub(..) => TraceOp::Sub(mapped[0], mapped[1]),
-            TraceOp::Mul(..) => TraceOp::Mul(mapped[0], mapped[1]),
-            TraceOp::Div(..) => TraceOp::Div(mapped[0], mapped[1]),
-            TraceOp::Max(..) => TraceOp::Max(mapped[0], mapped[1]),
-            TraceOp::Min(..) => TraceOp::Min(mapped[0], mapped[1]),
-            TraceOp::Fma(..) => TraceOp::Fma(mapped[0], mapped[1], mapped[2]),
-            TraceOp::Neg(_) => TraceOp::Neg(mapped[0]),
-            TraceOp::Abs(_) => TraceOp::Abs(mapped[0]),
-            TraceOp::Sqrt(_) => TraceOp::Sqrt(mapped[0]),
-            TraceOp::Exp(_) => TraceOp::Exp(mapped[0]),
-            TraceOp::Log(_) => TraceOp::Log(mapped[0]),
-            TraceOp::Tanh(_) => TraceOp::Tanh(mapped[0]),
-            TraceOp::Math(m, _) => TraceOp::Math(m, mapped[0]),
-            TraceOp::Pow(..) => TraceOp::Pow(mapped[0], mapped[1]),
-            TraceOp::CopySign(..) => TraceOp::CopySign(mapped[0], mapped[1]),
-            TraceOp::Cmp(p, ..) => TraceOp::Cmp(p, mapped[0], mapped[1]),
-            TraceOp::Select(..) => TraceOp::Select(mapped[0], mapped[1], mapped[2]),
-            leaf => leaf,
+        for &o in &operands {
+            emit(o, body, hashes, out, memo);
+        }
+        let new = op.map_operands(|o| memo[&o]);
+        let new = match new {
+            TraceOp::Add(a, b) if swap => TraceOp::Add(b, a),
+            TraceOp::Mul(a, b) if swap => TraceOp::Mul(b, a),
+            TraceOp::Fma(a, b, c) if swap => TraceOp::Fma(b, a, c),
+            other => other,
         };
         let id = match out.iter().position(|o| *o == new) {
             Some(i) => i as ValueId,
@@ -875,13 +855,22 @@ fn first_step_identity(
     }
     // One scratch copy: instantiating only adds nodes, so earlier attempts
     // cannot make a later one match.
-    let mut pool = ctx.pool.clone();
-    for c in consts {
-        if instantiate(&mut pool, combine, c, &loads, row_scalars) == Some(node) {
-            return ctx.pool.const_bits(c);
-        }
-    }
-    None
+    identity_step(&mut ctx.pool.clone(), combine, node, &loads, consts, row_scalars)
+}
+
+/// The constant among `consts` that, as the accumulator, makes `combine`
+/// over `loads` build exactly `node` (a first step simplified by its
+/// identity), if any.
+fn identity_step(
+    pool: &mut ExprPool,
+    combine: &Body,
+    node: ExprId,
+    loads: &HashMap<u8, ExprId>,
+    consts: Vec<ExprId>,
+    row_scalars: &[ExprId],
+) -> Option<u32> {
+    let c = consts.into_iter().find(|&c| instantiate(pool, combine, c, loads, row_scalars) == Some(node))?;
+    pool.const_bits(c)
 }
 
 /// Placeholders for the two operands of a combine written as a binary
@@ -905,8 +894,7 @@ fn tree_fold(
     last: usize,
     row_scalars: &[ExprId],
 ) -> Option<u32> {
-    let binary = as_binary(combine)?;
-    let element = element_body(combine)?;
+    let (binary, element) = split_combine(combine)?;
     let mut pool = ctx.pool.clone();
     if !order_insensitive(&mut pool, &binary) {
         return None;
@@ -930,10 +918,7 @@ fn tree_fold(
         if instantiate(&mut pool, &element, left, &loads, row_scalars) == Some(t) {
             continue;
         }
-        let c = consts
-            .into_iter()
-            .find(|&c| instantiate(&mut pool, combine, c, &loads, row_scalars) == Some(t))?;
-        let bits = pool.const_bits(c)?;
+        let bits = identity_step(&mut pool, combine, t, &loads, consts, row_scalars)?;
         if *identity.get_or_insert(bits) != bits {
             return None;
         }
@@ -945,11 +930,13 @@ fn tree_fold(
     }
 }
 
-/// The combine as a binary operator: its element sub-expression (the one
+/// The combine as a binary operator — its element sub-expression (the one
 /// value computed from the position's inputs alone that the accumulator's
-/// computation uses) replaced by `Input(u8::MAX)`.
-fn as_binary(combine: &Body) -> Option<Body> {
+/// computation uses) replaced by `Input(u8::MAX)` — and that element
+/// sub-expression as a body of its own.
+fn split_combine(combine: &Body) -> Option<(Body, Body)> {
     let root = element_root(combine)?;
+    let element = Body { ops: combine.ops[..=root as usize].to_vec(), outputs: vec![root] };
     let mut b = combine.clone();
     // With one element root every input read is under it: dead once it is
     // replaced (a constant keeps the numbering).
@@ -959,13 +946,7 @@ fn as_binary(combine: &Body) -> Option<Body> {
         }
     }
     b.ops[root as usize] = TraceOp::Input(u8::MAX);
-    Some(b)
-}
-
-/// The combine's element sub-expression as a body of its own.
-fn element_body(combine: &Body) -> Option<Body> {
-    let root = element_root(combine)?;
-    Some(Body { ops: combine.ops[..=root as usize].to_vec(), outputs: vec![root] })
+    Some((b, element))
 }
 
 /// The one maximal accumulator-free value of `combine` that an
@@ -997,7 +978,7 @@ fn element_root(combine: &Body) -> Option<ValueId> {
 /// constants — a libm call — is not taken to be order-insensitive).
 fn order_insensitive(pool: &mut ExprPool, binary: &Body) -> bool {
     let values: [f32; 9] = [0.0, 1.5, -2.25, 3.0e5, -7.0e-3, f32::INFINITY, f32::NEG_INFINITY, 4.5, f32::NAN];
-    let same = |x: f32, y: f32| x == y || x.is_nan() && y.is_nan();
+    let same = super::same_value;
     let apply = |pool: &mut ExprPool, a: f32, b: f32| -> Option<f32> {
         let (ka, kb) = (pool.konst(a.to_bits()), pool.konst(b.to_bits()));
         let r = instantiate(pool, binary, ka, &HashMap::from([(u8::MAX, kb)]), &[])?;
@@ -1221,7 +1202,7 @@ mod tree_tests {
     fn order_insensitive_combine(ops: Vec<TraceOp>) -> bool {
         let out = ops.len() as ValueId - 1;
         let combine = Body { ops, outputs: vec![out] };
-        let binary = as_binary(&combine).expect("one element root");
+        let binary = split_combine(&combine).expect("one element root").0;
         order_insensitive(&mut ExprPool::new(), &binary)
     }
 

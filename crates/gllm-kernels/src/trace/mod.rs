@@ -34,6 +34,12 @@ pub use memory::{BufferMemory, CodeMemory, ProcessMemory};
 use crate::scalar::{OpSignature, ScalarFn};
 use std::fmt;
 
+/// Equal as values, NaN equal to NaN (±0 equal too): what "computes the
+/// same" means when the order of an order-insensitive combine may differ.
+pub(crate) fn same_value(a: f32, b: f32) -> bool {
+    a == b || a.is_nan() && b.is_nan()
+}
+
 /// Index of a value within a [`Body`] (SSA: operands always refer to earlier values).
 pub type ValueId = u32;
 

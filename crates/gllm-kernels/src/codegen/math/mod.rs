@@ -1,5 +1,6 @@
-//! MathApprox: vector exp, log, tanh and sigmoid as range reduction plus a
-//! polynomial, emitted inline for either ISA.
+//! MathApprox: vector exp, log, tanh, sigmoid and GELU as range reduction
+//! plus a polynomial, emitted inline for either ISA; erf, expm1, log1p,
+//! sin, cos, the roundings and powf are in `special.rs`.
 //!
 //! Coefficients come from `tools/fit_math.py` (relative-error least squares
 //! on Chebyshev nodes, rounded to f32). Measured accuracy against a
