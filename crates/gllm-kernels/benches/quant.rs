@@ -3,7 +3,8 @@
 //! weight bytes per second over the 8-stream read probe, 1 and 2 threads;
 //! then SmolLM2's shapes on 1 vs 2 threads (hot, in cache), and the
 //! dequantising prompt-processing path. Medians of several rounds.
-//! `cargo bench -p gllm-kernels --bench quant`
+//! `cargo bench -p gllm-kernels --bench quant [-- FORMAT…]` (e.g. `-- Q4_1 Q8_0`:
+//! only those formats' bandwidth rows).
 
 use gllm_kernels::codegen::gemm::GemmKernel;
 use gllm_kernels::codegen::quant_gemv::QuantPanels;
@@ -49,7 +50,11 @@ fn main() {
     );
     println!("| format | K×N | MiB | read probe 1 thr GB/s | GEMV 1 thr GB/s (% of probe) | read probe 2 thr GB/s | GEMV 2 thr GB/s (% of 2-thr probe) |");
     println!("|---|---|---|---|---|---|---|");
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     for format in QuantFormat::ALL {
+        if !only.is_empty() && !only.iter().any(|f| f.eq_ignore_ascii_case(&format.to_string())) {
+            continue;
+        }
         for (k, n) in [(4096, 4096), (4096, 11008)] {
             let bytes = matrix(format, n, k);
             let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap()).unwrap();

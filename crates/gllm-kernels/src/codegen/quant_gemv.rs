@@ -70,8 +70,8 @@ pub struct QuantPanels {
     format: QuantFormat,
     rows: usize,
     cols: usize,
-    /// Block pairs per row (an odd block count is padded with a zero block).
-    pairs: usize,
+    /// Groups and tail records per row.
+    shape: RowShape,
     data: Vec<u8>,
     /// Dequantised f32 panels kept for prompt processing (see
     /// [`QuantPanels::prefill_panels`]).
@@ -88,14 +88,18 @@ pub fn set_panel_cache_budget(bytes: usize) {
     PANEL_CACHE_BUDGET.store(bytes, std::sync::atomic::Ordering::Release);
 }
 
-/// Bytes of one block-pair record of weights.
+/// Blocks of 32 one group holds (a K-quant super-block is one group).
+const GROUP_BLOCKS: usize = 8;
+
+/// Bytes of one tail record (a pair of blocks, or 8 F16/BF16 elements);
+/// the K-quants have none (their rows are whole super-blocks).
 fn record_bytes(format: QuantFormat) -> usize {
     match format {
-        QuantFormat::Q4_0 | QuantFormat::Q4K => 36,
+        QuantFormat::Q4_0 => 36,
         QuantFormat::Q4_1 => 40,
-        QuantFormat::Q6K => 52,
         QuantFormat::Q8_0 => 68,
         QuantFormat::F16 | QuantFormat::Bf16 => 16,
+        QuantFormat::Q4K | QuantFormat::Q6K => 0,
     }
 }
 
@@ -104,7 +108,7 @@ fn is_float(format: QuantFormat) -> bool {
     matches!(format, QuantFormat::F16 | QuantFormat::Bf16)
 }
 
-/// Elements of one record.
+/// Elements of one tail record.
 fn record_elems(format: QuantFormat) -> usize {
     if is_float(format) {
         8
@@ -113,57 +117,92 @@ fn record_elems(format: QuantFormat) -> usize {
     }
 }
 
-/// Block-pair records per kernel loop step: a K-quant super-block's four
-/// share one header.
-fn records_per_step(format: QuantFormat) -> usize {
-    if matches!(format, QuantFormat::Q4K | QuantFormat::Q6K) {
-        4
-    } else {
-        1
-    }
-}
-
-/// Bytes before a step's records: Q4_K's `f32 d | f32 −dmin`, Q6_K's `f32 d`.
-fn step_header(format: QuantFormat) -> usize {
-    match format {
-        QuantFormat::Q4K => 8,
-        QuantFormat::Q6K => 4,
-        _ => 0,
-    }
-}
-
-/// Bytes of one kernel loop step of a weight row.
-fn step_bytes(format: QuantFormat) -> usize {
-    step_header(format) + records_per_step(format) * record_bytes(format)
-}
-
-/// Bytes of one block-pair record of quantised activations.
+/// Bytes of one tail record of quantised activations.
 fn act_record_bytes(format: QuantFormat) -> usize {
     match format {
         QuantFormat::Q8_0 => 96,
-        QuantFormat::Q6K => 160,
         QuantFormat::F16 | QuantFormat::Bf16 => 32,
-        _ => 128,
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => 128,
+        QuantFormat::Q4K | QuantFormat::Q6K => 0,
+    }
+}
+
+/// Bytes of one group of 256 weights (the file's bytes, reordered; Q4_K
+/// and Q6_K keep their f16 super-block scales as f32).
+fn group_bytes(format: QuantFormat) -> usize {
+    match format {
+        QuantFormat::Q4_0 => 144,
+        QuantFormat::Q4_1 => 160,
+        QuantFormat::Q8_0 => 272,
+        QuantFormat::Q4K => 152,
+        QuantFormat::Q6K => 212,
+        QuantFormat::F16 | QuantFormat::Bf16 => 0,
+    }
+}
+
+/// Bytes of one group of 256 quantised activations.
+fn act_group_bytes(format: QuantFormat) -> usize {
+    match format {
+        QuantFormat::Q8_0 => 288,
+        QuantFormat::Q6K => 384,
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => 320,
+        QuantFormat::F16 | QuantFormat::Bf16 => 0,
+    }
+}
+
+/// Byte of element `k` of block `j` in a group's 256 int8 codes (Q8_0
+/// weights, every activation group): vector `k / 4`, lane `j`, so that a
+/// `vpmaddubsw` + `vpmaddwd` leaves block `j`'s partial sum in i32 lane `j`.
+fn lane_byte(j: usize, k: usize) -> usize {
+    32 * (k / 4) + 4 * j + k % 4
+}
+
+/// Byte and shift of element `k` of block `j` in a group's 128 bytes of
+/// 4-bit codes: the codes of vector `k / 4` in the low (even vectors) or
+/// high nibbles of 32-byte load `k / 8`.
+fn nibble_at(j: usize, k: usize) -> (usize, u32) {
+    (32 * (k / 8) + 4 * j + k % 4, 4 * ((k / 4) % 2) as u32)
+}
+
+/// How a row of `cols` elements is stored: whole groups of 256 first, then
+/// tail records for the blocks left over (a pair padded with a zero block
+/// when their count is odd); F16/BF16 rows are all tail records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RowShape {
+    groups: usize,
+    tail: usize,
+}
+
+impl RowShape {
+    fn new(format: QuantFormat, cols: usize) -> RowShape {
+        if is_float(format) {
+            return RowShape { groups: 0, tail: cols.div_ceil(record_elems(format)) };
+        }
+        let blocks = cols.div_ceil(ACT_BLOCK);
+        let groups = blocks / GROUP_BLOCKS;
+        let tail = if record_bytes(format) == 0 { 0 } else { (blocks - GROUP_BLOCKS * groups).div_ceil(2) };
+        RowShape { groups, tail }
+    }
+
+    fn weight_bytes(self, format: QuantFormat) -> usize {
+        self.groups * group_bytes(format) + self.tail * record_bytes(format)
+    }
+
+    fn act_bytes(self, format: QuantFormat) -> usize {
+        self.groups * act_group_bytes(format) + self.tail * act_record_bytes(format)
     }
 }
 
 impl QuantPanels {
-    /// Reorders `m` into the kernel's records (parallel over rows).
+    /// Reorders `m` into the kernel's groups and records (parallel over rows).
     pub fn pack(m: &QuantMatrix) -> Result<QuantPanels, CodegenError> {
         let format = m.format();
         if !format.has_kernel() {
             return Err(CodegenError::Unsupported(format!("a GEMV kernel for {format} weights")));
         }
-        let pairs = m.cols().div_ceil(record_elems(format));
-        let rec = record_bytes(format);
-        let row_bytes = pairs / records_per_step(format) * step_bytes(format);
+        let shape = RowShape::new(format, m.cols());
+        let row_bytes = shape.weight_bytes(format);
         let mut data = vec![0u8; m.rows() * row_bytes + TAIL_PAD];
-        let bb = format.block_bytes();
-        let (head, codes) = match format {
-            QuantFormat::Q4_1 => (4, 16),
-            QuantFormat::Q4_0 => (2, 16),
-            _ => (2, 32),
-        };
         let base = data.as_mut_ptr() as usize;
         let parts = rayon::current_num_threads().min(m.rows().max(1));
         let per = m.rows().div_ceil(parts.max(1));
@@ -172,37 +211,12 @@ impl QuantPanels {
                 // SAFETY: rows own disjoint `row_bytes` ranges of `data`.
                 let out =
                     unsafe { std::slice::from_raw_parts_mut((base + r * row_bytes) as *mut u8, row_bytes) };
-                if is_float(format) {
-                    out[..m.row(r).len()].copy_from_slice(m.row(r));
-                    continue;
-                }
-                if records_per_step(format) > 1 {
-                    for (block, out) in
-                        m.row(r).chunks_exact(bb).zip(out.chunks_exact_mut(step_bytes(format)))
-                    {
-                        if format == QuantFormat::Q4K {
-                            pack_q4_k(block, out);
-                        } else {
-                            pack_q6_k(block, out);
-                        }
-                    }
-                    continue;
-                }
-                for (b, block) in m.row(r).chunks_exact(bb).enumerate() {
-                    let (p, half) = (b / 2, b % 2);
-                    let rec = &mut out[p * rec..(p + 1) * rec];
-                    rec[half * codes..(half + 1) * codes].copy_from_slice(&block[head..head + codes]);
-                    let scales = 2 * codes;
-                    rec[scales + 2 * half..scales + 2 * half + 2].copy_from_slice(&block[..2]);
-                    if format == QuantFormat::Q4_1 {
-                        rec[scales + 4 + 2 * half..scales + 6 + 2 * half].copy_from_slice(&block[2..4]);
-                    }
-                }
+                pack_row(format, shape, m.row(r), out);
             }
             Ok(())
         };
         for_each_part(parts, fill)?;
-        Ok(QuantPanels { format, rows: m.rows(), cols: m.cols(), pairs, data, prefill: OnceLock::new() })
+        Ok(QuantPanels { format, rows: m.rows(), cols: m.cols(), shape, data, prefill: OnceLock::new() })
     }
 
     pub fn format(&self) -> QuantFormat {
@@ -225,67 +239,31 @@ impl QuantPanels {
     }
 
     fn row_bytes(&self) -> usize {
-        self.steps() * step_bytes(self.format)
-    }
-
-    /// Kernel loop steps per row.
-    fn steps(&self) -> usize {
-        self.pairs / records_per_step(self.format)
+        self.shape.weight_bytes(self.format)
     }
 
     /// Rows `r0..r0 + count` dequantised to f32, `cols` apart, into `out`:
     /// the same values as [`crate::quant::dequantize_row`] on the stored
     /// rows (same f32 operations), read from the records.
     pub fn dequantize_rows(&self, r0: usize, count: usize, out: &mut [f32]) {
-        let (rec, row_bytes) = (record_bytes(self.format), self.row_bytes());
+        let (format, row_bytes) = (self.format, self.row_bytes());
         let f16_at = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let (group_split, elem_split) = (self.shape.groups * group_bytes(format), self.shape.groups * 256);
         for (i, out) in out.chunks_exact_mut(self.cols.max(1)).take(count).enumerate() {
             let row = &self.data[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
-            if is_float(self.format) {
+            if is_float(format) {
                 // The stored row itself (zero padded after `cols`).
-                crate::quant::dequantize_row(self.format, &row[..2 * self.cols], out);
+                crate::quant::dequantize_row(format, &row[..2 * self.cols], out);
                 continue;
             }
-            for (b, dst) in out.chunks_exact_mut(ACT_BLOCK).enumerate() {
-                let (p, h) = (b / 2, b % 2);
-                if self.format == QuantFormat::Q6K {
-                    let step = &row[b / 8 * step_bytes(self.format)..];
-                    let d = f32::from_le_bytes([step[0], step[1], step[2], step[3]]);
-                    let rec = &step[step_header(self.format) + (p % 4) * rec..];
-                    // Block h of the pair: elements j and j + 16 in byte
-                    // 16h + j's nibbles; their high bits in byte j of the
-                    // 16 at 32 (bits 2h.. and 4 + 2h..); scales at 48.
-                    let (sc_lo, sc_hi) = (rec[48 + 2 * h] as i8, rec[49 + 2 * h] as i8);
-                    let (s_lo, s_hi) = (d * f32::from(sc_lo), d * f32::from(sc_hi));
-                    let (lo, hi) = dst.split_at_mut(16);
-                    for (j, (l, u)) in lo.iter_mut().zip(hi).enumerate() {
-                        let (q, hb) = (rec[16 * h + j], rec[32 + j]);
-                        let ql = (q & 0x0F) | (((hb >> (2 * h)) & 3) << 4);
-                        let qu = (q >> 4) | (((hb >> (4 + 2 * h)) & 3) << 4);
-                        *l = s_lo * f32::from(ql as i8 - 32);
-                        *u = s_hi * f32::from(qu as i8 - 32);
-                    }
-                    continue;
-                }
-                if self.format == QuantFormat::Q4K {
-                    let step = &row[b / 8 * step_bytes(self.format)..];
-                    let f32_at =
-                        |i: usize| f32::from_le_bytes([step[i], step[i + 1], step[i + 2], step[i + 3]]);
-                    let (d, neg_dmin) = (f32_at(0), f32_at(4));
-                    let rec = &step[step_header(self.format) + (p % 4) * rec..];
-                    let (sc, m) = (rec[32 + 2 * h], rec[33 + 2 * h]);
-                    // The reference's `d·sc·q − dmin·m`, bit for bit:
-                    // (−dmin)·m is −(dmin·m) exactly.
-                    let (scale, min) = (d * f32::from(sc), neg_dmin * f32::from(m));
-                    let (lo, hi) = dst.split_at_mut(16);
-                    for ((l, u), &q) in lo.iter_mut().zip(hi).zip(&rec[16 * h..16 * h + 16]) {
-                        *l = scale * f32::from(q & 0x0F) + min;
-                        *u = scale * f32::from(q >> 4) + min;
-                    }
-                    continue;
-                }
-                let rec = &row[p * rec..(p + 1) * rec];
-                match self.format {
+            let ((groups, tail), (head, rest)) = (row.split_at(group_split), out.split_at_mut(elem_split));
+            for (group, out) in groups.chunks_exact(group_bytes(format)).zip(head.chunks_exact_mut(256)) {
+                dequantize_group(format, group, out);
+            }
+            let rec = record_bytes(format);
+            for (b, dst) in rest.chunks_exact_mut(ACT_BLOCK).enumerate() {
+                let (rec, h) = (&tail[b / 2 * rec..(b / 2 + 1) * rec], b % 2);
+                match format {
                     QuantFormat::Q8_0 => {
                         let d = f16_at(&rec[64 + 2 * h..]);
                         for (o, &q) in dst.iter_mut().zip(&rec[32 * h..32 * h + 32]) {
@@ -326,7 +304,7 @@ impl QuantPanels {
     /// the Q, K and V projections of one input).
     pub fn quantize(&self, x: &[f32], m: usize) -> Result<QuantActivations, CodegenError> {
         check_length(Buffer::X, x.len(), m * self.cols)?;
-        let x_stride = self.pairs * act_record_bytes(self.format);
+        let x_stride = self.shape.act_bytes(self.format);
         let mut data = vec![0u8; m * x_stride];
         for (xr, out) in x.chunks_exact(self.cols.max(1)).zip(data.chunks_exact_mut(x_stride.max(1))) {
             quantize_activations(self.format, xr, out);
@@ -378,11 +356,12 @@ impl QuantPanels {
                         w: self.data[i * row_bytes..].as_ptr(),
                         x: acts[r0 * x_stride..].as_ptr(),
                         y: (y_addr + (r0 * rows + i) * 4) as *mut f32,
-                        steps: self.steps(),
+                        groups: self.shape.groups,
                         w_stride: row_bytes,
                         x_stride,
                         y_stride: rows * 4,
                         consts: (&CONSTS as *const Consts).cast(),
+                        tail: self.shape.tail,
                     };
                     // SAFETY: rows i..i+w of W are `row_bytes` apart with
                     // TAIL_PAD after the last; activation rows r0..r0+r are
@@ -455,55 +434,168 @@ impl QuantActivations {
     }
 }
 
-/// One Q4_K super-block as its kernel step: `f32 d | f32 −dmin`, then per
-/// sub-block pair (2p, 2p + 1) the codes in Q4_1's nibble order (byte `j`:
-/// element `j` low, `j + 16` high; sub-block 2p's 16 bytes, then 2p + 1's)
-/// and the bytes `sc_2p m_2p sc_2p+1 m_2p+1`.
-fn pack_q4_k(block: &[u8], out: &mut [u8]) {
-    let f16_at = |i: usize| half::f16::from_le_bytes([block[i], block[i + 1]]).to_f32();
-    out[..4].copy_from_slice(&f16_at(0).to_le_bytes());
-    out[4..8].copy_from_slice(&(-f16_at(2)).to_le_bytes());
-    let (scales, mins) = crate::quant::q4_k_scales_and_mins(&block[4..16]);
-    for (p, codes) in block[16..144].chunks_exact(32).enumerate() {
-        let rec = &mut out[8 + 36 * p..8 + 36 * (p + 1)];
-        for j in 0..16 {
-            // Sub-block 2p is the low nibbles of `codes`, 2p + 1 the high.
-            rec[j] = (codes[j] & 0x0F) | (codes[j + 16] << 4);
-            rec[16 + j] = (codes[j] >> 4) | (codes[j + 16] & 0xF0);
+/// Where element `e` (0..256) of a Q6_K super-block lives in its group:
+/// the byte and shift of its low nibble (the 4-bit group order, with
+/// sub-block `e / 16` as block `j` of half `H`), the byte and shift of its
+/// 2-bit high part (half `H`'s 32 bytes: vector `v`'s in bits `2v..2v + 2`),
+/// and its sub-block.
+fn q6_k_at(e: usize) -> (usize, u32, usize, u32, usize) {
+    let sub = e / 16;
+    let (half, j, k) = (sub / 8, sub % 8, e % 16);
+    let (v, t) = (k / 4, k % 4);
+    let vector = 4 * half + v;
+    let lo = 20 + 32 * (vector / 2) + 4 * j + t;
+    (lo, 4 * (vector % 2) as u32, 148 + 32 * half + 4 * j + t, 2 * v as u32, sub)
+}
+
+/// One stored row in the kernel's layout (`out` zeroed): F16/BF16 as
+/// stored; otherwise each 256 weights as a group, then the blocks left over
+/// as pair records `qs0 qs1 d0 d1 (m0 m1)`.
+///
+/// Groups: Q4_0/Q4_1 `codes[128] d[8] (m[8])` (f16 scales), Q8_0
+/// `codes[256] d[8]`, Q4_K `f32 d, f32 −dmin, sc[8], m[8], codes[128]`
+/// (the 6-bit scales unpacked), Q6_K `f32 d, sc[16] (i8), low nibbles[128],
+/// high bits[64]`; codes in the orders of [`lane_byte`], [`nibble_at`] and
+/// [`q6_k_at`].
+fn pack_row(format: QuantFormat, shape: RowShape, row: &[u8], out: &mut [u8]) {
+    if is_float(format) {
+        out[..row.len()].copy_from_slice(row);
+        return;
+    }
+    let f16_at = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    let (groups, tail) = out.split_at_mut(shape.groups * group_bytes(format));
+    let group_src = GROUP_BLOCKS * ACT_BLOCK / format.block_elems() * format.block_bytes();
+    for (src, g) in row.chunks_exact(group_src).zip(groups.chunks_exact_mut(group_bytes(format))) {
+        match format {
+            QuantFormat::Q4K => {
+                g[..4].copy_from_slice(&f16_at(src, 0).to_le_bytes());
+                g[4..8].copy_from_slice(&(-f16_at(src, 2)).to_le_bytes());
+                let (scales, mins) = crate::quant::q4_k_scales_and_mins(&src[4..16]);
+                g[8..16].copy_from_slice(&scales);
+                g[16..24].copy_from_slice(&mins);
+                // Sub-block j: the low (even j) or high nibbles of the
+                // file's 32 bytes at 16 + 32·(j / 2).
+                for j in 0..8 {
+                    for k in 0..32 {
+                        let q = (src[16 + 32 * (j / 2) + k] >> (4 * (j % 2))) & 0x0F;
+                        let (byte, shift) = nibble_at(j, k);
+                        g[24 + byte] |= q << shift;
+                    }
+                }
+            }
+            QuantFormat::Q6K => {
+                g[..4].copy_from_slice(&f16_at(src, 208).to_le_bytes());
+                g[4..20].copy_from_slice(&src[192..208]);
+                for e in 0..256 {
+                    let code = crate::quant::q6_k_code(src, e);
+                    let (lo, lo_shift, hi, hi_shift, _) = q6_k_at(e);
+                    g[lo] |= (code & 0x0F) << lo_shift;
+                    g[hi] |= (code >> 4) << hi_shift;
+                }
+            }
+            _ => {
+                let bb = format.block_bytes();
+                for (j, block) in src.chunks_exact(bb).enumerate() {
+                    if format == QuantFormat::Q8_0 {
+                        for k in 0..32 {
+                            g[lane_byte(j, k)] = block[2 + k];
+                        }
+                        g[256 + 2 * j..258 + 2 * j].copy_from_slice(&block[..2]);
+                        continue;
+                    }
+                    // The file's byte i: element i low, i + 16 high.
+                    let codes = &block[bb - 16..];
+                    for k in 0..32 {
+                        let q = if k < 16 { codes[k] & 0x0F } else { codes[k - 16] >> 4 };
+                        let (byte, shift) = nibble_at(j, k);
+                        g[byte] |= q << shift;
+                    }
+                    g[128 + 2 * j..130 + 2 * j].copy_from_slice(&block[..2]);
+                    if format == QuantFormat::Q4_1 {
+                        g[144 + 2 * j..146 + 2 * j].copy_from_slice(&block[2..4]);
+                    }
+                }
+            }
         }
-        rec[32..36].copy_from_slice(&[scales[2 * p], mins[2 * p], scales[2 * p + 1], mins[2 * p + 1]]);
+    }
+    // Tail records: the blocks after the groups, two per record.
+    let (bb, rec) = (format.block_bytes(), record_bytes(format));
+    let (head, codes) = match format {
+        QuantFormat::Q4_1 => (4, 16),
+        QuantFormat::Q4_0 => (2, 16),
+        _ => (2, 32),
+    };
+    let left = &row[shape.groups * group_src..];
+    for (b, block) in left.chunks_exact(bb).enumerate() {
+        let (p, half) = (b / 2, b % 2);
+        let rec = &mut tail[p * rec..(p + 1) * rec];
+        rec[half * codes..(half + 1) * codes].copy_from_slice(&block[head..head + codes]);
+        let scales = 2 * codes;
+        rec[scales + 2 * half..scales + 2 * half + 2].copy_from_slice(&block[..2]);
+        if format == QuantFormat::Q4_1 {
+            rec[scales + 4 + 2 * half..scales + 6 + 2 * half].copy_from_slice(&block[2..4]);
+        }
     }
 }
 
-/// One Q6_K super-block as its kernel step: `f32 d`, then per pair of
-/// 32-element blocks (A, B) a 52-byte record: the low nibbles of the 6-bit
-/// codes in Q4_1's order (A's 0–15 | 16–31 in bytes 0–15, B's in 16–31),
-/// 16 bytes whose byte `j` holds the high 2 bits of A`j`, B`j`, A`j+16`,
-/// B`j+16` (bits 0, 2, 4, 6), and the `i8` scales of the sub-blocks A 0–15,
-/// A 16–31, B 0–15, B 16–31.
-fn pack_q6_k(block: &[u8], out: &mut [u8]) {
-    let scales = &block[192..208];
-    let d = half::f16::from_le_bytes([block[208], block[209]]).to_f32();
-    out[..4].copy_from_slice(&d.to_le_bytes());
-    let code = |e: usize| crate::quant::q6_k_code(block, e);
-    for p in 0..4 {
-        let rec = &mut out[4 + 52 * p..4 + 52 * (p + 1)];
-        let (a, b) = (64 * p, 64 * p + 32);
-        for j in 0..16 {
-            let (a0, a1, b0, b1) = (code(a + j), code(a + 16 + j), code(b + j), code(b + 16 + j));
-            rec[j] = (a0 & 0x0F) | (a1 << 4);
-            rec[16 + j] = (b0 & 0x0F) | (b1 << 4);
-            rec[32 + j] = (a0 >> 4) | ((b0 >> 4) << 2) | ((a1 >> 4) << 4) | ((b1 >> 4) << 6);
+/// One group of 256 weights back to f32, with the reference dequantiser's
+/// operations (so prompt processing sees the file's values bit for bit).
+fn dequantize_group(format: QuantFormat, g: &[u8], out: &mut [f32]) {
+    let f16_at = |i: usize| half::f16::from_le_bytes([g[i], g[i + 1]]).to_f32();
+    let f32_at = |i: usize| f32::from_le_bytes([g[i], g[i + 1], g[i + 2], g[i + 3]]);
+    let nibble = |codes: usize, j: usize, k: usize| {
+        let (byte, shift) = nibble_at(j, k);
+        (g[codes + byte] >> shift) & 0x0F
+    };
+    if format == QuantFormat::Q6K {
+        for (e, o) in out.iter_mut().enumerate() {
+            let (lo, lo_shift, hi, hi_shift, sub) = q6_k_at(e);
+            let code = ((g[lo] >> lo_shift) & 0x0F) | (((g[hi] >> hi_shift) & 3) << 4);
+            let scale = f32_at(0) * f32::from(g[4 + sub] as i8);
+            *o = scale * f32::from(code as i8 - 32);
         }
-        rec[48..52].copy_from_slice(&scales[4 * p..4 * p + 4]);
+        return;
+    }
+    for (j, out) in out.chunks_exact_mut(ACT_BLOCK).enumerate() {
+        match format {
+            QuantFormat::Q8_0 => {
+                let d = f16_at(256 + 2 * j);
+                for (k, o) in out.iter_mut().enumerate() {
+                    *o = f32::from(g[lane_byte(j, k)] as i8) * d;
+                }
+            }
+            QuantFormat::Q4_1 => {
+                let (d, m) = (f16_at(128 + 2 * j), f16_at(144 + 2 * j));
+                for (k, o) in out.iter_mut().enumerate() {
+                    *o = d * f32::from(nibble(0, j, k)) + m;
+                }
+            }
+            QuantFormat::Q4K => {
+                // The reference's `d·sc·q − dmin·m`, bit for bit:
+                // (−dmin)·m is −(dmin·m) exactly.
+                let (scale, min) = (f32_at(0) * f32::from(g[8 + j]), f32_at(4) * f32::from(g[16 + j]));
+                for (k, o) in out.iter_mut().enumerate() {
+                    *o = scale * f32::from(nibble(24, j, k)) + min;
+                }
+            }
+            _ => {
+                let d = f16_at(128 + 2 * j);
+                for (k, o) in out.iter_mut().enumerate() {
+                    *o = d * f32::from(nibble(0, j, k) as i8 - 8);
+                }
+            }
+        }
     }
 }
 
-/// Writes `x` (one activation row) as the kernel's activation records:
-/// Q4 formats `q[64]` (block pair's elements 0–15 of both blocks, then
-/// 16–31 of both) `[d0×4, d1×4]` `[c·s0/4 ×4, c·s1/4 ×4]` with `c = 1` for
-/// Q4_1's `m` term and `−8` for Q4_0's offset; Q8_0 `q[64]` (natural order)
-/// and `[d0, d0, d1, d1, d0, d0, d1, d1]`.
+/// Writes `x` (one activation row) as the kernel's activations: groups of
+/// 256 `q[256]` (in [`lane_byte`] order) `dx[8]` and, for the 4-bit
+/// formats, `c·s[8]` (`c = −8` for Q4_0's offset, 1 for the `m` terms);
+/// Q6_K per half of a group `q[128]` (its eight 16-element sub-blocks as
+/// the lanes) `−32·Σq[8]` (i32) `dx[8]`. Then tail records: Q4 formats
+/// `q[64]` (block pair's elements 0–15 of both blocks, then 16–31 of both)
+/// `[d0×4, d1×4]` `[c·s0/4 ×4, c·s1/4 ×4]`; Q8_0 `q[64]` (natural order) and
+/// `[d0, d0, d1, d1, d0, d0, d1, d1]`.
 pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
     if is_float(format) {
         // f32 as is, zero padded to whole records.
@@ -513,65 +605,70 @@ pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
         }
         return;
     }
-    let xrec = act_record_bytes(format);
-    for (p, rec) in out.chunks_exact_mut(xrec).enumerate() {
-        let block = |b: usize| {
-            let start = (2 * p + b) * ACT_BLOCK;
-            let end = (start + ACT_BLOCK).min(x.len());
-            if start < end {
-                quantize_activation_block(&x[start..end])
-            } else {
-                quantize_activation_block(&[])
-            }
-        };
-        let (b0, b1) = (block(0), block(1));
-        let put_f32 = |rec: &mut [u8], at: usize, v: [f32; 8]| {
-            for (i, v) in v.iter().enumerate() {
-                rec[at + 4 * i..at + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
-            }
-        };
-        // The 4-bit formats' nibble order: both blocks' elements 0–15, then
-        // both blocks' 16–31.
-        let put_nibble_order = |rec: &mut [u8]| {
-            for j in 0..16 {
-                rec[j] = b0.q[j] as u8;
-                rec[16 + j] = b1.q[j] as u8;
-                rec[32 + j] = b0.q[16 + j] as u8;
-                rec[48 + j] = b1.q[16 + j] as u8;
-            }
-        };
-        match format {
-            QuantFormat::Q8_0 => {
-                for (i, &q) in b0.q.iter().chain(&b1.q).enumerate() {
-                    rec[i] = q as u8;
-                }
-                let (a, b) = (b0.d, b1.d);
-                put_f32(rec, 64, [a, a, b, b, a, a, b, b]);
-            }
-            QuantFormat::Q6K => {
-                put_nibble_order(rec);
-                // −32·Σq of each 16-element sub-block, in the first i32 lane
-                // of the four its partial sums occupy.
-                let sum16 = |q: &[i8]| -32 * q.iter().map(|&v| i32::from(v)).sum::<i32>();
-                let put_i32 = |rec: &mut [u8], at: usize, v: [i32; 8]| {
-                    for (i, v) in v.iter().enumerate() {
-                        rec[at + 4 * i..at + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    let block = |b: usize| {
+        let start = b * ACT_BLOCK;
+        let end = (start + ACT_BLOCK).min(x.len());
+        quantize_activation_block(if start < end { &x[start..end] } else { &[] })
+    };
+    let put_f32 = |rec: &mut [u8], at: usize, v: [f32; 8]| {
+        for (i, v) in v.iter().enumerate() {
+            rec[at + 4 * i..at + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    };
+    let c = if format == QuantFormat::Q4_0 { -8.0 } else { 1.0 };
+    let shape = RowShape::new(format, x.len());
+    let (groups, tail) = out.split_at_mut(shape.groups * act_group_bytes(format));
+    for (g, out) in groups.chunks_exact_mut(act_group_bytes(format)).enumerate() {
+        let blocks: [_; GROUP_BLOCKS] = std::array::from_fn(|j| block(GROUP_BLOCKS * g + j));
+        if format == QuantFormat::Q6K {
+            for (half, out) in out.chunks_exact_mut(192).enumerate() {
+                for j in 0..8 {
+                    let sub = 8 * half + j;
+                    let (b, first) = (&blocks[sub / 2], 16 * (sub % 2));
+                    let q = &b.q[first..first + 16];
+                    for (k, &q) in q.iter().enumerate() {
+                        out[32 * (k / 4) + 4 * j + k % 4] = q as u8;
                     }
-                };
-                put_i32(rec, 64, [sum16(&b0.q[..16]), 0, 0, 0, sum16(&b1.q[..16]), 0, 0, 0]);
-                put_i32(rec, 96, [sum16(&b0.q[16..]), 0, 0, 0, sum16(&b1.q[16..]), 0, 0, 0]);
-                let (a, b) = (b0.d, b1.d);
-                put_f32(rec, 128, [a, a, a, a, b, b, b, b]);
+                    let offset = -32 * q.iter().map(|&v| i32::from(v)).sum::<i32>();
+                    out[128 + 4 * j..132 + 4 * j].copy_from_slice(&offset.to_le_bytes());
+                    out[160 + 4 * j..164 + 4 * j].copy_from_slice(&b.d.to_le_bytes());
+                }
             }
-            _ => {
-                put_nibble_order(rec);
-                let c = if format == QuantFormat::Q4_0 { -8.0 / 4.0 } else { 1.0 / 4.0 };
-                let (a, b) = (b0.d, b1.d);
-                put_f32(rec, 64, [a, a, a, a, b, b, b, b]);
-                let (a, b) = (c * b0.s, c * b1.s);
-                put_f32(rec, 96, [a, a, a, a, b, b, b, b]);
+            continue;
+        }
+        for (j, b) in blocks.iter().enumerate() {
+            for (k, &q) in b.q.iter().enumerate() {
+                out[lane_byte(j, k)] = q as u8;
             }
         }
+        put_f32(out, 256, std::array::from_fn(|j| blocks[j].d));
+        if format != QuantFormat::Q8_0 {
+            put_f32(out, 288, std::array::from_fn(|j| c * blocks[j].s));
+        }
+    }
+    let first = shape.groups * GROUP_BLOCKS;
+    for (p, rec) in tail.chunks_exact_mut(act_record_bytes(format).max(1)).enumerate() {
+        let (b0, b1) = (block(first + 2 * p), block(first + 2 * p + 1));
+        if format == QuantFormat::Q8_0 {
+            for (i, &q) in b0.q.iter().chain(&b1.q).enumerate() {
+                rec[i] = q as u8;
+            }
+            let (a, b) = (b0.d, b1.d);
+            put_f32(rec, 64, [a, a, b, b, a, a, b, b]);
+            continue;
+        }
+        // The 4-bit formats' nibble order: both blocks' elements 0–15, then
+        // both blocks' 16–31.
+        for j in 0..16 {
+            rec[j] = b0.q[j] as u8;
+            rec[16 + j] = b1.q[j] as u8;
+            rec[32 + j] = b0.q[16 + j] as u8;
+            rec[48 + j] = b1.q[16 + j] as u8;
+        }
+        let (a, b) = (b0.d, b1.d);
+        put_f32(rec, 64, [a, a, a, a, b, b, b, b]);
+        let (a, b) = (c / 4.0 * b0.s, c / 4.0 * b1.s);
+        put_f32(rec, 96, [a, a, a, a, b, b, b, b]);
     }
 }
 
@@ -588,8 +685,9 @@ pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
 /// each row at its own distance did little (69–87).
 const PREFETCH_AHEAD: i32 = 4096;
 
-/// Weight rows per call for `r` activation rows: accumulators (W·R) share
-/// the 16 vector registers with 4 constants and 6 temporaries.
+/// Weight rows per call for `r` activation rows: the W·R accumulators
+/// share the 16 vector registers with 2 constants, 5 temporaries and R
+/// integer sums (a group) or 8 constants and temporaries (a tail record).
 fn max_weight_rows(r: usize) -> usize {
     (6 / r.max(1)).clamp(1, 4)
 }
@@ -599,12 +697,14 @@ struct KernelArgs {
     w: *const u8,
     x: *const u8,
     y: *mut f32,
-    /// Loop steps (block pairs, or Q4_K super-blocks).
-    steps: usize,
+    /// Groups of 256 weights per row.
+    groups: usize,
     w_stride: usize,
     x_stride: usize,
     y_stride: usize,
     consts: *const u8,
+    /// Tail records per row (after the groups).
+    tail: usize,
 }
 
 type QuantGemvFn = unsafe extern "C" fn(*const KernelArgs);
@@ -614,24 +714,24 @@ type QuantGemvFn = unsafe extern "C" fn(*const KernelArgs);
 struct Consts {
     nibble_mask: [u8; 32],
     ones: [i16; 16],
-    /// `[d0, d1, m0, m1]` → `[d0×4, d1×4]`.
+    /// Tail records: `[d0, d1, m0, m1]` → `[d0×4, d1×4]`.
     idx_d: [i32; 8],
-    /// `[d0, d1, m0, m1]` → `[m0×4, m1×4]`.
+    /// … → `[m0×4, m1×4]`.
     idx_m: [i32; 8],
-    /// `[d0, d1, ..]` → the lanes `vphaddd` leaves each block's sums in.
+    /// Q8_0 tail records: `[d0, d1, ..]` → the lanes `vphaddd` leaves each
+    /// block's sums in.
     idx_q8: [i32; 8],
-    /// Q4_K's `[d·sc_a, −dmin·m_a, d·sc_b, −dmin·m_b]` → `[d·sc_a×4, d·sc_b×4]`.
-    idx_d_q4k: [i32; 8],
-    /// … → `[−dmin·m_a×4, −dmin·m_b×4]`.
-    idx_m_q4k: [i32; 8],
-    /// Q6_K: the high bits of the low-nibble vector: left by 4 (block A,
-    /// bits 0–1) and 2 (block B, bits 2–3) into bits 4–5.
-    shl_q6k: [i32; 8],
-    /// … of the high-nibble vector: right by 0 (A, bits 4–5) and 2 (B, 6–7).
-    shr_q6k: [i32; 8],
-    /// Bits 4–5 of every byte.
+    /// Q6_K: bits 4–5 of every byte (where a code's high bits go).
     mask_q6k: [u8; 32],
 }
+
+/// Byte offsets of [`Consts`]' fields.
+const C_MASK: i32 = 0;
+const C_ONES: i32 = 32;
+const C_IDX_D: i32 = 64;
+const C_IDX_M: i32 = 96;
+const C_IDX_Q8: i32 = 128;
+const C_MASK_Q6K: i32 = 160;
 
 static CONSTS: Consts = Consts {
     nibble_mask: [0x0F; 32],
@@ -639,10 +739,6 @@ static CONSTS: Consts = Consts {
     idx_d: [0, 0, 0, 0, 1, 1, 1, 1],
     idx_m: [2, 2, 2, 2, 3, 3, 3, 3],
     idx_q8: [0, 0, 1, 1, 0, 0, 1, 1],
-    idx_d_q4k: [0, 0, 0, 0, 2, 2, 2, 2],
-    idx_m_q4k: [1, 1, 1, 1, 3, 3, 3, 3],
-    shl_q6k: [4, 4, 4, 4, 2, 2, 2, 2],
-    shr_q6k: [0, 0, 0, 0, 2, 2, 2, 2],
     mask_q6k: [0x30; 32],
 };
 
@@ -702,16 +798,271 @@ const YMM: [AsmRegisterYmm; 16] =
 const XMM: [AsmRegisterXmm; 16] =
     [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
 
-/// Generates the kernel for `w` weight rows × `r` activation rows.
+/// Registers of a kernel: two constants, temporaries, then per activation
+/// row an integer sum (groups), and the W·R f32 accumulators at the top.
+struct Regs {
+    w: usize,
+    r: usize,
+}
+
+impl Regs {
+    const MASK: AsmRegisterYmm = ymm0;
+    const ONES: AsmRegisterYmm = ymm1;
+    /// Group temporaries.
+    const LO: AsmRegisterYmm = ymm2;
+    const HI: AsmRegisterYmm = ymm3;
+    const T: AsmRegisterYmm = ymm4;
+    const T2: AsmRegisterYmm = ymm5;
+    const HB: AsmRegisterYmm = ymm6;
+
+    /// The integer sums of activation row `x` over one group.
+    fn sum(&self, x: usize) -> AsmRegisterYmm {
+        YMM[7 + x]
+    }
+
+    /// The f32 accumulator of weight row `i` × activation row `x`.
+    fn acc(&self, i: usize, x: usize) -> AsmRegisterYmm {
+        YMM[16 - self.w * self.r + i * self.r + x]
+    }
+
+    fn acc_index(&self, i: usize, x: usize) -> usize {
+        16 - self.w * self.r + i * self.r + x
+    }
+}
+
+/// One group (256 weights) of weight row `wr` against the activation rows
+/// `xp`, accumulated into `acc(i, ·)`.
 ///
-/// Registers: ymm0–3 constants, ymm4–7 the weight side of one record, ymm8–9
-/// the activation side, ymm10.. the W·R accumulators; rdx the prefetch
-/// cursor ([`PREFETCH_AHEAD`]).
+/// The 4-bit formats unpack each 32-byte load into two vectors of codes and
+/// sum all eight `vpmaddubsw` products per activation row in i16 (at most
+/// 8·2·15·127 = 30 480), so one `vpmaddwd` leaves each block's integer dot
+/// product in its own i32 lane: the scales are applied once per group, as
+/// 8-lane vectors. Q8_0 (products up to 2·128·127) widens every vector with
+/// `vpmaddwd`; Q6_K (2·63·127) every two, per half of 128 weights whose
+/// eight 16-element sub-blocks are the lanes.
+fn emit_group_row(
+    a: &mut CodeAssembler,
+    format: QuantFormat,
+    regs: &Regs,
+    i: usize,
+    wr: AsmRegister64,
+    xp: &[AsmRegister64],
+) -> Result<(), IcedError> {
+    let (lo, hi, t, t2, hb) = (Regs::LO, Regs::HI, Regs::T, Regs::T2, Regs::HB);
+    let (mask, ones) = (Regs::MASK, Regs::ONES);
+    match format {
+        QuantFormat::Q8_0 => {
+            for v in 0..8 {
+                a.vpabsb(lo, ymmword_ptr(wr + 32 * v))?;
+                for (x, &xr) in xp.iter().enumerate() {
+                    // |w| (unsigned) × x·sign(w) (signed).
+                    a.vmovdqu(t, ymmword_ptr(xr + 32 * v))?;
+                    a.vpsignb(t, t, ymmword_ptr(wr + 32 * v))?;
+                    a.vpmaddubsw(t, lo, t)?;
+                    if v == 0 {
+                        a.vpmaddwd(regs.sum(x), t, ones)?;
+                    } else {
+                        a.vpmaddwd(t, t, ones)?;
+                        a.vpaddd(regs.sum(x), regs.sum(x), t)?;
+                    }
+                }
+            }
+            a.vcvtph2ps(lo, xmmword_ptr(wr + 256))?;
+            for (x, &xr) in xp.iter().enumerate() {
+                a.vcvtdq2ps(regs.sum(x), regs.sum(x))?;
+                a.vmulps(t, lo, ymmword_ptr(xr + 256))?;
+                a.vfmadd231ps(regs.acc(i, x), regs.sum(x), t)?;
+            }
+        }
+        QuantFormat::Q6K => {
+            for half in 0..2i32 {
+                a.vmovdqu(hb, ymmword_ptr(wr + 148 + 32 * half))?;
+                for p in 0..2i32 {
+                    a.vmovdqu(lo, ymmword_ptr(wr + 20 + 32 * (2 * half + p)))?;
+                    a.vpsrlw(hi, lo, 4)?;
+                    a.vpand(lo, lo, mask)?;
+                    a.vpand(hi, hi, mask)?;
+                    // Vector v's high bits (bits 2v..2v+2 of `hb`) into
+                    // bits 4–5 of each code.
+                    for (codes, v) in [(lo, 2 * p), (hi, 2 * p + 1)] {
+                        match v {
+                            0 => a.vpsllw(t, hb, 4)?,
+                            1 => a.vpsllw(t, hb, 2)?,
+                            3 => a.vpsrlw(t, hb, 2)?,
+                            _ => {}
+                        }
+                        let src = if v == 2 { hb } else { t };
+                        a.vpand(t, src, ymmword_ptr(rax + C_MASK_Q6K))?;
+                        a.vpor(codes, codes, t)?;
+                    }
+                    for (x, &xr) in xp.iter().enumerate() {
+                        let at = 192 * half + 64 * p;
+                        a.vpmaddubsw(t, lo, ymmword_ptr(xr + at))?;
+                        a.vpmaddubsw(t2, hi, ymmword_ptr(xr + at + 32))?;
+                        a.vpaddw(t, t, t2)?;
+                        if p == 0 {
+                            a.vpmaddwd(regs.sum(x), t, ones)?;
+                        } else {
+                            a.vpmaddwd(t, t, ones)?;
+                            a.vpaddd(regs.sum(x), regs.sum(x), t)?;
+                        }
+                    }
+                }
+                // d·sc per sub-block, exact in f32.
+                a.vpmovsxbd(lo, qword_ptr(wr + 4 + 8 * half))?;
+                a.vcvtdq2ps(lo, lo)?;
+                a.vbroadcastss(t, dword_ptr(wr))?;
+                a.vmulps(lo, lo, t)?;
+                for (x, &xr) in xp.iter().enumerate() {
+                    // Σ code·q − 32·Σq per sub-block, exact in i32.
+                    let at = 192 * half;
+                    a.vpaddd(regs.sum(x), regs.sum(x), ymmword_ptr(xr + at + 128))?;
+                    a.vcvtdq2ps(regs.sum(x), regs.sum(x))?;
+                    a.vmulps(t, lo, ymmword_ptr(xr + at + 160))?;
+                    a.vfmadd231ps(regs.acc(i, x), regs.sum(x), t)?;
+                }
+            }
+        }
+        _ => {
+            let codes = if format == QuantFormat::Q4K { 24 } else { 0 };
+            for l in 0..4i32 {
+                a.vmovdqu(lo, ymmword_ptr(wr + codes + 32 * l))?;
+                a.vpsrlw(hi, lo, 4)?;
+                a.vpand(lo, lo, mask)?;
+                a.vpand(hi, hi, mask)?;
+                for (x, &xr) in xp.iter().enumerate() {
+                    if l == 0 {
+                        a.vpmaddubsw(regs.sum(x), lo, ymmword_ptr(xr))?;
+                    } else {
+                        a.vpmaddubsw(t, lo, ymmword_ptr(xr + 64 * l))?;
+                        a.vpaddw(regs.sum(x), regs.sum(x), t)?;
+                    }
+                    a.vpmaddubsw(t, hi, ymmword_ptr(xr + 64 * l + 32))?;
+                    a.vpaddw(regs.sum(x), regs.sum(x), t)?;
+                }
+            }
+            // `lo` ← the weight scale per block, `hi` ← what multiplies
+            // the activation's c·s: m (Q4_1), −dmin·m (Q4_K), d (Q4_0).
+            let offset = match format {
+                QuantFormat::Q4K => {
+                    // d·sc and (−dmin)·m, exact in f32.
+                    for (reg, at) in [(lo, 8), (hi, 16)] {
+                        a.vpmovzxbd(reg, qword_ptr(wr + at))?;
+                        a.vcvtdq2ps(reg, reg)?;
+                        a.vbroadcastss(t, dword_ptr(wr + (at - 8) / 2))?;
+                        a.vmulps(reg, reg, t)?;
+                    }
+                    hi
+                }
+                QuantFormat::Q4_1 => {
+                    a.vcvtph2ps(lo, xmmword_ptr(wr + 128))?;
+                    a.vcvtph2ps(hi, xmmword_ptr(wr + 144))?;
+                    hi
+                }
+                _ => {
+                    a.vcvtph2ps(lo, xmmword_ptr(wr + 128))?;
+                    lo
+                }
+            };
+            for (x, &xr) in xp.iter().enumerate() {
+                a.vpmaddwd(regs.sum(x), regs.sum(x), ones)?;
+                a.vcvtdq2ps(regs.sum(x), regs.sum(x))?;
+                a.vmulps(t, lo, ymmword_ptr(xr + 256))?;
+                a.vfmadd231ps(regs.acc(i, x), regs.sum(x), t)?;
+                a.vfmadd231ps(regs.acc(i, x), offset, ymmword_ptr(xr + 288))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One tail record (a block pair, or 8 F16/BF16 weights) of weight row `wr`
+/// against the activation rows `xp`. Registers: ymm0–3 constants, ymm4–9
+/// temporaries.
+fn emit_record_row(
+    a: &mut CodeAssembler,
+    format: QuantFormat,
+    regs: &Regs,
+    i: usize,
+    wr: AsmRegister64,
+    xp: &[AsmRegister64],
+) -> Result<(), IcedError> {
+    let (t0, t1) = (YMM[8], YMM[9]);
+    let (mask, ones, idx_d, idx_m) = (YMM[0], YMM[1], YMM[2], YMM[3]);
+    if is_float(format) {
+        let wv = YMM[4];
+        if format == QuantFormat::F16 {
+            a.vcvtph2ps(wv, xmmword_ptr(wr))?;
+        } else {
+            // bf16 is the upper half of an f32.
+            a.vpmovzxwd(wv, xmmword_ptr(wr))?;
+            a.vpslld(wv, wv, 16)?;
+        }
+        for (x, &xr) in xp.iter().enumerate() {
+            a.vfmadd231ps(regs.acc(i, x), wv, ymmword_ptr(xr))?;
+        }
+    } else if format == QuantFormat::Q8_0 {
+        let (w0, w1, a0, a1) = (YMM[4], YMM[5], YMM[6], YMM[7]);
+        let d = YMM[2];
+        a.vmovdqu(w0, ymmword_ptr(wr))?;
+        a.vmovdqu(w1, ymmword_ptr(wr + 32))?;
+        a.vpabsb(a0, w0)?;
+        a.vpabsb(a1, w1)?;
+        a.vcvtph2ps(XMM[2], qword_ptr(wr + 64))?;
+        a.vpermps(d, idx_m, d)?; // idx_q8 lives in ymm3
+        for (x, &xr) in xp.iter().enumerate() {
+            a.vmovdqu(t0, ymmword_ptr(xr))?;
+            a.vpsignb(t0, t0, w0)?;
+            a.vpmaddubsw(t0, a0, t0)?;
+            a.vpmaddwd(t0, t0, ones)?;
+            a.vmovdqu(t1, ymmword_ptr(xr + 32))?;
+            a.vpsignb(t1, t1, w1)?;
+            a.vpmaddubsw(t1, a1, t1)?;
+            a.vpmaddwd(t1, t1, ones)?;
+            a.vphaddd(t0, t0, t1)?;
+            a.vcvtdq2ps(t0, t0)?;
+            a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
+            a.vfmadd231ps(regs.acc(i, x), t0, t1)?;
+        }
+    } else {
+        let (lo, hi, d, m) = (YMM[4], YMM[5], YMM[6], YMM[7]);
+        a.vmovdqu(lo, ymmword_ptr(wr))?;
+        a.vpsrlw(hi, lo, 4)?;
+        a.vpand(lo, lo, mask)?;
+        a.vpand(hi, hi, mask)?;
+        a.vcvtph2ps(XMM[6], qword_ptr(wr + 32))?;
+        let m = if format == QuantFormat::Q4_1 {
+            a.vpermps(m, idx_m, d)?;
+            m
+        } else {
+            d
+        };
+        a.vpermps(d, idx_d, d)?;
+        for (x, &xr) in xp.iter().enumerate() {
+            a.vpmaddubsw(t0, lo, ymmword_ptr(xr))?;
+            a.vpmaddubsw(t1, hi, ymmword_ptr(xr + 32))?;
+            a.vpaddw(t0, t0, t1)?;
+            a.vpmaddwd(t0, t0, ones)?;
+            a.vcvtdq2ps(t0, t0)?;
+            a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
+            a.vfmadd231ps(regs.acc(i, x), t0, t1)?;
+            a.vfmadd231ps(regs.acc(i, x), m, ymmword_ptr(xr + 96))?;
+        }
+    }
+    Ok(())
+}
+
+/// Generates the kernel for `w` weight rows × `r` activation rows: a loop
+/// over the rows' groups, then one over their tail records, then one
+/// horizontal sum per output. rdx is the prefetch cursor
+/// ([`PREFETCH_AHEAD`]).
 fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenError> {
     assert!((1..=4).contains(&w) && (1..=MAX_ACT_ROWS).contains(&r) && w * r <= 6);
+    let regs = Regs { w, r };
     let mut a = CodeAssembler::new(64)?;
     let wp = [r10, r11, rbx, r15];
     let xp = [rsi, r12, r13, r14];
+    let (wp, xp) = (&wp[..w], &xp[..r]);
     for reg in [rbx, r12, r13, r14, r15] {
         a.push(reg)?;
     }
@@ -727,170 +1078,67 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
     for i in 1..r {
         a.lea(xp[i], qword_ptr(xp[i - 1] + r9))?;
     }
-    let (mask, ones, idx_d, idx_m) = (YMM[0], YMM[1], YMM[2], YMM[3]);
-    let q8 = format == QuantFormat::Q8_0;
-    if q8 {
-        a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
-        a.vmovdqa(idx_m, ymmword_ptr(rax + 128))?; // idx_q8 lives in ymm3
-    } else if matches!(format, QuantFormat::Q4K | QuantFormat::Q6K) {
-        a.vmovdqa(mask, ymmword_ptr(rax))?;
-        a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
-        a.vmovdqa(idx_d, ymmword_ptr(rax + 160))?;
-        a.vmovdqa(idx_m, ymmword_ptr(rax + 192))?;
-    } else {
-        a.vmovdqa(mask, ymmword_ptr(rax))?;
-        a.vmovdqa(ones, ymmword_ptr(rax + 32))?;
-        a.vmovdqa(idx_d, ymmword_ptr(rax + 64))?;
-        a.vmovdqa(idx_m, ymmword_ptr(rax + 96))?;
+    if !is_float(format) {
+        a.vmovdqa(Regs::MASK, ymmword_ptr(rax + C_MASK))?;
+        a.vmovdqa(Regs::ONES, ymmword_ptr(rax + C_ONES))?;
     }
-    let acc = |i: usize, x: usize| YMM[10 + i * r + x];
     for i in 0..w {
         for x in 0..r {
-            a.vxorps(acc(i, x), acc(i, x), acc(i, x))?;
+            a.vxorps(regs.acc(i, x), regs.acc(i, x), regs.acc(i, x))?;
         }
     }
-    let (t0, t1) = (YMM[8], YMM[9]);
-    let rec = record_bytes(format) as i32;
-    let xrec = act_record_bytes(format) as i32;
-    let step = step_bytes(format) as i32;
-    let per_step = records_per_step(format) as i32;
-    let mut body = a.create_label();
-    let mut reduce = a.create_label();
-    // Software prefetch: rdx sweeps the call's rows (contiguous, W records
+    // Software prefetch: rdx sweeps the call's rows (contiguous, W pieces
     // per iteration) PREFETCH_AHEAD bytes ahead of the first row's cursor.
-    let sweep = w as i32 * step;
     a.lea(rdx, qword_ptr(r10 + PREFETCH_AHEAD))?;
-    a.test(rcx, rcx)?;
-    a.jz(reduce)?;
-    a.set_label(&mut body)?;
-    for line in (0..sweep).step_by(64) {
-        a.prefetcht0(byte_ptr(rdx + line))?;
+    let mut loops: Vec<(i32, i32, bool)> = Vec::new();
+    if group_bytes(format) > 0 {
+        loops.push((group_bytes(format) as i32, act_group_bytes(format) as i32, true));
     }
-    a.add(rdx, sweep)?;
-    for k in 0..per_step {
-        // Where record k of this step starts in a weight row / activation row.
-        let (wk, xk) = (step_header(format) as i32 + k * rec, k * xrec);
-        for (i, &wr) in wp.iter().enumerate().take(w) {
-            if is_float(format) {
-                let wv = YMM[4];
-                if format == QuantFormat::F16 {
-                    a.vcvtph2ps(wv, xmmword_ptr(wr))?;
-                } else {
-                    // bf16 is the upper half of an f32.
-                    a.vpmovzxwd(wv, xmmword_ptr(wr))?;
-                    a.vpslld(wv, wv, 16)?;
-                }
-                for (x, &xr) in xp.iter().enumerate().take(r) {
-                    a.vfmadd231ps(acc(i, x), wv, ymmword_ptr(xr))?;
-                }
-            } else if format == QuantFormat::Q6K {
-                let (lo, hi, s_lo, s_hi) = (YMM[4], YMM[5], YMM[6], YMM[7]);
-                a.vmovdqu(lo, ymmword_ptr(wr + wk))?;
-                a.vpsrlw(hi, lo, 4)?;
-                a.vpand(lo, lo, mask)?;
-                a.vpand(hi, hi, mask)?;
-                // The 2-bit highs into bits 4–5 of each code.
-                a.vbroadcasti128(t0, xmmword_ptr(wr + wk + 32))?;
-                a.vpsllvd(t1, t0, ymmword_ptr(rax + 224))?;
-                a.vpand(t1, t1, ymmword_ptr(rax + 288))?;
-                a.vpor(lo, lo, t1)?;
-                a.vpsrlvd(t0, t0, ymmword_ptr(rax + 256))?;
-                a.vpand(t0, t0, ymmword_ptr(rax + 288))?;
-                a.vpor(hi, hi, t0)?;
-                // [d·sc_A0, d·sc_A1, d·sc_B0, d·sc_B1], exact in f32.
-                a.vpmovsxbd(XMM[6], dword_ptr(wr + wk + 48))?;
-                a.vcvtdq2ps(XMM[6], XMM[6])?;
-                a.vbroadcastss(XMM[7], dword_ptr(wr))?;
-                a.vmulps(XMM[6], XMM[6], XMM[7])?;
-                a.vpermps(s_hi, idx_m, s_lo)?;
-                a.vpermps(s_lo, idx_d, s_lo)?;
-                for (x, &xr) in xp.iter().enumerate().take(r) {
-                    // Σ code·q − 32·Σq per sub-block, exact in i32, then
-                    // scaled per sub-block and by the activation scale.
-                    a.vpmaddubsw(t0, lo, ymmword_ptr(xr + xk))?;
-                    a.vpmaddwd(t0, t0, ones)?;
-                    a.vpaddd(t0, t0, ymmword_ptr(xr + xk + 64))?;
-                    a.vcvtdq2ps(t0, t0)?;
-                    a.vmulps(t0, t0, s_lo)?;
-                    a.vpmaddubsw(t1, hi, ymmword_ptr(xr + xk + 32))?;
-                    a.vpmaddwd(t1, t1, ones)?;
-                    a.vpaddd(t1, t1, ymmword_ptr(xr + xk + 96))?;
-                    a.vcvtdq2ps(t1, t1)?;
-                    a.vfmadd231ps(t0, t1, s_hi)?;
-                    a.vfmadd231ps(acc(i, x), t0, ymmword_ptr(xr + xk + 128))?;
-                }
-            } else if q8 {
-                let (w0, w1, a0, a1) = (YMM[4], YMM[5], YMM[6], YMM[7]);
-                let d = YMM[2];
-                a.vmovdqu(w0, ymmword_ptr(wr))?;
-                a.vmovdqu(w1, ymmword_ptr(wr + 32))?;
-                a.vpabsb(a0, w0)?;
-                a.vpabsb(a1, w1)?;
-                a.vcvtph2ps(XMM[2], qword_ptr(wr + 64))?;
-                a.vpermps(d, idx_m, d)?;
-                for (x, &xr) in xp.iter().enumerate().take(r) {
-                    a.vmovdqu(t0, ymmword_ptr(xr))?;
-                    a.vpsignb(t0, t0, w0)?;
-                    a.vpmaddubsw(t0, a0, t0)?;
-                    a.vpmaddwd(t0, t0, ones)?;
-                    a.vmovdqu(t1, ymmword_ptr(xr + 32))?;
-                    a.vpsignb(t1, t1, w1)?;
-                    a.vpmaddubsw(t1, a1, t1)?;
-                    a.vpmaddwd(t1, t1, ones)?;
-                    a.vphaddd(t0, t0, t1)?;
-                    a.vcvtdq2ps(t0, t0)?;
-                    a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
-                    a.vfmadd231ps(acc(i, x), t0, t1)?;
-                }
-            } else {
-                let (lo, hi, d, m) = (YMM[4], YMM[5], YMM[6], YMM[7]);
-                a.vmovdqu(lo, ymmword_ptr(wr + wk))?;
-                a.vpsrlw(hi, lo, 4)?;
-                a.vpand(lo, lo, mask)?;
-                a.vpand(hi, hi, mask)?;
-                if format == QuantFormat::Q4K {
-                    // [sc_a, m_a, sc_b, m_b] · [d, −dmin, d, −dmin], exact in f32.
-                    a.vpmovzxbd(XMM[6], dword_ptr(wr + wk + 32))?;
-                    a.vcvtdq2ps(XMM[6], XMM[6])?;
-                    a.vmovddup(XMM[7], qword_ptr(wr))?;
-                    a.vmulps(XMM[6], XMM[6], XMM[7])?;
-                } else {
-                    a.vcvtph2ps(XMM[6], qword_ptr(wr + 32))?;
-                }
-                let m = if matches!(format, QuantFormat::Q4_1 | QuantFormat::Q4K) {
-                    a.vpermps(m, idx_m, d)?;
-                    m
-                } else {
-                    d
-                };
-                a.vpermps(d, idx_d, d)?;
-                for (x, &xr) in xp.iter().enumerate().take(r) {
-                    a.vpmaddubsw(t0, lo, ymmword_ptr(xr + xk))?;
-                    a.vpmaddubsw(t1, hi, ymmword_ptr(xr + xk + 32))?;
-                    a.vpaddw(t0, t0, t1)?;
-                    a.vpmaddwd(t0, t0, ones)?;
-                    a.vcvtdq2ps(t0, t0)?;
-                    a.vmulps(t1, d, ymmword_ptr(xr + xk + 64))?;
-                    a.vfmadd231ps(acc(i, x), t0, t1)?;
-                    a.vfmadd231ps(acc(i, x), m, ymmword_ptr(xr + xk + 96))?;
-                }
+    if record_bytes(format) > 0 {
+        loops.push((record_bytes(format) as i32, act_record_bytes(format) as i32, false));
+    }
+    for (step, xstep, groups) in loops {
+        let mut body = a.create_label();
+        let mut done = a.create_label();
+        if !groups {
+            a.mov(rcx, qword_ptr(rdi + 64))?;
+            if format == QuantFormat::Q8_0 {
+                a.vmovdqa(YMM[3], ymmword_ptr(rax + C_IDX_Q8))?;
+            } else if !is_float(format) {
+                a.vmovdqa(YMM[2], ymmword_ptr(rax + C_IDX_D))?;
+                a.vmovdqa(YMM[3], ymmword_ptr(rax + C_IDX_M))?;
             }
         }
+        a.test(rcx, rcx)?;
+        a.jz(done)?;
+        a.set_label(&mut body)?;
+        let sweep = w as i32 * step;
+        for line in (0..sweep).step_by(64) {
+            a.prefetcht0(byte_ptr(rdx + line))?;
+        }
+        a.add(rdx, sweep)?;
+        for (i, &wr) in wp.iter().enumerate() {
+            if groups {
+                emit_group_row(&mut a, format, &regs, i, wr, xp)?;
+            } else {
+                emit_record_row(&mut a, format, &regs, i, wr, xp)?;
+            }
+        }
+        for &wr in wp {
+            a.add(wr, step)?;
+        }
+        for &xr in xp {
+            a.add(xr, xstep)?;
+        }
+        a.dec(rcx)?;
+        a.jnz(body)?;
+        a.set_label(&mut done)?;
     }
-    for &wr in wp.iter().take(w) {
-        a.add(wr, step)?;
-    }
-    for &xr in xp.iter().take(r) {
-        a.add(xr, per_step * xrec)?;
-    }
-    a.dec(rcx)?;
-    a.jnz(body)?;
-    a.set_label(&mut reduce)?;
     a.mov(rdx, qword_ptr(rdi + 16))?;
     a.mov(r8, qword_ptr(rdi + 48))?;
     for x in 0..r {
         for i in 0..w {
-            let (v, xv) = (acc(i, x), XMM[10 + i * r + x]);
+            let (v, xv) = (regs.acc(i, x), XMM[regs.acc_index(i, x)]);
             a.vextractf128(XMM[8], v, 1)?;
             a.vaddps(xv, xv, XMM[8])?;
             a.vhaddps(xv, xv, xv)?;
