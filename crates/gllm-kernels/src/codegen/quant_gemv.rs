@@ -345,30 +345,38 @@ impl QuantPanels {
         let row_bytes = self.row_bytes();
         let work = |t: usize| -> Result<(), CodegenError> {
             let (i0, i1) = (t * per, ((t + 1) * per).min(rows));
+            let n = i1.saturating_sub(i0);
             for r0 in (0..m).step_by(MAX_ACT_ROWS) {
                 let r = MAX_ACT_ROWS.min(m - r0);
-                let w_max = max_weight_rows(r);
-                let mut i = i0;
-                while i < i1 {
-                    let w = w_max.min(i1 - i);
+                // The part's rows as `lanes` far-apart runs of `run` rows,
+                // one row of each per call: each run is read front to back
+                // across the calls, so the call streams from `lanes` places
+                // at once (one core reads DRAM twice as fast from four
+                // streams as from one).
+                let lanes = max_weight_rows(r).min(n);
+                let run = n.div_ceil(lanes.max(1));
+                for c in 0..run {
+                    let w = (n - c).div_ceil(run).min(lanes);
                     let f = set.get(w, r)?;
+                    let i = i0 + c;
                     let args = KernelArgs {
                         w: self.data[i * row_bytes..].as_ptr(),
                         x: acts[r0 * x_stride..].as_ptr(),
                         y: (y_addr + (r0 * rows + i) * 4) as *mut f32,
                         groups: self.shape.groups,
-                        w_stride: row_bytes,
+                        w_stride: run * row_bytes,
                         x_stride,
                         y_stride: rows * 4,
                         consts: (&CONSTS as *const Consts).cast(),
                         tail: self.shape.tail,
+                        y_row_stride: run * 4,
                     };
-                    // SAFETY: rows i..i+w of W are `row_bytes` apart with
-                    // TAIL_PAD after the last; activation rows r0..r0+r are
-                    // `x_stride` apart; y rows r0..r0+r, columns i..i+w lie
-                    // in y (m × rows), and threads own disjoint columns.
+                    // SAFETY: rows i + k·run (k < w, all < i1) of W are
+                    // `run · row_bytes` apart with TAIL_PAD after the last;
+                    // activation rows r0..r0+r are `x_stride` apart; y rows
+                    // r0..r0+r, columns i + k·run lie in y (m × rows), and
+                    // threads own disjoint columns.
                     unsafe { f(&args) };
-                    i += w;
                 }
             }
             Ok(())
@@ -672,17 +680,15 @@ pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
     }
 }
 
-/// How far ahead of the first row's cursor the kernels prefetch weights.
+/// How far ahead of each row's cursor the kernels prefetch its weights.
 ///
-/// A call's W rows are contiguous and calls walk the matrix in order, so for
-/// short rows (SmolLM2's 576 columns: 360 bytes of Q4_1) the weights are one
-/// stream that the kernel reads as W interleaved pieces; the hardware
-/// prefetcher alone left the kernel waiting on DRAM for every few rows (time
-/// ≈ compute + memory rather than the larger of the two). Sweeping a
-/// software prefetch one record per row per iteration ahead of that stream
-/// took SmolLM2's 1-thread decode from ~67 to 100–136 tokens/s on the AVX2
-/// EPYC (1 KiB: 102, 2 KiB: 125, 4 KiB: 108–136, 6 KiB: 100); prefetching
-/// each row at its own distance did little (69–87).
+/// A call reads W rows from W far-apart runs (see
+/// [`QuantPanels::gemv_quantized`]), each front to back across the calls,
+/// so each row's next bytes are a fixed distance ahead in its own stream.
+/// The hardware prefetcher alone left the kernel waiting on DRAM for much
+/// of its time (time ≈ compute + memory rather than the larger of the two):
+/// on the AVX2 EPYC a Q4_1 4096×11008 GEMV on one thread went from 7–10 to
+/// 12–16 GB/s with this, best at 3–4 KiB (2 KiB: 12–14, 6 KiB: 10–12).
 const PREFETCH_AHEAD: i32 = 4096;
 
 /// Weight rows per call for `r` activation rows: the W·R accumulators
@@ -705,6 +711,8 @@ struct KernelArgs {
     consts: *const u8,
     /// Tail records per row (after the groups).
     tail: usize,
+    /// Bytes between the outputs of consecutive weight rows.
+    y_row_stride: usize,
 }
 
 type QuantGemvFn = unsafe extern "C" fn(*const KernelArgs);
@@ -1054,8 +1062,7 @@ fn emit_record_row(
 
 /// Generates the kernel for `w` weight rows × `r` activation rows: a loop
 /// over the rows' groups, then one over their tail records, then one
-/// horizontal sum per output. rdx is the prefetch cursor
-/// ([`PREFETCH_AHEAD`]).
+/// horizontal sum per output.
 fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenError> {
     assert!((1..=4).contains(&w) && (1..=MAX_ACT_ROWS).contains(&r) && w * r <= 6);
     let regs = Regs { w, r };
@@ -1087,9 +1094,6 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
             a.vxorps(regs.acc(i, x), regs.acc(i, x), regs.acc(i, x))?;
         }
     }
-    // Software prefetch: rdx sweeps the call's rows (contiguous, W pieces
-    // per iteration) PREFETCH_AHEAD bytes ahead of the first row's cursor.
-    a.lea(rdx, qword_ptr(r10 + PREFETCH_AHEAD))?;
     let mut loops: Vec<(i32, i32, bool)> = Vec::new();
     if group_bytes(format) > 0 {
         loops.push((group_bytes(format) as i32, act_group_bytes(format) as i32, true));
@@ -1112,11 +1116,11 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
         a.test(rcx, rcx)?;
         a.jz(done)?;
         a.set_label(&mut body)?;
-        let sweep = w as i32 * step;
-        for line in (0..sweep).step_by(64) {
-            a.prefetcht0(byte_ptr(rdx + line))?;
+        for &wr in wp {
+            for line in (0..step).step_by(64) {
+                a.prefetcht0(byte_ptr(wr + PREFETCH_AHEAD + line))?;
+            }
         }
-        a.add(rdx, sweep)?;
         for (i, &wr) in wp.iter().enumerate() {
             if groups {
                 emit_group_row(&mut a, format, &regs, i, wr, xp)?;
@@ -1136,14 +1140,17 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
     }
     a.mov(rdx, qword_ptr(rdi + 16))?;
     a.mov(r8, qword_ptr(rdi + 48))?;
+    a.mov(r9, qword_ptr(rdi + 72))?;
     for x in 0..r {
+        a.mov(r11, rdx)?;
         for i in 0..w {
             let (v, xv) = (regs.acc(i, x), XMM[regs.acc_index(i, x)]);
             a.vextractf128(XMM[8], v, 1)?;
             a.vaddps(xv, xv, XMM[8])?;
             a.vhaddps(xv, xv, xv)?;
             a.vhaddps(xv, xv, xv)?;
-            a.vmovss(dword_ptr(rdx + 4 * i as i32), xv)?;
+            a.vmovss(dword_ptr(r11), xv)?;
+            a.add(r11, r9)?;
         }
         a.add(rdx, r8)?;
     }
