@@ -93,6 +93,7 @@ fn load(args: &ModelArgs) -> Result<(Model, EngineOptions)> {
     opts.backend = if args.reference { Backend::Reference } else { Backend::Jit };
     opts.fusion = FusionOptions { fuse: !args.no_fusion, ..Default::default() };
     opts.prefill_chunk = args.chunk;
+    opts.activations = args.activations.parse().map_err(anyhow::Error::msg)?;
     if let Some(ctx) = args.ctx {
         opts.max_context = ctx;
     }

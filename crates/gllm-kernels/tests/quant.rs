@@ -20,11 +20,15 @@ fn whole_blocks(format: QuantFormat, cols: usize) -> usize {
 }
 
 use gllm_kernels::oracle::quant::{
-    check_gemv, random_activations as activations, random_stored_matrix as random_matrix,
+    check_gemv_at, random_activations as activations, random_stored_matrix as random_matrix,
 };
+use gllm_kernels::quant::ActivationPrecision;
+
+const PRECISIONS: [ActivationPrecision; 2] = [ActivationPrecision::Int8, ActivationPrecision::Int16];
 
 fn gemv_matches_references(
     format: QuantFormat,
+    precision: ActivationPrecision,
     rows: usize,
     cols: usize,
     m: usize,
@@ -34,34 +38,35 @@ fn gemv_matches_references(
     let mut rng = Rng(seed);
     let bytes = random_matrix(format, rows, cols, &mut rng);
     let w = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
-    let panels = QuantPanels::pack(&w).unwrap();
+    let panels = QuantPanels::pack(&w).unwrap().with_activations(precision);
     let x = activations(m * cols, &mut rng);
     let mut y = vec![f32::NAN; m * rows];
     panels.gemv(&x, m, &mut y, threads).unwrap();
-    if let Err(e) = check_gemv(&w, &x, m, &y) {
-        panic!("{format} {rows}×{cols} m={m} threads={threads}: {e}");
+    if let Err(e) = check_gemv_at(&w, precision, &x, m, &y) {
+        panic!("{format} ({precision} activations) {rows}×{cols} m={m} threads={threads}: {e}");
     }
 }
 
 #[test]
 fn gemv_kernels_match_the_scalar_references() {
     let mut seed = 1;
-    for format in KERNEL_FORMATS {
+    for (format, precision) in KERNEL_FORMATS.into_iter().flat_map(|f| PRECISIONS.map(|p| (f, p))) {
         // Rows: 1, primes, a multiple of the 4-row step and not; blocks per
-        // row: 1 (a padded pair), odd, even, SmolLM2's 18 and 48.
-        // (Q4_K: 256, 256, 256, 256, 768, 1536, 512 columns.)
+        // row: 1 (a padded pair), odd, even, 11 (a group and three left
+        // over), SmolLM2's 18 and 48. (Q4_K, Q6_K: 1, 1, 1, 1, 3, 6 and 2
+        // groups of 256.)
         for (rows, cols) in [(1, 32), (3, 96), (7, 64), (13, 160), (16, 576), (37, 1536), (5, 32 * 11)] {
             let cols = whole_blocks(format, cols);
             for m in [1, 2, 3, 4, 5, 9] {
                 seed += 1;
-                gemv_matches_references(format, rows, cols, m, 1 + (seed as usize % 2), seed);
+                gemv_matches_references(format, precision, rows, cols, m, 1 + (seed as usize % 2), seed);
             }
         }
         // Big enough (≥ 128 KiB) to be split across threads: 2 and 3
         // threads, an uneven share, 1 and 4 activation rows.
         for (m, threads) in [(1, 2), (4, 3)] {
             seed += 1;
-            gemv_matches_references(format, 301, 1536, m, threads, seed);
+            gemv_matches_references(format, precision, 301, 1536, m, threads, seed);
         }
     }
 }

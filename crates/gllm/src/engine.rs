@@ -22,6 +22,7 @@ use crate::layer_graph;
 use crate::weights::{ModelWeights, WeightsError};
 use gllm_kernels::codegen::attention::{AttentionScratch, AttentionShape, CausalAttention, MASKED};
 use gllm_kernels::codegen::layer::{compile_graph_with, CompiledLayer, LayerWorkspace, PreparedWeights};
+use gllm_kernels::quant::ActivationPrecision;
 use gllm_kernels::codegen::CodegenError;
 use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::fusion::{FusionOptions, FusionPlan};
@@ -92,6 +93,10 @@ pub struct EngineOptions {
     pub max_context: usize,
     /// Prompts longer than this run in chunks of this many tokens.
     pub prefill_chunk: usize,
+    /// How decode's GEMVs over quantised weights quantise activations:
+    /// int8 as llama.cpp (the default), or int16 for logits that follow
+    /// exact arithmetic on the file's weights (docs/quantised.md).
+    pub activations: ActivationPrecision,
 }
 
 impl EngineOptions {
@@ -103,6 +108,7 @@ impl EngineOptions {
             profile,
             max_context: 2048,
             prefill_chunk: 256,
+            activations: ActivationPrecision::Int8,
         }
     }
 
@@ -364,7 +370,7 @@ impl Engine {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let get = |name: &str| w.layer_data(l, name);
-            let mut prepared = PreparedWeights::default();
+            let mut prepared = PreparedWeights::with_activations(self.opts.activations);
             for part in [&parts.pre, &parts.post] {
                 part.prepare_more_from(&mut prepared, &get).map_err(|source| EngineError::Run {
                     part: "preparing weights",
@@ -373,7 +379,7 @@ impl Engine {
             }
             layers.push(prepared);
         }
-        let mut head_w = PreparedWeights::default();
+        let mut head_w = PreparedWeights::with_activations(self.opts.activations);
         head.prepare_more_from(&mut head_w, &|name: &str| w.data(name))
             .map_err(|source| EngineError::Run { part: "preparing weights", source: Box::new(source) })?;
         self.stats.compile += t0.elapsed();

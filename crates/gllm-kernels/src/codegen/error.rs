@@ -52,6 +52,18 @@ pub enum CodegenError {
     /// A graph input or output the caller passed with the wrong length.
     #[error("{}{tensor} has {got} elements, the graph declares {want}", if *.output { "output " } else { "" })]
     TensorLength { tensor: crate::graph::TensorRef, got: usize, want: usize, output: bool },
+    #[error(
+        "activations quantised ({acts_precision}) for {acts_format} rows of {acts_cols} reach a {format} matrix \
+         with rows of {cols} ({precision})"
+    )]
+    QuantActivationsMismatch {
+        acts_format: crate::quant::QuantFormat,
+        acts_cols: usize,
+        acts_precision: crate::quant::ActivationPrecision,
+        format: crate::quant::QuantFormat,
+        cols: usize,
+        precision: crate::quant::ActivationPrecision,
+    },
     #[error("parameter {index} is used but {given} given")]
     MissingParameter { index: usize, given: usize },
     #[error("cannot generate code for {0}")]

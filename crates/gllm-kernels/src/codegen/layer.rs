@@ -17,7 +17,7 @@ use super::CodegenError;
 use crate::device::DeviceProfile;
 use crate::fusion::{self, BufferPurpose, FusionOptions, FusionPlan, FusionStrategy};
 use crate::graph::{CompilerGraph, SemanticGraph, TensorId, TensorRef};
-use crate::quant::QuantMatrix;
+use crate::quant::{ActivationPrecision, QuantMatrix};
 use crate::scalar::ScalarOpRegistry;
 use std::collections::HashMap;
 
@@ -58,6 +58,8 @@ pub struct CompiledLayer {
 pub struct PreparedWeights {
     plain: HashMap<String, Vec<f32>>,
     packed: HashMap<String, PreparedB>,
+    /// How the GEMVs over quantised weights quantise their activations.
+    activations: ActivationPrecision,
 }
 
 /// A weight as the caller holds it: f32 in the graph's declared shape, or a
@@ -70,6 +72,13 @@ pub enum WeightData<'w> {
 }
 
 impl PreparedWeights {
+    /// An empty set whose quantised weights' GEMVs quantise activations at
+    /// `precision` (the default, [`ActivationPrecision::Int8`], is
+    /// llama.cpp's rounding).
+    pub fn with_activations(precision: ActivationPrecision) -> PreparedWeights {
+        PreparedWeights { activations: precision, ..PreparedWeights::default() }
+    }
+
     /// Bytes held (packed panels include their zero padding).
     pub fn size_bytes(&self) -> usize {
         let plain: usize = self.plain.values().map(|v| v.len() * 4).sum();
@@ -328,7 +337,7 @@ impl CompiledLayer {
                         });
                     }
                     if q.format().has_kernel() {
-                        PreparedB::Quant(QuantPanels::pack(&q)?)
+                        PreparedB::Quant(QuantPanels::pack(&q)?.with_activations(prepared.activations))
                     } else {
                         let threads = rayon::current_num_threads();
                         PreparedB::Packed(kernel.pack_b_lines(*k, *n, threads, &|r0, count, out| {

@@ -47,7 +47,9 @@ use super::gemm::{GemmKernel, PackedB};
 use super::{check_length, Buffer, CodegenError};
 use crate::device::Isa;
 use crate::fusion::parallel::for_quantised_gemv;
-use crate::quant::{quantize_activation_block, QuantFormat, QuantMatrix, ACT_BLOCK};
+use crate::quant::{
+    quantize_activation_block_at, ActivationBlock, ActivationPrecision, QuantFormat, QuantMatrix, ACT_BLOCK,
+};
 use crate::runtime::dispatch::for_each_part;
 use crate::runtime::ExecutableCode;
 use iced_x86::code_asm::*;
@@ -72,6 +74,8 @@ pub struct QuantPanels {
     cols: usize,
     /// Groups and tail records per row.
     shape: RowShape,
+    /// How the block formats' kernels quantise activations.
+    precision: ActivationPrecision,
     data: Vec<u8>,
     /// Dequantised f32 panels kept for prompt processing (see
     /// [`QuantPanels::prefill_panels`]).
@@ -117,16 +121,6 @@ fn record_elems(format: QuantFormat) -> usize {
     }
 }
 
-/// Bytes of one tail record of quantised activations.
-fn act_record_bytes(format: QuantFormat) -> usize {
-    match format {
-        QuantFormat::Q8_0 => 96,
-        QuantFormat::F16 | QuantFormat::Bf16 => 32,
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => 128,
-        QuantFormat::Q4K | QuantFormat::Q6K => 0,
-    }
-}
-
 /// Bytes of one group of 256 weights (the file's bytes, reordered; Q4_K
 /// and Q6_K keep their f16 super-block scales as f32).
 fn group_bytes(format: QuantFormat) -> usize {
@@ -140,13 +134,58 @@ fn group_bytes(format: QuantFormat) -> usize {
     }
 }
 
+/// Integer digits per activation: `Int16` values are two base-255 digits.
+fn digits(precision: ActivationPrecision) -> usize {
+    match precision {
+        ActivationPrecision::Int8 => 1,
+        ActivationPrecision::Int16 => 2,
+    }
+}
+
+/// Where the parts of one unit of quantised activations lie: a group of
+/// 256 (a half group of 128 for Q6_K) or a tail record. The integer
+/// values come first, one copy per digit (`Int16`: the high digits, then
+/// the low ones `digit` bytes later), then the `dx` vector, and for the
+/// 4-bit formats `c·s` (Q6_K: `−32·Σq` as i32, before `dx`).
+#[derive(Debug, Clone, Copy)]
+struct ActParts {
+    digit: i32,
+    dx: i32,
+    extra: i32,
+    bytes: usize,
+}
+
+impl ActParts {
+    fn group(format: QuantFormat, precision: ActivationPrecision) -> ActParts {
+        let n = digits(precision) as i32;
+        match format {
+            QuantFormat::Q6K => {
+                ActParts { digit: 128, extra: 128 * n, dx: 128 * n + 32, bytes: 128 * n as usize + 64 }
+            }
+            QuantFormat::Q8_0 => ActParts { digit: 256, dx: 256 * n, extra: 0, bytes: 256 * n as usize + 32 },
+            QuantFormat::F16 | QuantFormat::Bf16 => ActParts { digit: 0, dx: 0, extra: 0, bytes: 0 },
+            _ => ActParts { digit: 256, dx: 256 * n, extra: 256 * n + 32, bytes: 256 * n as usize + 64 },
+        }
+    }
+
+    fn record(format: QuantFormat, precision: ActivationPrecision) -> ActParts {
+        let n = digits(precision) as i32;
+        match format {
+            QuantFormat::Q8_0 => ActParts { digit: 64, dx: 64 * n, extra: 0, bytes: 64 * n as usize + 32 },
+            QuantFormat::F16 | QuantFormat::Bf16 => ActParts { digit: 0, dx: 0, extra: 0, bytes: 32 },
+            QuantFormat::Q4K | QuantFormat::Q6K => ActParts { digit: 0, dx: 0, extra: 0, bytes: 0 },
+            _ => ActParts { digit: 64, dx: 64 * n, extra: 64 * n + 32, bytes: 64 * n as usize + 64 },
+        }
+    }
+}
+
 /// Bytes of one group of 256 quantised activations.
-fn act_group_bytes(format: QuantFormat) -> usize {
-    match format {
-        QuantFormat::Q8_0 => 288,
-        QuantFormat::Q6K => 384,
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => 320,
-        QuantFormat::F16 | QuantFormat::Bf16 => 0,
+fn act_group_bytes(format: QuantFormat, precision: ActivationPrecision) -> usize {
+    let parts = ActParts::group(format, precision).bytes;
+    if format == QuantFormat::Q6K {
+        2 * parts
+    } else {
+        parts
     }
 }
 
@@ -188,8 +227,9 @@ impl RowShape {
         self.groups * group_bytes(format) + self.tail * record_bytes(format)
     }
 
-    fn act_bytes(self, format: QuantFormat) -> usize {
-        self.groups * act_group_bytes(format) + self.tail * act_record_bytes(format)
+    fn act_bytes(self, format: QuantFormat, precision: ActivationPrecision) -> usize {
+        self.groups * act_group_bytes(format, precision)
+            + self.tail * ActParts::record(format, precision).bytes
     }
 }
 
@@ -216,7 +256,27 @@ impl QuantPanels {
             Ok(())
         };
         for_each_part(parts, fill)?;
-        Ok(QuantPanels { format, rows: m.rows(), cols: m.cols(), shape, data, prefill: OnceLock::new() })
+        Ok(QuantPanels {
+            format,
+            rows: m.rows(),
+            cols: m.cols(),
+            shape,
+            precision: ActivationPrecision::Int8,
+            data,
+            prefill: OnceLock::new(),
+        })
+    }
+
+    /// These panels with their GEMV quantising activations at `precision`
+    /// (F16/BF16 always use f32 activations).
+    pub fn with_activations(mut self, precision: ActivationPrecision) -> QuantPanels {
+        self.precision = precision;
+        self
+    }
+
+    /// How the GEMV quantises activations.
+    pub fn activations(&self) -> ActivationPrecision {
+        self.precision
     }
 
     pub fn format(&self) -> QuantFormat {
@@ -304,12 +364,19 @@ impl QuantPanels {
     /// the Q, K and V projections of one input).
     pub fn quantize(&self, x: &[f32], m: usize) -> Result<QuantActivations, CodegenError> {
         check_length(Buffer::X, x.len(), m * self.cols)?;
-        let x_stride = self.shape.act_bytes(self.format);
+        let x_stride = self.shape.act_bytes(self.format, self.precision);
         let mut data = vec![0u8; m * x_stride];
         for (xr, out) in x.chunks_exact(self.cols.max(1)).zip(data.chunks_exact_mut(x_stride.max(1))) {
-            quantize_activations(self.format, xr, out);
+            quantize_activations(self.format, self.precision, xr, out);
         }
-        Ok(QuantActivations { format: self.format, cols: self.cols, m, x_stride, data })
+        Ok(QuantActivations {
+            format: self.format,
+            precision: self.precision,
+            cols: self.cols,
+            m,
+            x_stride,
+            data,
+        })
     }
 
     /// [`QuantPanels::gemv`] on activations quantised by
@@ -322,11 +389,15 @@ impl QuantPanels {
         y: &mut [f32],
         threads: usize,
     ) -> Result<(), CodegenError> {
-        if (acts.format, acts.cols) != (self.format, self.cols) {
-            return Err(CodegenError::BadArguments(format!(
-                "activations quantised for {} rows of {} reach a {} matrix with rows of {}",
-                acts.format, acts.cols, self.format, self.cols
-            )));
+        if (acts.format, acts.cols, acts.precision) != (self.format, self.cols, self.precision) {
+            return Err(CodegenError::QuantActivationsMismatch {
+                acts_format: acts.format,
+                acts_cols: acts.cols,
+                acts_precision: acts.precision,
+                format: self.format,
+                cols: self.cols,
+                precision: self.precision,
+            });
         }
         let (m, x_stride, acts) = (acts.m, acts.x_stride, &acts.data);
         check_length(Buffer::Y, y.len(), m * self.rows)?;
@@ -337,7 +408,7 @@ impl QuantPanels {
             y.fill(0.0);
             return Ok(());
         }
-        let set = kernel_set(self.format)?;
+        let set = kernel_set(self.format, self.precision)?;
         let rows = self.rows;
         let threads = for_quantised_gemv(self.size_bytes(), threads).min(rows.div_ceil(4));
         let per = rows.div_ceil(threads).div_ceil(4) * 4;
@@ -346,14 +417,17 @@ impl QuantPanels {
         let work = |t: usize| -> Result<(), CodegenError> {
             let (i0, i1) = (t * per, ((t + 1) * per).min(rows));
             let n = i1.saturating_sub(i0);
-            for r0 in (0..m).step_by(MAX_ACT_ROWS) {
-                let r = MAX_ACT_ROWS.min(m - r0);
+            // F16/BF16 read f32 activations whatever the precision.
+            let precision = if is_float(self.format) { ActivationPrecision::Int8 } else { self.precision };
+            let act_rows = max_act_rows(precision);
+            for r0 in (0..m).step_by(act_rows) {
+                let r = act_rows.min(m - r0);
                 // The part's rows as `lanes` far-apart runs of `run` rows,
                 // one row of each per call: each run is read front to back
                 // across the calls, so the call streams from `lanes` places
                 // at once (one core reads DRAM twice as fast from four
                 // streams as from one).
-                let lanes = max_weight_rows(r).min(n);
+                let lanes = max_weight_rows(r, precision).min(n);
                 let run = n.div_ceil(lanes.max(1));
                 for c in 0..run {
                     let w = (n - c).div_ceil(run).min(lanes);
@@ -428,6 +502,7 @@ impl QuantPanels {
 #[derive(Debug, Clone)]
 pub struct QuantActivations {
     format: QuantFormat,
+    precision: ActivationPrecision,
     cols: usize,
     m: usize,
     /// Bytes between rows.
@@ -596,15 +671,16 @@ fn dequantize_group(format: QuantFormat, g: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Writes `x` (one activation row) as the kernel's activations: groups of
-/// 256 `q[256]` (in [`lane_byte`] order) `dx[8]` and, for the 4-bit
-/// formats, `c·s[8]` (`c = −8` for Q4_0's offset, 1 for the `m` terms);
-/// Q6_K per half of a group `q[128]` (its eight 16-element sub-blocks as
-/// the lanes) `−32·Σq[8]` (i32) `dx[8]`. Then tail records: Q4 formats
-/// `q[64]` (block pair's elements 0–15 of both blocks, then 16–31 of both)
-/// `[d0×4, d1×4]` `[c·s0/4 ×4, c·s1/4 ×4]`; Q8_0 `q[64]` (natural order) and
+/// Writes `x` (one activation row) as the kernel's activations at
+/// `precision`, in the [`ActParts`] layouts: groups of 256 with the values
+/// in [`lane_byte`] order, `dx[8]` and, for the 4-bit formats, `c·s[8]`
+/// (`c = −8` for Q4_0's offset, 1 for the `m` terms); Q6_K per half of a
+/// group its eight 16-element sub-blocks as the lanes, `−32·Σq[8]` (i32)
+/// and `dx[8]`. Then tail records: Q4 formats' values in their nibble order
+/// (block pair's elements 0–15 of both blocks, then 16–31 of both),
+/// `[d0×4, d1×4]` `[c·s0/4 ×4, c·s1/4 ×4]`; Q8_0's in natural order and
 /// `[d0, d0, d1, d1, d0, d0, d1, d1]`.
-pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
+pub fn quantize_activations(format: QuantFormat, precision: ActivationPrecision, x: &[f32], out: &mut [u8]) {
     if is_float(format) {
         // f32 as is, zero padded to whole records.
         out.fill(0);
@@ -616,67 +692,81 @@ pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
     let block = |b: usize| {
         let start = b * ACT_BLOCK;
         let end = (start + ACT_BLOCK).min(x.len());
-        quantize_activation_block(if start < end { &x[start..end] } else { &[] })
+        quantize_activation_block_at(if start < end { &x[start..end] } else { &[] }, precision)
     };
-    let put_f32 = |rec: &mut [u8], at: usize, v: [f32; 8]| {
+    let put_f32 = |rec: &mut [u8], at: i32, v: [f32; 8]| {
         for (i, v) in v.iter().enumerate() {
-            rec[at + 4 * i..at + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            let at = at as usize + 4 * i;
+            rec[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    };
+    // Element k of `b` at byte `at` of each digit's copy.
+    let put_q = |out: &mut [u8], digit: i32, at: usize, b: &ActivationBlock, k: usize| match precision {
+        ActivationPrecision::Int8 => out[at] = b.q[k] as i8 as u8,
+        ActivationPrecision::Int16 => {
+            let (hi, lo) = b.digits(k);
+            out[at] = hi as u8;
+            out[digit as usize + at] = lo as u8;
         }
     };
     let c = if format == QuantFormat::Q4_0 { -8.0 } else { 1.0 };
     let shape = RowShape::new(format, x.len());
-    let (groups, tail) = out.split_at_mut(shape.groups * act_group_bytes(format));
-    for (g, out) in groups.chunks_exact_mut(act_group_bytes(format)).enumerate() {
+    let gp = ActParts::group(format, precision);
+    let (groups, tail) = out.split_at_mut(shape.groups * act_group_bytes(format, precision));
+    for (g, out) in groups.chunks_exact_mut(act_group_bytes(format, precision)).enumerate() {
         let blocks: [_; GROUP_BLOCKS] = std::array::from_fn(|j| block(GROUP_BLOCKS * g + j));
         if format == QuantFormat::Q6K {
-            for (half, out) in out.chunks_exact_mut(192).enumerate() {
+            for (half, out) in out.chunks_exact_mut(gp.bytes).enumerate() {
                 for j in 0..8 {
                     let sub = 8 * half + j;
                     let (b, first) = (&blocks[sub / 2], 16 * (sub % 2));
-                    let q = &b.q[first..first + 16];
-                    for (k, &q) in q.iter().enumerate() {
-                        out[32 * (k / 4) + 4 * j + k % 4] = q as u8;
+                    for k in 0..16 {
+                        put_q(out, gp.digit, 32 * (k / 4) + 4 * j + k % 4, b, first + k);
                     }
-                    let offset = -32 * q.iter().map(|&v| i32::from(v)).sum::<i32>();
-                    out[128 + 4 * j..132 + 4 * j].copy_from_slice(&offset.to_le_bytes());
-                    out[160 + 4 * j..164 + 4 * j].copy_from_slice(&b.d.to_le_bytes());
+                    let sum: i32 = b.q[first..first + 16].iter().map(|&v| i32::from(v)).sum();
+                    let at = gp.extra as usize + 4 * j;
+                    out[at..at + 4].copy_from_slice(&(-32 * sum).to_le_bytes());
+                    let at = gp.dx as usize + 4 * j;
+                    out[at..at + 4].copy_from_slice(&b.d.to_le_bytes());
                 }
             }
             continue;
         }
         for (j, b) in blocks.iter().enumerate() {
-            for (k, &q) in b.q.iter().enumerate() {
-                out[lane_byte(j, k)] = q as u8;
+            for k in 0..ACT_BLOCK {
+                put_q(out, gp.digit, lane_byte(j, k), b, k);
             }
         }
-        put_f32(out, 256, std::array::from_fn(|j| blocks[j].d));
+        put_f32(out, gp.dx, std::array::from_fn(|j| blocks[j].d));
         if format != QuantFormat::Q8_0 {
-            put_f32(out, 288, std::array::from_fn(|j| c * blocks[j].s));
+            put_f32(out, gp.extra, std::array::from_fn(|j| c * blocks[j].s));
         }
     }
+    let rp = ActParts::record(format, precision);
     let first = shape.groups * GROUP_BLOCKS;
-    for (p, rec) in tail.chunks_exact_mut(act_record_bytes(format).max(1)).enumerate() {
+    for (p, rec) in tail.chunks_exact_mut(rp.bytes.max(1)).enumerate() {
         let (b0, b1) = (block(first + 2 * p), block(first + 2 * p + 1));
         if format == QuantFormat::Q8_0 {
-            for (i, &q) in b0.q.iter().chain(&b1.q).enumerate() {
-                rec[i] = q as u8;
+            for k in 0..ACT_BLOCK {
+                put_q(rec, rp.digit, k, &b0, k);
+                put_q(rec, rp.digit, 32 + k, &b1, k);
             }
             let (a, b) = (b0.d, b1.d);
-            put_f32(rec, 64, [a, a, b, b, a, a, b, b]);
+            put_f32(rec, rp.dx, [a, a, b, b, a, a, b, b]);
             continue;
         }
         // The 4-bit formats' nibble order: both blocks' elements 0–15, then
         // both blocks' 16–31.
         for j in 0..16 {
-            rec[j] = b0.q[j] as u8;
-            rec[16 + j] = b1.q[j] as u8;
-            rec[32 + j] = b0.q[16 + j] as u8;
-            rec[48 + j] = b1.q[16 + j] as u8;
+            put_q(rec, rp.digit, j, &b0, j);
+            put_q(rec, rp.digit, 16 + j, &b1, j);
+            put_q(rec, rp.digit, 32 + j, &b0, 16 + j);
+            put_q(rec, rp.digit, 48 + j, &b1, 16 + j);
         }
         let (a, b) = (b0.d, b1.d);
-        put_f32(rec, 64, [a, a, a, a, b, b, b, b]);
+        put_f32(rec, rp.dx, [a, a, a, a, b, b, b, b]);
         let (a, b) = (c / 4.0 * b0.s, c / 4.0 * b1.s);
-        put_f32(rec, 96, [a, a, a, a, b, b, b, b]);
+        put_f32(rec, rp.extra, [a, a, a, a, b, b, b, b]);
     }
 }
 
@@ -691,11 +781,24 @@ pub fn quantize_activations(format: QuantFormat, x: &[f32], out: &mut [u8]) {
 /// 12–16 GB/s with this, best at 3–4 KiB (2 KiB: 12–14, 6 KiB: 10–12).
 const PREFETCH_AHEAD: i32 = 4096;
 
+/// Activation rows one kernel call reads at `precision`: `Int16` keeps two
+/// integer sums per row.
+fn max_act_rows(precision: ActivationPrecision) -> usize {
+    match precision {
+        ActivationPrecision::Int8 => MAX_ACT_ROWS,
+        ActivationPrecision::Int16 => 3,
+    }
+}
+
 /// Weight rows per call for `r` activation rows: the W·R accumulators
-/// share the 16 vector registers with 2 constants, 5 temporaries and R
-/// integer sums (a group) or 8 constants and temporaries (a tail record).
-fn max_weight_rows(r: usize) -> usize {
-    (6 / r.max(1)).clamp(1, 4)
+/// share the 16 vector registers with 2 constants, 5 temporaries and
+/// digits·R integer sums (a group), or 8 constants and temporaries plus 2
+/// more for `Int16` (a tail record).
+fn max_weight_rows(r: usize, precision: ActivationPrecision) -> usize {
+    match precision {
+        ActivationPrecision::Int8 => (6 / r.max(1)).clamp(1, 4),
+        ActivationPrecision::Int16 => [4, 2, 1][r.clamp(1, 3) - 1],
+    }
 }
 
 #[repr(C)]
@@ -750,16 +853,18 @@ static CONSTS: Consts = Consts {
     mask_q6k: [0x30; 32],
 };
 
-/// One format's kernels, compiled on first use for each (W, R).
+/// One format's kernels at one activation precision, compiled on first
+/// use for each (W, R).
 struct KernelSet {
     format: QuantFormat,
+    precision: ActivationPrecision,
     slots: [[OnceLock<Result<ExecutableCode, String>>; MAX_ACT_ROWS]; 4],
 }
 
 impl KernelSet {
     fn get(&self, w: usize, r: usize) -> Result<QuantGemvFn, CodegenError> {
         let code = self.slots[w - 1][r - 1].get_or_init(|| {
-            let bytes = generate(self.format, w, r).map_err(|e| e.to_string())?;
+            let bytes = generate(self.format, self.precision, w, r).map_err(|e| e.to_string())?;
             ExecutableCode::new(&bytes).map_err(|e| e.to_string())
         });
         match code {
@@ -770,29 +875,19 @@ impl KernelSet {
     }
 }
 
-fn kernel_set(format: QuantFormat) -> Result<&'static KernelSet, CodegenError> {
-    static SETS: [OnceLock<KernelSet>; 7] = [
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-    ];
-    let i = match format {
-        QuantFormat::Q8_0 => 0,
-        QuantFormat::Q4_0 => 1,
-        QuantFormat::Q4_1 => 2,
-        QuantFormat::Q4K => 3,
-        QuantFormat::Q6K => 4,
-        QuantFormat::F16 => 5,
-        QuantFormat::Bf16 => 6,
-    };
+fn kernel_set(
+    format: QuantFormat,
+    precision: ActivationPrecision,
+) -> Result<&'static KernelSet, CodegenError> {
+    static SETS: [OnceLock<KernelSet>; 14] = [const { OnceLock::new() }; 14];
+    let i = QuantFormat::ALL.iter().position(|&f| f == format).expect("every format is in ALL");
+    // F16/BF16 read f32 activations: one kernel set serves both precisions.
+    let precision = if is_float(format) { ActivationPrecision::Int8 } else { precision };
+    let i = 2 * i + usize::from(precision == ActivationPrecision::Int16);
     if !host_has_avx2() {
         return Err(CodegenError::IsaNotOnHost { isa: Isa::Avx2 });
     }
-    Ok(SETS[i].get_or_init(|| KernelSet { format, slots: Default::default() }))
+    Ok(SETS[i].get_or_init(|| KernelSet { format, precision, slots: Default::default() }))
 }
 
 fn host_has_avx2() -> bool {
@@ -806,11 +901,14 @@ const YMM: [AsmRegisterYmm; 16] =
 const XMM: [AsmRegisterXmm; 16] =
     [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
 
-/// Registers of a kernel: two constants, temporaries, then per activation
-/// row an integer sum (groups), and the W·R f32 accumulators at the top.
+/// Registers of a kernel: two constants, temporaries, then per digit and
+/// activation row an integer sum (groups), and the W·R f32 accumulators at
+/// the top.
 struct Regs {
     w: usize,
     r: usize,
+    /// Integer digits per activation (2 for `Int16`).
+    digits: usize,
 }
 
 impl Regs {
@@ -823,34 +921,61 @@ impl Regs {
     const T2: AsmRegisterYmm = ymm5;
     const HB: AsmRegisterYmm = ymm6;
 
-    /// The integer sums of activation row `x` over one group.
-    fn sum(&self, x: usize) -> AsmRegisterYmm {
-        YMM[7 + x]
+    /// The integer sums of digit `d` of activation row `x` over one group.
+    fn sum(&self, d: usize, x: usize) -> AsmRegisterYmm {
+        YMM[7 + d * self.r + x]
     }
 
     /// The f32 accumulator of weight row `i` × activation row `x`.
     fn acc(&self, i: usize, x: usize) -> AsmRegisterYmm {
-        YMM[16 - self.w * self.r + i * self.r + x]
+        YMM[self.acc_index(i, x)]
     }
 
     fn acc_index(&self, i: usize, x: usize) -> usize {
         16 - self.w * self.r + i * self.r + x
     }
+
+    /// Widens the i16 sums of digit `d` of row `x` to i32 (`vpmaddwd` by 1).
+    fn widen(&self, a: &mut CodeAssembler, d: usize, x: usize) -> Result<(), IcedError> {
+        a.vpmaddwd(self.sum(d, x), self.sum(d, x), Regs::ONES)
+    }
+
+    /// Folds row `x`'s i32 digit sums into `sum(0, x)`: `255·hi + lo`.
+    fn combine(&self, a: &mut CodeAssembler, x: usize) -> Result<(), IcedError> {
+        combine_digits(a, self.digits, self.sum(0, x), self.sum(1, x), Regs::T)
+    }
+}
+
+/// `hi ← 255·hi + lo` in i32 lanes (exact), using `t`; nothing for one digit.
+fn combine_digits(
+    a: &mut CodeAssembler,
+    digits: usize,
+    hi: AsmRegisterYmm,
+    lo: AsmRegisterYmm,
+    t: AsmRegisterYmm,
+) -> Result<(), IcedError> {
+    if digits == 2 {
+        a.vpslld(t, hi, 8)?;
+        a.vpsubd(hi, t, hi)?;
+        a.vpaddd(hi, hi, lo)?;
+    }
+    Ok(())
 }
 
 /// One group (256 weights) of weight row `wr` against the activation rows
 /// `xp`, accumulated into `acc(i, ·)`.
 ///
 /// The 4-bit formats unpack each 32-byte load into two vectors of codes and
-/// sum all eight `vpmaddubsw` products per activation row in i16 (at most
-/// 8·2·15·127 = 30 480), so one `vpmaddwd` leaves each block's integer dot
-/// product in its own i32 lane: the scales are applied once per group, as
-/// 8-lane vectors. Q8_0 (products up to 2·128·127) widens every vector with
-/// `vpmaddwd`; Q6_K (2·63·127) every two, per half of 128 weights whose
-/// eight 16-element sub-blocks are the lanes.
+/// sum all eight `vpmaddubsw` products per activation row and digit in i16
+/// (at most 8·2·15·127 = 30 480), so one `vpmaddwd` leaves each block's
+/// integer dot product in its own i32 lane: the scales are applied once per
+/// group, as 8-lane vectors. Q8_0 (products up to 2·128·127) widens every
+/// vector with `vpmaddwd`; Q6_K (2·63·127) every two, per half of 128
+/// weights whose eight 16-element sub-blocks are the lanes.
 fn emit_group_row(
     a: &mut CodeAssembler,
     format: QuantFormat,
+    precision: ActivationPrecision,
     regs: &Regs,
     i: usize,
     wr: AsmRegister64,
@@ -858,32 +983,39 @@ fn emit_group_row(
 ) -> Result<(), IcedError> {
     let (lo, hi, t, t2, hb) = (Regs::LO, Regs::HI, Regs::T, Regs::T2, Regs::HB);
     let (mask, ones) = (Regs::MASK, Regs::ONES);
+    let parts = ActParts::group(format, precision);
+    let digits = regs.digits;
     match format {
         QuantFormat::Q8_0 => {
             for v in 0..8 {
                 a.vpabsb(lo, ymmword_ptr(wr + 32 * v))?;
                 for (x, &xr) in xp.iter().enumerate() {
-                    // |w| (unsigned) × x·sign(w) (signed).
-                    a.vmovdqu(t, ymmword_ptr(xr + 32 * v))?;
-                    a.vpsignb(t, t, ymmword_ptr(wr + 32 * v))?;
-                    a.vpmaddubsw(t, lo, t)?;
-                    if v == 0 {
-                        a.vpmaddwd(regs.sum(x), t, ones)?;
-                    } else {
-                        a.vpmaddwd(t, t, ones)?;
-                        a.vpaddd(regs.sum(x), regs.sum(x), t)?;
+                    for d in 0..digits {
+                        // |w| (unsigned) × x·sign(w) (signed).
+                        let at = d as i32 * parts.digit + 32 * v;
+                        a.vmovdqu(t, ymmword_ptr(xr + at))?;
+                        a.vpsignb(t, t, ymmword_ptr(wr + 32 * v))?;
+                        a.vpmaddubsw(t, lo, t)?;
+                        if v == 0 {
+                            a.vpmaddwd(regs.sum(d, x), t, ones)?;
+                        } else {
+                            a.vpmaddwd(t, t, ones)?;
+                            a.vpaddd(regs.sum(d, x), regs.sum(d, x), t)?;
+                        }
                     }
                 }
             }
             a.vcvtph2ps(lo, xmmword_ptr(wr + 256))?;
             for (x, &xr) in xp.iter().enumerate() {
-                a.vcvtdq2ps(regs.sum(x), regs.sum(x))?;
-                a.vmulps(t, lo, ymmword_ptr(xr + 256))?;
-                a.vfmadd231ps(regs.acc(i, x), regs.sum(x), t)?;
+                regs.combine(a, x)?;
+                a.vcvtdq2ps(regs.sum(0, x), regs.sum(0, x))?;
+                a.vmulps(t, lo, ymmword_ptr(xr + parts.dx))?;
+                a.vfmadd231ps(regs.acc(i, x), regs.sum(0, x), t)?;
             }
         }
         QuantFormat::Q6K => {
             for half in 0..2i32 {
+                let base = half * parts.bytes as i32;
                 a.vmovdqu(hb, ymmword_ptr(wr + 148 + 32 * half))?;
                 for p in 0..2i32 {
                     a.vmovdqu(lo, ymmword_ptr(wr + 20 + 32 * (2 * half + p)))?;
@@ -904,15 +1036,17 @@ fn emit_group_row(
                         a.vpor(codes, codes, t)?;
                     }
                     for (x, &xr) in xp.iter().enumerate() {
-                        let at = 192 * half + 64 * p;
-                        a.vpmaddubsw(t, lo, ymmword_ptr(xr + at))?;
-                        a.vpmaddubsw(t2, hi, ymmword_ptr(xr + at + 32))?;
-                        a.vpaddw(t, t, t2)?;
-                        if p == 0 {
-                            a.vpmaddwd(regs.sum(x), t, ones)?;
-                        } else {
-                            a.vpmaddwd(t, t, ones)?;
-                            a.vpaddd(regs.sum(x), regs.sum(x), t)?;
+                        for d in 0..digits {
+                            let at = base + d as i32 * parts.digit + 64 * p;
+                            a.vpmaddubsw(t, lo, ymmword_ptr(xr + at))?;
+                            a.vpmaddubsw(t2, hi, ymmword_ptr(xr + at + 32))?;
+                            a.vpaddw(t, t, t2)?;
+                            if p == 0 {
+                                a.vpmaddwd(regs.sum(d, x), t, ones)?;
+                            } else {
+                                a.vpmaddwd(t, t, ones)?;
+                                a.vpaddd(regs.sum(d, x), regs.sum(d, x), t)?;
+                            }
                         }
                     }
                 }
@@ -923,11 +1057,11 @@ fn emit_group_row(
                 a.vmulps(lo, lo, t)?;
                 for (x, &xr) in xp.iter().enumerate() {
                     // Σ code·q − 32·Σq per sub-block, exact in i32.
-                    let at = 192 * half;
-                    a.vpaddd(regs.sum(x), regs.sum(x), ymmword_ptr(xr + at + 128))?;
-                    a.vcvtdq2ps(regs.sum(x), regs.sum(x))?;
-                    a.vmulps(t, lo, ymmword_ptr(xr + at + 160))?;
-                    a.vfmadd231ps(regs.acc(i, x), regs.sum(x), t)?;
+                    regs.combine(a, x)?;
+                    a.vpaddd(regs.sum(0, x), regs.sum(0, x), ymmword_ptr(xr + base + parts.extra))?;
+                    a.vcvtdq2ps(regs.sum(0, x), regs.sum(0, x))?;
+                    a.vmulps(t, lo, ymmword_ptr(xr + base + parts.dx))?;
+                    a.vfmadd231ps(regs.acc(i, x), regs.sum(0, x), t)?;
                 }
             }
         }
@@ -939,14 +1073,17 @@ fn emit_group_row(
                 a.vpand(lo, lo, mask)?;
                 a.vpand(hi, hi, mask)?;
                 for (x, &xr) in xp.iter().enumerate() {
-                    if l == 0 {
-                        a.vpmaddubsw(regs.sum(x), lo, ymmword_ptr(xr))?;
-                    } else {
-                        a.vpmaddubsw(t, lo, ymmword_ptr(xr + 64 * l))?;
-                        a.vpaddw(regs.sum(x), regs.sum(x), t)?;
+                    for d in 0..digits {
+                        let (sum, at) = (regs.sum(d, x), d as i32 * parts.digit + 64 * l);
+                        if l == 0 {
+                            a.vpmaddubsw(sum, lo, ymmword_ptr(xr + at))?;
+                        } else {
+                            a.vpmaddubsw(t, lo, ymmword_ptr(xr + at))?;
+                            a.vpaddw(sum, sum, t)?;
+                        }
+                        a.vpmaddubsw(t, hi, ymmword_ptr(xr + at + 32))?;
+                        a.vpaddw(sum, sum, t)?;
                     }
-                    a.vpmaddubsw(t, hi, ymmword_ptr(xr + 64 * l + 32))?;
-                    a.vpaddw(regs.sum(x), regs.sum(x), t)?;
                 }
             }
             // `lo` ← the weight scale per block, `hi` ← what multiplies
@@ -973,11 +1110,14 @@ fn emit_group_row(
                 }
             };
             for (x, &xr) in xp.iter().enumerate() {
-                a.vpmaddwd(regs.sum(x), regs.sum(x), ones)?;
-                a.vcvtdq2ps(regs.sum(x), regs.sum(x))?;
-                a.vmulps(t, lo, ymmword_ptr(xr + 256))?;
-                a.vfmadd231ps(regs.acc(i, x), regs.sum(x), t)?;
-                a.vfmadd231ps(regs.acc(i, x), offset, ymmword_ptr(xr + 288))?;
+                for d in 0..digits {
+                    regs.widen(a, d, x)?;
+                }
+                regs.combine(a, x)?;
+                a.vcvtdq2ps(regs.sum(0, x), regs.sum(0, x))?;
+                a.vmulps(t, lo, ymmword_ptr(xr + parts.dx))?;
+                a.vfmadd231ps(regs.acc(i, x), regs.sum(0, x), t)?;
+                a.vfmadd231ps(regs.acc(i, x), offset, ymmword_ptr(xr + parts.extra))?;
             }
         }
     }
@@ -986,17 +1126,23 @@ fn emit_group_row(
 
 /// One tail record (a block pair, or 8 F16/BF16 weights) of weight row `wr`
 /// against the activation rows `xp`. Registers: ymm0–3 constants, ymm4–9
-/// temporaries.
+/// temporaries (and ymm10–11 for `Int16`).
 fn emit_record_row(
     a: &mut CodeAssembler,
     format: QuantFormat,
+    precision: ActivationPrecision,
     regs: &Regs,
     i: usize,
     wr: AsmRegister64,
     xp: &[AsmRegister64],
 ) -> Result<(), IcedError> {
     let (t0, t1) = (YMM[8], YMM[9]);
+    // Each digit's sums: the first in t0 (t1 its second half), the second
+    // in ymm10 (ymm11).
+    let dsum = [(t0, t1), (YMM[10], YMM[11])];
     let (mask, ones, idx_d, idx_m) = (YMM[0], YMM[1], YMM[2], YMM[3]);
+    let parts = ActParts::record(format, precision);
+    let digits = regs.digits;
     if is_float(format) {
         let wv = YMM[4];
         if format == QuantFormat::F16 {
@@ -1019,17 +1165,21 @@ fn emit_record_row(
         a.vcvtph2ps(XMM[2], qword_ptr(wr + 64))?;
         a.vpermps(d, idx_m, d)?; // idx_q8 lives in ymm3
         for (x, &xr) in xp.iter().enumerate() {
-            a.vmovdqu(t0, ymmword_ptr(xr))?;
-            a.vpsignb(t0, t0, w0)?;
-            a.vpmaddubsw(t0, a0, t0)?;
-            a.vpmaddwd(t0, t0, ones)?;
-            a.vmovdqu(t1, ymmword_ptr(xr + 32))?;
-            a.vpsignb(t1, t1, w1)?;
-            a.vpmaddubsw(t1, a1, t1)?;
-            a.vpmaddwd(t1, t1, ones)?;
-            a.vphaddd(t0, t0, t1)?;
+            for (dg, &(s0, s1)) in dsum.iter().enumerate().take(digits) {
+                let at = dg as i32 * parts.digit;
+                a.vmovdqu(s0, ymmword_ptr(xr + at))?;
+                a.vpsignb(s0, s0, w0)?;
+                a.vpmaddubsw(s0, a0, s0)?;
+                a.vpmaddwd(s0, s0, ones)?;
+                a.vmovdqu(s1, ymmword_ptr(xr + at + 32))?;
+                a.vpsignb(s1, s1, w1)?;
+                a.vpmaddubsw(s1, a1, s1)?;
+                a.vpmaddwd(s1, s1, ones)?;
+                a.vphaddd(s0, s0, s1)?;
+            }
+            combine_digits(a, digits, t0, dsum[1].0, t1)?;
             a.vcvtdq2ps(t0, t0)?;
-            a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
+            a.vmulps(t1, d, ymmword_ptr(xr + parts.dx))?;
             a.vfmadd231ps(regs.acc(i, x), t0, t1)?;
         }
     } else {
@@ -1047,14 +1197,18 @@ fn emit_record_row(
         };
         a.vpermps(d, idx_d, d)?;
         for (x, &xr) in xp.iter().enumerate() {
-            a.vpmaddubsw(t0, lo, ymmword_ptr(xr))?;
-            a.vpmaddubsw(t1, hi, ymmword_ptr(xr + 32))?;
-            a.vpaddw(t0, t0, t1)?;
-            a.vpmaddwd(t0, t0, ones)?;
+            for (dg, &(s0, s1)) in dsum.iter().enumerate().take(digits) {
+                let at = dg as i32 * parts.digit;
+                a.vpmaddubsw(s0, lo, ymmword_ptr(xr + at))?;
+                a.vpmaddubsw(s1, hi, ymmword_ptr(xr + at + 32))?;
+                a.vpaddw(s0, s0, s1)?;
+                a.vpmaddwd(s0, s0, ones)?;
+            }
+            combine_digits(a, digits, t0, dsum[1].0, t1)?;
             a.vcvtdq2ps(t0, t0)?;
-            a.vmulps(t1, d, ymmword_ptr(xr + 64))?;
+            a.vmulps(t1, d, ymmword_ptr(xr + parts.dx))?;
             a.vfmadd231ps(regs.acc(i, x), t0, t1)?;
-            a.vfmadd231ps(regs.acc(i, x), m, ymmword_ptr(xr + 96))?;
+            a.vfmadd231ps(regs.acc(i, x), m, ymmword_ptr(xr + parts.extra))?;
         }
     }
     Ok(())
@@ -1063,9 +1217,18 @@ fn emit_record_row(
 /// Generates the kernel for `w` weight rows × `r` activation rows: a loop
 /// over the rows' groups, then one over their tail records, then one
 /// horizontal sum per output.
-fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenError> {
+fn generate(
+    format: QuantFormat,
+    precision: ActivationPrecision,
+    w: usize,
+    r: usize,
+) -> Result<Vec<u8>, CodegenError> {
+    let digits = if is_float(format) { 1 } else { digits(precision) };
+    let regs = Regs { w, r, digits };
+    // Group sums below the accumulators; Int16 tail records use ymm10–11.
+    let first_acc = 16 - w * r;
     assert!((1..=4).contains(&w) && (1..=MAX_ACT_ROWS).contains(&r) && w * r <= 6);
-    let regs = Regs { w, r };
+    assert!(7 + digits * r <= first_acc && (digits == 1 || first_acc >= 12));
     let mut a = CodeAssembler::new(64)?;
     let wp = [r10, r11, rbx, r15];
     let xp = [rsi, r12, r13, r14];
@@ -1096,10 +1259,10 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
     }
     let mut loops: Vec<(i32, i32, bool)> = Vec::new();
     if group_bytes(format) > 0 {
-        loops.push((group_bytes(format) as i32, act_group_bytes(format) as i32, true));
+        loops.push((group_bytes(format) as i32, act_group_bytes(format, precision) as i32, true));
     }
     if record_bytes(format) > 0 {
-        loops.push((record_bytes(format) as i32, act_record_bytes(format) as i32, false));
+        loops.push((record_bytes(format) as i32, ActParts::record(format, precision).bytes as i32, false));
     }
     for (step, xstep, groups) in loops {
         let mut body = a.create_label();
@@ -1123,9 +1286,9 @@ fn generate(format: QuantFormat, w: usize, r: usize) -> Result<Vec<u8>, CodegenE
         }
         for (i, &wr) in wp.iter().enumerate() {
             if groups {
-                emit_group_row(&mut a, format, &regs, i, wr, xp)?;
+                emit_group_row(&mut a, format, precision, &regs, i, wr, xp)?;
             } else {
-                emit_record_row(&mut a, format, &regs, i, wr, xp)?;
+                emit_record_row(&mut a, format, precision, &regs, i, wr, xp)?;
             }
         }
         for &wr in wp {

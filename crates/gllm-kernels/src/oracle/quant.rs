@@ -13,8 +13,8 @@ use super::{guard_all, GuardedBuffer, KernelKind, OpReport, Placement, Rng, Swee
 use crate::codegen::quant_gemv::QuantPanels;
 use crate::device::Isa;
 use crate::quant::{
-    activation_quantisation_bound, dequantize_row, quantize_activation_block, row_dot, row_dot_quantized,
-    QuantFormat, QuantMatrix, ACT_BLOCK,
+    activation_quantisation_bound, dequantize_row, quantize_activation_block_at, row_dot, row_dot_quantized,
+    ActivationPrecision, QuantFormat, QuantMatrix, ACT_BLOCK,
 };
 use half::{bf16, f16};
 
@@ -80,13 +80,24 @@ pub fn random_activations(n: usize, rng: &mut Rng) -> Vec<f32> {
 /// the stated bounds; returns the worst distance in ULPs from the integer
 /// reference (F16/BF16: from the f64 dot).
 pub fn check_gemv(w: &QuantMatrix, x: &[f32], m: usize, y: &[f32]) -> Result<u64, String> {
+    check_gemv_at(w, ActivationPrecision::Int8, x, m, y)
+}
+
+/// [`check_gemv`] for a GEMV that quantises activations at `precision`.
+pub fn check_gemv_at(
+    w: &QuantMatrix,
+    precision: ActivationPrecision,
+    x: &[f32],
+    m: usize,
+    y: &[f32],
+) -> Result<u64, String> {
     let (format, rows, cols) = (w.format(), w.rows(), w.cols());
     let eps = f64::from(f32::EPSILON);
     let tiny = f64::from(f32::MIN_POSITIVE);
     let mut worst = 0;
     for r in 0..m {
         let xr = &x[r * cols..(r + 1) * cols];
-        let acts: Vec<_> = xr.chunks(ACT_BLOCK).map(quantize_activation_block).collect();
+        let acts: Vec<_> = xr.chunks(ACT_BLOCK).map(|b| quantize_activation_block_at(b, precision)).collect();
         for i in 0..rows {
             let got = f64::from(y[r * rows + i]);
             if matches!(format, QuantFormat::F16 | QuantFormat::Bf16) {

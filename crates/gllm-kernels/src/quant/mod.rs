@@ -308,34 +308,107 @@ pub fn q6_k_code(block: &[u8], e: usize) -> u8 {
 /// Elements per block of a quantised activation vector (the integer path).
 pub const ACT_BLOCK: usize = 32;
 
-/// One block of 32 activations quantised to 8 bits, as ggml's
-/// `quantize_row_q8_1` does: `d = max|x| / 127`, `q = round(x / d)` (halves
-/// to even, as its AVX2 version rounds; with the reciprocal of the unrounded
-/// `d`), `s = d·Σq`.
+/// How finely the integer path quantises activations (per block of 32).
+///
+/// `Int8` is what llama.cpp does (`q8_1`): fastest, and the same rounding
+/// as llama.cpp on the same file — but it moves SmolLM2's logits by up to
+/// ~1 against exact arithmetic, enough to change greedy text at near ties.
+/// `Int16` quantises to 16 bits (`d = max|x| / 32512`), 256× finer, and
+/// feeds `vpmaddubsw` the value as two signed base-255 digits (`q = 255·hi
+/// + lo`, both in −127..=127), so every product stays an exact integer: the
+/// decode logits follow exact arithmetic's to ~1e-3, for about 1.5× the
+/// kernel instructions per weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ActivationPrecision {
+    #[default]
+    Int8,
+    Int16,
+}
+
+impl ActivationPrecision {
+    /// The largest quantised magnitude: `d = max|x| / this`.
+    pub fn levels(self) -> f32 {
+        match self {
+            ActivationPrecision::Int8 => 127.0,
+            ActivationPrecision::Int16 => 32512.0,
+        }
+    }
+
+    /// The name the CLI and docs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivationPrecision::Int8 => "int8",
+            ActivationPrecision::Int16 => "int16",
+        }
+    }
+}
+
+impl std::fmt::Display for ActivationPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ActivationPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "int8" => Ok(ActivationPrecision::Int8),
+            "int16" => Ok(ActivationPrecision::Int16),
+            other => Err(format!("unknown activation precision {other:?} (int8 or int16)")),
+        }
+    }
+}
+
+/// One block of 32 activations quantised to integers. At
+/// [`ActivationPrecision::Int8`] as ggml's `quantize_row_q8_1` does:
+/// `d = max|x| / 127`, `q = round(x / d)` (halves to even, as its AVX2
+/// version rounds; with the reciprocal of the unrounded `d`), `s = d·Σq`;
+/// at `Int16` the same with `d = max|x| / 32512`.
 /// Non-finite input is the caller's business (the result is then undefined
 /// but memory-safe).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActivationBlock {
     pub d: f32,
-    pub q: [i8; ACT_BLOCK],
+    pub q: [i16; ACT_BLOCK],
     /// `d · Σ q`: what the block's elements sum to after quantisation.
     pub s: f32,
 }
 
-/// Quantises `x` (at most 32 values; a short tail is padded with zeros).
+impl ActivationBlock {
+    /// Element `k` as the `Int16` kernels' two base-255 digits `(hi, lo)`:
+    /// `q = 255·hi + lo`, both in −127..=127 (an `Int8` block's `hi` is 0).
+    pub fn digits(&self, k: usize) -> (i8, i8) {
+        let q = i32::from(self.q[k]);
+        // hi = q / 255 rounded to nearest, so lo = q − 255·hi is in
+        // −127..=127; |q| ≤ 32512 = 255·127 + 127 keeps hi in range too.
+        let hi = (q + 127 * q.signum()) / 255;
+        (hi as i8, (q - 255 * hi) as i8)
+    }
+}
+
+/// Quantises `x` (at most 32 values; a short tail is padded with zeros) at
+/// [`ActivationPrecision::Int8`].
 pub fn quantize_activation_block(x: &[f32]) -> ActivationBlock {
+    quantize_activation_block_at(x, ActivationPrecision::Int8)
+}
+
+/// Quantises `x` (at most 32 values; a short tail is padded with zeros).
+pub fn quantize_activation_block_at(x: &[f32], precision: ActivationPrecision) -> ActivationBlock {
     let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-    let d = amax / 127.0;
+    let d = amax / precision.levels();
     let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut q = [0i8; ACT_BLOCK];
+    let mut q = [0i16; ACT_BLOCK];
     let mut sum = 0i32;
     // Round half to even by adding and subtracting 1.5·2²³ (exact for
-    // |v·inverse| ≤ 127.5): what ggml's AVX2 path does with
+    // |v·inverse| ≤ 2²²): what ggml's AVX2 path does with
     // `_mm256_round_ps`, and it vectorises, where `f32::round` is a libm
-    // call per element (3 % of a decode step when it was).
+    // call per element (3 % of a decode step when it was). The clamp only
+    // catches a product that rounds a hair past the top level.
     const ROUNDER: f32 = 12_582_912.0;
+    let top = precision.levels();
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = ((v * inverse + ROUNDER) - ROUNDER) as i8;
+        *q = ((v * inverse + ROUNDER) - ROUNDER).clamp(-top, top) as i16;
         sum += i32::from(*q);
     }
     ActivationBlock { d, q, s: d * sum as f32 }
@@ -450,4 +523,34 @@ pub fn activation_quantisation_bound(format: QuantFormat, row: &[u8], x: &[Activ
         .zip(x)
         .map(|(w, a)| f64::from(a.d) * 0.5 * w.iter().map(|v| f64::from(v.abs())).sum::<f64>())
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int16_digits_cover_every_level_exactly() {
+        let mut block = quantize_activation_block_at(&[], ActivationPrecision::Int16);
+        for q in -32512..=32512i32 {
+            block.q[0] = q as i16;
+            let (hi, lo) = block.digits(0);
+            assert!(hi != i8::MIN && lo != i8::MIN, "{q}: digits {hi}, {lo} (−128 breaks vpsignb)");
+            assert_eq!(255 * i32::from(hi) + i32::from(lo), q);
+        }
+    }
+
+    #[test]
+    fn activation_levels_stay_in_range_and_round_to_nearest() {
+        let x: Vec<f32> = (0..32).map(|i| (i as f32 - 15.3) * 0.37).collect();
+        for precision in [ActivationPrecision::Int8, ActivationPrecision::Int16] {
+            let b = quantize_activation_block_at(&x, precision);
+            let top = precision.levels() as i16;
+            assert!(b.q.iter().all(|q| (-top..=top).contains(q)));
+            assert!(b.q.iter().any(|q| q.abs() == top), "{precision}: the largest |x| maps to the top level");
+            for (q, v) in b.q.iter().zip(&x) {
+                assert!((f32::from(*q) * b.d - v).abs() <= 0.5001 * b.d, "{precision}: {v} → {q}");
+            }
+        }
+    }
 }
