@@ -10,7 +10,8 @@
 # See docs/peer-benchmark.md.
 #
 # usage: scripts/bench-vs-llama-cpp.sh [--model FILE] [-p 128,512] [-n 128]
-#                                      [-t 1,2] [-r 5] [--f32-weights] [--build-only | --skip-build]
+#                                      [-t 1,2] [-r 5] [--f32-weights] [--int16]
+#                                      [--build-only | --skip-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -40,8 +41,9 @@ reps=5
 build_only=0
 skip_build=0
 f32_weights=0
+int16=0
 
-usage() { sed -n '12,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '12,14p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench-vs-llama-cpp: $*" >&2; exit 1; }
 need_arg() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 
@@ -54,6 +56,7 @@ while [[ $# -gt 0 ]]; do
         -t|--threads) need_arg "$@"; threads=$2; shift 2 ;;
         -r|--repetitions) need_arg "$@"; reps=$2; shift 2 ;;
         --f32-weights) f32_weights=1; shift ;;
+        --int16) int16=1; shift ;;
         --build-only) build_only=1; shift ;;
         --skip-build) skip_build=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -228,6 +231,12 @@ if [[ $f32_weights == 1 ]]; then
     cargo run --release --quiet -p gllm-cli -- bench --model "$model" -p "$prompts" -n "$gen" -T "$threads" -r "$reps" \
         --f32-weights >"$out/gllm-f32.md" || die "gllm bench --f32-weights failed"
     variants+=("gllm --f32-weights=$out/gllm-f32.md")
+fi
+if [[ $int16 == 1 ]]; then
+    say "gllm --activations int16: the same, with 16-bit activations (the f32 path's greedy text)"
+    cargo run --release --quiet -p gllm-cli -- bench --model "$model" -p "$prompts" -n "$gen" -T "$threads" -r "$reps" \
+        --activations int16 >"$out/gllm-int16.md" || die "gllm bench --activations int16 failed"
+    variants+=("gllm --activations int16=$out/gllm-int16.md")
 fi
 
 echo

@@ -2,14 +2,16 @@
 //! bandwidth, measured in the same interleaved rounds: GB/s of compressed
 //! weight bytes per second over the 8-stream read probe, 1 and 2 threads;
 //! then SmolLM2's shapes on 1 vs 2 threads (hot, in cache), and the
-//! dequantising prompt-processing path. Medians of several rounds.
+//! dequantising prompt-processing path. Medians of several rounds. Block
+//! formats run with int8 activations (as llama.cpp) and again with int16
+//! ("int16 x": the accurate mode's cost).
 //! `cargo bench -p gllm-kernels --bench quant [-- FORMAT…]` (e.g. `-- Q4_1 Q8_0`:
 //! only those formats' bandwidth rows).
 
 use gllm_kernels::codegen::gemm::GemmKernel;
 use gllm_kernels::codegen::quant_gemv::QuantPanels;
 use gllm_kernels::device::DeviceProfile;
-use gllm_kernels::quant::{QuantFormat, QuantMatrix};
+use gllm_kernels::quant::{ActivationPrecision, QuantFormat, QuantMatrix};
 
 mod common;
 use common::interleaved_median_times;
@@ -55,9 +57,22 @@ fn main() {
         if !only.is_empty() && !only.iter().any(|f| f.eq_ignore_ascii_case(&format.to_string())) {
             continue;
         }
-        for (k, n) in [(4096, 4096), (4096, 11008)] {
+        let float = matches!(format, QuantFormat::F16 | QuantFormat::Bf16);
+        let precisions: &[ActivationPrecision] = if float {
+            &[ActivationPrecision::Int8]
+        } else {
+            &[ActivationPrecision::Int8, ActivationPrecision::Int16]
+        };
+        for (&precision, (k, n)) in precisions.iter().flat_map(|p| [(p, (4096, 4096)), (p, (4096, 11008))]) {
             let bytes = matrix(format, n, k);
-            let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap()).unwrap();
+            let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap())
+                .unwrap()
+                .with_activations(precision);
+            let label = if precision == ActivationPrecision::Int16 {
+                format!("{format}, int16 x")
+            } else {
+                format.to_string()
+            };
             let x: Vec<f32> = (0..k).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
             let (mut y1, mut y2) = (vec![0.0f32; n], vec![0.0f32; n]);
             let t = interleaved_median_times(
@@ -73,7 +88,7 @@ fn main() {
             let (p1, p2) = (probe.bytes() / t[0] / 1e9, probe.bytes() / t[1] / 1e9);
             let (g1, g2) = (size / t[2] / 1e9, size / t[3] / 1e9);
             println!(
-                "| {format} | {k}×{n} | {:.1} | {p1:.1} | {g1:.1} ({:.0}%) | {p2:.1} | {g2:.1} ({:.0}%) |",
+                "| {label} | {k}×{n} | {:.1} | {p1:.1} | {g1:.1} ({:.0}%) | {p2:.1} | {g2:.1} ({:.0}%) |",
                 size / (1 << 20) as f64,
                 100.0 * g1 / p1,
                 100.0 * g2 / p2

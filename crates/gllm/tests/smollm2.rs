@@ -343,7 +343,9 @@ fn int16_activations_give_the_f32_paths_tokens() {
                 e.forward(last, false).unwrap()
             };
             let d = max_abs_diff(&logits(&mut q), &logits(&mut f));
-            eprintln!("{name} (prefill chunk {chunk}): int16 vs f32 weights, decode logits: max |Δlogit| {d:.4}");
+            eprintln!(
+                "{name} (prefill chunk {chunk}): int16 vs f32 weights, decode logits: max |Δlogit| {d:.4}"
+            );
             assert!(d <= TOL, "{name}: decode logits differ by {d}");
             q.reset();
             f32_engine.reset();
