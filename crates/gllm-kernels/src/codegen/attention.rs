@@ -18,7 +18,7 @@
 
 use super::gemm::{GemmEpilogue, GemmKernel};
 use super::loops::{LoopKernel, LoopProgram, RawSlice};
-use super::CodegenError;
+use super::{BadArguments, CodegenError, KvCache, Unsupported};
 use crate::device::DeviceProfile;
 use crate::graph::{BatchLayout, MatMulParams};
 use crate::runtime::dispatch::for_each_part;
@@ -77,13 +77,16 @@ impl CausalAttention {
     ) -> Result<CausalAttention, CodegenError> {
         if shape.heads == 0 || shape.kv_heads == 0 || shape.head_dim == 0 || shape.heads % shape.kv_heads != 0
         {
-            return Err(CodegenError::BadArguments(format!(
-                "attention with {} heads over {} KV heads of dimension {}: heads must be a non-zero multiple of KV heads",
-                shape.heads, shape.kv_heads, shape.head_dim
-            )));
+            return Err(CodegenError::BadArguments(BadArguments::AttentionHeads {
+                heads: shape.heads,
+                kv_heads: shape.kv_heads,
+                head_dim: shape.head_dim,
+            }));
         }
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let trace = |kind| registry.trace(kind).map_err(|e| CodegenError::Unsupported(e.to_string()));
+        let trace = |op| {
+            registry.trace(op).map_err(|source| CodegenError::Unsupported(Unsupported::OpTrace { op, source }))
+        };
         let (scale_t, add_t, softmax_t) =
             (trace(OpKind::Scale)?, trace(OpKind::Add)?, trace(OpKind::Softmax)?);
         let epilogue = GemmEpilogue::new().then(&scale_t.body, 0, &[scale])?.then(&add_t.body, 0, &[])?;
@@ -194,20 +197,21 @@ impl CausalAttention {
         let s = self.shape;
         let (q_dim, kv_dim) = (s.q_dim(), s.kv_dim());
         if q.len() % q_dim != 0 || out.len() != q.len() {
-            return Err(CodegenError::BadArguments(format!(
-                "attention queries have {} elements and the output {}: both must be the same multiple of {q_dim}",
-                q.len(),
-                out.len()
-            )));
+            return Err(CodegenError::BadArguments(BadArguments::AttentionQueries {
+                q: q.len(),
+                out: out.len(),
+                q_dim,
+            }));
         }
         let seq = q.len() / q_dim;
         let ctx = past + seq;
-        for (name, cache) in [("key", k_cache), ("value", v_cache)] {
+        for (which, cache) in [(KvCache::K, k_cache), (KvCache::V, v_cache)] {
             if cache.len() < ctx * kv_dim {
-                return Err(CodegenError::BadArguments(format!(
-                    "the {name} cache holds {} positions; attention needs {ctx}",
-                    cache.len() / kv_dim.max(1)
-                )));
+                return Err(CodegenError::BadArguments(BadArguments::KvCacheShort {
+                    cache: which,
+                    positions: cache.len() / kv_dim.max(1),
+                    ctx,
+                }));
             }
         }
         if seq == 0 {
@@ -268,11 +272,13 @@ fn scale_and_mask_per_head(
     mask: &[f32],
 ) -> Result<(), CodegenError> {
     if scores.len() < heads * rows * ctx || mask.len() < rows * ctx {
-        return Err(CodegenError::BadArguments(format!(
-            "{} scores and a mask of {} for {heads} heads of {rows}×{ctx}",
-            scores.len(),
-            mask.len()
-        )));
+        return Err(CodegenError::BadArguments(BadArguments::AttentionMask {
+            scores: scores.len(),
+            mask: mask.len(),
+            heads,
+            rows,
+            ctx,
+        }));
     }
     let region = RawSlice::of_mut(scores);
     for h in 0..heads {

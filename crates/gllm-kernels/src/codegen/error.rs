@@ -3,9 +3,11 @@
 //! with the details as data.
 
 use crate::device::Isa;
+use crate::quant::QuantFormat;
 use crate::runtime::RuntimeError;
 use crate::trace::TraceOp;
 use iced_x86::IcedError;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a kernel could not be generated or run.
@@ -67,9 +69,9 @@ pub enum CodegenError {
     #[error("parameter {index} is used but {given} given")]
     MissingParameter { index: usize, given: usize },
     #[error("cannot generate code for {0}")]
-    Unsupported(String),
+    Unsupported(Unsupported),
     #[error("{0}")]
-    BadArguments(String),
+    BadArguments(BadArguments),
     #[error(transparent)]
     Graph(#[from] crate::graph::GraphError),
     #[error("cannot fuse: {0}")]
@@ -78,6 +80,126 @@ pub enum CodegenError {
         "a kernel wrote into the scratchpad's guard gap at byte {offset_bytes} (past one of its buffers)"
     )]
     ArenaGuardOverwritten { offset_bytes: usize },
+}
+
+/// What the generator cannot produce code for: a caller can plan the group
+/// differently (smaller, unfused) or leave the op to the reference path.
+#[derive(Debug, Error)]
+pub enum Unsupported {
+    #[error("more than {max} extra operands in one GEMM epilogue")]
+    EpilogueExtras { max: usize },
+    #[error("an epilogue op reading more than one extra input")]
+    EpilogueOpExtras,
+    #[error("an epilogue needing {need} scratch registers: the {mr}×{nr} microkernel leaves {spare}")]
+    EpilogueRegisters { need: usize, mr: usize, nr: usize, spare: usize },
+    #[error("`{0}` in a GEMM epilogue")]
+    EpilogueOp(TraceOp),
+    #[error("GEMM kernel variants ({0})")]
+    GemmVariants(Arc<CodegenError>),
+    #[error("a non-GEMM group in the GEMM compiler")]
+    NotAGemmGroup,
+    #[error("an empty GEMM group")]
+    EmptyGemmGroup,
+    #[error("a GEMM group member without MatMul parameters")]
+    GemmWithoutParams,
+    #[error("a batched GEMM sharing its input or with a tile-fused producer")]
+    SharedBatchedGemm,
+    #[error("GEMM `{node}` whose B is not a weight")]
+    GemmBNotWeight { node: String },
+    #[error("GEMM groups (they have their own generator)")]
+    GemmGroupAsLoop,
+    #[error("a GEMM in a loop kernel (GEMMs have their own generator)")]
+    GemmInLoopKernel,
+    #[error("broadcast of {elements} elements over {over}")]
+    Broadcast { elements: usize, over: usize },
+    #[error("fold that is not `acc ⊕ f(x)` with ⊕ ∈ {{+, max, min}}: {combine:?}")]
+    FoldShape { combine: Box<crate::trace::Body> },
+    #[error("{streams} tensor streams (at most {max})")]
+    Streams { streams: usize, max: usize },
+    #[error("an element input in a per-row body")]
+    ElementInputPerRow,
+    #[error("dimension {0} in a loop kernel (only the row length)")]
+    Dimension(u32),
+    #[error("`{0}` as a leaf")]
+    Leaf(TraceOp),
+    #[error("a GEMV kernel for {0} weights")]
+    QuantFormat(QuantFormat),
+    #[error("{format} GEMV kernel: {cause}")]
+    QuantKernel { format: QuantFormat, cause: Arc<CodegenError> },
+    #[error("{op:?} ({source})")]
+    OpTrace { op: crate::scalar::OpKind, source: crate::scalar::RegistryError },
+}
+
+/// Arguments that do not fit the compiled code: the caller's to fix.
+#[derive(Debug, Error)]
+pub enum BadArguments {
+    #[error("the epilogue reads {want} extra operand(s), {given} given")]
+    EpilogueOperands { want: usize, given: usize },
+    #[error("extra operand {index} has {got} elements; expected {n} (one row) or {} ({m}×{n})", m * n)]
+    ExtraLength { index: usize, got: usize, m: usize, n: usize },
+    #[error(
+        "extra operand {index} has {got} elements; expected {row_len} (a row of C), {} (C's shape) \
+         or {} (one matrix for every batch element)",
+        batch * m * n, m * n
+    )]
+    BatchedExtraLength { index: usize, got: usize, row_len: usize, batch: usize, m: usize, n: usize },
+    #[error("B was packed for another blocking")]
+    PackedForOtherBlocking,
+    #[error("epilogue parameter {0} missing")]
+    EpilogueParameter(usize),
+    #[error("member {member} does not share K = {k} and the blocking of member 0")]
+    MemberShape { member: usize, k: usize },
+    #[error("member {member}'s extra {slot} names member {named}, which is not another member")]
+    MemberExtraNotMember { member: usize, slot: usize, named: usize },
+    #[error("member {member}'s extra {slot} is member {producer}'s result, which is computed later")]
+    MemberExtraLater { member: usize, slot: usize, producer: usize },
+    #[error("member {member}: {source}")]
+    Member { member: usize, source: Box<CodegenError> },
+    #[error("a batched GEMM group has one output")]
+    BatchedGroupOutputs,
+    #[error("the group has {members} members; got {weights} weights and {outputs} outputs")]
+    GroupOperands { members: usize, weights: usize, outputs: usize },
+    #[error("member {member}'s weight is {k}×{n}, the graph declares K = {want_k} and C of {want_c} elements")]
+    MemberWeightShape { member: usize, k: usize, n: usize, want_k: usize, want_c: usize },
+    #[error("batch {batch} must be a non-zero multiple of b_shared_by {shared_by}")]
+    BatchSharing { batch: usize, shared_by: usize },
+    #[error(
+        "attention with {heads} heads over {kv_heads} KV heads of dimension {head_dim}: heads must be a \
+         non-zero multiple of KV heads"
+    )]
+    AttentionHeads { heads: usize, kv_heads: usize, head_dim: usize },
+    #[error("attention queries have {q} elements and the output {out}: both must be the same multiple of {q_dim}")]
+    AttentionQueries { q: usize, out: usize, q_dim: usize },
+    #[error("the {cache} cache holds {positions} positions; attention needs {ctx}")]
+    KvCacheShort { cache: KvCache, positions: usize, ctx: usize },
+    #[error("{scores} scores and a mask of {mask} for {heads} heads of {rows}×{ctx}")]
+    AttentionMask { scores: usize, mask: usize, heads: usize, rows: usize, ctx: usize },
+    #[error("tensor {0} has no memory in the plan")]
+    TensorWithoutMemory(usize),
+    #[error("no inputs")]
+    NoInputs,
+    #[error("RoPE input/output must have {want} elements, got {x} and {out}")]
+    RopeLength { want: usize, x: usize, out: usize },
+    #[error("RoPE tables must have {want} elements")]
+    RopeTables { want: usize },
+    #[error("input has {x} elements, output {out}")]
+    UnaryLengths { x: usize, out: usize },
+}
+
+/// Which half of a KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCache {
+    K,
+    V,
+}
+
+impl std::fmt::Display for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvCache::K => "key",
+            KvCache::V => "value",
+        })
+    }
 }
 
 /// What needed a vector register when none was left.

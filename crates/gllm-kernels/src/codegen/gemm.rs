@@ -20,7 +20,7 @@
 use super::loops::{LoopKernel, LoopProgram};
 use super::quant_gemv::GEMV_MAX_ROWS;
 use super::vasm::{Mem, Src, VecAsm, V};
-use super::{check_length, Buffer, CodegenError};
+use super::{check_length, BadArguments, Buffer, CodegenError, Unsupported};
 use crate::device::{DeviceProfile, GemmBlocking, Isa};
 use crate::fusion::compose::append_consumer;
 use crate::fusion::pressure::scratch_registers;
@@ -102,9 +102,9 @@ impl GemmEpilogue {
             } else {
                 self.extras += 1;
                 if self.extras > MAX_EPILOGUE_EXTRAS {
-                    return Err(CodegenError::Unsupported(format!(
-                        "more than {MAX_EPILOGUE_EXTRAS} extra operands in one GEMM epilogue"
-                    )));
+                    return Err(CodegenError::Unsupported(Unsupported::EpilogueExtras {
+                        max: MAX_EPILOGUE_EXTRAS,
+                    }));
                 }
                 streams.push(Some(self.extras as u8));
             }
@@ -129,7 +129,7 @@ impl GemmEpilogue {
             extras.extend(op.extra);
         }
         if extras.len() != epilogue.extras {
-            return Err(CodegenError::Unsupported("an epilogue op reading more than one extra input".into()));
+            return Err(CodegenError::Unsupported(Unsupported::EpilogueOpExtras));
         }
         Ok((epilogue, extras))
     }
@@ -285,9 +285,9 @@ impl GemmKernel {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Variants { rows, gemv })
             };
-            build().map_err(|e| e.to_string())
+            build().map_err(std::sync::Arc::new)
         });
-        built.as_ref().map_err(|e| CodegenError::Unsupported(format!("GEMM kernel variants ({e})")))
+        built.as_ref().map_err(|e| CodegenError::Unsupported(Unsupported::GemmVariants(e.clone())))
     }
 
     /// A GEMM whose result goes through `epilogue` before it is stored.
@@ -303,10 +303,12 @@ impl GemmKernel {
         }
         let need = scratch_registers(&epilogue.body, 0, profile.isa);
         if need > g.blocking.spare_regs {
-            return Err(CodegenError::Unsupported(format!(
-                "an epilogue needing {need} scratch registers: the {}×{} microkernel leaves {}",
-                g.blocking.mr, g.blocking.nr, g.blocking.spare_regs
-            )));
+            return Err(CodegenError::Unsupported(Unsupported::EpilogueRegisters {
+                need,
+                mr: g.blocking.mr,
+                nr: g.blocking.nr,
+                spare: g.blocking.spare_regs,
+            }));
         }
         let mut pool = super::pool::ConstPool::new();
         let micro =
@@ -404,9 +406,7 @@ impl GemmKernel {
     fn check_extra_count(&self, given: usize) -> Result<(), CodegenError> {
         let want = self.epilogue.as_ref().map_or(0, |e| e.extras);
         if given != want {
-            return Err(CodegenError::BadArguments(format!(
-                "the epilogue reads {want} extra operand(s), {given} given"
-            )));
+            return Err(CodegenError::BadArguments(BadArguments::EpilogueOperands { want, given }));
         }
         Ok(())
     }
@@ -426,10 +426,7 @@ impl GemmKernel {
             .map(|(i, (ptr, len))| match len {
                 l if l == m * n => Ok((ptr, n)),
                 l if l == n => Ok((ptr, 0)),
-                l => Err(CodegenError::BadArguments(format!(
-                    "extra operand {i} has {l} elements; expected {n} (one row) or {} ({m}×{n})",
-                    m * n
-                ))),
+                got => Err(CodegenError::BadArguments(BadArguments::ExtraLength { index: i, got, m, n })),
             })
             .collect()
     }
@@ -521,7 +518,7 @@ impl GemmKernel {
         threads: usize,
     ) -> Result<(), CodegenError> {
         if b.kc != self.blocking.kc || b.nr != self.blocking.nr {
-            return Err(CodegenError::BadArguments("B was packed for another blocking".into()));
+            return Err(CodegenError::BadArguments(BadArguments::PackedForOtherBlocking));
         }
         let (n, k) = (b.n, b.k);
         check_length(Buffer::A, a.len(), m * k)?;
@@ -1105,8 +1102,8 @@ fn microkernel_with_epilogue(
                     .params
                     .get(p as usize)
                     .map(|&x| Operand::Mem(pool.splat(x)))
-                    .ok_or_else(|| CodegenError::BadArguments(format!("epilogue parameter {p} missing"))),
-                other => Err(CodegenError::Unsupported(format!("`{other}` in a GEMM epilogue"))),
+                    .ok_or(CodegenError::BadArguments(BadArguments::EpilogueParameter(p as usize))),
+                other => Err(CodegenError::Unsupported(Unsupported::EpilogueOp(other))),
             };
             emit_trace_ops(
                 &mut asm,
@@ -1292,9 +1289,7 @@ pub fn gemm_group(
     for (i, mb) in members.iter().enumerate() {
         if mb.b.k != k || *mb.gemm.blocking() != blocking || mb.b.kc != blocking.kc || mb.b.nr != blocking.nr
         {
-            return Err(CodegenError::BadArguments(format!(
-                "member {i} does not share K = {k} and the blocking of member 0"
-            )));
+            return Err(CodegenError::BadArguments(BadArguments::MemberShape { member: i, k }));
         }
         check_length(Buffer::MemberC(i), mb.c.len(), m * mb.b.n)?;
         let mut resolved = Vec::with_capacity(mb.extras.len());
@@ -1303,9 +1298,11 @@ pub fn gemm_group(
             resolved.push(match source {
                 Some(j) if j < outs.len() && j != i => outs[j],
                 Some(j) => {
-                    return Err(CodegenError::BadArguments(format!(
-                        "member {i}'s extra {slot} names member {j}, which is not another member"
-                    )))
+                    return Err(CodegenError::BadArguments(BadArguments::MemberExtraNotMember {
+                        member: i,
+                        slot,
+                        named: j,
+                    }))
                 }
                 None => (e.as_ptr() as usize, e.len()),
             });
@@ -1313,7 +1310,7 @@ pub fn gemm_group(
         let ex = mb
             .gemm
             .extra_layouts(resolved, m, mb.b.n)
-            .map_err(|e| CodegenError::BadArguments(format!("member {i}: {e}")))?;
+            .map_err(|e| CodegenError::BadArguments(BadArguments::Member { member: i, source: Box::new(e) }))?;
         extras.push(ex);
         mb.gemm.variants()?;
     }
@@ -1410,13 +1407,15 @@ impl CompiledGemmGroup {
     ) -> Result<CompiledGemmGroup, CodegenError> {
         use crate::fusion::{FusionStrategy, ProducerPlacement, RowProducer};
         let FusionStrategy::Gemm(f) = &group.strategy else {
-            return Err(CodegenError::Unsupported("a non-GEMM group in the GEMM compiler".into()));
+            return Err(CodegenError::Unsupported(Unsupported::NotAGemmGroup));
         };
         let first =
-            f.members.first().ok_or_else(|| CodegenError::Unsupported("an empty GEMM group".into()))?;
-        let p = *sem.node(first.node).op.matmul_params().ok_or_else(|| {
-            CodegenError::Unsupported("a GEMM group member without MatMul parameters".into())
-        })?;
+            f.members.first().ok_or(CodegenError::Unsupported(Unsupported::EmptyGemmGroup))?;
+        let p = *sem
+            .node(first.node)
+            .op
+            .matmul_params()
+            .ok_or(CodegenError::Unsupported(Unsupported::GemmWithoutParams))?;
         // B computed by the graph (attention's K and V, a mixture's expert
         // outputs) is read in place through the batched path; only weights
         // are packed ahead of time.
@@ -1424,9 +1423,7 @@ impl CompiledGemmGroup {
             matches!(sem.tensors[sem.nodes[first.node].inputs[1]].source, crate::graph::TensorRef::Weight(_));
         let batched = (p.batch != 1 || p.transpose_b || !b_is_weight).then_some(p);
         if batched.is_some() && (f.members.len() != 1 || f.producer.is_some()) {
-            return Err(CodegenError::Unsupported(
-                "a batched GEMM sharing its input or with a tile-fused producer".into(),
-            ));
+            return Err(CodegenError::Unsupported(Unsupported::SharedBatchedGemm));
         }
         let mut members = Vec::new();
         for mb in &f.members {
@@ -1494,29 +1491,28 @@ impl CompiledGemmGroup {
     ) -> Result<(), CodegenError> {
         if let Some(p) = &self.batched {
             let [out] = outputs else {
-                return Err(CodegenError::BadArguments("a batched GEMM group has one output".into()));
+                return Err(CodegenError::BadArguments(BadArguments::BatchedGroupOutputs));
             };
             let m = &self.members[0];
             let extras: Vec<&[f32]> = m.extras.iter().map(|&t| tensor(t)).collect();
             return m.gemm.gemm_batched(tensor(self.a), tensor(m.weight), out, p, &extras, self.threads);
         }
         if weights.len() != self.members.len() || outputs.len() != self.members.len() {
-            return Err(CodegenError::BadArguments(format!(
-                "the group has {} members; got {} weights and {} outputs",
-                self.members.len(),
-                weights.len(),
-                outputs.len()
-            )));
+            return Err(CodegenError::BadArguments(BadArguments::GroupOperands {
+                members: self.members.len(),
+                weights: weights.len(),
+                outputs: outputs.len(),
+            }));
         }
         for (i, w) in weights.iter().enumerate() {
             if w.k() != self.k || w.n() * self.m != outputs[i].len() {
-                return Err(CodegenError::BadArguments(format!(
-                    "member {i}'s weight is {}×{}, the graph declares K = {} and C of {} elements",
-                    w.k(),
-                    w.n(),
-                    self.k,
-                    outputs[i].len()
-                )));
+                return Err(CodegenError::BadArguments(BadArguments::MemberWeightShape {
+                    member: i,
+                    k: w.k(),
+                    n: w.n(),
+                    want_k: self.k,
+                    want_c: outputs[i].len(),
+                }));
             }
         }
         let quantised = weights.iter().any(|w| matches!(w, PreparedB::Quant(_)));
@@ -1587,9 +1583,11 @@ impl CompiledGemmGroup {
                 match from.iter().find(|&&(s, _)| s == slot) {
                     Some(&(_, j)) if j < i => extras.push(&*done[j]),
                     Some(&(_, j)) => {
-                        return Err(CodegenError::BadArguments(format!(
-                            "member {i}'s extra {slot} is member {j}'s result, which is computed later"
-                        )))
+                        return Err(CodegenError::BadArguments(BadArguments::MemberExtraLater {
+                            member: i,
+                            slot,
+                            producer: j,
+                        }))
                     }
                     None => extras.push(tensor(t)),
                 }
@@ -1676,10 +1674,10 @@ impl GemmKernel {
         use crate::graph::BatchLayout;
         let (m, n, k, batch) = (p.m, p.n, p.k, p.batch);
         if batch == 0 || p.b_shared_by == 0 || batch % p.b_shared_by != 0 {
-            return Err(CodegenError::BadArguments(format!(
-                "batch {batch} must be a non-zero multiple of b_shared_by {}",
-                p.b_shared_by
-            )));
+            return Err(CodegenError::BadArguments(BadArguments::BatchSharing {
+                batch,
+                shared_by: p.b_shared_by,
+            }));
         }
         let b_batch = batch / p.b_shared_by;
         check_length(Buffer::A, a.len(), batch * m * k)?;
@@ -1704,12 +1702,14 @@ impl GemmKernel {
                 l if l == row_len => Ok(Extra::Row),
                 l if l == batch * m * n => Ok(Extra::LikeC),
                 l if l == m * n && !interleaved_c => Ok(Extra::SharedMatrix),
-                l => Err(CodegenError::BadArguments(format!(
-                    "extra operand {i} has {l} elements; expected {row_len} (a row of C), {} (C's shape) \
-                     or {} (one matrix for every batch element)",
-                    batch * m * n,
-                    m * n
-                ))),
+                got => Err(CodegenError::BadArguments(BadArguments::BatchedExtraLength {
+                    index: i,
+                    got,
+                    row_len,
+                    batch,
+                    m,
+                    n,
+                })),
             })
             .collect::<Result<_, _>>()?;
         // Views of batch element i: (offset, row stride) of a `rows × cols`

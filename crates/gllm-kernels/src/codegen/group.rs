@@ -7,7 +7,7 @@
 //! computes comes from its trace.
 
 use super::loops::{LoopKernel, LoopProgram, RawSlice};
-use super::CodegenError;
+use super::{BadArguments, CodegenError, Unsupported};
 use crate::device::DeviceProfile;
 use crate::fusion::compose::{compose_group, loop_chain, ComposedGroup};
 use crate::fusion::{FusionGroup, FusionStrategy};
@@ -45,7 +45,7 @@ impl CompiledGroup {
         let head = group.nodes[0];
         let chain: Vec<(usize, usize)> = match &group.strategy {
             FusionStrategy::Gemm(_) => {
-                return Err(CodegenError::Unsupported("GEMM groups (they have their own generator)".into()))
+                return Err(CodegenError::Unsupported(Unsupported::GemmGroupAsLoop))
             }
             FusionStrategy::RowFusion { epilogue, .. } => {
                 epilogue.iter().map(|e| (e.node, e.data_input)).collect()
@@ -84,7 +84,7 @@ impl CompiledGroup {
                 match period {
                     Some(p) if p > 0 && n % p == 0 => Shape::Rows { rows: n / p, row_len: p },
                     Some(p) => {
-                        return Err(CodegenError::Unsupported(format!("broadcast of {p} elements over {n}")));
+                        return Err(CodegenError::Unsupported(Unsupported::Broadcast { elements: p, over: n }));
                     }
                     None => Shape::Rows { rows: 1, row_len: n },
                 }
@@ -151,21 +151,17 @@ impl CompiledGroup {
             Shape::RotaryHalves { tokens, heads, head_dim } => {
                 let half = head_dim / 2;
                 let (x, tables) =
-                    inputs.split_first().ok_or_else(|| CodegenError::BadArguments("no inputs".into()))?;
+                    inputs.split_first().ok_or(CodegenError::BadArguments(BadArguments::NoInputs))?;
                 let width = heads * head_dim;
                 if x.len != tokens * width || output.len != tokens * width {
-                    return Err(CodegenError::BadArguments(format!(
-                        "RoPE input/output must have {} elements, got {} and {}",
-                        tokens * width,
-                        x.len,
-                        output.len
+                    return Err(CodegenError::BadArguments(BadArguments::RopeLength {
+                        want: tokens * width,
+                        x: x.len,
+                        out: output.len,
                     )));
                 }
                 if tables.iter().any(|t| t.len != tokens * half) {
-                    return Err(CodegenError::BadArguments(format!(
-                        "RoPE tables must have {} elements",
-                        tokens * half
-                    )));
+                    return Err(CodegenError::BadArguments(BadArguments::RopeTables { want: tokens * half }));
                 }
                 // Per token: rows = heads, the halves of x at stride head_dim,
                 // the token's table row broadcast over its heads.

@@ -13,7 +13,7 @@ use super::gemm::{CompiledGemmGroup, PreparedB};
 use super::group::CompiledGroup;
 use super::loops::RawSlice;
 use super::quant_gemv::QuantPanels;
-use super::CodegenError;
+use super::{BadArguments, CodegenError, Unsupported};
 use crate::device::DeviceProfile;
 use crate::fusion::{self, BufferPurpose, FusionOptions, FusionPlan, FusionStrategy};
 use crate::graph::{CompilerGraph, SemanticGraph, TensorId, TensorRef};
@@ -184,10 +184,9 @@ impl CompiledLayer {
                         for mb in &f.members {
                             let w = sem.nodes[mb.node].inputs[1];
                             let TensorRef::Weight(name) = &sem.tensors[w].source else {
-                                return Err(CodegenError::Unsupported(format!(
-                                    "GEMM `{}` whose B is not a weight",
-                                    sem.node(mb.node).name
-                                )));
+                                return Err(CodegenError::Unsupported(Unsupported::GemmBNotWeight {
+                                    node: sem.node(mb.node).name.clone(),
+                                }));
                             };
                             let shape = &sem.tensors[w].desc.shape;
                             packed_weights.push((w, name.clone(), shape[0], shape[1], units.len()));
@@ -458,7 +457,7 @@ impl CompiledLayer {
             }
         }
         let region = |t: TensorId| {
-            at[t].ok_or_else(|| CodegenError::BadArguments(format!("tensor {t} has no memory in the plan")))
+            at[t].ok_or(CodegenError::BadArguments(BadArguments::TensorWithoutMemory(t)))
         };
         for unit in &self.units {
             match unit {

@@ -12,7 +12,7 @@
 use super::lower::{emit_trace_ops, Operand};
 use super::pool::{ConstPool, PoolData, POOL_REG};
 use super::vasm::{Mask, Mem, Src, VecAsm, K, V};
-use super::{CodegenError, RegisterUse};
+use super::{CodegenError, RegisterUse, Unsupported};
 use crate::device::{DeviceProfile, Isa};
 use crate::fusion::pressure::scratch_registers;
 use crate::runtime::dispatch::for_each_part;
@@ -115,9 +115,7 @@ impl LoopProgram {
     /// A non-GEMM op's trace: elementwise, injective, reduction or norm-like.
     pub fn from_trace(trace: &OpTrace, params: Vec<f32>) -> Result<LoopProgram, CodegenError> {
         if matches!(trace.pattern, ComputePattern::Gemm { .. }) {
-            return Err(CodegenError::Unsupported(
-                "a GEMM in a loop kernel (GEMMs have their own generator)".into(),
-            ));
+            return Err(CodegenError::Unsupported(Unsupported::GemmInLoopKernel));
         }
         let folds: Vec<FoldPlan> =
             trace.folds.iter().map(|f| fold_plan(f.identity, &f.combine)).collect::<Result<_, _>>()?;
@@ -195,9 +193,7 @@ impl LoopProgram {
 /// Splits `acc ⊕ g(inputs)` into ⊕ and g.
 fn fold_plan(identity: u32, combine: &Body) -> Result<FoldPlan, CodegenError> {
     let unsupported = || {
-        CodegenError::Unsupported(format!(
-            "fold that is not `acc ⊕ f(x)` with ⊕ ∈ {{+, max, min}}: {combine:?}"
-        ))
+        CodegenError::Unsupported(Unsupported::FoldShape { combine: Box::new(combine.clone()) })
     };
     let &out = combine.outputs.first().ok_or_else(unsupported)?;
     let acc = |v: ValueId| combine.ops[v as usize] == TraceOp::Acc;
@@ -378,9 +374,7 @@ impl LoopKernel {
         }
         let streams = prog.num_streams();
         if streams > MAX_STREAMS {
-            return Err(CodegenError::Unsupported(format!(
-                "{streams} tensor streams (at most {MAX_STREAMS})"
-            )));
+            return Err(CodegenError::Unsupported(Unsupported::Streams { streams, max: MAX_STREAMS }));
         }
         let isa = profile.isa;
         let mut all: Vec<V> = (0..isa.num_simd_regs() as u8).map(V).collect();
@@ -596,7 +590,7 @@ impl Layout<'_> {
                     return Ok(Operand::Reg(r));
                 }
                 let at =
-                    at.ok_or_else(|| CodegenError::Unsupported("an element input in a per-row body".into()))?;
+                    at.ok_or(CodegenError::Unsupported(Unsupported::ElementInputPerRow))?;
                 Ok(Operand::Mem(Mem { base: STREAM_GPRS[k as usize], ..at }))
             }
             TraceOp::Param(k) => {
@@ -607,12 +601,10 @@ impl Layout<'_> {
                 Ok(Operand::Mem(pool.splat(v)))
             }
             TraceOp::Dim(0) => Ok(Operand::Reg(self.dim.expect("reserved when Dim is used"))),
-            TraceOp::Dim(k) => Err(CodegenError::Unsupported(format!(
-                "dimension {k} in a loop kernel (only the row length)"
-            ))),
+            TraceOp::Dim(k) => Err(CodegenError::Unsupported(Unsupported::Dimension(k))),
             TraceOp::FoldResult(k) => Ok(Operand::Reg(self.folds[k as usize])),
             TraceOp::RowScalar(k) => Ok(Operand::Reg(self.row_scalars[k as usize])),
-            other => Err(CodegenError::Unsupported(format!("`{other}` as a leaf"))),
+            other => Err(CodegenError::Unsupported(Unsupported::Leaf(other))),
         }
     }
 }

@@ -32,5 +32,5 @@ pub mod quant_gemv;
 pub mod vasm;
 
 pub(crate) use error::check_length;
-pub use error::{Buffer, CodegenError, MaskMisuse, RegisterUse};
+pub use error::{BadArguments, Buffer, CodegenError, KvCache, MaskMisuse, RegisterUse, Unsupported};
 pub use mul_add::MulAddKernel;

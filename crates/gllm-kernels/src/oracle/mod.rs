@@ -708,7 +708,7 @@ fn epilogue_cases(
         Ok(g) => g,
         // An epilogue too big for the spare registers is not fused by the
         // planner either: nothing to test, and nothing wrong.
-        Err(CodegenError::Unsupported(why)) => {
+        Err(CodegenError::Unsupported(why @ crate::codegen::Unsupported::EpilogueRegisters { .. })) => {
             report.skipped = Some(format!("not fusable: {why}"));
             return Ok(());
         }

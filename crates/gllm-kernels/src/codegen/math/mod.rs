@@ -13,7 +13,7 @@
 
 use super::pool::ConstPool;
 use super::vasm::{cmp, Mask, Mem, Src, VecAsm, K, V};
-use super::CodegenError;
+use super::{BadArguments, CodegenError};
 use crate::device::Isa;
 use crate::trace::MathOp;
 
@@ -540,11 +540,7 @@ impl MathKernel {
     /// `out[i] = f(x[i])`; the slices must have the same length.
     pub fn run(&self, x: &[f32], out: &mut [f32]) -> Result<(), CodegenError> {
         if x.len() != out.len() {
-            return Err(CodegenError::BadArguments(format!(
-                "input has {} elements, output {}",
-                x.len(),
-                out.len()
-            )));
+            return Err(CodegenError::BadArguments(BadArguments::UnaryLengths { x: x.len(), out: out.len() }));
         }
         type Entry = unsafe extern "C" fn(*const f32, *mut f32, usize, *const u8);
         // SAFETY: generated for this signature, sealed r-x, ISA checked at
