@@ -85,7 +85,9 @@ impl CausalAttention {
         }
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let trace = |op| {
-            registry.trace(op).map_err(|source| CodegenError::Unsupported(Unsupported::OpTrace { op, source }))
+            registry.trace(op).map_err(|source| {
+                CodegenError::Unsupported(Unsupported::OpTrace { op, source: Box::new(source) })
+            })
         };
         let (scale_t, add_t, softmax_t) =
             (trace(OpKind::Scale)?, trace(OpKind::Add)?, trace(OpKind::Softmax)?);

@@ -119,7 +119,7 @@ pub enum Unsupported {
     #[error("an element input in a per-row body")]
     ElementInputPerRow,
     #[error("dimension {0} in a loop kernel (only the row length)")]
-    Dimension(u32),
+    Dimension(u8),
     #[error("`{0}` as a leaf")]
     Leaf(TraceOp),
     #[error("a GEMV kernel for {0} weights")]
@@ -127,7 +127,7 @@ pub enum Unsupported {
     #[error("{format} GEMV kernel: {cause}")]
     QuantKernel { format: QuantFormat, cause: Arc<CodegenError> },
     #[error("{op:?} ({source})")]
-    OpTrace { op: crate::scalar::OpKind, source: crate::scalar::RegistryError },
+    OpTrace { op: crate::scalar::OpKind, source: Box<crate::scalar::RegistryError> },
 }
 
 /// Arguments that do not fit the compiled code: the caller's to fix.
@@ -159,7 +159,9 @@ pub enum BadArguments {
     BatchedGroupOutputs,
     #[error("the group has {members} members; got {weights} weights and {outputs} outputs")]
     GroupOperands { members: usize, weights: usize, outputs: usize },
-    #[error("member {member}'s weight is {k}×{n}, the graph declares K = {want_k} and C of {want_c} elements")]
+    #[error(
+        "member {member}'s weight is {k}×{n}, the graph declares K = {want_k} and C of {want_c} elements"
+    )]
     MemberWeightShape { member: usize, k: usize, n: usize, want_k: usize, want_c: usize },
     #[error("batch {batch} must be a non-zero multiple of b_shared_by {shared_by}")]
     BatchSharing { batch: usize, shared_by: usize },
@@ -168,7 +170,9 @@ pub enum BadArguments {
          non-zero multiple of KV heads"
     )]
     AttentionHeads { heads: usize, kv_heads: usize, head_dim: usize },
-    #[error("attention queries have {q} elements and the output {out}: both must be the same multiple of {q_dim}")]
+    #[error(
+        "attention queries have {q} elements and the output {out}: both must be the same multiple of {q_dim}"
+    )]
     AttentionQueries { q: usize, out: usize, q_dim: usize },
     #[error("the {cache} cache holds {positions} positions; attention needs {ctx}")]
     KvCacheShort { cache: KvCache, positions: usize, ctx: usize },

@@ -39,7 +39,7 @@ pub struct GemmKernel {
     /// only r < MR rows, straight into C; and the GEMV kernels over 1, 2, …
     /// packed B panels. Generated on first use, so compiling a GEMM stays
     /// cheap for callers that never need them.
-    variants: std::sync::OnceLock<Result<Variants, String>>,
+    variants: std::sync::OnceLock<Result<Variants, std::sync::Arc<CodegenError>>>,
     blocking: GemmBlocking,
     isa: Isa,
     epilogue: Option<CompiledEpilogue>,
@@ -1307,10 +1307,9 @@ pub fn gemm_group(
                 None => (e.as_ptr() as usize, e.len()),
             });
         }
-        let ex = mb
-            .gemm
-            .extra_layouts(resolved, m, mb.b.n)
-            .map_err(|e| CodegenError::BadArguments(BadArguments::Member { member: i, source: Box::new(e) }))?;
+        let ex = mb.gemm.extra_layouts(resolved, m, mb.b.n).map_err(|e| {
+            CodegenError::BadArguments(BadArguments::Member { member: i, source: Box::new(e) })
+        })?;
         extras.push(ex);
         mb.gemm.variants()?;
     }
@@ -1409,8 +1408,7 @@ impl CompiledGemmGroup {
         let FusionStrategy::Gemm(f) = &group.strategy else {
             return Err(CodegenError::Unsupported(Unsupported::NotAGemmGroup));
         };
-        let first =
-            f.members.first().ok_or(CodegenError::Unsupported(Unsupported::EmptyGemmGroup))?;
+        let first = f.members.first().ok_or(CodegenError::Unsupported(Unsupported::EmptyGemmGroup))?;
         let p = *sem
             .node(first.node)
             .op

@@ -44,9 +44,7 @@ impl CompiledGroup {
     ) -> Result<CompiledGroup, CodegenError> {
         let head = group.nodes[0];
         let chain: Vec<(usize, usize)> = match &group.strategy {
-            FusionStrategy::Gemm(_) => {
-                return Err(CodegenError::Unsupported(Unsupported::GemmGroupAsLoop))
-            }
+            FusionStrategy::Gemm(_) => return Err(CodegenError::Unsupported(Unsupported::GemmGroupAsLoop)),
             FusionStrategy::RowFusion { epilogue, .. } => {
                 epilogue.iter().map(|e| (e.node, e.data_input)).collect()
             }
@@ -84,7 +82,10 @@ impl CompiledGroup {
                 match period {
                     Some(p) if p > 0 && n % p == 0 => Shape::Rows { rows: n / p, row_len: p },
                     Some(p) => {
-                        return Err(CodegenError::Unsupported(Unsupported::Broadcast { elements: p, over: n }));
+                        return Err(CodegenError::Unsupported(Unsupported::Broadcast {
+                            elements: p,
+                            over: n,
+                        }));
                     }
                     None => Shape::Rows { rows: 1, row_len: n },
                 }
@@ -158,7 +159,7 @@ impl CompiledGroup {
                         want: tokens * width,
                         x: x.len,
                         out: output.len,
-                    )));
+                    }));
                 }
                 if tables.iter().any(|t| t.len != tokens * half) {
                     return Err(CodegenError::BadArguments(BadArguments::RopeTables { want: tokens * half }));

@@ -456,9 +456,8 @@ impl CompiledLayer {
                 at[id] = Some(RawSlice { addr: arena.addr + off * 4, len: self.numel[id] });
             }
         }
-        let region = |t: TensorId| {
-            at[t].ok_or(CodegenError::BadArguments(BadArguments::TensorWithoutMemory(t)))
-        };
+        let region =
+            |t: TensorId| at[t].ok_or(CodegenError::BadArguments(BadArguments::TensorWithoutMemory(t)));
         for unit in &self.units {
             match unit {
                 Unit::Loop(cg) => {

@@ -192,9 +192,8 @@ impl LoopProgram {
 
 /// Splits `acc ⊕ g(inputs)` into ⊕ and g.
 fn fold_plan(identity: u32, combine: &Body) -> Result<FoldPlan, CodegenError> {
-    let unsupported = || {
-        CodegenError::Unsupported(Unsupported::FoldShape { combine: Box::new(combine.clone()) })
-    };
+    let unsupported =
+        || CodegenError::Unsupported(Unsupported::FoldShape { combine: Box::new(combine.clone()) });
     let &out = combine.outputs.first().ok_or_else(unsupported)?;
     let acc = |v: ValueId| combine.ops[v as usize] == TraceOp::Acc;
     let (comb, g) = match combine.ops[out as usize] {
@@ -589,8 +588,7 @@ impl Layout<'_> {
                 if let Some(&(_, r)) = tail.iter().find(|(i, _)| *i == k) {
                     return Ok(Operand::Reg(r));
                 }
-                let at =
-                    at.ok_or(CodegenError::Unsupported(Unsupported::ElementInputPerRow))?;
+                let at = at.ok_or(CodegenError::Unsupported(Unsupported::ElementInputPerRow))?;
                 Ok(Operand::Mem(Mem { base: STREAM_GPRS[k as usize], ..at }))
             }
             TraceOp::Param(k) => {

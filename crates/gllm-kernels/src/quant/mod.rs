@@ -314,10 +314,10 @@ pub const ACT_BLOCK: usize = 32;
 /// as llama.cpp on the same file — but it moves SmolLM2's logits by up to
 /// ~1 against exact arithmetic, enough to change greedy text at near ties.
 /// `Int16` quantises to 16 bits (`d = max|x| / 32512`), 256× finer, and
-/// feeds `vpmaddubsw` the value as two signed base-255 digits (`q = 255·hi
-/// + lo`, both in −127..=127), so every product stays an exact integer: the
-/// decode logits follow exact arithmetic's to ~1e-3, for about 1.5× the
-/// kernel instructions per weight.
+/// feeds `vpmaddubsw` the value as two signed base-255 digits
+/// (`q = 255·hi + lo`, both in −127..=127), so every product stays an exact
+/// integer: the decode logits follow exact arithmetic's to ~1e-3, for about
+/// 1.4× the kernel instructions per weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ActivationPrecision {
     #[default]

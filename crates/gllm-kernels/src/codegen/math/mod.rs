@@ -540,7 +540,10 @@ impl MathKernel {
     /// `out[i] = f(x[i])`; the slices must have the same length.
     pub fn run(&self, x: &[f32], out: &mut [f32]) -> Result<(), CodegenError> {
         if x.len() != out.len() {
-            return Err(CodegenError::BadArguments(BadArguments::UnaryLengths { x: x.len(), out: out.len() }));
+            return Err(CodegenError::BadArguments(BadArguments::UnaryLengths {
+                x: x.len(),
+                out: out.len(),
+            }));
         }
         type Entry = unsafe extern "C" fn(*const f32, *mut f32, usize, *const u8);
         // SAFETY: generated for this signature, sealed r-x, ISA checked at
