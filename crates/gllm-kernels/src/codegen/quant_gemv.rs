@@ -626,16 +626,31 @@ fn pack_row(format: QuantFormat, shape: RowShape, row: &[u8], out: &mut [u8]) {
 fn dequantize_group(format: QuantFormat, g: &[u8], out: &mut [f32]) {
     let f16_at = |i: usize| half::f16::from_le_bytes([g[i], g[i + 1]]).to_f32();
     let f32_at = |i: usize| f32::from_le_bytes([g[i], g[i + 1], g[i + 2], g[i + 3]]);
-    let nibble = |codes: usize, j: usize, k: usize| {
-        let (byte, shift) = nibble_at(j, k);
-        (g[codes + byte] >> shift) & 0x0F
+    // Block j's 32 codes from the group's 4-bit code bytes at `at` (the
+    // order of `nibble_at`, walked a byte at a time).
+    let nibbles = |at: usize, j: usize| {
+        let mut q = [0u8; ACT_BLOCK];
+        for l in 0..4 {
+            for t in 0..4 {
+                let byte = g[at + 32 * l + 4 * j + t];
+                q[8 * l + t] = byte & 0x0F;
+                q[8 * l + 4 + t] = byte >> 4;
+            }
+        }
+        q
     };
     if format == QuantFormat::Q6K {
-        for (e, o) in out.iter_mut().enumerate() {
-            let (lo, lo_shift, hi, hi_shift, sub) = q6_k_at(e);
-            let code = ((g[lo] >> lo_shift) & 0x0F) | (((g[hi] >> hi_shift) & 3) << 4);
+        // Sub-block 8·half + j: its low nibbles in loads 2·half and
+        // 2·half + 1 (as `q6_k_at` places them), its highs in half's 32 bytes.
+        for (sub, out) in out.chunks_exact_mut(16).enumerate() {
+            let (half, j) = (sub / 8, sub % 8);
             let scale = f32_at(0) * f32::from(g[4 + sub] as i8);
-            *o = scale * f32::from(code as i8 - 32);
+            for (k, o) in out.iter_mut().enumerate() {
+                let (v, t) = (k / 4, k % 4);
+                let lo = (g[20 + 32 * (2 * half + v / 2) + 4 * j + t] >> (4 * (v % 2))) & 0x0F;
+                let hi = (g[148 + 32 * half + 4 * j + t] >> (2 * v)) & 3;
+                *o = scale * f32::from((lo | (hi << 4)) as i8 - 32);
+            }
         }
         return;
     }
@@ -644,27 +659,27 @@ fn dequantize_group(format: QuantFormat, g: &[u8], out: &mut [f32]) {
             QuantFormat::Q8_0 => {
                 let d = f16_at(256 + 2 * j);
                 for (k, o) in out.iter_mut().enumerate() {
-                    *o = f32::from(g[lane_byte(j, k)] as i8) * d;
+                    *o = f32::from(g[32 * (k / 4) + 4 * j + k % 4] as i8) * d;
                 }
             }
             QuantFormat::Q4_1 => {
                 let (d, m) = (f16_at(128 + 2 * j), f16_at(144 + 2 * j));
-                for (k, o) in out.iter_mut().enumerate() {
-                    *o = d * f32::from(nibble(0, j, k)) + m;
+                for (o, q) in out.iter_mut().zip(nibbles(0, j)) {
+                    *o = d * f32::from(q) + m;
                 }
             }
             QuantFormat::Q4K => {
                 // The reference's `d·sc·q − dmin·m`, bit for bit:
                 // (−dmin)·m is −(dmin·m) exactly.
                 let (scale, min) = (f32_at(0) * f32::from(g[8 + j]), f32_at(4) * f32::from(g[16 + j]));
-                for (k, o) in out.iter_mut().enumerate() {
-                    *o = scale * f32::from(nibble(24, j, k)) + min;
+                for (o, q) in out.iter_mut().zip(nibbles(24, j)) {
+                    *o = scale * f32::from(q) + min;
                 }
             }
             _ => {
                 let d = f16_at(128 + 2 * j);
-                for (k, o) in out.iter_mut().enumerate() {
-                    *o = d * f32::from(nibble(0, j, k) as i8 - 8);
+                for (o, q) in out.iter_mut().zip(nibbles(0, j)) {
+                    *o = d * f32::from(q as i8 - 8);
                 }
             }
         }
