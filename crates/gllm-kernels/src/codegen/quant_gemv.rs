@@ -928,10 +928,14 @@ const YMM: [AsmRegisterYmm; 16] =
 const XMM: [AsmRegisterXmm; 16] =
     [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
 
-/// Registers of a kernel: two constants, temporaries, then per digit and
-/// activation row an integer sum (groups), and the W·R f32 accumulators at
-/// the top.
+/// What a kernel is generated for, and its registers: two constants,
+/// temporaries, then per digit and activation row an integer sum (groups),
+/// and the W·R f32 accumulators at the top.
 struct Regs {
+    format: QuantFormat,
+    precision: ActivationPrecision,
+    /// The activation rows' cursors (the first `r`).
+    xp: [AsmRegister64; MAX_ACT_ROWS],
     w: usize,
     r: usize,
     /// Integer digits per activation (2 for `Int16`).
@@ -973,6 +977,22 @@ impl Regs {
     }
 }
 
+/// `acc += f32(sum) · (scale · x_scale)`: an integer dot product per lane,
+/// scaled by the weight's and the activation's scales (`sum` is converted
+/// in place; `t` is scratch).
+fn accumulate_scaled(
+    a: &mut CodeAssembler,
+    acc: AsmRegisterYmm,
+    sum: AsmRegisterYmm,
+    scale: AsmRegisterYmm,
+    x_scale: AsmMemoryOperand,
+    t: AsmRegisterYmm,
+) -> Result<(), IcedError> {
+    a.vcvtdq2ps(sum, sum)?;
+    a.vmulps(t, scale, x_scale)?;
+    a.vfmadd231ps(acc, sum, t)
+}
+
 /// `hi ← 255·hi + lo` in i32 lanes (exact), using `t`; nothing for one digit.
 fn combine_digits(
     a: &mut CodeAssembler,
@@ -989,8 +1009,8 @@ fn combine_digits(
     Ok(())
 }
 
-/// One group (256 weights) of weight row `wr` against the activation rows
-/// `xp`, accumulated into `acc(i, ·)`.
+/// One group (256 weights) of weight row `wr` against the activation rows,
+/// accumulated into `acc(i, ·)`.
 ///
 /// The 4-bit formats unpack each 32-byte load into two vectors of codes and
 /// sum all eight `vpmaddubsw` products per activation row and digit in i16
@@ -999,15 +1019,8 @@ fn combine_digits(
 /// group, as 8-lane vectors. Q8_0 (products up to 2·128·127) widens every
 /// vector with `vpmaddwd`; Q6_K (2·63·127) every two, per half of 128
 /// weights whose eight 16-element sub-blocks are the lanes.
-fn emit_group_row(
-    a: &mut CodeAssembler,
-    format: QuantFormat,
-    precision: ActivationPrecision,
-    regs: &Regs,
-    i: usize,
-    wr: AsmRegister64,
-    xp: &[AsmRegister64],
-) -> Result<(), IcedError> {
+fn emit_group_row(a: &mut CodeAssembler, regs: &Regs, i: usize, wr: AsmRegister64) -> Result<(), IcedError> {
+    let (format, precision, xp) = (regs.format, regs.precision, &regs.xp[..regs.r]);
     let (lo, hi, t, t2, hb) = (Regs::LO, Regs::HI, Regs::T, Regs::T2, Regs::HB);
     let (mask, ones) = (Regs::MASK, Regs::ONES);
     let parts = ActParts::group(format, precision);
@@ -1035,9 +1048,7 @@ fn emit_group_row(
             a.vcvtph2ps(lo, xmmword_ptr(wr + 256))?;
             for (x, &xr) in xp.iter().enumerate() {
                 regs.combine(a, x)?;
-                a.vcvtdq2ps(regs.sum(0, x), regs.sum(0, x))?;
-                a.vmulps(t, lo, ymmword_ptr(xr + parts.dx))?;
-                a.vfmadd231ps(regs.acc(i, x), regs.sum(0, x), t)?;
+                accumulate_scaled(a, regs.acc(i, x), regs.sum(0, x), lo, ymmword_ptr(xr + parts.dx), t)?;
             }
         }
         QuantFormat::Q6K => {
@@ -1086,9 +1097,14 @@ fn emit_group_row(
                     // Σ code·q − 32·Σq per sub-block, exact in i32.
                     regs.combine(a, x)?;
                     a.vpaddd(regs.sum(0, x), regs.sum(0, x), ymmword_ptr(xr + base + parts.extra))?;
-                    a.vcvtdq2ps(regs.sum(0, x), regs.sum(0, x))?;
-                    a.vmulps(t, lo, ymmword_ptr(xr + base + parts.dx))?;
-                    a.vfmadd231ps(regs.acc(i, x), regs.sum(0, x), t)?;
+                    accumulate_scaled(
+                        a,
+                        regs.acc(i, x),
+                        regs.sum(0, x),
+                        lo,
+                        ymmword_ptr(xr + base + parts.dx),
+                        t,
+                    )?;
                 }
             }
         }
@@ -1141,9 +1157,7 @@ fn emit_group_row(
                     regs.widen(a, d, x)?;
                 }
                 regs.combine(a, x)?;
-                a.vcvtdq2ps(regs.sum(0, x), regs.sum(0, x))?;
-                a.vmulps(t, lo, ymmword_ptr(xr + parts.dx))?;
-                a.vfmadd231ps(regs.acc(i, x), regs.sum(0, x), t)?;
+                accumulate_scaled(a, regs.acc(i, x), regs.sum(0, x), lo, ymmword_ptr(xr + parts.dx), t)?;
                 a.vfmadd231ps(regs.acc(i, x), offset, ymmword_ptr(xr + parts.extra))?;
             }
         }
@@ -1152,17 +1166,10 @@ fn emit_group_row(
 }
 
 /// One tail record (a block pair, or 8 F16/BF16 weights) of weight row `wr`
-/// against the activation rows `xp`. Registers: ymm0–3 constants, ymm4–9
+/// against the activation rows. Registers: ymm0–3 constants, ymm4–9
 /// temporaries (and ymm10–11 for `Int16`).
-fn emit_record_row(
-    a: &mut CodeAssembler,
-    format: QuantFormat,
-    precision: ActivationPrecision,
-    regs: &Regs,
-    i: usize,
-    wr: AsmRegister64,
-    xp: &[AsmRegister64],
-) -> Result<(), IcedError> {
+fn emit_record_row(a: &mut CodeAssembler, regs: &Regs, i: usize, wr: AsmRegister64) -> Result<(), IcedError> {
+    let (format, precision, xp) = (regs.format, regs.precision, &regs.xp[..regs.r]);
     let (t0, t1) = (YMM[8], YMM[9]);
     // Each digit's sums: the first in t0 (t1 its second half), the second
     // in ymm10 (ymm11).
@@ -1205,9 +1212,7 @@ fn emit_record_row(
                 a.vphaddd(s0, s0, s1)?;
             }
             combine_digits(a, digits, t0, dsum[1].0, t1)?;
-            a.vcvtdq2ps(t0, t0)?;
-            a.vmulps(t1, d, ymmword_ptr(xr + parts.dx))?;
-            a.vfmadd231ps(regs.acc(i, x), t0, t1)?;
+            accumulate_scaled(a, regs.acc(i, x), t0, d, ymmword_ptr(xr + parts.dx), t1)?;
         }
     } else {
         let (lo, hi, d, m) = (YMM[4], YMM[5], YMM[6], YMM[7]);
@@ -1232,9 +1237,7 @@ fn emit_record_row(
                 a.vpmaddwd(s0, s0, ones)?;
             }
             combine_digits(a, digits, t0, dsum[1].0, t1)?;
-            a.vcvtdq2ps(t0, t0)?;
-            a.vmulps(t1, d, ymmword_ptr(xr + parts.dx))?;
-            a.vfmadd231ps(regs.acc(i, x), t0, t1)?;
+            accumulate_scaled(a, regs.acc(i, x), t0, d, ymmword_ptr(xr + parts.dx), t1)?;
             a.vfmadd231ps(regs.acc(i, x), m, ymmword_ptr(xr + parts.extra))?;
         }
     }
@@ -1251,15 +1254,14 @@ fn generate(
     r: usize,
 ) -> Result<Vec<u8>, CodegenError> {
     let digits = if is_float(format) { 1 } else { digits(precision) };
-    let regs = Regs { w, r, digits };
+    let regs = Regs { format, precision, xp: [rsi, r12, r13, r14], w, r, digits };
     // Group sums below the accumulators; Int16 tail records use ymm10–11.
     let first_acc = 16 - w * r;
     assert!((1..=4).contains(&w) && (1..=MAX_ACT_ROWS).contains(&r) && w * r <= 6);
     assert!(7 + digits * r <= first_acc && (digits == 1 || first_acc >= 12));
     let mut a = CodeAssembler::new(64)?;
     let wp = [r10, r11, rbx, r15];
-    let xp = [rsi, r12, r13, r14];
-    let (wp, xp) = (&wp[..w], &xp[..r]);
+    let (wp, xp) = (&wp[..w], &regs.xp[..r]);
     for reg in [rbx, r12, r13, r14, r15] {
         a.push(reg)?;
     }
@@ -1313,9 +1315,9 @@ fn generate(
         }
         for (i, &wr) in wp.iter().enumerate() {
             if groups {
-                emit_group_row(&mut a, format, precision, &regs, i, wr, xp)?;
+                emit_group_row(&mut a, &regs, i, wr)?;
             } else {
-                emit_record_row(&mut a, format, precision, &regs, i, wr, xp)?;
+                emit_record_row(&mut a, &regs, i, wr)?;
             }
         }
         for &wr in wp {
