@@ -3,10 +3,11 @@
 //! dequantising packer that feeds the f32 GEMM for prompt processing.
 //!
 //! ```text
-//!  QuantMatrix ──pack──► QuantPanels (pairs of blocks per record, per row)
-//!  x (f32) ──quantise per 32──► activation records (int8 + scales)
-//!  kernel(W weight rows × R activation rows): integer dot per block pair,
-//!          scaled and accumulated in f32, one horizontal sum per output
+//!  QuantMatrix ──pack──► QuantPanels (per row: groups of 256, then pair records)
+//!  x (f32) ──quantise per 32 (int8 or int16)──► activations in the same layout
+//!  kernel(W far-apart weight rows × R activation rows): integer dot per
+//!          block, one scale vector per group, accumulated in f32, one
+//!          horizontal sum per output
 //! ```
 //!
 //! **Why the integer path.** Decode reads every weight once per token, so
@@ -14,30 +15,33 @@
 //! per byte as possible. Converting 4-bit codes to f32 costs ~4 vector
 //! instructions per 8 weights; multiplying them as bytes with `vpmaddubsw`
 //! against an int8 copy of the activations (quantised per 32, as llama.cpp
-//! does) costs ~8 per 64 weights. The price is the activation rounding,
-//! bounded by [`crate::quant::activation_quantisation_bound`].
+//! does) costs ~10 per 64. The price is the activation rounding, bounded by
+//! [`crate::quant::activation_quantisation_bound`]; at
+//! [`ActivationPrecision::Int16`] the activations are 16-bit, fed as two
+//! base-255 digits (one more `vpmaddubsw` + add per 32 weights), and the
+//! rounding becomes 256× smaller.
 //!
-//! **Layout.** Two consecutive blocks of a row form one record so that one
-//! 32-byte load brings both blocks' codes and one `vcvtph2ps` both scales:
-//! Q4_0 `qs0[16] qs1[16] d0 d1` (36 bytes), Q4_1 the same plus `m0 m1`
-//! (40), Q8_0 `qs0[32] qs1[32] d0 d1` (68) — the same bytes as the file,
-//! reordered. A row with an odd block count gets a zero block. Q4_K runs
-//! through the Q4_1 kernel's arithmetic: each super-block of 256 becomes
-//! `f32 d | f32 −dmin` and four 36-byte records (a sub-block pair's codes,
-//! re-nibbled to Q4_1's order, then the 6-bit `sc_a m_a sc_b m_b` unpacked
-//! to bytes): 152 bytes for the file's 144, and the per-sub-block scales
-//! `d·sc` and `−dmin·m` are formed exactly in f32 inside the kernel.
-//! Q6_K likewise: `f32 d`, then per 64 weights the low nibbles in Q4_1's
-//! order, their 2-bit highs packed four to a byte so that two variable
-//! shifts of one broadcast put them in place, and the four `i8` scales of
-//! its 16-weight sub-blocks (212 bytes per 256 for the file's 210); the
-//! `−32` offset is subtracted in the integer sums (the activation records
-//! carry `−32·Σq` per sub-block).
+//! **Layout.** Each 256 weights of a row form a group: its eight blocks'
+//! codes interleaved four bytes at a time (`lane_byte`, `nibble_at`) so
+//! that after `vpmaddubsw` + `vpmaddwd` block `j`'s dot product is in i32
+//! lane `j`, followed by the eight scales (and mins) — the file's bytes,
+//! reordered; the scales are applied once per group as 8-lane vectors.
+//! Q4_K and Q6_K super-blocks are groups, with `d` (and `−dmin`) as f32 and
+//! Q4_K's 6-bit scales unpacked to bytes (152 and 212 bytes for the file's
+//! 144 and 210); the `d·sc` products are formed exactly in f32, and Q6_K's
+//! `−32` offset is subtracted in the integer sums. The blocks after the
+//! last whole group (SmolLM2's 576 columns leave 2) are pair records:
+//! Q4_0 `qs0[16] qs1[16] d0 d1` (36 bytes), Q4_1 plus `m0 m1` (40), Q8_0
+//! `qs0[32] qs1[32] d0 d1` (68), a zero block padding an odd count.
 //!
 //! **F16 and BF16** take the float path instead: records of 8 weights
 //! (`vcvtph2ps`, or a zero-extend and shift for BF16) against f32
 //! activations padded to a multiple of 8, one FMA per 8 weights: exact
 //! products, 2 bytes per weight read, no activation rounding.
+//!
+//! **Memory.** A call's W rows come from W far-apart runs of its thread's
+//! rows, each run read front to back across calls (four DRAM streams, not
+//! one), and each row prefetches 4 KiB ahead (`PREFETCH_AHEAD`).
 //!
 //! **ISA.** The kernels use AVX2 encodings (256-bit integer multiply-adds),
 //! which AVX-512 machines also run; a VNNI (`vpdpbusd`) variant is the next
@@ -503,7 +507,7 @@ impl QuantPanels {
 }
 
 /// Activation rows quantised per block of 32 in the kernels' record layout
-/// for one weight format (see [`quantize_activations`]).
+/// for one weight format (see [`QuantPanels::quantize`]).
 #[derive(Debug, Clone)]
 pub struct QuantActivations {
     format: QuantFormat,
@@ -700,7 +704,7 @@ fn dequantize_group(format: QuantFormat, g: &[u8], out: &mut [f32]) {
 /// (block pair's elements 0–15 of both blocks, then 16–31 of both),
 /// `[d0×4, d1×4]` `[c·s0/4 ×4, c·s1/4 ×4]`; Q8_0's in natural order and
 /// `[d0, d0, d1, d1, d0, d0, d1, d1]`.
-pub fn quantize_activations(format: QuantFormat, precision: ActivationPrecision, x: &[f32], out: &mut [u8]) {
+fn quantize_activations(format: QuantFormat, precision: ActivationPrecision, x: &[f32], out: &mut [u8]) {
     if is_float(format) {
         // f32 as is, zero padded to whole records.
         out.fill(0);

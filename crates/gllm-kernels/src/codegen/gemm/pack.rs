@@ -37,7 +37,7 @@ impl PackedB {
 }
 
 /// A GEMM's weight operand made ready once: f32 panels, or quantised
-/// records read in their stored format (see [`super::quant_gemv`]).
+/// records read in their stored format (see [`crate::codegen::quant_gemv`]).
 #[derive(Debug, Clone)]
 pub enum PreparedB {
     Packed(PackedB),
