@@ -71,7 +71,7 @@ pub struct ModelArgs {
     f32_weights: bool,
     /// How decode quantises activations for quantised weights: int8 as
     /// llama.cpp does (fastest), or int16 (256× finer: greedy text and
-    /// logits follow --f32-weights, ~1.5× the kernel instructions).
+    /// logits follow --f32-weights, ~1.4× the kernel instructions).
     #[arg(long, default_value = "int8", value_parser = ["int8", "int16"])]
     activations: String,
     /// KV-cache positions to allocate (default 2048, at most the model's context).

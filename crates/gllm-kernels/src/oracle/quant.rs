@@ -137,21 +137,32 @@ pub fn check_gemv_at(
 }
 
 /// `format`'s GEMV over the sweep: row counts around the kernel's 4-row
-/// step, 1..=5 activation rows, 1 and 2 threads, x and y against guard pages.
+/// step, rows of whole groups of 256 and of blocks left over, 1..=5
+/// activation rows, int8 and int16 activations, 1 and 2 threads, x and y
+/// against guard pages.
 pub fn test_quant_format(format: QuantFormat, isa: Isa, sweep: Sweep) -> OpReport {
     let mut report = OpReport::new(format.name(), isa, KernelKind::QuantGemv);
-    report.tolerance = match format {
-        QuantFormat::F16 | QuantFormat::Bf16 => "f32 summation rounding of the f64 dot".into(),
-        _ => "f32 rounding of the integer-path dot (int8 activations)".into(),
+    let float = matches!(format, QuantFormat::F16 | QuantFormat::Bf16);
+    report.tolerance = if float {
+        "f32 summation rounding of the f64 dot".into()
+    } else {
+        "f32 rounding of the integer-path dot (int8 and int16 activations)".into()
+    };
+    let precisions: &[ActivationPrecision] = if float {
+        &[ActivationPrecision::Int8]
+    } else {
+        &[ActivationPrecision::Int8, ActivationPrecision::Int16]
     };
     let mut rng = Rng(0x9a11_7000 ^ format as u64);
     let rows_list: &[usize] = match sweep {
         Sweep::Quick => &[1, 3, 4, 9],
         Sweep::Full => &[0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 37],
     };
+    // Blocks per row (K-quants: super-blocks); 11 and 18 blocks of 32 are a
+    // group of 256 and 3, two groups and 2.
     let blocks_list: &[usize] = match sweep {
-        Sweep::Quick => &[1, 3],
-        Sweep::Full => &[1, 2, 3, 18],
+        Sweep::Quick => &[1, 3, 11],
+        Sweep::Full => &[1, 2, 3, 11, 18],
     };
     for &rows in rows_list {
         for &blocks in blocks_list {
@@ -164,16 +175,17 @@ pub fn test_quant_format(format: QuantFormat, isa: Isa, sweep: Sweep) -> OpRepor
                     return report;
                 }
             };
-            let panels = match QuantPanels::pack(&w) {
+            let packed = match QuantPanels::pack(&w) {
                 Ok(p) => p,
                 Err(e) => {
                     report.fail(format!("does not pack: {e}"));
                     return report;
                 }
             };
-            for m in [1, 2, 5] {
+            for (&precision, m) in precisions.iter().flat_map(|p| [(p, 1), (p, 2), (p, 5)]) {
+                let panels = packed.clone().with_activations(precision);
                 for placement in [Placement::AgainstStart, Placement::AgainstEnd] {
-                    let case = format!("{rows}×{cols}, m={m}, operands {placement}");
+                    let case = format!("{rows}×{cols}, m={m}, {precision} activations, operands {placement}");
                     let x = random_activations(m * cols, &mut rng);
                     let result = guard_all(&[&x], placement).and_then(|gx| {
                         let mut y = GuardedBuffer::filled(m * rows, UNWRITTEN, placement)
@@ -184,7 +196,7 @@ pub fn test_quant_format(format: QuantFormat, isa: Isa, sweep: Sweep) -> OpRepor
                         if !y.canary_intact() || !gx[0].canary_intact() {
                             return Err("wrote outside its operands".to_string());
                         }
-                        check_gemv(&w, &x, m, y.as_slice())
+                        check_gemv_at(&w, precision, &x, m, y.as_slice())
                     });
                     match result {
                         Ok(worst) => {
