@@ -378,10 +378,7 @@ impl LoopKernel {
         let isa = profile.isa;
         let mut all: Vec<V> = (0..isa.num_simd_regs() as u8).map(V).collect();
         let mut take = || all.pop().expect("register file is not exhausted by reservations");
-        let tail_mask = match isa {
-            Isa::Avx512 => Mask::K(K(1)),
-            Isa::Avx2 => Mask::V(take()),
-        };
+        let tail_mask = if isa.caps().opmask { Mask::K(K(1)) } else { Mask::V(take()) };
         let uses_dim = [&prog.row, &prog.body]
             .iter()
             .chain(prog.folds.iter().map(|f| &f.element).collect::<Vec<_>>().iter())
@@ -867,7 +864,8 @@ impl Gen<'_> {
         let acc = accs[0];
         self.asm.swap_halves(t, acc)?;
         combine_into(&mut self.asm, combine, acc, t, tmp)?;
-        if self.asm.isa == Isa::Avx512 {
+        // A 512-bit vector has four 128-bit quarters: one more step.
+        if self.asm.vector_bytes() == 64 {
             self.asm.swap_quarters(t, acc)?;
             combine_into(&mut self.asm, combine, acc, t, tmp)?;
         }
@@ -958,14 +956,11 @@ fn free_besides(regs: &[V], busy: &[V]) -> Result<V, CodegenError> {
 }
 
 /// `acc = acc ⊕ g` in the trace's operand order; `tmp` is a free register
-/// (the NaN-ignoring forms need a mask: `tmp` on AVX2, `k2` on AVX-512).
+/// (the NaN-ignoring forms need a mask: `k2` with opmasks, else `tmp`).
 fn combine_into(asm: &mut VecAsm, c: Combine, acc: V, g: V, tmp: V) -> Result<(), CodegenError> {
     /// `_CMP_UNORD_Q`.
     const UNORD: i32 = 3;
-    let nan_mask = |asm: &VecAsm| match asm.isa {
-        Isa::Avx512 => Mask::K(K(2)),
-        Isa::Avx2 => Mask::V(tmp),
-    };
+    let nan_mask = |asm: &VecAsm| asm.mask_or(K(2), tmp);
     match c {
         Combine::Add => asm.add(acc, acc, Src::Reg(g)),
         Combine::MaxAccG => asm.max(acc, acc, Src::Reg(g)),

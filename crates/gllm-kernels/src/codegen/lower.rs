@@ -12,7 +12,6 @@ use super::math;
 use super::pool::ConstPool;
 use super::vasm::{Mask, Mem, Src, VecAsm, K, V};
 use super::{CodegenError, MaskMisuse, RegisterUse};
-use crate::device::Isa;
 use crate::fusion::pressure::math_temps;
 use crate::trace::{Body, CmpPred, TraceOp};
 
@@ -104,26 +103,19 @@ pub fn emit_trace_ops(
             TraceOp::Cmp(pred, a, b) => {
                 let (a_id, b_id) = (a, b);
                 let (a, b) = (operand(a), operand(b));
-                let mask = match asm.isa {
-                    Isa::Avx512 => {
-                        let k = regs
-                            .kfree
-                            .pop()
-                            .ok_or(CodegenError::OutOfRegisters { at: RegisterUse::Op(*op) })?;
-                        Mask::K(K(k))
-                    }
-                    Isa::Avx2 => {
-                        // The mask vector takes over a dying operand's register when it can.
-                        let dying = [a_id, b_id].into_iter().find_map(|v| match val[v as usize] {
-                            Some(Operand::Reg(r)) if last_use[v as usize] == i && owned[v as usize] => {
-                                Some(r)
-                            }
-                            _ => None,
-                        });
-                        match dying {
-                            Some(r) => Mask::V(r),
-                            None => Mask::V(regs.take(op)?),
-                        }
+                let mask = if asm.caps().opmask {
+                    let k =
+                        regs.kfree.pop().ok_or(CodegenError::OutOfRegisters { at: RegisterUse::Op(*op) })?;
+                    Mask::K(K(k))
+                } else {
+                    // The mask vector takes over a dying operand's register when it can.
+                    let dying = [a_id, b_id].into_iter().find_map(|v| match val[v as usize] {
+                        Some(Operand::Reg(r)) if last_use[v as usize] == i && owned[v as usize] => Some(r),
+                        _ => None,
+                    });
+                    match dying {
+                        Some(r) => Mask::V(r),
+                        None => Mask::V(regs.take(op)?),
                     }
                 };
                 // The first comparison operand must be a register.

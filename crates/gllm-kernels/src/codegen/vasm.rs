@@ -6,7 +6,7 @@
 //! and the kernels above it never name zmm or ymm.
 
 use super::CodegenError;
-use crate::device::Isa;
+use crate::device::{Isa, IsaCaps};
 use iced_x86::code_asm::*;
 
 /// A vector register by number (zmm0–31 on AVX-512, ymm0–15 on AVX2).
@@ -168,6 +168,21 @@ pub struct VecAsm {
 impl VecAsm {
     pub fn new(isa: Isa) -> Result<VecAsm, CodegenError> {
         Ok(VecAsm { a: CodeAssembler::new(64)?, isa })
+    }
+
+    /// What this ISA offers (the questions generic lowering may ask).
+    pub fn caps(&self) -> IsaCaps {
+        self.isa.caps()
+    }
+
+    /// Where a comparison result goes: opmask `k` if the ISA has opmasks,
+    /// else the mask vector `v`.
+    pub fn mask_or(&self, k: K, v: V) -> Mask {
+        if self.caps().opmask {
+            Mask::K(k)
+        } else {
+            Mask::V(v)
+        }
     }
 
     /// Bytes in one vector.

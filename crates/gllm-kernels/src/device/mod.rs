@@ -35,7 +35,40 @@ pub enum Isa {
     Avx512,
 }
 
+/// What an instruction set offers that generic lowering chooses by. Code
+/// outside the ISA modules asks these questions ("is there an opmask?")
+/// instead of naming an ISA, so a new backend (aarch64 NEON/SVE) answers
+/// them once here rather than at every branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsaCaps {
+    /// Comparison results live in opmask registers (k1–k7), with masked
+    /// arithmetic and masked tail loads/stores; without, comparisons yield
+    /// all-ones/zero lanes in vector registers (blend by sign bit, and-mask,
+    /// `vmaskmov` tails), which costs a vector register per live mask.
+    pub opmask: bool,
+    /// Exact exponent instructions: `vscalefps` (x·2ⁿ with correct overflow
+    /// and subnormals), `vgetexpps`, `vgetmantps`.
+    pub exponent_ops: bool,
+    /// A 16-entry f32 table lookup in one register (`vpermps` over 16 lanes).
+    pub table16: bool,
+    /// Memory operands broadcast inside an arithmetic instruction (`{1toN}`):
+    /// no broadcast register needed.
+    pub embedded_broadcast: bool,
+}
+
 impl Isa {
+    /// What this ISA offers (see [`IsaCaps`]).
+    pub fn caps(self) -> IsaCaps {
+        match self {
+            Isa::Avx2 => {
+                IsaCaps { opmask: false, exponent_ops: false, table16: false, embedded_broadcast: false }
+            }
+            Isa::Avx512 => {
+                IsaCaps { opmask: true, exponent_ops: true, table16: true, embedded_broadcast: true }
+            }
+        }
+    }
+
     /// Architectural SIMD register count (what the register allocator may use).
     pub fn num_simd_regs(self) -> usize {
         match self {

@@ -73,7 +73,7 @@ pub fn scratch_registers(body: &Body, data_input: u8, isa: Isa) -> usize {
             | TraceOp::Acc
             | TraceOp::FoldResult(_)
             | TraceOp::RowScalar(_) => Home::Memory,
-            TraceOp::Cmp(..) if isa == Isa::Avx512 => Home::Mask,
+            TraceOp::Cmp(..) if isa.caps().opmask => Home::Mask,
             _ => Home::Register,
         })
         .collect();
@@ -134,7 +134,7 @@ pub fn loop_kernel_registers(trace: &OpTrace, isa: Isa) -> (usize, usize) {
         .iter()
         .filter(|o| matches!(o, TraceOp::Div(_, b) if matches!(trace.body.ops[*b as usize], TraceOp::RowScalar(_))))
         .count();
-    let reserved = usize::from(isa == Isa::Avx2)
+    let reserved = usize::from(!isa.caps().opmask)
         + usize::from(uses_dim)
         + trace.folds.len()
         + trace.row.outputs.len()

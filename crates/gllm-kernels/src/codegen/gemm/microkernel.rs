@@ -49,7 +49,7 @@ pub(super) fn emit_k_loop(
         for r in 0..rows {
             let a_elem = Mem::base(rdi, a_off + (r * 4) as i32);
             // AVX-512 folds the broadcast into each FMA; AVX2 broadcasts once per row.
-            if isa == Isa::Avx512 {
+            if isa.caps().embedded_broadcast {
                 for (v, &b) in bregs.iter().enumerate() {
                     asm.fmadd231_bcst(acc(r, v), b, a_elem)?;
                 }

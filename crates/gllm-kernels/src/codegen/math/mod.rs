@@ -92,7 +92,7 @@ const SIXTEENTHS_SHIFTER: f32 = 786_432.0;
 /// table form (2^(i/16) by `vpermps`, a degree-3 polynomial: 9 cycles per
 /// vector here against 10 for the degree-6 form). `x` may be `d`.
 pub fn exp(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: &[V]) -> R {
-    if asm.isa == Isa::Avx512 && t.len() >= 3 {
+    if asm.caps().table16 && t.len() >= 3 {
         return exp_table(asm, pool, d, x, [t[0], t[1], t[2]]);
     }
     exp_scaled(asm, pool, d, x, t, 0)
@@ -168,23 +168,21 @@ fn exp_scaled(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: &[V], extra
 /// rounded including overflow to inf and underflow to subnormals/zero.
 /// Clobbers `n` and `t`.
 fn scale_by_pow2(asm: &mut VecAsm, pool: &mut ConstPool, d: V, n: V, t: V) -> R {
-    match asm.isa {
-        Isa::Avx512 => asm.scalef(d, d, n),
-        Isa::Avx2 => {
-            // Two factors 2^(n>>1) and 2^(n − n>>1), each a normal float, so
-            // only the last multiplication rounds.
-            let bias = Src::Mem(pool.splat_bits(127));
-            asm.cvtps2dq(n, Src::Reg(n))?;
-            asm.psrad(t, n, 1)?;
-            asm.psubd(n, n, Src::Reg(t))?;
-            asm.paddd(t, t, bias)?;
-            asm.pslld(t, t, 23)?;
-            asm.mul(d, d, Src::Reg(t))?;
-            asm.paddd(n, n, bias)?;
-            asm.pslld(n, n, 23)?;
-            asm.mul(d, d, Src::Reg(n))
-        }
+    if asm.caps().exponent_ops {
+        return asm.scalef(d, d, n);
     }
+    // Two factors 2^(n>>1) and 2^(n − n>>1), each a normal float, so only
+    // the last multiplication rounds.
+    let bias = Src::Mem(pool.splat_bits(127));
+    asm.cvtps2dq(n, Src::Reg(n))?;
+    asm.psrad(t, n, 1)?;
+    asm.psubd(n, n, Src::Reg(t))?;
+    asm.paddd(t, t, bias)?;
+    asm.pslld(t, t, 23)?;
+    asm.mul(d, d, Src::Reg(t))?;
+    asm.paddd(n, n, bias)?;
+    asm.pslld(n, n, 23)?;
+    asm.mul(d, d, Src::Reg(n))
 }
 
 /// `x`, or a copy of it in `spare` when `d` would overwrite it.
@@ -197,12 +195,9 @@ fn preserve(asm: &mut VecAsm, d: V, x: V, spare: V) -> Result<V, CodegenError> {
     }
 }
 
-/// A mask register for a comparison result: k2 on AVX-512, else `fallback`.
+/// A mask register for a comparison result: k2 with opmasks, else `fallback`.
 fn mask_reg(asm: &VecAsm, fallback: V) -> Mask {
-    match asm.isa {
-        Isa::Avx512 => Mask::K(K(2)),
-        Isa::Avx2 => Mask::V(fallback),
-    }
+    asm.mask_or(K(2), fallback)
 }
 
 /// `d = ln(x)`. Temporaries: `t[0..4]`. `x` may be `d`.
@@ -210,34 +205,31 @@ pub fn log(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 4]) -> R {
     let [t0, t1, t2, t3] = t;
     let x = preserve(asm, d, x, t3)?;
     let one = pool.splat(1.0);
-    match asm.isa {
-        Isa::Avx512 => {
-            // e = floor(log2 x), m in [0.75, 1.5); when m < 1 the mantissa was
-            // halved, so e + 1 (getexp does not know the interval).
-            asm.getexp(t0, x)?;
-            asm.getmant_075_15(t1, x)?;
-            asm.cmp(Mask::K(K(3)), t1, Src::Mem(one), cmp::LT_OS)?;
-            asm.add_masked(t0, t0, Src::Mem(one), K(3))?;
-        }
-        Isa::Avx2 => {
-            let tiny = Mask::V(t0);
-            asm.cmp(tiny, x, Src::Mem(pool.splat(f32::MIN_POSITIVE)), cmp::LT_OS)?;
-            asm.mul(t1, x, Src::Mem(pool.splat(8_388_608.0)))?; // 2^23
-            asm.blend(t1, x, Src::Reg(t1), tiny)?;
-            asm.and(t0, t0, Src::Mem(pool.splat(-23.0)))?;
-            asm.psrld(t2, t1, 23)?;
-            asm.psubd(t2, t2, Src::Mem(pool.splat_bits(127)))?;
-            asm.cvtdq2ps(t2, Src::Reg(t2))?;
-            asm.add(t0, t0, Src::Reg(t2))?;
-            asm.and(t1, t1, Src::Mem(pool.splat_bits(0x007f_ffff)))?;
-            asm.or(t1, t1, Src::Mem(pool.splat_bits(0x3f80_0000)))?;
-            let big = Mask::V(t2);
-            asm.cmp(big, t1, Src::Mem(pool.splat(1.5)), cmp::GE_OS)?;
-            asm.and(d, t2, Src::Mem(one))?;
-            asm.add(t0, t0, Src::Reg(d))?;
-            asm.mul(d, t1, Src::Mem(pool.splat(0.5)))?;
-            asm.blend(t1, t1, Src::Reg(d), big)?;
-        }
+    if asm.caps().exponent_ops && asm.caps().opmask {
+        // e = floor(log2 x), m in [0.75, 1.5); when m < 1 the mantissa was
+        // halved, so e + 1 (getexp does not know the interval).
+        asm.getexp(t0, x)?;
+        asm.getmant_075_15(t1, x)?;
+        asm.cmp(Mask::K(K(3)), t1, Src::Mem(one), cmp::LT_OS)?;
+        asm.add_masked(t0, t0, Src::Mem(one), K(3))?;
+    } else {
+        let tiny = Mask::V(t0);
+        asm.cmp(tiny, x, Src::Mem(pool.splat(f32::MIN_POSITIVE)), cmp::LT_OS)?;
+        asm.mul(t1, x, Src::Mem(pool.splat(8_388_608.0)))?; // 2^23
+        asm.blend(t1, x, Src::Reg(t1), tiny)?;
+        asm.and(t0, t0, Src::Mem(pool.splat(-23.0)))?;
+        asm.psrld(t2, t1, 23)?;
+        asm.psubd(t2, t2, Src::Mem(pool.splat_bits(127)))?;
+        asm.cvtdq2ps(t2, Src::Reg(t2))?;
+        asm.add(t0, t0, Src::Reg(t2))?;
+        asm.and(t1, t1, Src::Mem(pool.splat_bits(0x007f_ffff)))?;
+        asm.or(t1, t1, Src::Mem(pool.splat_bits(0x3f80_0000)))?;
+        let big = Mask::V(t2);
+        asm.cmp(big, t1, Src::Mem(pool.splat(1.5)), cmp::GE_OS)?;
+        asm.and(d, t2, Src::Mem(one))?;
+        asm.add(t0, t0, Src::Reg(d))?;
+        asm.mul(d, t1, Src::Mem(pool.splat(0.5)))?;
+        asm.blend(t1, t1, Src::Reg(d), big)?;
     }
     log_tail(asm, pool, d, x, t0, t1, t2)
 }
@@ -489,10 +481,7 @@ impl MathKernel {
         asm.a.mov(super::pool::POOL_REG, rcx)?;
         let (x, d) = (V(0), V(1));
         let t: Vec<V> = (2..10).map(V).collect();
-        let tail_mask = match isa {
-            Isa::Avx512 => Mask::K(K(1)),
-            Isa::Avx2 => Mask::V(V(15)),
-        };
+        let tail_mask = asm.mask_or(K(1), V(15));
         let body = |asm: &mut VecAsm, pool: &mut ConstPool| -> R {
             match f {
                 MathFn::Exp => exp(asm, pool, d, x, &t[..4]),

@@ -13,7 +13,6 @@
 use super::super::pool::ConstPool;
 use super::super::vasm::{cmp, Mask, Src, VecAsm, K, V};
 use super::{exp, horner, log, mask_reg, preserve, ABS, R, SIGN};
-use crate::device::Isa;
 use crate::trace::MathOp;
 
 /// expm1(x) = x + x²·P(x) on |x| ≤ ln 2, P highest degree first.
@@ -99,16 +98,13 @@ fn round_half_away(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 2]
     asm.and(t0, x, Src::Mem(pool.splat_bits(ABS)))?;
     asm.round(t1, t0, 11)?;
     asm.sub(t0, t0, Src::Reg(t1))?;
-    match asm.isa {
-        Isa::Avx512 => {
-            asm.cmp(Mask::K(K(2)), t0, Src::Mem(pool.splat(0.5)), cmp::GE_OS)?;
-            asm.add_masked(t1, t1, Src::Mem(pool.splat(1.0)), K(2))?;
-        }
-        Isa::Avx2 => {
-            asm.cmp(Mask::V(t0), t0, Src::Mem(pool.splat(0.5)), cmp::GE_OS)?;
-            asm.and(t0, t0, Src::Mem(pool.splat(1.0)))?;
-            asm.add(t1, t1, Src::Reg(t0))?;
-        }
+    if asm.caps().opmask {
+        asm.cmp(Mask::K(K(2)), t0, Src::Mem(pool.splat(0.5)), cmp::GE_OS)?;
+        asm.add_masked(t1, t1, Src::Mem(pool.splat(1.0)), K(2))?;
+    } else {
+        asm.cmp(Mask::V(t0), t0, Src::Mem(pool.splat(0.5)), cmp::GE_OS)?;
+        asm.and(t0, t0, Src::Mem(pool.splat(1.0)))?;
+        asm.add(t1, t1, Src::Reg(t0))?;
     }
     asm.and(d, x, Src::Mem(pool.splat_bits(SIGN)))?;
     asm.or(d, d, Src::Reg(t1))
@@ -149,15 +145,12 @@ fn log1p(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, t: [V; 5]) -> R {
     asm.mov(d, t0)?;
     log(asm, pool, d, d, [t0, t2, t3, t4])?;
     // Zero the correction where it is NaN (x itself NaN leaves ln(u) NaN).
-    match asm.isa {
-        Isa::Avx512 => {
-            asm.cmp(Mask::K(K(2)), t1, Src::Reg(t1), cmp::UNORD_Q)?;
-            asm.blend(t1, t1, Src::Mem(pool.splat(0.0)), Mask::K(K(2)))?;
-        }
-        Isa::Avx2 => {
-            asm.cmp(Mask::V(t2), t1, Src::Reg(t1), cmp::UNORD_Q)?;
-            asm.andn(t1, t2, Src::Reg(t1))?;
-        }
+    if asm.caps().opmask {
+        asm.cmp(Mask::K(K(2)), t1, Src::Reg(t1), cmp::UNORD_Q)?;
+        asm.blend(t1, t1, Src::Mem(pool.splat(0.0)), Mask::K(K(2)))?;
+    } else {
+        asm.cmp(Mask::V(t2), t1, Src::Reg(t1), cmp::UNORD_Q)?;
+        asm.andn(t1, t2, Src::Reg(t1))?;
     }
     // Where ln(u) is 0 (|x| < 2⁻²⁴) the correction is x itself: take it
     // as is, so that log1p(−0) is −0.
@@ -217,13 +210,12 @@ fn sin_cos(asm: &mut VecAsm, pool: &mut ConstPool, m: MathOp, d: V, x: V, t: [V;
     asm.fmadd213(t4, t2, Src::Mem(pool.splat(1.0)))?; // cos r
                                                       // Odd quadrants take the cos polynomial: bit 0 of the quadrant as a mask.
     asm.pslld(t1, t0, 31)?;
-    let odd = match asm.isa {
-        Isa::Avx512 => {
-            asm.psrad(t1, t1, 31)?;
-            asm.cmp(Mask::K(K(2)), t1, Src::Reg(t1), cmp::UNORD_Q)?;
-            Mask::K(K(2))
-        }
-        Isa::Avx2 => Mask::V(t1),
+    let odd = if asm.caps().opmask {
+        asm.psrad(t1, t1, 31)?;
+        asm.cmp(Mask::K(K(2)), t1, Src::Reg(t1), cmp::UNORD_Q)?;
+        Mask::K(K(2))
+    } else {
+        Mask::V(t1)
     };
     asm.blend(d, t3, Src::Reg(t4), odd)?;
     // Quadrants 2 and 3 negate: bit 1 of the quadrant into the sign bit.
@@ -278,6 +270,7 @@ pub fn pow(asm: &mut VecAsm, pool: &mut ConstPool, d: V, x: V, y: V, exponent: O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::Isa;
 
     /// Every routine assembles for both ISAs with the temporaries it
     /// declares (the AVX-512 forms included, which only an AVX-512 host
