@@ -320,8 +320,10 @@ pub const ACT_BLOCK: usize = 32;
 /// 1.4× the kernel instructions per weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ActivationPrecision {
+    /// `d = max|x| / 127`, one signed byte per value: llama.cpp's `q8_1`.
     #[default]
     Int8,
+    /// `d = max|x| / 32512`, two signed base-255 digits per value.
     Int16,
 }
 
