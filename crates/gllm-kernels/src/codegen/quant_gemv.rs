@@ -426,8 +426,7 @@ impl QuantPanels {
         let work = |t: usize| -> Result<(), CodegenError> {
             let (i0, i1) = (t * per, ((t + 1) * per).min(rows));
             let n = i1.saturating_sub(i0);
-            // F16/BF16 read f32 activations whatever the precision.
-            let precision = if is_float(self.format) { ActivationPrecision::Int8 } else { self.precision };
+            let precision = kernel_precision(self.format, self.precision);
             let act_rows = max_act_rows(precision);
             for r0 in (0..m).step_by(act_rows) {
                 let r = act_rows.min(m - r0);
@@ -805,6 +804,16 @@ fn quantize_activations(format: QuantFormat, precision: ActivationPrecision, x: 
 /// 12–16 GB/s with this, best at 3–4 KiB (2 KiB: 12–14, 6 KiB: 10–12).
 const PREFETCH_AHEAD: i32 = 4096;
 
+/// The precision `format`'s kernels run at: F16/BF16 read f32 activations
+/// whatever was asked, so one (`Int8`-shaped) kernel set serves both.
+fn kernel_precision(format: QuantFormat, precision: ActivationPrecision) -> ActivationPrecision {
+    if is_float(format) {
+        ActivationPrecision::Int8
+    } else {
+        precision
+    }
+}
+
 /// Activation rows one kernel call reads at `precision`: `Int16` keeps two
 /// integer sums per row.
 fn max_act_rows(precision: ActivationPrecision) -> usize {
@@ -912,8 +921,7 @@ fn kernel_set(
 ) -> Result<&'static KernelSet, CodegenError> {
     static SETS: [OnceLock<KernelSet>; 14] = [const { OnceLock::new() }; 14];
     let i = QuantFormat::ALL.iter().position(|&f| f == format).expect("every format is in ALL");
-    // F16/BF16 read f32 activations: one kernel set serves both precisions.
-    let precision = if is_float(format) { ActivationPrecision::Int8 } else { precision };
+    let precision = kernel_precision(format, precision);
     let i = 2 * i + usize::from(precision == ActivationPrecision::Int16);
     if !host_has_avx2() {
         return Err(CodegenError::IsaNotOnHost { isa: Isa::Avx2 });

@@ -27,7 +27,7 @@ pub(super) fn unsafe_gemv(code: &ExecutableCode) -> GemvFn {
 /// (bytes), r9 = accumulate. Memory-bound: one broadcast of x[k] feeds
 /// `panels × NR/lanes` FMAs on freshly streamed B rows.
 pub(super) fn gemv_kernel(isa: Isa, blocking: &GemmBlocking, panels: usize) -> Result<Vec<u8>, CodegenError> {
-    use iced_x86::code_asm::{r10, r11, r12, r13, r14, r8, r9, rax, rbx, rcx, rdi, rdx, rsi};
+    use iced_x86::code_asm::{r10, r11, r12, r13, r14, r8, rax, rbx, rcx, rdi, rdx, rsi};
     let mut asm = VecAsm::new(isa)?;
     let nv = blocking.nr / isa.f32_lanes();
     let vb = isa.vector_bytes() as i32;
@@ -65,28 +65,14 @@ pub(super) fn gemv_kernel(isa: Isa, blocking: &GemmBlocking, panels: usize) -> R
     asm.a.dec(rcx)?;
     asm.a.jnz(k_loop)?;
     asm.a.set_label(&mut store)?;
-    let mut overwrite = asm.a.create_label();
-    let mut done = asm.a.create_label();
-    asm.a.test(r9, r9)?;
-    asm.a.jz(overwrite)?;
-    for pass in 0..2 {
-        if pass == 1 {
-            asm.a.set_label(&mut overwrite)?;
-        }
+    emit_store_or_accumulate(&mut asm, &mut |asm, accumulate| {
         for p in 0..panels {
             for v in 0..nv {
-                let at = Mem::base(rdx, ((p * nv + v) as i32) * vb);
-                if pass == 0 {
-                    asm.add(acc(p, v), acc(p, v), Src::Mem(at))?;
-                }
-                asm.store(at, acc(p, v))?;
+                store_acc(asm, acc(p, v), Mem::base(rdx, ((p * nv + v) as i32) * vb), accumulate)?;
             }
         }
-        if pass == 0 {
-            asm.a.jmp(done)?;
-        }
-    }
-    asm.a.set_label(&mut done)?;
+        Ok(())
+    })?;
     for &r in saved.iter().rev() {
         asm.a.pop(r)?;
     }

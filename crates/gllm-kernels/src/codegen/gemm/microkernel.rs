@@ -88,8 +88,35 @@ pub(super) fn emit_k_loop(
 /// SysV: rdi = A panel, rsi = B panel, rdx = C, rcx = ldc (elements),
 /// r8 = kc, r9 = accumulate (0/1).
 /// Computes (and stores) only the first `rows` rows of the tile.
+/// The store at the end of a kernel: `stores(asm, true)` (add C, then store)
+/// when r9 is non-zero, else `stores(asm, false)` (overwrite C).
+pub(super) fn emit_store_or_accumulate(
+    asm: &mut VecAsm,
+    stores: &mut dyn FnMut(&mut VecAsm, bool) -> Result<(), CodegenError>,
+) -> Result<(), CodegenError> {
+    use iced_x86::code_asm::r9;
+    let mut overwrite = asm.a.create_label();
+    let mut done = asm.a.create_label();
+    asm.a.test(r9, r9)?;
+    asm.a.jz(overwrite)?;
+    stores(asm, true)?;
+    asm.a.jmp(done)?;
+    asm.a.set_label(&mut overwrite)?;
+    stores(asm, false)?;
+    asm.a.set_label(&mut done)?;
+    Ok(())
+}
+
+/// Stores accumulator `a` at `at`, first adding what is there when `accumulate`.
+pub(super) fn store_acc(asm: &mut VecAsm, a: V, at: Mem, accumulate: bool) -> Result<(), CodegenError> {
+    if accumulate {
+        asm.add(a, a, Src::Mem(at))?;
+    }
+    asm.store(at, a)
+}
+
 pub(super) fn microkernel(isa: Isa, blocking: &GemmBlocking, rows: usize) -> Result<Vec<u8>, CodegenError> {
-    use iced_x86::code_asm::{r9, rax, rcx, rdx};
+    use iced_x86::code_asm::{rax, rcx, rdx};
     let mut asm = VecAsm::new(isa)?;
     let lanes = isa.f32_lanes();
     let nv = blocking.nr / lanes;
@@ -98,32 +125,18 @@ pub(super) fn microkernel(isa: Isa, blocking: &GemmBlocking, rows: usize) -> Res
     let mr = rows;
     emit_k_loop(&mut asm, blocking, rows)?;
     asm.a.shl(rcx, 2)?;
-    let mut overwrite = asm.a.create_label();
-    let mut done = asm.a.create_label();
-    asm.a.test(r9, r9)?;
-    asm.a.jz(overwrite)?;
-    for pass in 0..2 {
-        if pass == 1 {
-            asm.a.set_label(&mut overwrite)?;
-        }
+    emit_store_or_accumulate(&mut asm, &mut |asm, accumulate| {
         asm.a.mov(rax, rdx)?;
         for r in 0..mr {
             for v in 0..nv {
-                let at = Mem::base(rax, v as i32 * vb);
-                if pass == 0 {
-                    asm.add(acc(r, v), acc(r, v), Src::Mem(at))?;
-                }
-                asm.store(at, acc(r, v))?;
+                store_acc(asm, acc(r, v), Mem::base(rax, v as i32 * vb), accumulate)?;
             }
             if r + 1 < mr {
                 asm.a.add(rax, rcx)?;
             }
         }
-        if pass == 0 {
-            asm.a.jmp(done)?;
-        }
-    }
-    asm.a.set_label(&mut done)?;
+        Ok(())
+    })?;
     asm.vzeroupper()?;
     asm.a.ret()?;
     Ok(asm.a.assemble(0)?)
