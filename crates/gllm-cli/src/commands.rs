@@ -3,15 +3,10 @@
 use crate::{DemoArgs, DeviceArgs, ExplainArgs, ProfileArgs, TestOpsArgs};
 use anyhow::{bail, Context, Result};
 use gllm::layer_graph::decoder_stack;
-use gllm::synthetic::SyntheticData;
 use gllm::LlamaConfig;
-use gllm_kernels::codegen::gemm::{GemmEpilogue, GemmKernel};
-use gllm_kernels::codegen::group::CompiledGroup;
-use gllm_kernels::codegen::layer::compile_graph;
-use gllm_kernels::codegen::MulAddKernel;
 use gllm_kernels::device::{DeviceProfile, Isa};
-use gllm_kernels::fusion::{self, FusionStrategy};
-use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
+use gllm_kernels::fusion;
+use gllm_kernels::scalar::ScalarOpRegistry;
 use gllm_kernels::trace::{CodeMap, ProcessMemory};
 use std::time::Instant;
 
@@ -53,168 +48,16 @@ pub fn device(args: &DeviceArgs) -> Result<()> {
 pub fn demo(args: &DemoArgs) -> Result<()> {
     let profile = args.profile.resolve()?;
     println!("{profile}\n");
-    if !profile.runs_on_host() {
-        bail!("the selected profile's ISA ({}) cannot run on this CPU", profile.isa);
-    }
-
-    let registry = ScalarOpRegistry::global();
-    let started = Instant::now();
-    let mut lines = Vec::new();
-    for op in registry.iter() {
-        let trace = op.trace().with_context(|| format!("analysing `{}`", op.kind()))?;
-        lines.push(format!("  {:<11} {:?}", op.kind().name(), trace.pattern));
-    }
-    println!(
-        "phase 0      analysed {} scalar reference ops in {:.2} ms:",
-        registry.len(),
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    println!("{}\n", lines.join("\n"));
-
-    let cfg = LlamaConfig::llama_7b();
-    let graph = decoder_stack(&cfg, 128, cfg.num_layers)?;
-    let started = Instant::now();
-    let plan = fusion::fuse(&graph, &profile).context("planning the LLaMA-7B graph")?;
-    let ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut kinds: Vec<&str> = plan.groups.iter().map(|g| g.strategy.name()).collect();
-    kinds.sort_unstable();
-    kinds.dedup();
-    let counts: Vec<String> = kinds
-        .iter()
-        .map(|k| format!("{} {k}", plan.groups.iter().filter(|g| g.strategy.name() == *k).count()))
-        .collect();
-    println!(
-        "phase 1-2    planned LLaMA-7B ({} layers, 128 tokens: {} nodes) in {ms:.2} ms: {} groups ({}); scratchpad {:.1} MiB",
-        cfg.num_layers,
-        graph.nodes.len(),
-        plan.groups.len(),
-        counts.join(", "),
-        plan.buffers.scratchpad_bytes as f64 / (1 << 20) as f64
-    );
-    println!("             (`gllm explain --model llama-7b` shows one layer's plan)\n");
-
-    // Phase 3a: every non-GEMM group of a SmolLM2 layer, compiled and run.
-    let small = LlamaConfig::smollm2_135m();
-    let layer = decoder_stack(&small, 16, 1)?;
-    let sem = layer.analyse(registry).context("analysing the SmolLM2 layer")?;
-    let layer_plan = fusion::plan(&sem, &profile);
-    let started = Instant::now();
-    let mut compiled = Vec::new();
-    for group in layer_plan.groups.iter().filter(|g| !matches!(g.strategy, FusionStrategy::Gemm(_))) {
-        let cg = CompiledGroup::compile(&sem, group, &profile)
-            .with_context(|| format!("compiling group {} ({})", group.id, group.strategy.name()))?;
-        compiled.push(cg);
-    }
-    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    for cg in &compiled {
-        let data: Vec<Vec<f32>> = cg
-            .inputs()
-            .iter()
-            .map(|&t| (0..sem.tensors[t].desc.numel()).map(|i| ((i % 23) as f32 - 11.0) * 0.05).collect())
-            .collect();
-        let ins: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
-        let mut out = vec![0.0f32; sem.tensors[cg.output()].desc.numel()];
-        cg.run(&ins, &mut out)?;
-        if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
-            bail!("a compiled group produced a non-finite value at element {bad}");
+    gllm::demo::run(&profile, args.elements, &mut |step| {
+        for (i, line) in step.lines.iter().enumerate() {
+            let phase = if i == 0 { step.phase } else { "" };
+            println!("{phase:<12} {line}");
         }
-    }
-    println!(
-        "phase 3a     compiled the {} non-GEMM groups of a SmolLM2-135M layer (norms, RoPE, softmax) in {compile_ms:.2} ms and ran them",
-        compiled.len()
-    );
-    println!(
-        "             (`cargo bench -p gllm-kernels --bench loops` measures them against memory bandwidth)\n"
-    );
-
-    // Phase 3b: a SmolLM2 Q projection with a bias epilogue, checked and timed.
-    let (m, k, n) = (64, small.hidden_size, small.q_dim());
-    let bias_body = &registry.trace(OpKind::BiasAdd)?.body;
-    let epilogue = GemmEpilogue::new().then(bias_body, 0, &[])?;
-    let started = Instant::now();
-    let gemm = GemmKernel::compile_with_epilogue(&profile, &epilogue)?;
-    let compile_us = started.elapsed().as_secs_f64() * 1e6;
-    let a: Vec<f32> = (0..m * k).map(|i| ((i % 29) as f32 - 14.0) * 0.01).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| ((i % 31) as f32 - 15.0) * 0.01).collect();
-    let bias: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.1).collect();
-    let packed = gemm.pack_b(&b, k, n)?;
-    let mut c = vec![0.0f32; m * n];
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        gemm.gemm_prepacked_with(&a, &packed, &mut c, m, &[&bias], 1)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    let mut want = vec![0.0f32; m * n];
-    // SAFETY: a is m·k, b is k·n, want is m·n.
-    unsafe { gllm_kernels::scalar::ops::gk_matmul(a.as_ptr(), b.as_ptr(), want.as_mut_ptr(), m, n, k) };
-    let worst = (0..m * n).map(|i| (c[i] - (want[i] + bias[i % n])).abs()).fold(0.0f32, f32::max);
-    if worst > 1e-3 {
-        bail!("JIT GEMM + bias disagrees with the scalar reference by {worst}");
-    }
-    println!(
-        "phase 3b     JIT GEMM {}×{} + bias epilogue ({m}×{k}·{k}×{n}) compiled in {compile_us:.0} µs; max |error| vs scalar {worst:.1e}; {:.1} GFLOP/s on one thread\n",
-        gemm.blocking().mr,
-        gemm.blocking().nr,
-        2.0 * (m * n * k) as f64 / times[2] / 1e9
-    );
-
-    // A whole decoder layer through compile_graph (random weights).
-    let tokens = 16;
-    let layer_graph = decoder_stack(&small, tokens, 1)?;
-    let started = Instant::now();
-    let layer = compile_graph(&layer_graph, &profile, registry).context("compiling the SmolLM2 layer")?;
-    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let data = SyntheticData::for_graph(&layer_graph, tokens, 0x9e37_79b9_7f4a_7c15);
-    let prepared = layer.prepare_weights(&|name: &str| data.weights.get(name).map(|v| v.as_slice()))?;
-    let inputs = &data.inputs;
-    let input_refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
-    let mut times = Vec::new();
-    let mut outputs = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        outputs = layer.run(&prepared, &input_refs)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    if outputs.iter().flatten().any(|v| !v.is_finite()) {
-        bail!("the SmolLM2 layer produced non-finite values");
-    }
-    println!(
-        "layer        SmolLM2-135M decoder layer ({tokens} tokens, random weights): {} groups compiled in {compile_ms:.1} ms, run in {:.2} ms (median of 5)\n",
-        layer.plan().groups.len(),
-        times[2] * 1e3
-    );
-
-    let started = Instant::now();
-    let kernel = MulAddKernel::compile(&profile).context("JIT-compiling the mul-add kernel")?;
-    let compile_us = started.elapsed().as_secs_f64() * 1e6;
-    let n = args.elements;
-    let a: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.25 - 12.0).collect();
-    let b: Vec<f32> = (0..n).map(|i| (i % 89) as f32 * -0.125 + 5.0).collect();
-    let init: Vec<f32> = (0..n).map(|i| (i % 13) as f32).collect();
-    let mut out = init.clone();
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        out.copy_from_slice(&init);
-        let t = Instant::now();
-        kernel.run(&a, &b, &mut out)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    let mismatches = (0..n).filter(|&i| out[i].to_bits() != a[i].mul_add(b[i], init[i]).to_bits()).count();
-    if mismatches != 0 {
-        bail!("JIT mul-add kernel disagrees with scalar code on {mismatches} of {n} elements");
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    let gbps = (n * 16) as f64 / median / 1e9;
-    println!(
-        "jit mul-add  {} bytes of {} code, compiled in {compile_us:.0} µs; {n} elements match scalar bit for bit; median {:.2} ms ({gbps:.1} GB/s)",
-        kernel.code().len(),
-        kernel.isa(),
-        median * 1e3
-    );
+        if let Some(see) = step.see_also {
+            println!("{:<12} (see `{see}`)", "");
+        }
+        println!();
+    })?;
     Ok(())
 }
 

@@ -38,6 +38,36 @@ pub fn evaluate<'w>(
     inputs: &[&[f32]],
     weight: &dyn Fn(&str) -> Option<&'w [f32]>,
 ) -> Result<Vec<Vec<f32>>, ReferenceError> {
+    evaluate_keeping(sem, registry, inputs, weight, Keep::Outputs)
+}
+
+/// Like [`evaluate`], but returns the value of every tensor, indexed by
+/// [`TensorId`] (inputs and weights copied): what a check of one fusion
+/// group in the middle of a graph needs as its inputs and its answer.
+pub fn evaluate_all<'w>(
+    sem: &SemanticGraph,
+    registry: &ScalarOpRegistry,
+    inputs: &[&[f32]],
+    weight: &dyn Fn(&str) -> Option<&'w [f32]>,
+) -> Result<Vec<Vec<f32>>, ReferenceError> {
+    evaluate_keeping(sem, registry, inputs, weight, Keep::All)
+}
+
+/// Which tensors an evaluation returns (copying every weight of a model
+/// for each call of [`evaluate`] would cost more than the evaluation).
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    Outputs,
+    All,
+}
+
+fn evaluate_keeping<'w>(
+    sem: &SemanticGraph,
+    registry: &ScalarOpRegistry,
+    inputs: &[&[f32]],
+    weight: &dyn Fn(&str) -> Option<&'w [f32]>,
+    keep: Keep,
+) -> Result<Vec<Vec<f32>>, ReferenceError> {
     let mut values: Vec<Option<Vec<f32>>> = vec![None; sem.tensors.len()];
     let mut borrowed: Vec<Option<&[f32]>> = vec![None; sem.tensors.len()];
     let n_inputs = sem.graph.inputs.len();
@@ -97,14 +127,23 @@ pub fn evaluate<'w>(
         }
         values[out_id] = Some(out);
     }
-    sem.graph
-        .outputs
-        .iter()
-        .map(|r| {
-            let t: TensorId = sem.tensors.iter().position(|t| &t.source == r).expect("outputs are tensors");
-            Ok(borrowed[t].map(<[f32]>::to_vec).or_else(|| values[t].clone()).unwrap_or_default())
-        })
-        .collect()
+    let value_of = |values: &mut [Option<Vec<f32>>], t: TensorId| {
+        values[t].take().or_else(|| borrowed[t].map(<[f32]>::to_vec)).unwrap_or_default()
+    };
+    Ok(match keep {
+        Keep::All => (0..sem.tensors.len()).map(|t| value_of(&mut values, t)).collect(),
+        Keep::Outputs => sem
+            .graph
+            .outputs
+            .iter()
+            .map(|r| {
+                let t: TensorId =
+                    sem.tensors.iter().position(|t| &t.source == r).expect("outputs are tensors");
+                // An output listed twice gets its value twice.
+                values[t].clone().or_else(|| borrowed[t].map(<[f32]>::to_vec)).unwrap_or_default()
+            })
+            .collect(),
+    })
 }
 
 fn call(op: &RegisteredOp, args: &[AbiValue]) -> Result<Option<f32>, String> {

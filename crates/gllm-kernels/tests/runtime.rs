@@ -1,8 +1,12 @@
-//! The generate → seal → call path: W^X pages and the demo kernel on both ISAs.
+//! The generate → seal → call path: W^X pages, and a kernel compiled from
+//! a trace called on every ISA this host runs.
 
-use gllm_kernels::codegen::MulAddKernel;
+mod support;
+
+use gllm_kernels::codegen::loops::{LoopKernel, LoopProgram};
 use gllm_kernels::device::{DeviceProfile, Isa};
 use gllm_kernels::runtime::ExecutableCode;
+use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 
 fn host() -> DeviceProfile {
     DeviceProfile::detect().expect("AVX2 or better")
@@ -30,7 +34,7 @@ fn sealed_code_pages_are_read_execute_not_writable() {
     let perms = permissions_of(code.entry() as usize);
     assert!(perms.starts_with("r-x"), "code pages are {perms}");
     assert_eq!(code.bytes(), &[0xc3; 100][..]);
-    let kernel = MulAddKernel::compile(&host()).unwrap();
+    let kernel = add_kernel(&host());
     let perms = permissions_of(kernel.code().entry() as usize);
     assert!(perms.starts_with("r-x"), "kernel pages are {perms}");
 }
@@ -40,57 +44,37 @@ fn empty_code_is_rejected() {
     assert!(ExecutableCode::new(&[]).is_err());
 }
 
-/// Deterministic pseudo-random f32 in [-4, 4) (xorshift; no test dependency on rand).
-fn random_vec(seed: &mut u64, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
-        })
-        .collect()
+/// The `add` op's loop kernel, compiled from its trace for `profile`.
+fn add_kernel(profile: &DeviceProfile) -> LoopKernel {
+    let trace = ScalarOpRegistry::global().trace(OpKind::Add).unwrap();
+    LoopKernel::compile(&LoopProgram::from_trace(&trace, Vec::new()).unwrap(), profile).unwrap()
 }
 
-fn check_kernel(isa: Isa) {
-    let profile = host().with_isa(isa).unwrap();
-    let kernel = MulAddKernel::compile(&profile).unwrap();
-    assert_eq!(kernel.isa(), isa);
-    let mut seed = 0x9e37_79b9_7f4a_7c15;
-    for n in 0..=300 {
-        let a = random_vec(&mut seed, n);
-        let b = random_vec(&mut seed, n);
-        let init = random_vec(&mut seed, n + 16);
-        // Guard elements after `n` catch any write past the end.
-        let mut out = init.clone();
-        kernel.run(&a, &b, &mut out[..n]).unwrap();
-        for i in 0..n {
-            let want = a[i].mul_add(b[i], init[i]);
-            assert_eq!(out[i].to_bits(), want.to_bits(), "{isa} n={n} i={i}");
+#[test]
+fn a_compiled_kernel_runs_on_every_host_isa_and_writes_nothing_past_its_output() {
+    for profile in support::profiles() {
+        let kernel = add_kernel(&profile);
+        assert_eq!(kernel.isa(), profile.isa);
+        let mut rng = support::Rng(0x9e37_79b9_7f4a_7c15);
+        for n in 0..=100 {
+            let a: Vec<f32> = (0..n).map(|_| rng.uniform(-4.0, 4.0)).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.uniform(-4.0, 4.0)).collect();
+            // Guard elements after `n` catch any write past the end.
+            let mut out = vec![-7.0f32; n + 16];
+            kernel.run(&[&a, &b], &mut [&mut out[..n]], 1, n, 1).unwrap();
+            for i in 0..n {
+                assert_eq!(out[i].to_bits(), (a[i] + b[i]).to_bits(), "{} n={n} i={i}", profile.isa);
+            }
+            assert!(out[n..].iter().all(|&v| v == -7.0), "{} n={n}: wrote past the end", profile.isa);
         }
-        assert_eq!(&out[n..], &init[n..], "{isa} n={n}: wrote past the end");
     }
-}
-
-#[test]
-fn mul_add_kernel_matches_scalar_avx2() {
-    check_kernel(Isa::Avx2);
-}
-
-#[test]
-fn mul_add_kernel_matches_scalar_avx512() {
-    if !host().features.supports(Isa::Avx512) {
-        eprintln!("AVX-512 not on this CPU; its kernel cannot be run here");
-        return;
-    }
-    check_kernel(Isa::Avx512);
 }
 
 #[test]
 fn length_mismatch_is_an_error() {
-    let kernel = MulAddKernel::compile(&host()).unwrap();
+    let kernel = add_kernel(&host());
     let mut out = vec![0.0; 3];
-    assert!(kernel.run(&[1.0; 3], &[1.0; 2], &mut out).is_err());
+    assert!(kernel.run(&[&[1.0; 3], &[1.0; 2]], &mut [&mut out], 1, 3, 1).is_err());
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 pub mod builtin;
 pub mod config;
+pub mod demo;
 pub mod engine;
 mod file_map;
 pub mod fused;

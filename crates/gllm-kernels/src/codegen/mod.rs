@@ -15,8 +15,7 @@
 //! (`fusion::pressure` is the contract); libm functions without a MathApprox
 //! routine are called per lane, exactly. Accuracy of every kernel against its
 //! scalar reference is checked by [`crate::oracle`] (`gllm test-ops`).
-//! `mul_add` is the first hand-assembled kernel, kept as the smallest
-//! assemble → seal → call example. Errors: [`CodegenError`].
+//! Errors: [`CodegenError`].
 
 pub mod attention;
 mod error;
@@ -26,11 +25,9 @@ pub mod layer;
 pub mod loops;
 pub mod lower;
 pub mod math;
-mod mul_add;
 pub mod pool;
 pub mod quant_gemv;
 pub mod vasm;
 
 pub(crate) use error::check_length;
 pub use error::{BadArguments, Buffer, CodegenError, KvCache, MaskMisuse, RegisterUse, Unsupported};
-pub use mul_add::MulAddKernel;

@@ -915,6 +915,11 @@ impl KernelSet {
     }
 }
 
+/// The ISA the stored-format kernels are encoded for. They are AVX2 code
+/// whichever ISA the rest of a plan uses (an AVX-512 host runs them too;
+/// VNNI `vpdpbusd` versions would be a second set behind the ISA seam).
+pub const KERNEL_ISA: Isa = Isa::Avx2;
+
 fn kernel_set(
     format: QuantFormat,
     precision: ActivationPrecision,
@@ -924,7 +929,7 @@ fn kernel_set(
     let precision = kernel_precision(format, precision);
     let i = 2 * i + usize::from(precision == ActivationPrecision::Int16);
     if !host_has_avx2() {
-        return Err(CodegenError::IsaNotOnHost { isa: Isa::Avx2 });
+        return Err(CodegenError::IsaNotOnHost { isa: KERNEL_ISA });
     }
     Ok(SETS[i].get_or_init(|| KernelSet { format, precision, slots: Default::default() }))
 }
