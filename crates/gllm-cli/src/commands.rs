@@ -4,43 +4,61 @@ use crate::{DemoArgs, DeviceArgs, ExplainArgs, ProfileArgs, TestOpsArgs};
 use anyhow::{bail, Context, Result};
 use gllm::layer_graph::decoder_stack;
 use gllm::LlamaConfig;
-use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::device::{DeviceProfile, Isa, KernelClass};
 use gllm_kernels::fusion;
 use gllm_kernels::scalar::ScalarOpRegistry;
 use gllm_kernels::trace::{CodeMap, ProcessMemory};
+use gllm_kernels::tune::{confirm_isas, IsaTimings};
+use std::sync::Arc;
 use std::time::Instant;
 
+fn isa_named(name: &str) -> Result<Isa> {
+    Isa::from_name(name).with_context(|| format!("unknown ISA `{name}` (expected avx2 or avx512)"))
+}
+
 impl ProfileArgs {
-    /// The profile these flags select.
+    /// The profile these flags select, each kernel class's ISA confirmed by
+    /// a short timing on this CPU unless forced (cached for the process).
     pub fn resolve(&self) -> Result<DeviceProfile> {
-        let profile = match (&self.preset, &self.profile) {
+        Ok(self.resolve_with_timings()?.0)
+    }
+
+    /// [`ProfileArgs::resolve`] and the timings behind its ISA choices.
+    pub fn resolve_with_timings(&self) -> Result<(DeviceProfile, Arc<IsaTimings>)> {
+        let mut profile = match (&self.preset, &self.profile) {
             (Some(name), _) => DeviceProfile::preset(name)?,
             (None, Some(path)) => DeviceProfile::load(path)?,
             (None, None) => DeviceProfile::detect()?,
         };
-        match &self.isa {
-            None => Ok(profile),
-            Some(name) => {
-                let Some(isa) = Isa::from_name(name) else {
-                    bail!("unknown ISA `{name}` (expected avx2 or avx512)");
-                };
-                Ok(profile.with_isa(isa)?)
+        if let Some(name) = &self.isa {
+            let isa = isa_named(name)?;
+            profile = profile.with_isa(isa)?;
+            for class in KernelClass::ALL {
+                profile = profile.with_kernel_isa(class, isa)?;
             }
         }
+        for (class, name) in [(KernelClass::Loops, &self.loops_isa), (KernelClass::Matmul, &self.matmul_isa)]
+        {
+            if let Some(name) = name {
+                profile = profile.with_kernel_isa(class, isa_named(name)?)?;
+            }
+        }
+        Ok(confirm_isas(&profile)?)
     }
 }
 
 pub fn device(args: &DeviceArgs) -> Result<()> {
-    let profile = args.profile.resolve()?;
+    let (profile, timings) = args.profile.resolve_with_timings()?;
     if args.json {
         let mut value = serde_json::to_value(&profile)?;
         value["num_simd_regs"] = profile.num_simd_regs().into();
         value["gemm_blocking"] = serde_json::to_value(profile.gemm_blocking())?;
+        value["kernel_isa_timings"] = serde_json::to_value(&*timings)?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else if args.toml {
         print!("{}", profile.to_toml());
     } else {
-        println!("{profile}");
+        println!("{profile}\n{timings}");
     }
     Ok(())
 }

@@ -234,9 +234,17 @@ pub struct ProfileArgs {
     /// Load a TOML device profile file instead of detecting.
     #[arg(long)]
     profile: Option<PathBuf>,
-    /// Generate code for this ISA (avx2, avx512) instead of the best available.
+    /// Generate code for this ISA (avx2, avx512) instead of the best available
+    /// (every kernel class; no timing).
     #[arg(long)]
     isa: Option<String>,
+    /// Force the loop kernels' ISA (norms, elementwise, softmax, RoPE)
+    /// instead of timing it at start-up.
+    #[arg(long, value_name = "ISA")]
+    loops_isa: Option<String>,
+    /// Force the GEMM/GEMV kernels' ISA instead of timing it at start-up.
+    #[arg(long, value_name = "ISA")]
+    matmul_isa: Option<String>,
 }
 
 #[derive(Args)]

@@ -35,7 +35,7 @@ fn builtin_model_path() -> Result<PathBuf> {
 fn load(args: &ModelArgs) -> Result<(Model, EngineOptions)> {
     let mut profile = args.profile.resolve()?;
     if !profile.runs_on_host() {
-        bail!("the selected profile's ISA ({}) cannot run on this CPU", profile.isa);
+        bail!("the selected profile's ISA ({}) cannot run on this CPU", profile.isa_summary());
     }
     if let Some(t) = args.threads {
         if t == 0 {
@@ -107,7 +107,7 @@ fn engine(model: &Model, opts: EngineOptions) -> Result<Engine> {
     if backend == Backend::Jit {
         eprintln!(
             "compiled the single-token layer, attention and LM head and packed the weights for {} on {} thread(s) in {:.2} s",
-            e.options().profile.isa,
+            e.options().profile.isa_summary(),
             e.options().threads(),
             started.elapsed().as_secs_f64()
         );

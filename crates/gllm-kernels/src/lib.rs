@@ -22,3 +22,4 @@ pub mod reference;
 pub mod runtime;
 pub mod scalar;
 pub mod trace;
+pub mod tune;

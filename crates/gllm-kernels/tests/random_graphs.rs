@@ -14,7 +14,7 @@
 mod support;
 
 use gllm_kernels::codegen::layer::{compile_graph, compile_graph_with, LayerWorkspace};
-use gllm_kernels::device::{DeviceProfile, PRESET_NAMES};
+use gllm_kernels::device::{DeviceProfile, Isa, KernelClass, PRESET_NAMES};
 use gllm_kernels::fusion::FusionOptions;
 use gllm_kernels::graph::{BatchLayout, CompilerGraph, CompilerOp, MatMulParams, TensorDesc, TensorRef};
 use gllm_kernels::oracle::{GuardedBuffer, Placement};
@@ -151,13 +151,29 @@ fn random_graph(steps: &[Step], m: usize) -> CompilerGraph {
 }
 
 /// The detected profile and every preset whose ISA this host runs.
+/// The host, every preset it can run, and every preset it cannot run with
+/// each kernel class forced to an ISA the host runs (a zen5 preset with
+/// AVX2 loops and matmuls runs on an AVX2 host with zen5's caches and
+/// nominal ISA: a code generator that ignored its class's ISA would emit
+/// AVX-512 and fail here). On an AVX-512 host the mixed pairs are included.
 fn host_and_presets() -> Vec<DeviceProfile> {
     let host = DeviceProfile::detect().unwrap();
+    let runnable: Vec<Isa> =
+        [Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| host.features.supports(i)).collect();
     let mut v = vec![host.clone()];
     for name in PRESET_NAMES {
         let p = DeviceProfile::preset(name).unwrap();
         if host.features.supports(p.isa) {
-            v.push(p);
+            v.push(p.clone());
+        }
+        for &loops in runnable.iter().filter(|&&i| i <= p.isa) {
+            for &matmul in runnable.iter().filter(|&&i| i <= p.isa) {
+                if (loops, matmul) == (p.isa, p.isa) {
+                    continue;
+                }
+                let mixed = p.clone().with_kernel_isa(KernelClass::Loops, loops).unwrap();
+                v.push(mixed.with_kernel_isa(KernelClass::Matmul, matmul).unwrap());
+            }
         }
     }
     v

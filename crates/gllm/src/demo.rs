@@ -49,7 +49,7 @@ pub struct DemoStep {
 #[derive(Debug, Error)]
 pub enum DemoError {
     #[error("the selected profile's ISA ({0}) cannot run on this CPU")]
-    IsaNotOnHost(gllm_kernels::device::Isa),
+    IsaNotOnHost(String),
     #[error("{step}: analysing `{op}`: {source}")]
     Analyse {
         step: &'static str,
@@ -134,7 +134,7 @@ pub fn run(
     on_step: &mut dyn FnMut(&DemoStep),
 ) -> Result<(), DemoError> {
     if !profile.runs_on_host() {
-        return Err(DemoError::IsaNotOnHost(profile.isa));
+        return Err(DemoError::IsaNotOnHost(profile.isa_summary()));
     }
     let registry = ScalarOpRegistry::global();
     on_step(&phase0(registry)?);

@@ -13,7 +13,7 @@ use super::lower::{emit_trace_ops, Operand};
 use super::pool::{ConstPool, PoolData, POOL_REG};
 use super::vasm::{Mask, Mem, Src, VecAsm, K, V};
 use super::{CodegenError, RegisterUse, Unsupported};
-use crate::device::{DeviceProfile, Isa};
+use crate::device::{DeviceProfile, Isa, KernelClass};
 use crate::fusion::pressure::scratch_registers;
 use crate::runtime::dispatch::for_each_part;
 use crate::runtime::ExecutableCode;
@@ -366,8 +366,10 @@ struct Gen<'p> {
 }
 
 impl LoopKernel {
-    /// Generates the kernel for `profile`'s ISA (which must run here).
+    /// Generates the kernel for `profile`'s loops-class ISA (which must run
+    /// here).
     pub fn compile(prog: &LoopProgram, profile: &DeviceProfile) -> Result<LoopKernel, CodegenError> {
+        let profile = &profile.for_kernels(KernelClass::Loops);
         if !profile.runs_on_host() {
             return Err(CodegenError::IsaNotOnHost { isa: profile.isa });
         }

@@ -6,7 +6,9 @@
 //! L3 (measured: 320 MiB on a 32 MiB part). When cpuid has no cache leaf, the
 //! sysfs numbers are used instead.
 
-use super::{CacheHierarchy, CacheLevel, CpuFeatures, DeviceProfile, ProfileError, ProfileSource};
+use super::{
+    CacheHierarchy, CacheLevel, CpuFeatures, DeviceProfile, KernelIsas, ProfileError, ProfileSource,
+};
 use raw_cpuid::{CacheType, CpuId};
 use std::collections::BTreeSet;
 use std::fs;
@@ -138,6 +140,7 @@ pub(super) fn detect() -> Result<DeviceProfile, ProfileError> {
         caches,
         physical_cores,
         logical_cpus,
+        kernel_isas: KernelIsas::default(),
     }
     .validate()
 }

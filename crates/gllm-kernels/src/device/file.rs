@@ -12,11 +12,17 @@
 //! l2 = "1MiB"
 //! l3 = "32MiB"
 //! line = 64                           # optional; defaults to 64
+//!
+//! [kernel_isa]                        # optional: per kernel class, forced
+//! loops = "avx2"                      # (no timing at first use, see `tune`)
+//! matmul = "avx512"
 //! ```
 //!
 //! Every problem is reported with the dotted name of the field it concerns.
 
-use super::{CacheHierarchy, CacheLevel, CpuFeatures, DeviceProfile, Isa, ProfileSource};
+use super::{
+    CacheHierarchy, CacheLevel, CpuFeatures, DeviceProfile, Isa, KernelClass, KernelIsas, ProfileSource,
+};
 use thiserror::Error;
 use toml::{Table, Value};
 
@@ -109,7 +115,11 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<DeviceProfile, ProfileEr
         origin: origin.to_string(),
         message: e.message().to_string(),
     })?;
-    f.reject_unknown(&root, "", &["name", "isa", "features", "physical_cores", "logical_cpus", "cache"])?;
+    f.reject_unknown(
+        &root,
+        "",
+        &["name", "isa", "features", "physical_cores", "logical_cpus", "cache", "kernel_isa"],
+    )?;
 
     let isa_name = f.string(&root, "isa", "isa")?.ok_or_else(|| f.err("isa", "missing (avx2 or avx512)"))?;
     let isa = Isa::from_name(isa_name)
@@ -155,6 +165,31 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<DeviceProfile, ProfileEr
     let caches =
         CacheHierarchy { l1d: level("l1d", smt)?, l2: level("l2", smt)?, l3: level("l3", logical_cpus)? };
 
+    let mut kernel_isas = KernelIsas::default();
+    match root.get("kernel_isa") {
+        None => {}
+        Some(Value::Table(t)) => {
+            let names: Vec<&str> = KernelClass::ALL.iter().map(|c| c.name()).collect();
+            f.reject_unknown(t, "kernel_isa.", &names)?;
+            for class in KernelClass::ALL {
+                let field = format!("kernel_isa.{class}");
+                if let Some(name) = f.string(t, class.name(), &field)? {
+                    let choice = Isa::from_name(name)
+                        .ok_or_else(|| f.err(&field, format!("`{name}` is not one of: avx2, avx512")))?;
+                    if !features.supports(choice) {
+                        return Err(
+                            f.err(&field, format!("`{choice}` needs features this profile does not have"))
+                        );
+                    }
+                    *kernel_isas.slot(class) = Some(choice);
+                }
+            }
+        }
+        Some(other) => {
+            return Err(f.err("kernel_isa", format!("expected a table, found {}", other.type_str())))
+        }
+    }
+
     let name = f.string(&root, "name", "name")?.unwrap_or(origin).to_string();
     DeviceProfile {
         name,
@@ -164,6 +199,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<DeviceProfile, ProfileEr
         caches,
         physical_cores,
         logical_cpus,
+        kernel_isas,
     }
     .validate()
 }
@@ -171,7 +207,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<DeviceProfile, ProfileEr
 pub(super) fn render(p: &DeviceProfile) -> String {
     let c = &p.caches;
     let features: Vec<String> = p.features.enabled().iter().map(|n| format!("\"{n}\"")).collect();
-    format!(
+    let text = format!(
         "name = {name:?}\nisa = \"{isa}\"\nfeatures = [{features}]\nphysical_cores = {cores}\nlogical_cpus = {logical}\n\n[cache]\nl1d = {l1}\nl2 = {l2}\nl3 = {l3}\nline = {line}\n",
         name = p.name,
         isa = p.isa,
@@ -182,7 +218,16 @@ pub(super) fn render(p: &DeviceProfile) -> String {
         l2 = c.l2.size_bytes,
         l3 = c.l3.size_bytes,
         line = c.l1d.line_bytes,
-    )
+    );
+    let forced: Vec<String> = KernelClass::ALL
+        .iter()
+        .filter_map(|&c| p.kernel_isas.get(c).map(|isa| format!("{c} = \"{isa}\"\n")))
+        .collect();
+    if forced.is_empty() {
+        text
+    } else {
+        format!("{text}\n[kernel_isa]\n{}", forced.concat())
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +266,27 @@ l3 = 33554432
         assert_eq!(p.features, again.features);
         assert_eq!(p.isa, again.isa);
         assert_eq!(p.name, again.name);
+        let forced = p.with_kernel_isa(KernelClass::Loops, Isa::Avx2).unwrap();
+        let again = parse(&forced.to_toml(), "test").unwrap();
+        assert_eq!(again.kernel_isas, KernelIsas { loops: Some(Isa::Avx2), matmul: None });
+        assert_eq!(
+            (again.isa_for(KernelClass::Loops), again.isa_for(KernelClass::Matmul)),
+            (Isa::Avx2, Isa::Avx512)
+        );
+    }
+
+    #[test]
+    fn kernel_isa_table_forces_a_class() {
+        let p = parse(&format!("{GOOD}\n[kernel_isa]\nmatmul = \"avx2\"\n"), "t").unwrap();
+        assert_eq!(p.isa_for(KernelClass::Matmul), Isa::Avx2);
+        assert_eq!(p.isa_for(KernelClass::Loops), Isa::Avx512);
+        assert_eq!(p.gemm_blocking().nr, 16, "the matmul class's blocking follows its ISA");
+        assert_eq!(p.for_kernels(KernelClass::Matmul).num_simd_regs(), 16);
+        // A class cannot ask for more than the features give.
+        let avx2_box = GOOD.replace("isa = \"avx512\"", "isa = \"avx2\"").replace("[\"avx512_vnni\"]", "[]");
+        let (field, problem) = field_of(&format!("{avx2_box}\n[kernel_isa]\nmatmul = \"avx512\"\n"));
+        assert_eq!(field, "kernel_isa.matmul");
+        assert!(problem.contains("needs features"), "{problem}");
     }
 
     fn field_of(text: &str) -> (String, String) {
@@ -237,6 +303,8 @@ l3 = 33554432
             ("isa = \"avx512\"", "isa = \"neon9\"", "isa"),
             ("isa = \"avx512\"", "isa = 512", "isa"),
             ("isa = \"avx512\"\n", "", "isa"),
+            ("l3 = 33554432", "l3 = 33554432\n[kernel_isa]\nloops = \"sse\"", "kernel_isa.loops"),
+            ("l3 = 33554432", "l3 = 33554432\n[kernel_isa]\nattention = \"avx2\"", "kernel_isa.attention"),
             ("l1d = \"48KiB\"", "l1d = \"lots\"", "cache.l1d"),
             ("l1d = \"48KiB\"", "l1d = -3", "cache.l1d"),
             ("l2 = \"1MiB\"", "l2 = \"2KiB\"", "cache.l2"),

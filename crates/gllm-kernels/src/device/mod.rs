@@ -114,6 +114,68 @@ impl fmt::Display for Isa {
     }
 }
 
+/// The kinds of generated kernel whose best vector width is chosen
+/// separately. On Zen 4, 512-bit instructions run on 256-bit datapaths:
+/// a zmm GEMM can still win (twice the registers, half the instructions)
+/// while a zmm loop kernel loses to a ymm one, or the other way round, so
+/// the width is a per-class decision (`tune::confirm_isas` times it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelClass {
+    /// Loop kernels: elementwise chains, norms, softmax, RoPE, the
+    /// attention's softmax — and every math routine inside them.
+    Loops,
+    /// GEMM and GEMV with their epilogues and tile-fused prologues. They
+    /// share the packed-B layout, whose panel width is the vector width, so
+    /// they are one class.
+    Matmul,
+}
+
+impl KernelClass {
+    /// Every class, in display order.
+    pub const ALL: [KernelClass; 2] = [KernelClass::Loops, KernelClass::Matmul];
+
+    /// The name used in profile files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelClass::Loops => "loops",
+            KernelClass::Matmul => "matmul",
+        }
+    }
+}
+
+impl fmt::Display for KernelClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Per-class ISA choices (`None`: the profile's `isa`, not yet decided).
+/// Set by a profile file's `[kernel_isa]` table, a CLI flag or the timing
+/// in `tune`; a class set here is not timed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct KernelIsas {
+    pub loops: Option<Isa>,
+    pub matmul: Option<Isa>,
+}
+
+impl KernelIsas {
+    /// The choice for `class`, if one was made.
+    pub fn get(&self, class: KernelClass) -> Option<Isa> {
+        match class {
+            KernelClass::Loops => self.loops,
+            KernelClass::Matmul => self.matmul,
+        }
+    }
+
+    fn slot(&mut self, class: KernelClass) -> &mut Option<Isa> {
+        match class {
+            KernelClass::Loops => &mut self.loops,
+            KernelClass::Matmul => &mut self.matmul,
+        }
+    }
+}
+
 /// Individual CPU features that kernels may rely on beyond the base ISA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct CpuFeatures {
@@ -237,6 +299,9 @@ pub struct DeviceProfile {
     pub physical_cores: usize,
     /// Logical CPUs the OS schedules on.
     pub logical_cpus: usize,
+    /// Kernel classes generating code for another ISA than `isa` (see
+    /// [`DeviceProfile::isa_for`]).
+    pub kernel_isas: KernelIsas,
 }
 
 impl DeviceProfile {
@@ -284,6 +349,47 @@ impl DeviceProfile {
         Ok(self)
     }
 
+    /// The same machine with `class` kernels generated for `isa`. Fails when
+    /// the features do not include `isa`.
+    pub fn with_kernel_isa(mut self, class: KernelClass, isa: Isa) -> Result<DeviceProfile, ProfileError> {
+        if !self.features.supports(isa) {
+            return Err(ProfileError::Field {
+                origin: self.name.clone(),
+                field: format!("kernel_isa.{class}"),
+                problem: format!("`{isa}` needs features this profile does not have"),
+            });
+        }
+        *self.kernel_isas.slot(class) = Some(isa);
+        Ok(self)
+    }
+
+    /// The ISA `class` kernels are generated for.
+    pub fn isa_for(&self, class: KernelClass) -> Isa {
+        self.kernel_isas.get(class).unwrap_or(self.isa)
+    }
+
+    /// The ISA code is generated for, for messages: `avx2`, or per class
+    /// when they differ (`loops avx2, matmul avx512`).
+    pub fn isa_summary(&self) -> String {
+        match KernelClass::ALL.map(|c| self.isa_for(c)) {
+            [a, b] if a == b => a.to_string(),
+            isas => KernelClass::ALL
+                .iter()
+                .zip(isas)
+                .map(|(c, isa)| format!("{c} {isa}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// This profile as `class` kernels see it: `isa` is that class's ISA
+    /// (registers, lanes and blocking follow). Code generators take their
+    /// profile through this, so one class's choice never leaks into another.
+    pub fn for_kernels(&self, class: KernelClass) -> DeviceProfile {
+        let isa = self.isa_for(class);
+        DeviceProfile { isa, kernel_isas: KernelIsas::default(), ..self.clone() }
+    }
+
     /// SIMD registers available to generated code: AVX2 → 16, AVX-512 → 32.
     pub fn num_simd_regs(&self) -> usize {
         self.isa.num_simd_regs()
@@ -294,14 +400,17 @@ impl DeviceProfile {
         self.isa.f32_lanes()
     }
 
-    /// The f32 GEMM blocking this hardware implies.
+    /// The f32 GEMM blocking this hardware implies, for the matmul class's ISA.
     pub fn gemm_blocking(&self) -> GemmBlocking {
-        GemmBlocking::for_profile(self)
+        GemmBlocking::for_profile(&self.for_kernels(KernelClass::Matmul))
     }
 
-    /// Whether code generated for this profile can run on the current CPU.
+    /// Whether code generated for this profile can run on the current CPU:
+    /// every kernel class's ISA (a profile of another machine with its
+    /// classes forced to this CPU's ISA runs here).
     pub fn runs_on_host(&self) -> bool {
-        detect::host_features().supports(self.isa)
+        let host = detect::host_features();
+        KernelClass::ALL.iter().all(|&c| host.supports(self.isa_for(c)))
     }
 
     fn validate(self) -> Result<DeviceProfile, ProfileError> {
@@ -366,6 +475,17 @@ impl fmt::Display for DeviceProfile {
             self.isa.vector_bytes() * 8,
             self.f32_lanes()
         )?;
+        for class in KernelClass::ALL {
+            if let Some(isa) = self.kernel_isas.get(class).filter(|&isa| isa != self.isa) {
+                writeln!(
+                    f,
+                    "{:<12} {isa} ({} × {}-bit registers)",
+                    format!("{class} isa"),
+                    isa.num_simd_regs(),
+                    isa.vector_bytes() * 8
+                )?;
+            }
+        }
         writeln!(f, "features     {}", self.features.enabled().join(" "))?;
         writeln!(
             f,

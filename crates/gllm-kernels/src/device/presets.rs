@@ -1,6 +1,8 @@
 //! Built-in profiles of known machine kinds, to reproduce their plans anywhere.
 
-use super::{CacheHierarchy, CacheLevel, CpuFeatures, DeviceProfile, Isa, ProfileError, ProfileSource};
+use super::{
+    CacheHierarchy, CacheLevel, CpuFeatures, DeviceProfile, Isa, KernelIsas, ProfileError, ProfileSource,
+};
 
 /// Names accepted by [`DeviceProfile::preset`].
 pub const PRESET_NAMES: [&str; 3] = ["haswell", "skylake-x", "zen5"];
@@ -80,6 +82,7 @@ pub(super) fn preset(name: &str) -> Result<DeviceProfile, ProfileError> {
         },
         physical_cores: p.cores,
         logical_cpus: p.cores * p.smt,
+        kernel_isas: KernelIsas::default(),
     }
     .validate()
 }

@@ -21,7 +21,10 @@ impl FusionPlan {
             s,
             "Fusion plan for {} ({}, L1d {}, {} thread{})",
             self.profile,
-            self.isa.name(),
+            match self.isas {
+                [(_, a), (_, b)] if a == b => a.name().to_string(),
+                isas => isas.map(|(c, isa)| format!("{c} {isa}")).join(", "),
+            },
             fmt_bytes(self.l1d_bytes),
             self.threads,
             if self.threads == 1 { "" } else { "s" }

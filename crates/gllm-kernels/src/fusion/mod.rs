@@ -30,7 +30,7 @@ pub mod pressure;
 pub use buffers::{BufferAlloc, BufferPlan, BufferPurpose, BUFFER_ALIGN};
 pub use parallel::ParallelStrategy;
 
-use crate::device::{DeviceProfile, GemmBlocking, Isa};
+use crate::device::{DeviceProfile, GemmBlocking, Isa, KernelClass};
 use crate::graph::{CompilerGraph, GraphError, NodeId, SemanticGraph, TensorId};
 use crate::scalar::ScalarOpRegistry;
 use crate::trace::OpTrace;
@@ -151,9 +151,10 @@ pub struct FusionGroup {
 /// The result of Phase 2 for one graph on one device.
 #[derive(Debug, Clone)]
 pub struct FusionPlan {
-    /// The profile's name and ISA, for reports.
+    /// The profile's name, for reports.
     pub profile: String,
-    pub isa: Isa,
+    /// The ISA of each kernel class, in [`KernelClass::ALL`] order.
+    pub isas: [(KernelClass, Isa); 2],
     pub l1d_bytes: usize,
     pub threads: usize,
     /// The GEMM blocking of this profile (per-group copies may be clipped).
@@ -222,7 +223,7 @@ pub fn plan_with(sem: &SemanticGraph, profile: &DeviceProfile, options: FusionOp
             crate::device::ProfileSource::Preset(p) => format!("preset {p}"),
             crate::device::ProfileSource::File(f) => format!("file {f}"),
         },
-        isa: profile.isa,
+        isas: KernelClass::ALL.map(|c| (c, profile.isa_for(c))),
         l1d_bytes: profile.caches.l1d.size_bytes,
         threads: parallel::threads_for(profile),
         blocking: profile.gemm_blocking(),

@@ -8,7 +8,7 @@ use super::{
     EpilogueOp, FusionGroup, FusionStrategy, GemmFusion, GemmMember, GemmVariant, ProducerPlacement,
     RowProducer,
 };
-use crate::device::{DeviceProfile, GemmBlocking};
+use crate::device::{DeviceProfile, GemmBlocking, KernelClass};
 use crate::graph::{NodeId, OpParams, SemanticGraph, TensorId, TensorRef};
 use crate::trace::{ComputePattern, OpClass};
 
@@ -181,7 +181,7 @@ impl Planner<'_, '_> {
         &self,
         mut t: TensorId,
         anchor: NodeId,
-        budget: Option<(usize, &str)>,
+        budget: Option<(usize, KernelClass, &str)>,
         allowed: &[TensorId],
         reasons: &mut Vec<String>,
     ) -> Vec<EpilogueOp> {
@@ -201,8 +201,11 @@ impl Planner<'_, '_> {
                     break;
                 }
             };
-            let scratch = pressure::scratch_registers(&node.trace.body, slot as u8, self.profile.isa);
-            if let Some((budget, kernel)) = budget {
+            // Counted for the ISA of the kernel the op would join.
+            let class = budget.map_or(KernelClass::Loops, |(_, class, _)| class);
+            let scratch =
+                pressure::scratch_registers(&node.trace.body, slot as u8, self.profile.isa_for(class));
+            if let Some((budget, _, kernel)) = budget {
                 if scratch > budget {
                     reasons.push(format!(
                         "{} rejected as epilogue: needs {scratch} scratch registers, the {kernel} leaves {budget}",
@@ -286,7 +289,7 @@ impl Planner<'_, '_> {
             let epilogue = self.epilogue_chain(
                 sem.nodes[m].outputs[0],
                 anchor,
-                Some((self.blocking.spare_regs, &kernel)),
+                Some((self.blocking.spare_regs, KernelClass::Matmul, &kernel)),
                 &member_outputs,
                 &mut reasons,
             );
@@ -372,10 +375,10 @@ impl Planner<'_, '_> {
     fn row_group(&mut self, n: NodeId) {
         let sem = self.sem;
         let mut reasons = Vec::new();
-        let budget = self.profile.num_simd_regs() - 2;
+        let budget = self.profile.isa_for(KernelClass::Loops).num_simd_regs() - 2;
         let out = sem.nodes[n].outputs[0];
         let epilogue = if sem.nodes[n].outputs.len() == 1 {
-            self.epilogue_chain(out, n, Some((budget, "row kernel")), &[], &mut reasons)
+            self.epilogue_chain(out, n, Some((budget, KernelClass::Loops, "row kernel")), &[], &mut reasons)
         } else {
             Vec::new()
         };
@@ -456,7 +459,8 @@ impl Planner<'_, '_> {
             Ok(c) => c,
             Err(e) => return Some(e.to_string()),
         };
-        let (need, have) = pressure::loop_kernel_registers(&composed.trace, self.profile.isa);
+        let (need, have) =
+            pressure::loop_kernel_registers(&composed.trace, self.profile.isa_for(KernelClass::Loops));
         (need > have).then(|| format!("the fused loop would need {need} vector registers, {have} are free"))
     }
 
@@ -660,7 +664,7 @@ fn choose_parallel(
         matches!(sem.nodes[head].trace.pattern, ComputePattern::NormLike | ComputePattern::Reduction)
             || matches!(sem.node(head).op.params, OpParams::Rope { .. });
     let rows = row_wise.then(|| data.rows());
-    parallel::for_stream(bytes, data.numel(), rows, profile.f32_lanes(), threads)
+    parallel::for_stream(bytes, data.numel(), rows, profile.isa_for(KernelClass::Loops).f32_lanes(), threads)
 }
 
 /// `16 KiB`, `1.5 MiB`, `512 B`.

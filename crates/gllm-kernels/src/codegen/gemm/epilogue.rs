@@ -242,7 +242,7 @@ impl GemmKernel {
         if epilogue.is_empty() {
             return Ok(g);
         }
-        let need = scratch_registers(&epilogue.body, 0, profile.isa);
+        let need = scratch_registers(&epilogue.body, 0, g.isa);
         if need > g.blocking.spare_regs {
             return Err(CodegenError::Unsupported(Unsupported::EpilogueRegisters {
                 need,
@@ -253,10 +253,11 @@ impl GemmKernel {
         }
         let mut pool = crate::codegen::pool::ConstPool::new();
         let micro =
-            ExecutableCode::new(&microkernel_with_epilogue(profile.isa, &g.blocking, epilogue, &mut pool)?)?;
+            ExecutableCode::new(&microkernel_with_epilogue(g.isa, &g.blocking, epilogue, &mut pool)?)?;
         let prog =
             LoopProgram::elementwise(epilogue.body.clone(), 1 + epilogue.extras, epilogue.params.clone());
-        let edges = LoopKernel::compile(&prog, profile)?;
+        // The columns past the last full panel: part of the matmul, so in its ISA.
+        let edges = LoopKernel::compile(&prog, &profile.for_kernels(KernelClass::Matmul))?;
         g.epilogue = Some(CompiledEpilogue { micro, pool: pool.finish(), edges, extras: epilogue.extras });
         Ok(g)
     }

@@ -199,7 +199,9 @@ impl CompiledGemmGroup {
                 let prog =
                     LoopProgram::from_trace(&sem.nodes[node].trace, sem.node(node).op.params.scalar_args())?;
                 let inputs = sem.nodes[node].inputs.clone();
-                (Some((LoopKernel::compile(&prog, profile)?, inputs[1..].to_vec())), inputs[0])
+                // The norm runs inside the GEMM's row-block loop: the matmul's ISA.
+                let kernel = LoopKernel::compile(&prog, &profile.for_kernels(KernelClass::Matmul))?;
+                (Some((kernel, inputs[1..].to_vec())), inputs[0])
             }
             _ => (None, sem.nodes[first.node].inputs[0]),
         };

@@ -35,7 +35,7 @@ use super::loops::{LoopKernel, LoopProgram};
 use super::quant_gemv::GEMV_MAX_ROWS;
 use super::vasm::{Mem, Src, VecAsm, V};
 use super::{check_length, BadArguments, Buffer, CodegenError, Unsupported};
-use crate::device::{DeviceProfile, GemmBlocking, Isa};
+use crate::device::{DeviceProfile, GemmBlocking, Isa, KernelClass};
 use crate::fusion::compose::append_consumer;
 use crate::fusion::pressure::scratch_registers;
 use crate::runtime::dispatch::for_each_part;
@@ -81,8 +81,10 @@ struct Variants {
 }
 
 impl GemmKernel {
-    /// Generates the microkernel for `profile` (whose ISA must run here).
+    /// Generates the microkernel for `profile`'s matmul-class ISA (which
+    /// must run here).
     pub fn compile(profile: &DeviceProfile) -> Result<GemmKernel, CodegenError> {
+        let profile = &profile.for_kernels(KernelClass::Matmul);
         if !profile.runs_on_host() {
             return Err(CodegenError::IsaNotOnHost { isa: profile.isa });
         }

@@ -470,6 +470,7 @@ pub struct MathKernel {
 impl MathKernel {
     pub fn compile(f: MathFn, profile: &crate::device::DeviceProfile) -> Result<MathKernel, CodegenError> {
         use iced_x86::code_asm::*;
+        let profile = &profile.for_kernels(crate::device::KernelClass::Loops);
         if !profile.runs_on_host() {
             return Err(CodegenError::IsaNotOnHost { isa: profile.isa });
         }
