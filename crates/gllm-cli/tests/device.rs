@@ -5,7 +5,11 @@ use std::process::Command;
 
 fn gllm(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gllm")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -24,7 +28,10 @@ fn device_shows_each_class_choice_with_its_timing() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let classes = v["kernel_isa_timings"]["classes"].as_array().unwrap();
     assert_eq!(classes.len(), 2);
-    assert!(classes.iter().all(|c| c["decision"]["timed"].as_array().is_some_and(|t| !t.is_empty())), "{out}");
+    assert!(
+        classes.iter().all(|c| c["decision"]["timed"].as_array().is_some_and(|t| !t.is_empty())),
+        "{out}"
+    );
 }
 
 #[test]

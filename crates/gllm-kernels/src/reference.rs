@@ -116,7 +116,7 @@ fn evaluate_keeping<'w>(
         let params = cnode.op.params.scalar_args();
         match &cnode.op.params {
             OpParams::MatMul(p) => matmul(op, p, &ins, &mut out).map_err(fail)?,
-            OpParams::Rope { head_dim, .. } => rope(op, *head_dim, &ins, &mut out).map_err(fail)?,
+            OpParams::PairedHalves { period } => paired_halves(op, *period, &ins, &mut out).map_err(fail)?,
             _ => match op.signature().form() {
                 FnForm::PerElement => per_element(op, &ins, &params, &mut out).map_err(fail)?,
                 FnForm::Slices => {
@@ -348,36 +348,53 @@ pub(crate) fn matmul(
     Ok(())
 }
 
-/// Rotary embedding on the two halves of every `head_dim` block of each
-/// token, with the token's row of the cos/sin tables (the layout the
-/// compiled RoPE group uses).
-fn rope(op: &RegisteredOp, head_dim: usize, ins: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
-    let [x, cos, sin] = ins[..] else { return Err(format!("{} inputs to RoPE", ins.len())) };
-    let half = head_dim / 2;
-    if half == 0 || cos.len() != sin.len() || cos.len() % half != 0 {
-        return Err(format!("tables of {} and {} for head_dim {head_dim}", cos.len(), sin.len()));
+/// A function of two halves applied to every `period`-long block of each
+/// row, with the row's line of every table (the layout the compiled
+/// paired-halves group uses; RoPE's heads and cos/sin tables).
+fn paired_halves(op: &RegisteredOp, period: usize, ins: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+    let Some((x, tables)) = ins.split_first() else { return Err("no inputs".into()) };
+    let half = period / 2;
+    let Some(first) = tables.first() else { return Err("paired halves without tables".into()) };
+    if half == 0 || tables.iter().any(|t| t.len() != first.len()) || first.len() % half != 0 {
+        return Err(format!(
+            "tables of {:?} elements for period {period}",
+            tables.iter().map(|t| t.len()).collect::<Vec<_>>()
+        ));
     }
-    let tokens = cos.len() / half;
-    if tokens == 0 || x.len() % tokens != 0 || (x.len() / tokens) % head_dim != 0 || out.len() != x.len() {
-        return Err(format!("{} elements for {tokens} tokens of heads of {head_dim}", x.len()));
+    let rows = first.len() / half;
+    if rows == 0 || x.len() % rows != 0 || (x.len() / rows) % period != 0 || out.len() != x.len() {
+        return Err(format!("{} elements for {rows} rows of blocks of {period}", x.len()));
     }
-    let width = x.len() / tokens;
-    for t in 0..tokens {
-        for h in 0..width / head_dim {
-            let base = t * width + h * head_dim;
-            let (o0, o1) = out[base..base + head_dim].split_at_mut(half);
-            call(
-                op,
-                &[
-                    AbiValue::ConstPtr(x[base..].as_ptr()),
-                    AbiValue::ConstPtr(x[base + half..].as_ptr()),
-                    AbiValue::ConstPtr(cos[t * half..].as_ptr()),
-                    AbiValue::ConstPtr(sin[t * half..].as_ptr()),
-                    AbiValue::MutPtr(o0.as_mut_ptr()),
-                    AbiValue::MutPtr(o1.as_mut_ptr()),
-                    AbiValue::Usize(half),
-                ],
-            )?;
+    let width = x.len() / rows;
+    let mut args = Vec::with_capacity(op.signature().args().len());
+    for r in 0..rows {
+        for b in 0..width / period {
+            let base = r * width + b * period;
+            let (o0, o1) = out[base..base + period].split_at_mut(half);
+            args.clear();
+            let (mut inputs, mut outputs) = (0, 0);
+            for a in op.signature().args() {
+                args.push(match a {
+                    Arg::Input { .. } => {
+                        inputs += 1;
+                        match inputs {
+                            1 => AbiValue::ConstPtr(x[base..].as_ptr()),
+                            2 => AbiValue::ConstPtr(x[base + half..].as_ptr()),
+                            i => AbiValue::ConstPtr(tables[i - 3][r * half..].as_ptr()),
+                        }
+                    }
+                    Arg::Output { .. } => {
+                        outputs += 1;
+                        AbiValue::MutPtr(if outputs == 1 { o0.as_mut_ptr() } else { o1.as_mut_ptr() })
+                    }
+                    Arg::Dim { .. } => AbiValue::Usize(half),
+                    _ => return Err(format!("argument `{}` in a paired-halves function", a.name())),
+                });
+            }
+            if inputs != 2 + tables.len() || outputs != 2 {
+                return Err(format!("{inputs} inputs and {outputs} outputs for {} tables", tables.len()));
+            }
+            call(op, &args)?;
         }
     }
     Ok(())

@@ -163,7 +163,7 @@ fn injective_ops_are_never_gemm_epilogues() {
     let w = g.weight("wq", TensorDesc::f32([64, 64]));
     let q =
         g.node("q", CompilerOp::matmul(MatMulParams::new(16, 64, 64)), vec![x, w], TensorDesc::f32([16, 64]));
-    let r = g.node("rope", CompilerOp::rope(32, 1e4), vec![q, cos, sin], TensorDesc::f32([16, 64]));
+    let r = g.node("rope", CompilerOp::rope(32), vec![q, cos, sin], TensorDesc::f32([16, 64]));
     let s = g.node("act", CompilerOp::new(OpKind::Silu), vec![r], TensorDesc::f32([16, 64]));
     g.output(s);
     let plan = fuse(&g, &preset("zen5")).unwrap();
@@ -315,7 +315,7 @@ fn random_graph(choices: &[(u8, u16, u16)], rows: usize) -> CompilerGraph {
                 let w = g.weight(format!("{name}.w"), TensorDesc::f32([wa, n]));
                 (CompilerOp::matmul(MatMulParams::new(rows, n, wa)), vec![ta, w], n)
             }
-            10 => (CompilerOp::rope(16, 1e4), vec![ta, cos.clone(), sin.clone()], wa),
+            10 => (CompilerOp::rope(16), vec![ta, cos.clone(), sin.clone()], wa),
             _ => (CompilerOp::new(OpKind::SwiGlu), vec![ta, tb], wa),
         };
         let r = g.node(name, node_op, inputs, out(width));

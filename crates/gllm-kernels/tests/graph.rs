@@ -70,7 +70,7 @@ fn classes_come_from_traces() {
     let sin = g.input("sin", f32t(&[2, 8]));
     let n = g.node("norm", CompilerOp::rms_norm(1e-5), vec![x, w], f32t(&[2, 64]));
     let m = g.node("proj", CompilerOp::matmul(MatMulParams::new(2, 32, 64)), vec![n, wm], f32t(&[2, 32]));
-    let r = g.node("rope", CompilerOp::rope(16, 10000.0), vec![m, cos, sin], f32t(&[2, 32]));
+    let r = g.node("rope", CompilerOp::rope(16), vec![m, cos, sin], f32t(&[2, 32]));
     let s = g.node("sum", CompilerOp::new(OpKind::ReduceSum), vec![r], f32t(&[2, 1]));
     g.output(s);
     let sem = g.analyse(ScalarOpRegistry::global()).unwrap();
@@ -233,13 +233,16 @@ fn parameter_errors() {
     let mut g = CompilerGraph::new();
     let x = g.input("x", f32t(&[4, 12]));
     let t = g.input("cos", f32t(&[4, 3]));
-    let r = g.node("rope", CompilerOp::rope(6, 1e4), vec![x.clone(), t.clone(), t.clone()], f32t(&[4, 12]));
+    let r = g.node("rope", CompilerOp::rope(6), vec![x.clone(), t.clone(), t.clone()], f32t(&[4, 12]));
     g.output(r);
     assert!(g.analyse(ScalarOpRegistry::global()).is_ok());
-    g.nodes[0].op = CompilerOp::rope(5, 1e4);
-    assert_eq!(error(&g), "node 0 `rope` (rope): RoPE head_dim must be even and non-zero, got 5");
-    g.nodes[0].op = CompilerOp::rope(8, 1e4);
-    assert_eq!(error(&g), "node 0 `rope` (rope): RoPE input must be [rows, heads·8], got [4, 12]");
+    g.nodes[0].op = CompilerOp::rope(5);
+    assert_eq!(error(&g), "node 0 `rope` (rope): the paired-halves period must be even and non-zero, got 5");
+    g.nodes[0].op = CompilerOp::rope(8);
+    assert_eq!(
+        error(&g),
+        "node 0 `rope` (rope): a paired-halves input must be [rows, blocks·8], got [4, 12]"
+    );
 }
 
 #[test]

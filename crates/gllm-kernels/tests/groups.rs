@@ -120,7 +120,7 @@ fn rope_on_head_halves_matches_the_reference() {
             let sin = g.input("sin", TensorDesc::f32([tokens, hd / 2]));
             let r = g.node(
                 "rope",
-                CompilerOp::rope(hd, 1e4),
+                CompilerOp::rope(hd),
                 vec![x, cos, sin],
                 TensorDesc::f32([tokens, heads * hd]),
             );
@@ -156,6 +156,83 @@ fn rope_on_head_halves_matches_the_reference() {
                 "{} {tokens}×{heads}×{hd}",
                 profile.isa
             );
+        }
+    }
+}
+
+/// Not RoPE: a function of two halves and one table, registered at run
+/// time. Paired halves are a graph-level binding any such function can use.
+unsafe extern "C" fn pair_mix(
+    x0: *const f32,
+    x1: *const f32,
+    t: *const f32,
+    o0: *mut f32,
+    o1: *mut f32,
+    n: usize,
+) {
+    for i in 0..n {
+        // SAFETY: the caller passes n elements behind every pointer.
+        unsafe {
+            let (a, b, w) = (*x0.add(i), *x1.add(i), *t.add(i));
+            *o0.add(i) = a + b * w;
+            *o1.add(i) = b - a * w;
+        }
+    }
+}
+
+#[test]
+fn a_custom_paired_halves_op_runs_through_the_same_path_as_rope() {
+    use gllm_kernels::codegen::layer::compile_graph;
+    use gllm_kernels::graph::OpParams;
+    use gllm_kernels::scalar::{Arg, Len, OpSignature, Returns, TensorRole};
+    let mut registry = ScalarOpRegistry::with_builtins();
+    let half = |name| Arg::Input { name, role: TensorRole::Activation, len: Len::Dim(0) };
+    let sig = OpSignature::new(
+        vec![
+            half("x0"),
+            half("x1"),
+            Arg::Input { name: "t", role: TensorRole::Table, len: Len::Dim(0) },
+            Arg::Output { name: "o0", len: Len::Dim(0) },
+            Arg::Output { name: "o1", len: Len::Dim(0) },
+            Arg::Dim { name: "n" },
+        ],
+        Returns::Nothing,
+    )
+    .unwrap();
+    type PairFn = unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, usize);
+    let kind = registry.register_custom("pair_mix", pair_mix as PairFn, sig).unwrap();
+    let mut rng = Rng(0x9a1);
+    for profile in profiles() {
+        for (rows, blocks, period) in [(1, 1, 2), (3, 3, 6), (4, 5, 34)] {
+            let mut g = CompilerGraph::new();
+            let x = g.input("x", TensorDesc::f32([rows, blocks * period]));
+            let t = g.weight("t", TensorDesc::f32([rows, period / 2]));
+            let op = CompilerOp::with_params(kind, OpParams::PairedHalves { period });
+            let y = g.node("mix", op, vec![x, t], TensorDesc::f32([rows, blocks * period]));
+            g.output(y);
+            let layer = compile_graph(&g, &profile, &registry).unwrap();
+            let xv = rand_vec(&mut rng, rows * blocks * period);
+            let tv = rand_vec(&mut rng, rows * period / 2);
+            let weights = layer.prepare_weights(&|_: &str| Some(&tv[..])).unwrap();
+            let got = layer.run(&weights, &[&xv]).unwrap().remove(0);
+            let h = period / 2;
+            for r in 0..rows {
+                for b in 0..blocks {
+                    for i in 0..h {
+                        let at = r * blocks * period + b * period + i;
+                        let (a, c, w) = (xv[at], xv[at + h], tv[r * h + i]);
+                        let what = format!("{} {rows}×{blocks}×{period} [{at}]", profile.isa);
+                        assert_eq!(got[at].to_bits(), (a + c * w).to_bits(), "{what}");
+                        assert_eq!(got[at + h].to_bits(), (c - a * w).to_bits(), "{what}");
+                    }
+                }
+            }
+            // The scalar reference evaluates the same binding.
+            let sem = g.analyse(&registry).unwrap();
+            let want = gllm_kernels::reference::evaluate(&sem, &registry, &[&xv], &|_: &str| Some(&tv[..]))
+                .unwrap()
+                .remove(0);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
         }
     }
 }

@@ -276,7 +276,7 @@ impl Expander<'_> {
                     self.unary("norm", CompilerOp::rms_norm(*eps), vec![ins[0].clone(), ins[1].clone()])?;
                 Ok(vec![self.matmul("linear", &normed, &ins[2])?])
             }
-            FusedOp::FusedQkvRope { eps, head_dim, theta } => {
+            FusedOp::FusedQkvRope { eps, head_dim, theta: _ } => {
                 self.arity(ins, 7)?;
                 let normed = self.unary(
                     "attn_norm",
@@ -286,15 +286,15 @@ impl Expander<'_> {
                 let q = self.matmul("attn_q", &normed, &ins[2])?;
                 let k = self.matmul("attn_k", &normed, &ins[3])?;
                 let v = self.matmul("attn_v", &normed, &ins[4])?;
-                let rope = CompilerOp::rope(*head_dim, *theta);
+                let rope = CompilerOp::rope(*head_dim);
                 let tables = [ins[5].clone(), ins[6].clone()];
                 let q = self.rope("rope_q", &rope, q, &tables, *head_dim)?;
                 let k = self.rope("rope_k", &rope, k, &tables, *head_dim)?;
                 Ok(vec![q, k, v])
             }
-            FusedOp::Rope { head_dim, theta } => {
+            FusedOp::Rope { head_dim, theta: _ } => {
                 self.arity(ins, 3)?;
-                let rope = CompilerOp::rope(*head_dim, *theta);
+                let rope = CompilerOp::rope(*head_dim);
                 Ok(vec![self.rope("rope", &rope, ins[0].clone(), &ins[1..], *head_dim)?])
             }
             FusedOp::SwiGlu => {
@@ -435,7 +435,7 @@ impl Expander<'_> {
             OpKind::RmsNorm => CompilerOp::rms_norm(param(0, "eps")?),
             OpKind::LayerNorm => CompilerOp::layer_norm(param(0, "eps")?),
             OpKind::Softmax => CompilerOp::softmax(),
-            OpKind::Rope => CompilerOp::rope(param(0, "head_dim")? as usize, param(1, "theta")?),
+            OpKind::Rope => CompilerOp::rope(param(0, "head_dim")? as usize),
             _ if params.is_empty() => CompilerOp::new(kind),
             _ => CompilerOp::with_params(kind, OpParams::Scalars(params.to_vec())),
         };

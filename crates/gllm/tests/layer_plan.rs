@@ -198,7 +198,7 @@ fn a_decoder_layer_runs_through_the_jit() {
                     }
                 }
             }
-            (_, OpParams::Rope { head_dim, .. }) => {
+            (_, OpParams::PairedHalves { period: head_dim }) => {
                 let half = head_dim / 2;
                 let width = out_desc.row_len();
                 for t in 0..out_desc.rows() {

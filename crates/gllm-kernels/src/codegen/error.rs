@@ -182,10 +182,10 @@ pub enum BadArguments {
     TensorWithoutMemory(usize),
     #[error("no inputs")]
     NoInputs,
-    #[error("RoPE input/output must have {want} elements, got {x} and {out}")]
-    RopeLength { want: usize, x: usize, out: usize },
-    #[error("RoPE tables must have {want} elements")]
-    RopeTables { want: usize },
+    #[error("paired-halves input/output must have {want} elements, got {x} and {out}")]
+    PairedLength { want: usize, x: usize, out: usize },
+    #[error("paired-halves tables must have {want} elements")]
+    PairedTables { want: usize },
     #[error("input has {x} elements, output {out}")]
     UnaryLengths { x: usize, out: usize },
 }

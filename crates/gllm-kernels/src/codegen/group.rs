@@ -19,9 +19,10 @@ use crate::trace::ComputePattern;
 enum Shape {
     /// `rows` rows of `row_len`; inputs full or one broadcast row.
     Rows { rows: usize, row_len: usize },
-    /// RoPE on the two halves of every `head_dim` block: the kernel runs per
-    /// token over its heads, reading x at offsets 0 and `head_dim/2`.
-    RotaryHalves { tokens: usize, heads: usize, head_dim: usize },
+    /// A function of two halves on every `period`-long block (RoPE's heads):
+    /// the kernel runs per row over its blocks, reading x at offsets 0 and
+    /// `period/2`, each table's row broadcast over the blocks.
+    PairedHalves { rows: usize, blocks: usize, period: usize },
 }
 
 /// A compiled non-GEMM group with a typed entry point.
@@ -52,8 +53,8 @@ impl CompiledGroup {
         };
         let head_trace = sem.nodes[head].trace.clone();
         let head_inputs = &sem.nodes[head].inputs;
-        let rope = match sem.node(head).op.params {
-            OpParams::Rope { head_dim, .. } => Some(head_dim),
+        let paired = match sem.node(head).op.params {
+            OpParams::PairedHalves { period } => Some(period),
             _ => None,
         };
         let ComposedGroup { trace: prog_trace, streams, params } = compose_group(sem, head, &chain)?;
@@ -64,12 +65,10 @@ impl CompiledGroup {
         let streaming = out_desc.size_bytes() >= profile.caches.l3.size_bytes;
         let prog = LoopProgram::from_trace(&prog_trace, params)?.with_streaming_stores(streaming);
         let kernel = LoopKernel::compile(&prog, profile)?;
-        let shape = match rope {
-            Some(head_dim) => Shape::RotaryHalves {
-                tokens: out_desc.rows(),
-                heads: out_desc.row_len() / head_dim,
-                head_dim,
-            },
+        let shape = match paired {
+            Some(period) => {
+                Shape::PairedHalves { rows: out_desc.rows(), blocks: out_desc.row_len() / period, period }
+            }
             None if matches!(head_trace.pattern, ComputePattern::NormLike | ComputePattern::Reduction) => {
                 let data = &sem.tensors[head_inputs[0]].desc;
                 Shape::Rows { rows: data.rows(), row_len: data.row_len() }
@@ -149,26 +148,26 @@ impl CompiledGroup {
             Shape::Rows { rows, row_len } => unsafe {
                 self.kernel.run_raw(inputs, &[output], rows, row_len, threads)
             },
-            Shape::RotaryHalves { tokens, heads, head_dim } => {
-                let half = head_dim / 2;
+            Shape::PairedHalves { rows, blocks, period } => {
+                let half = period / 2;
                 let (x, tables) =
                     inputs.split_first().ok_or(CodegenError::BadArguments(BadArguments::NoInputs))?;
-                let width = heads * head_dim;
-                if x.len != tokens * width || output.len != tokens * width {
-                    return Err(CodegenError::BadArguments(BadArguments::RopeLength {
-                        want: tokens * width,
+                let width = blocks * period;
+                if x.len != rows * width || output.len != rows * width {
+                    return Err(CodegenError::BadArguments(BadArguments::PairedLength {
+                        want: rows * width,
                         x: x.len,
                         out: output.len,
                     }));
                 }
-                if tables.iter().any(|t| t.len != tokens * half) {
-                    return Err(CodegenError::BadArguments(BadArguments::RopeTables { want: tokens * half }));
+                if tables.iter().any(|t| t.len != rows * half) {
+                    return Err(CodegenError::BadArguments(BadArguments::PairedTables { want: rows * half }));
                 }
-                // Per token: rows = heads, the halves of x at stride head_dim,
-                // the token's table row broadcast over its heads.
-                for t in 0..tokens {
+                // Per row: kernel rows = blocks, the halves of x at stride
+                // `period`, the row's table line broadcast over its blocks.
+                for r in 0..rows {
                     // SAFETY: bounds checked above; the caller's contract covers aliasing.
-                    unsafe { self.rope_token(x.addr, tables, output.addr, t, heads, head_dim) };
+                    unsafe { self.paired_row(x.addr, tables, output.addr, r, blocks, period) };
                 }
                 Ok(())
             }
@@ -176,29 +175,29 @@ impl CompiledGroup {
     }
 
     /// # Safety
-    /// `x` and `out` hold `tokens × heads × head_dim` f32, each table
-    /// `tokens × head_dim / 2`; `out` is `x` or overlaps nothing.
-    unsafe fn rope_token(
+    /// `x` and `out` hold `rows × blocks × period` f32, each table
+    /// `rows × period / 2`; `out` is `x` or overlaps nothing.
+    unsafe fn paired_row(
         &self,
         x: usize,
         tables: &[RawSlice],
         out: usize,
         t: usize,
-        heads: usize,
-        head_dim: usize,
+        blocks: usize,
+        period: usize,
     ) {
         use super::loops::{KernelArgs, MAX_STREAMS};
-        let half = head_dim / 2;
-        let base = t * heads * head_dim;
+        let half = period / 2;
+        let base = t * blocks * period;
         let at = |addr: usize, elem: usize| (addr + elem * 4) as *mut f32;
         let mut args = KernelArgs {
             ptrs: [std::ptr::null_mut(); MAX_STREAMS],
             strides: [0; MAX_STREAMS],
             len: half,
-            rows: heads,
+            rows: blocks,
             pool: std::ptr::null(),
         };
-        let stride = (head_dim * 4) as isize;
+        let stride = (period * 4) as isize;
         args.ptrs[0] = at(x, base);
         args.ptrs[1] = at(x, base + half);
         args.strides[0] = stride;
@@ -211,7 +210,7 @@ impl CompiledGroup {
         args.ptrs[ni + 1] = at(out, base + half);
         args.strides[ni] = stride;
         args.strides[ni + 1] = stride;
-        // SAFETY: token t's heads span [base, base + heads·head_dim) of x
+        // SAFETY: row t's blocks span [base, base + blocks·period) of x
         // and out, its tables' row has `half` elements (the caller checked
         // the lengths); each output element is written once, after its two
         // inputs are read (in place is allowed).

@@ -108,10 +108,10 @@ pub fn compose_group(
     };
     let head_node = sem.node(head);
     let head_inputs = &sem.nodes[head].inputs;
-    // Head: its inputs are streams in order (RoPE's two halves are streams
-    // 0 and 1 of the same tensor).
+    // Head: its inputs are streams in order (paired halves are streams 0
+    // and 1 of the same tensor).
     let mut head_streams: Vec<u8> = Vec::new();
-    if matches!(head_node.op.params, OpParams::Rope { .. }) {
+    if matches!(head_node.op.params, OpParams::PairedHalves { .. }) {
         head_streams.extend([0u8, 1u8]);
         streams.push(head_inputs[0]);
         streams.push(head_inputs[0]);

@@ -662,7 +662,7 @@ fn choose_parallel(
         .sum();
     let row_wise =
         matches!(sem.nodes[head].trace.pattern, ComputePattern::NormLike | ComputePattern::Reduction)
-            || matches!(sem.node(head).op.params, OpParams::Rope { .. });
+            || matches!(sem.node(head).op.params, OpParams::PairedHalves { .. });
     let rows = row_wise.then(|| data.rows());
     parallel::for_stream(bytes, data.numel(), rows, profile.isa_for(KernelClass::Loops).f32_lanes(), threads)
 }

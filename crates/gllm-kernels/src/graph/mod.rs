@@ -200,11 +200,15 @@ pub enum OpParams {
     Norm {
         eps: f32,
     },
-    /// Rotary embedding on the two halves of each `head_dim` block of the last
-    /// dimension, with `cos`/`sin` tables of `[rows, head_dim/2]`.
-    Rope {
-        head_dim: usize,
-        theta: f32,
+    /// How a function written on two halves is applied to whole rows: its
+    /// first two inputs are the lower and upper halves of each `period`-long
+    /// block of the node's input 0, its two outputs the same halves of the
+    /// node's one output, and its other inputs per-row tables of `period/2`
+    /// shared by the row's blocks. RoPE is the case in point (a head's
+    /// halves, cos/sin tables per token); any Injective function of that
+    /// form works the same way, so nothing downstream names RoPE.
+    PairedHalves {
+        period: usize,
     },
     /// Softmax over `axis` (only the last axis, -1, is supported).
     Softmax {
@@ -260,8 +264,10 @@ impl CompilerOp {
         CompilerOp::with_params(OpKind::LayerNorm, OpParams::Norm { eps })
     }
 
-    pub fn rope(head_dim: usize, theta: f32) -> CompilerOp {
-        CompilerOp::with_params(OpKind::Rope, OpParams::Rope { head_dim, theta })
+    /// RoPE on the halves of each `head_dim`-wide head (the cos/sin tables
+    /// are its inputs, so the frequency base stays with whoever builds them).
+    pub fn rope(head_dim: usize) -> CompilerOp {
+        CompilerOp::with_params(OpKind::Rope, OpParams::PairedHalves { period: head_dim })
     }
 
     pub fn softmax() -> CompilerOp {

@@ -81,11 +81,11 @@ pub enum GraphError {
     UnusedOutput { node: NodeLabel, output: usize },
 }
 
-/// Graph-level arity of an op: its signature's, except that the rotary-halves
-/// layout feeds the two activation halves from one tensor and writes one.
+/// Graph-level arity of an op: its signature's, except that paired halves
+/// feed the function's two half inputs from one tensor and write one.
 fn graph_arity(sig: &OpSignature, params: &OpParams) -> (usize, usize) {
     match params {
-        OpParams::Rope { .. } => (sig.num_inputs().saturating_sub(1), 1),
+        OpParams::PairedHalves { .. } => (sig.num_inputs().saturating_sub(1), 1),
         _ => (sig.num_inputs(), sig.num_outputs()),
     }
 }
@@ -253,10 +253,14 @@ fn check_shapes(c: &Checker, sig: &OpSignature, trace: &OpTrace) -> Result<(), G
         (ComputePattern::Gemm { .. }, OpParams::MatMul(p)) => check_matmul(c, p),
         (ComputePattern::Gemm { .. }, _) => Err(c.params("a GEMM needs MatMul parameters (m, n, k)")),
         (_, OpParams::MatMul(_)) => Err(c.params("MatMul parameters on an operator that is not a GEMM")),
-        (ComputePattern::Injective { .. }, OpParams::Rope { head_dim, .. }) => check_rope(c, *head_dim),
-        (_, OpParams::Rope { .. }) => {
-            Err(c.params("the rotary-halves layout needs an operator with two activation halves"))
+        (ComputePattern::Injective { num_inputs, num_outputs: 2 }, OpParams::PairedHalves { period })
+            if *num_inputs >= 2 =>
+        {
+            check_paired_halves(c, *period)
         }
+        (_, OpParams::PairedHalves { .. }) => Err(c.params(
+            "paired halves need an elementwise function of two half inputs (and tables) with two outputs",
+        )),
         (ComputePattern::NormLike | ComputePattern::Reduction, OpParams::Softmax { axis }) if *axis != -1 => {
             Err(c.params(format!("softmax over axis {axis} is not supported; only the last axis (-1)")))
         }
@@ -318,18 +322,21 @@ fn check_rowwise_or_elementwise(c: &Checker, sig: &OpSignature) -> Result<(), Gr
     c.shape("output 0", out_shape, &node.outputs[0].shape)
 }
 
-fn check_rope(c: &Checker, head_dim: usize) -> Result<(), GraphError> {
-    if head_dim == 0 || head_dim % 2 != 0 {
-        return Err(c.params(format!("RoPE head_dim must be even and non-zero, got {head_dim}")));
+fn check_paired_halves(c: &Checker, period: usize) -> Result<(), GraphError> {
+    if period == 0 || period % 2 != 0 {
+        return Err(c.params(format!("the paired-halves period must be even and non-zero, got {period}")));
     }
     let x = c.input_shape(0).to_vec();
     let width = x.last().copied().unwrap_or(0);
-    if x.len() < 2 || width % head_dim != 0 {
-        return Err(c.params(format!("RoPE input must be [rows, heads·{head_dim}], got {}", shape_str(&x))));
+    if x.len() < 2 || width % period != 0 {
+        return Err(c.params(format!(
+            "a paired-halves input must be [rows, blocks·{period}], got {}",
+            shape_str(&x)
+        )));
     }
     let rows = x[..x.len() - 1].iter().product();
     for i in 1..c.node().inputs.len() {
-        c.shape(format!("input {i} (table)"), vec![rows, head_dim / 2], c.input_shape(i))?;
+        c.shape(format!("input {i} (table)"), vec![rows, period / 2], c.input_shape(i))?;
     }
     c.shape("output 0", x, &c.node().outputs[0].shape)
 }

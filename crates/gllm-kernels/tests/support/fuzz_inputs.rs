@@ -95,7 +95,7 @@ fn op(b: &mut Bytes) -> CompilerOp {
             ..MatMulParams::new(b.dim(), b.dim(), b.dim())
         }),
         1 => OpParams::Norm { eps: b.f32() },
-        2 => OpParams::Rope { head_dim: b.dim(), theta: b.f32() },
+        2 => OpParams::PairedHalves { period: b.dim() },
         3 => OpParams::Softmax { axis: i32::from(b.u8() as i8) },
         4 => OpParams::Scalars((0..b.u8() % 3).map(|_| b.f32()).collect()),
         // The params the kind's usual constructor gives (valid more often).
@@ -157,8 +157,8 @@ fn plausible_node(b: &mut Bytes, g: &mut CompilerGraph, known: &mut Vec<(TensorR
         }
         OpKind::Softmax | OpKind::Top2Softmax if !corrupt(b) => OpParams::Softmax { axis: -1 },
         OpKind::Rope => {
-            let head_dim = if corrupt(b) { b.dim() } else { 2 * (1 + usize::from(b.u8() % 8)) };
-            OpParams::Rope { head_dim, theta: 1e4 }
+            let period = if corrupt(b) { b.dim() } else { 2 * (1 + usize::from(b.u8() % 8)) };
+            OpParams::PairedHalves { period }
         }
         OpKind::Scale => OpParams::Scalars(vec![b.f32()]),
         _ if corrupt(b) => op(b).params,
@@ -177,7 +177,7 @@ fn plausible_node(b: &mut Bytes, g: &mut CompilerGraph, known: &mut Vec<(TensorR
                 }
                 TensorRole::Table => {
                     let half = match &params {
-                        OpParams::Rope { head_dim, .. } => head_dim / 2,
+                        OpParams::PairedHalves { period } => period / 2,
                         _ => 1,
                     };
                     let w = format!("{name}.t{}", inputs.len());
