@@ -3,7 +3,7 @@
 
 mod support;
 
-use gllm_kernels::oracle::ulps;
+use gllm_kernels::oracle::{self, Tolerance};
 use support::profiles;
 
 use gllm_kernels::codegen::gemm::GemmKernel;
@@ -18,21 +18,9 @@ fn reference(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     c
 }
 
-/// |c − ref| ≤ 2·K·2⁻²⁴·Σₚ|a_ip·b_pj| (both sums' rounding, any order) + the smallest normal.
+/// The oracle's product bound: |c − ref| relative to Σₚ|a_ip·b_pj|.
 fn check(got: &[f32], want: &[f32], a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), what: &str) {
-    for i in 0..m {
-        for j in 0..n {
-            let mag: f64 = (0..k).map(|p| (a[i * k + p] as f64 * b[p * n + j] as f64).abs()).sum();
-            let bound = 2.0 * k as f64 * f32::EPSILON as f64 / 2.0 * mag + f32::MIN_POSITIVE as f64;
-            let err = (got[i * n + j] as f64 - want[i * n + j] as f64).abs();
-            assert!(
-                err <= bound,
-                "{what} {m}×{n}×{k} C[{i},{j}] = {} vs {} (bound {bound:e})",
-                got[i * n + j],
-                want[i * n + j]
-            );
-        }
-    }
+    oracle::check_matmul(got, want, a, b, (m, n, k)).unwrap_or_else(|e| panic!("{what} {m}×{n}×{k} C{e}"));
 }
 
 fn shapes() -> Vec<(usize, usize, usize)> {
@@ -212,21 +200,24 @@ mod epilogue {
                         let packed = fused.pack_b(&b, k, n).unwrap();
                         let mut c2 = vec![f32::NAN; m * n];
                         fused.gemm_prepacked_with(&a, &packed, &mut c2, m, &ex, threads).unwrap();
-                        for i in 0..m {
-                            for j in 0..n {
+                        let want: Vec<f32> = (0..m * n)
+                            .map(|ij| {
                                 let e: Vec<f32> = extras
                                     .iter()
-                                    .map(|v| if v.len() == n { v[j] } else { v[i * n + j] })
+                                    .map(|v| if v.len() == n { v[ij % n] } else { v[ij] })
                                     .collect();
-                                let want = reference(raw[i * n + j], &e);
-                                for (what, got) in [("gemm", c[i * n + j]), ("prepacked", c2[i * n + j])] {
-                                    assert!(
-                                        ulps(got, want) <= u64::from(bound),
-                                        "{name} {what} on {} {m}×{n}×{k} t={threads} [{i},{j}]: {got} vs {want}",
-                                        profile.isa
-                                    );
-                                }
-                            }
+                                reference(raw[ij], &e)
+                            })
+                            .collect();
+                        for (what, got) in [("gemm", &c), ("prepacked", &c2)] {
+                            let case = format!("{name} {what} on {} {m}×{n}×{k} t={threads}", profile.isa);
+                            support::assert_within(
+                                &case,
+                                got,
+                                &want,
+                                &[],
+                                &Tolerance::ulps(u64::from(bound)),
+                            );
                         }
                     }
                 }

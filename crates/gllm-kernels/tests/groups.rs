@@ -3,7 +3,8 @@
 
 mod support;
 
-use gllm_kernels::oracle::ulps;
+use gllm_kernels::oracle::{Scale, Tolerance};
+use support::assert_within;
 use support::profiles;
 
 use gllm_kernels::codegen::group::CompiledGroup;
@@ -53,18 +54,17 @@ fn silu_mul_add_chain_is_one_pass_and_matches_the_references() {
             let ins: Vec<&[f32]> = cg.inputs().iter().map(|&t| by_id(t)).collect();
             let mut out = vec![f32::NAN; rows * n];
             cg.run(&ins, &mut out).unwrap();
-            for i in 0..rows * n {
-                let term = gk_mul(gk_silu(xv[i]), wv[i % n]);
-                let want = gk_add(term, rv[i]);
-                // 4 ulps of the larger addend: SiLU's error survives the add's cancellation.
-                let bound = 4.0 * f32::EPSILON * term.abs().max(rv[i].abs());
-                assert!(
-                    ulps(out[i], want) <= 4 || (out[i] - want).abs() <= bound,
-                    "{} rows={rows} n={n} [{i}]: {} vs {want}",
-                    profile.isa,
-                    out[i]
-                );
-            }
+            let terms: Vec<f32> = (0..rows * n).map(|i| gk_mul(gk_silu(xv[i]), wv[i % n])).collect();
+            let want: Vec<f32> = (0..rows * n).map(|i| gk_add(terms[i], rv[i])).collect();
+            // 4 ulps of the larger addend: SiLU's error survives the add's cancellation.
+            let scale: Vec<f32> = (0..rows * n).map(|i| terms[i].abs().max(rv[i].abs())).collect();
+            let tol = Tolerance {
+                max_ulps: 4,
+                rel: 4.0 * f32::EPSILON,
+                scale: Scale::OutputAndInputs,
+                max_nmse: 1e-10,
+            };
+            assert_within(&format!("{} rows={rows} n={n} ", profile.isa), &out, &want, &scale, &tol);
         }
     }
 }
@@ -90,21 +90,18 @@ fn rms_norm_with_elementwise_consumer_fuses_before_the_store() {
                 .collect();
             let mut out = vec![f32::NAN; rows * n];
             cg.run(&ins, &mut out).unwrap();
-            let mut normed = vec![0.0; n];
+            let mut normed = vec![0.0; rows * n];
             for r in 0..rows {
                 // SAFETY: one row of n elements in, one out.
-                unsafe { gk_rms_norm(xv[r * n..].as_ptr(), wv.as_ptr(), normed.as_mut_ptr(), n, 1e-5) };
-                for i in 0..n {
-                    let want = gk_silu(normed[i]);
-                    let got = out[r * n + i];
-                    assert!(
-                        // Sums in a different order: 1e-5 relative (1.4e-6 measured at n = 4096).
-                        ulps(got, want) <= 8 || (got - want).abs() <= 1e-5 * want.abs().max(1e-3),
-                        "{} rows={rows} n={n} [{r},{i}]: {got} vs {want}",
-                        profile.isa
-                    );
-                }
+                unsafe {
+                    gk_rms_norm(xv[r * n..].as_ptr(), wv.as_ptr(), normed[r * n..].as_mut_ptr(), n, 1e-5)
+                };
             }
+            let want: Vec<f32> = normed.iter().map(|&v| gk_silu(v)).collect();
+            // Sums in a different order: 1e-5 relative (1.4e-6 measured at n = 4096).
+            let scale: Vec<f32> = want.iter().map(|w| w.abs().max(1e-3)).collect();
+            let tol = Tolerance { max_ulps: 8, rel: 1e-5, scale: Scale::OutputAndInputs, max_nmse: 1e-9 };
+            assert_within(&format!("{} rows={rows} n={n} ", profile.isa), &out, &want, &scale, &tol);
         }
     }
 }
@@ -151,10 +148,12 @@ fn rope_on_head_halves_matches_the_reference() {
                     };
                 }
             }
-            assert!(
-                out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{} {tokens}×{heads}×{hd}",
-                profile.isa
+            assert_within(
+                &format!("{} {tokens}×{heads}×{hd} ", profile.isa),
+                &out,
+                &want,
+                &[],
+                &Tolerance::EXACT,
             );
         }
     }
@@ -216,23 +215,24 @@ fn a_custom_paired_halves_op_runs_through_the_same_path_as_rope() {
             let weights = layer.prepare_weights(&|_: &str| Some(&tv[..])).unwrap();
             let got = layer.run(&weights, &[&xv]).unwrap().remove(0);
             let h = period / 2;
+            let mut direct = vec![f32::NAN; got.len()];
             for r in 0..rows {
                 for b in 0..blocks {
                     for i in 0..h {
                         let at = r * blocks * period + b * period + i;
                         let (a, c, w) = (xv[at], xv[at + h], tv[r * h + i]);
-                        let what = format!("{} {rows}×{blocks}×{period} [{at}]", profile.isa);
-                        assert_eq!(got[at].to_bits(), (a + c * w).to_bits(), "{what}");
-                        assert_eq!(got[at + h].to_bits(), (c - a * w).to_bits(), "{what}");
+                        (direct[at], direct[at + h]) = (a + c * w, c - a * w);
                     }
                 }
             }
+            let case = format!("{} {rows}×{blocks}×{period} ", profile.isa);
+            assert_within(&case, &got, &direct, &[], &Tolerance::EXACT);
             // The scalar reference evaluates the same binding.
             let sem = g.analyse(&registry).unwrap();
             let want = gllm_kernels::reference::evaluate(&sem, &registry, &[&xv], &|_: &str| Some(&tv[..]))
                 .unwrap()
                 .remove(0);
-            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert_within(&format!("{case}vs reference::evaluate "), &got, &want, &[], &Tolerance::EXACT);
         }
     }
 }

@@ -5,6 +5,7 @@ mod support;
 use gllm_kernels::codegen::layer::compile_graph;
 use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::graph::{CompilerGraph, CompilerOp, MatMulParams, TensorDesc};
+use gllm_kernels::oracle::Tolerance;
 use gllm_kernels::scalar::ops::{gk_matmul, gk_rms_norm, gk_silu};
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 
@@ -46,10 +47,8 @@ fn a_small_graph_runs_and_matches_the_references() {
     let mut y = vec![0.0; m * n];
     // SAFETY: m·k, k·n and m·n elements.
     unsafe { gk_matmul(normed.as_ptr(), w.as_ptr(), y.as_mut_ptr(), m, n, k) };
-    for (got, yv) in out[0].iter().zip(&y) {
-        let want = gk_silu(*yv);
-        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{got} vs {want}");
-    }
+    let want: Vec<f32> = y.iter().map(|&v| gk_silu(v)).collect();
+    support::assert_within("norm → matmul → silu ", &out[0], &want, &[], &Tolerance::composed(1e-5));
 }
 
 #[test]
@@ -130,10 +129,8 @@ fn a_custom_op_with_a_weight_operand_compiles_like_a_builtin() {
     let mut yv = vec![0.0; m * n];
     // SAFETY: m·k, k·n and m·n elements.
     unsafe { gk_matmul(xv.as_ptr(), wv.as_ptr(), yv.as_mut_ptr(), m, n, k) };
-    for (i, (got, y)) in out[0].iter().zip(&yv).enumerate() {
-        let want = weighted_square(*y, cv[i % n]);
-        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "element {i}: {got} vs {want}");
-    }
+    let want: Vec<f32> = yv.iter().enumerate().map(|(i, &y)| weighted_square(y, cv[i % n])).collect();
+    support::assert_within("matmul → weighted_square ", &out[0], &want, &[], &Tolerance::composed(1e-5));
     // And the plan fused it into the GEMM as an epilogue, like Mul would be.
     let plan = gllm_kernels::fusion::fuse_with(&g, &profile, &registry).unwrap();
     assert_eq!(plan.groups.len(), 1, "{}", plan.explain(&g));
@@ -171,9 +168,7 @@ fn a_fused_chain_that_would_overflow_the_registers_is_cut_where_it_fits() {
     let got = layer.run(&weights, &[&xv, &x1v]).unwrap();
     let sem = g.analyse(registry).unwrap();
     let want = reference::evaluate(&sem, registry, &[&xv, &x1v], &|_: &str| Some(&wv[..])).unwrap();
-    for (a, b) in got[0].iter().zip(&want[0]) {
-        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
-    }
+    support::assert_within("cut chain ", &got[0], &want[0], &[], &Tolerance::composed(1e-6));
 }
 
 /// Every unseen elementwise op (registered at run time, no parameter) as
@@ -183,7 +178,7 @@ fn a_fused_chain_that_would_overflow_the_registers_is_cut_where_it_fits() {
 /// oracle's bound for it — floors and roundings exactly.
 #[test]
 fn unseen_elementwise_ops_fuse_into_gemms_through_compile_graph() {
-    use gllm_kernels::oracle::{Scale, Tolerance};
+    use gllm_kernels::oracle::Scale;
     use gllm_kernels::reference;
     use gllm_kernels::scalar::{Arg, FnForm};
     use gllm_kernels::trace::ComputePattern;
@@ -225,19 +220,13 @@ fn unseen_elementwise_ops_fuse_into_gemms_through_compile_graph() {
             let mut yv = vec![0.0; m * n];
             // SAFETY: m·k, k·n and m·n elements.
             unsafe { gk_matmul(xv.as_ptr(), wv.as_ptr(), yv.as_mut_ptr(), m, n, k) };
+            // The op's own bound, its input being the product y.
             let tol = Tolerance::for_op(op, &trace, m * n, false);
-            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                let scale = match tol.scale {
-                    Scale::Inputs => yv[i].abs().max(1.0),
-                    _ => w.abs().max(yv[i].abs()),
-                };
-                assert!(
-                    tol.accepts(g, w, scale),
-                    "{kind} on {}: [{i}] {g:e} vs {w:e} (y = {}; {tol})",
-                    profile.isa,
-                    yv[i]
-                );
-            }
+            let scale: Vec<f32> = match tol.scale {
+                Scale::Inputs => yv.iter().map(|y| y.abs().max(1.0)).collect(),
+                _ => want.iter().zip(&yv).map(|(w, y)| w.abs().max(y.abs())).collect(),
+            };
+            support::assert_within(&format!("{kind} on {} ", profile.isa), &got, &want, &scale, &tol);
             tested += 1;
             let plan = gllm_kernels::fusion::fuse_with(&g, &profile, &registry).unwrap();
             if plan.groups.len() == 1 {

@@ -17,7 +17,7 @@ use gllm_kernels::codegen::layer::{compile_graph, compile_graph_with, LayerWorks
 use gllm_kernels::device::{DeviceProfile, Isa, KernelClass, PRESET_NAMES};
 use gllm_kernels::fusion::FusionOptions;
 use gllm_kernels::graph::{BatchLayout, CompilerGraph, CompilerOp, MatMulParams, TensorDesc, TensorRef};
-use gllm_kernels::oracle::{GuardedBuffer, Placement};
+use gllm_kernels::oracle::{self, GuardedBuffer, Placement};
 use gllm_kernels::reference;
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use proptest::prelude::*;
@@ -231,26 +231,15 @@ fn check(g: &CompilerGraph, seed: u64) -> Result<(), TestCaseError> {
         );
         let got: Vec<Vec<f32>> = guarded_outs.iter().map(|b| b.as_slice().to_vec()).collect();
         for (o, (gv, wv)) in got.iter().zip(&want).enumerate() {
-            let peak = wv.iter().filter(|x| x.is_finite()).fold(1.0f32, |m, x| m.max(x.abs()));
-            let worst = gv
-                .iter()
-                .zip(wv)
-                .map(|(a, b)| match () {
-                    _ if a == b || (a.is_nan() && b.is_nan()) => 0.0,
-                    _ if !a.is_finite() || !b.is_finite() => f32::INFINITY,
-                    _ => (a - b).abs(),
-                })
-                .fold(0.0f32, f32::max);
-            prop_assert!(
-                gv.len() == wv.len() && worst <= 2e-4 * peak,
-                "{} (profile {}): output {o} ({}) off by {worst:e} (peak {peak:e}); got {:?}…, want {:?}…; plan\n{}",
-                profile.isa,
-                profile.name,
-                sem.graph.outputs[o],
-                &gv[..gv.len().min(6)],
-                &wv[..wv.len().min(6)],
-                layer.plan().explain(g)
-            );
+            oracle::check(gv, wv, &[], &oracle::Tolerance::composed(2e-4)).map_err(|e| {
+                TestCaseError::fail(format!(
+                    "{} (profile {}): output {o} ({}){e}; plan\n{}",
+                    profile.isa,
+                    profile.name,
+                    sem.graph.outputs[o],
+                    layer.plan().explain(g)
+                ))
+            })?;
         }
     }
     Ok(())

@@ -151,3 +151,30 @@ fn overread_one_element() {
     kernel.run(&[past], &mut [&mut out], 1, n, 1).unwrap();
     println!("no fault: out[{}] = {}", n - 1, out[n - 1]);
 }
+
+/// `oracle::check`, the comparison every JIT test makes: one element
+/// dropped (left 0) out of 65 537 fails both the per-element bound of a
+/// composed graph and a product's, and so does a length mismatch.
+#[test]
+fn check_rejects_a_dropped_element_and_a_short_output() {
+    let mut rng = support::Rng(0xd20b);
+    let want: Vec<f32> = (0..65_537).map(|_| rng.uniform(-2.0, 2.0)).collect();
+    let mut got = want.clone();
+    assert!(oracle::check(&got, &want, &[], &oracle::Tolerance::composed(2e-4)).is_ok());
+    let dropped = want.iter().position(|w| w.abs() > 0.5).unwrap();
+    got[dropped] = 0.0;
+    let e = oracle::check(&got, &want, &[], &oracle::Tolerance::composed(2e-4)).unwrap_err();
+    assert!(e.starts_with(&format!("[{dropped}]")), "{e}");
+    assert!(oracle::check(&want[1..], &want, &[], &oracle::Tolerance::EXACT).is_err());
+    // A product: C = A·B with one C element dropped.
+    let (m, n, k) = (3, 5, 65_537);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mut c = vec![0.0f32; m * n];
+    // SAFETY: a is m·k, b is k·n, c is m·n.
+    unsafe { gllm_kernels::scalar::ops::gk_matmul(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), m, n, k) };
+    assert!(oracle::check_matmul(&c, &c, &a, &b, (m, n, k)).is_ok());
+    let mut broken = c.clone();
+    broken[7] = 0.0;
+    assert!(oracle::check_matmul(&broken, &c, &a, &b, (m, n, k)).is_err());
+}

@@ -6,17 +6,17 @@ use gllm::engine::{Backend, Engine, EngineOptions};
 use gllm::perplexity::Scoring;
 use gllm::synthetic::model_weights;
 use gllm::LlamaConfig;
-use gllm_kernels::device::{DeviceProfile, Isa};
+use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::fusion::FusionOptions;
 use std::sync::Arc;
 
+/// Every ISA this host runs (the oracle's list); says which it skipped.
 fn profiles() -> Vec<DeviceProfile> {
-    let host = DeviceProfile::detect().unwrap();
-    [Isa::Avx2, Isa::Avx512]
-        .into_iter()
-        .filter(|&i| host.features.supports(i))
-        .map(|i| host.clone().with_isa(i).unwrap())
-        .collect()
+    let (profiles, skipped) = gllm_kernels::oracle::host_profiles().unwrap();
+    for isa in skipped {
+        eprintln!("SKIPPED: {isa} is not tested on this host (the CPU lacks {isa})");
+    }
+    profiles
 }
 
 fn engine(

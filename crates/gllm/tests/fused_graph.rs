@@ -145,19 +145,10 @@ fn moe_layer(seq: usize) {
     let jit = layer.run(&prepared, &[&xs]).unwrap().swap_remove(0);
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.1, "the layer output is not trivially small");
-    for i in 0..want.len() {
-        assert!(
-            (scalar[i] - want[i]).abs() <= 1e-5 * scale.max(1.0),
-            "seq {seq} reference [{i}]: {} vs sparse {}",
-            scalar[i],
-            want[i]
-        );
-        assert!(
-            (jit[i] - want[i]).abs() <= 1e-5 * scale.max(1.0),
-            "seq {seq} JIT [{i}]: {} vs sparse {}",
-            jit[i],
-            want[i]
-        );
+    let tol = gllm_kernels::oracle::Tolerance::composed(1e-5);
+    for (what, got) in [("reference", &scalar), ("JIT", &jit)] {
+        gllm_kernels::oracle::check(got, &want, &[], &tol)
+            .unwrap_or_else(|e| panic!("seq {seq} {what} vs the sparse mixture of experts{e}"));
     }
 }
 

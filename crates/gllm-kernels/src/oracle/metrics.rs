@@ -62,11 +62,38 @@ pub enum Scale {
     /// (`Σ|x|` for a sum, `Σ|a||b|` for a dot or a matrix product): the
     /// condition of a sum computed in another order.
     AbsoluteReference,
+    /// `max(max |want| over the case, 1)`: a graph of several kernels,
+    /// whose rounding differences propagate and are bounded relative to
+    /// the output's size, not each element's.
+    OutputPeak,
 }
 
 impl Tolerance {
     /// Bit-exact: IEEE arithmetic done in the same order.
     pub const EXACT: Tolerance = Tolerance { max_ulps: 0, rel: 0.0, scale: Scale::Output, max_nmse: 0.0 };
+
+    /// A compiled graph (several kernels, fused or not) against the scalar
+    /// evaluation of the same graph: each element within `rel` of the
+    /// output's peak, and NMSE ≤ 1e-8 — which one element dropped, left
+    /// unwritten or taken from the wrong row fails for any case under
+    /// ~10⁶ elements of similar size.
+    pub fn composed(rel: f32) -> Tolerance {
+        Tolerance { max_ulps: 8, rel, scale: Scale::OutputPeak, max_nmse: 1e-8 }
+    }
+
+    /// Within `n` ULPs element by element (an elementwise formula whose
+    /// approximated calls each add a few ULPs).
+    pub fn ulps(n: u64) -> Tolerance {
+        Tolerance { max_ulps: n, rel: 0.0, scale: Scale::Output, max_nmse: 1e-10 }
+    }
+
+    /// A matrix product of depth `k` on random data (sums in another order):
+    /// the bound `for_op` gives every GEMM-pattern op, for tests that hold a
+    /// product but not its registered op.
+    pub fn reordered_product(k: usize) -> Tolerance {
+        let rel = (8.0 + 4.0 * (k as f32).sqrt()) * f32::EPSILON;
+        Tolerance { max_ulps: 8, rel, scale: Scale::AbsoluteReference, max_nmse: nmse_of(rel) }
+    }
 
     /// The bound for `op`'s JIT kernel on data whose sums are exact in any
     /// order (`exact_data`: small integers) or on random data. This is the
@@ -175,6 +202,7 @@ impl fmt::Display for Tolerance {
                 Scale::OutputAndInputs => "max(|y|,|x|)",
                 Scale::Inputs => "max(|x|,1)",
                 Scale::AbsoluteReference => "f(|x|)",
+                Scale::OutputPeak => "max|y|",
             };
             write!(f, " or ≤{:.1e}·{scale}", self.rel)?;
         }

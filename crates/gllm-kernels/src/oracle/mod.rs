@@ -386,7 +386,7 @@ fn magnitudes(
 ) -> Result<Vec<f32>, String> {
     let input_max = |i: usize| inputs.iter().map(|v| v[i % v.len()].abs()).fold(0.0, f32::max);
     Ok(match tol.scale {
-        Scale::Output => want.iter().map(|w| w.abs()).collect(),
+        Scale::Output | Scale::OutputPeak => output_scale(tol, want),
         Scale::OutputAndInputs => (0..out_len).map(|i| want[i].abs().max(input_max(i))).collect(),
         Scale::Inputs => (0..out_len).map(|i| input_max(i).max(1.0)).collect(),
         Scale::AbsoluteReference => {
@@ -406,6 +406,17 @@ pub fn test_loop_op(
     sweep: Sweep,
     runner: LoopRunner<'_>,
 ) -> OpReport {
+    test_loop_op_at(op, trace, profile, &sweep.row_lengths(), runner)
+}
+
+/// [`test_loop_op`] at the row lengths `lengths` instead of a sweep's.
+pub fn test_loop_op_at(
+    op: &RegisteredOp,
+    trace: &OpTrace,
+    profile: &DeviceProfile,
+    lengths: &[usize],
+    runner: LoopRunner<'_>,
+) -> OpReport {
     let name = op.kind().name();
     let mut report = OpReport::new(name, profile.isa, KernelKind::Loop);
     let params = params_for(op);
@@ -421,10 +432,9 @@ pub fn test_loop_op(
     let row_scalar = metrics::returns_row_scalar(op);
     let num_outputs = op.signature().num_outputs().max(1);
     let mut rng = Rng(0x7e57_0000 ^ u64::from(name.len() as u32) << 32 ^ profile.isa as u64);
-    let lengths = sweep.row_lengths();
     let largest = lengths.iter().copied().max().unwrap_or(0);
     report.tolerance = Tolerance::for_op(op, trace, largest, false).to_string();
-    for &n in &lengths {
+    for &n in lengths {
         for rows in if per_element { vec![1] } else { vec![1, 3] } {
             // Small integers only where they make the folds exact: repeated
             // values would otherwise correlate the reference's rounding.
@@ -505,6 +515,67 @@ fn run_loop_case(
     Ok(())
 }
 
+/// Per-element magnitudes computed from the reference output alone
+/// ([`Scale::Output`], [`Scale::OutputPeak`]).
+fn output_scale(tol: &Tolerance, want: &[f32]) -> Vec<f32> {
+    match tol.scale {
+        Scale::OutputPeak => {
+            let peak = want.iter().filter(|w| w.is_finite()).fold(1.0f32, |m, w| m.max(w.abs()));
+            vec![peak; want.len()]
+        }
+        _ => want.iter().map(|w| w.abs()).collect(),
+    }
+}
+
+/// `got` against the reference `want` under `tol`: every element (NaN
+/// only where the reference has NaN), then the case's NMSE. This is the
+/// one comparison the oracle and every JIT test make. `scale` holds each
+/// element's magnitude as `tol.scale` asks; pass `&[]` when the scale comes
+/// from `want` alone ([`Scale::Output`], [`Scale::OutputPeak`]). The error
+/// names the first element outside the bound.
+pub fn check(got: &[f32], want: &[f32], scale: &[f32], tol: &Tolerance) -> Result<ErrorStats, String> {
+    if got.len() != want.len() {
+        return Err(format!(" has {} elements, the reference {}", got.len(), want.len()));
+    }
+    let own;
+    let scale = if scale.is_empty() && matches!(tol.scale, Scale::Output | Scale::OutputPeak) {
+        own = output_scale(tol, want);
+        &own[..]
+    } else if scale.len() != want.len() {
+        return Err(format!(": {} magnitudes for {} elements ({tol})", scale.len(), want.len()));
+    } else {
+        scale
+    };
+    let mut stats = ErrorStats::default();
+    compare(got, want, scale, tol, &mut stats)?;
+    check_nmse(&stats, tol)?;
+    Ok(stats)
+}
+
+/// [`check`] for a matrix product `C = A·B` (`m×k` by `k×n`, row-major) on
+/// random data: [`Tolerance::reordered_product`], magnitudes `Σ|a||b|`.
+pub fn check_matmul(
+    got: &[f32],
+    want: &[f32],
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> Result<ErrorStats, String> {
+    if a.len() != m * k || b.len() != k * n {
+        return Err(format!(": operands of {} and {} elements for {m}×{k}·{k}×{n}", a.len(), b.len()));
+    }
+    let mut scale = vec![0.0f32; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let x = a[i * k + p].abs();
+            for (s, y) in scale[i * n..(i + 1) * n].iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                *s += x * y.abs();
+            }
+        }
+    }
+    check(got, want, &scale, &Tolerance::reordered_product(k))
+}
+
 /// Element-by-element comparison under `tol`; the error names the first
 /// element outside it.
 fn compare(
@@ -515,7 +586,10 @@ fn compare(
     stats: &mut ErrorStats,
 ) -> Result<(), String> {
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if tol.scale == Scale::Inputs {
+        // Bounds relative to the inputs' size (a cancelling formula, a
+        // cancelling sum) measure the NMSE against that size too: a sum
+        // that cancels to ~0 is accurate relative to Σ|x|, not to itself.
+        if matches!(tol.scale, Scale::Inputs | Scale::AbsoluteReference) {
             stats.add_scaled(g, w, scale[i]);
         } else {
             stats.add(g, w);

@@ -27,6 +27,19 @@ pub fn profiles() -> Vec<gllm_kernels::device::DeviceProfile> {
     profiles
 }
 
+/// The oracle's comparison as an assertion: `got` against the reference
+/// `want` under `tol` (see `gllm_kernels::oracle::check`); panics naming
+/// `what` and the first element outside the bound.
+pub fn assert_within(
+    what: &str,
+    got: &[f32],
+    want: &[f32],
+    scale: &[f32],
+    tol: &gllm_kernels::oracle::Tolerance,
+) -> gllm_kernels::oracle::ErrorStats {
+    gllm_kernels::oracle::check(got, want, scale, tol).unwrap_or_else(|e| panic!("{what}{e}"))
+}
+
 /// Bitwise equal, or both NaN.
 pub fn same(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
