@@ -1,5 +1,17 @@
 //! Phase 2: device-driven fusion planning.
 //!
+//! ```text
+//!   SemanticGraph + DeviceProfile (L1d, registers per kernel class, cores)
+//!      ──[planner: GEMM groups, epilogues, tile/row fusion, loop fusion; pressure: register fit]──> groups
+//!      ──[parallel: threads per group]──[buffers: scratchpad offsets, lifetimes]──> FusionPlan
+//!      ──> codegen::layer::compile_graph;  FusionPlan::explain ──> `gllm explain`
+//! ```
+//!
+//! Guarantees: every node is in exactly one group; a fused body fits the
+//! registers its kernel leaves (`pressure` is the contract with codegen);
+//! no tensor that is read elsewhere is fused away; each decision records
+//! its reason.
+//!
 //! [`fuse`] turns a validated graph into a [`FusionPlan`]: groups of nodes that
 //! become one kernel each, with a strategy, tile sizes, a parallel strategy and
 //! a scratchpad layout. Every decision that depends on the machine reads the

@@ -1,5 +1,16 @@
 //! Phase 1: the compiler graph — a DAG of atomic operators over typed tensors.
 //!
+//! ```text
+//!   CompilerGraph (nodes: OpKind + OpParams over TensorRefs, built by gllm)
+//!      ──[analyse: registry signature → arity/roles/lengths, trace → class and shape rule,
+//!                  def-use edges, post-dominators]──> SemanticGraph ──> fusion::plan
+//! ```
+//!
+//! Guarantees of a `SemanticGraph`: every node's op is registered and
+//! traced, every tensor's shape agrees with its producer and consumers,
+//! the graph is acyclic with every output used or returned; bad input is a
+//! [`GraphError`] naming the node and the problem.
+//!
 //! The front end (gllm) expands its model-level fused ops into this graph; the
 //! compiler validates it ([`CompilerGraph::analyse`]) into a [`SemanticGraph`]
 //! that knows each node's trace and class, its tensors' def-use edges and
