@@ -9,7 +9,7 @@
 //! only those formats' bandwidth rows).
 
 use gllm_kernels::codegen::gemm::GemmKernel;
-use gllm_kernels::codegen::quant_gemv::QuantPanels;
+use gllm_kernels::codegen::quant_gemv::{measured_thread_choices, QuantPanels, MAX_ACT_ROWS};
 use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::quant::{ActivationPrecision, QuantFormat, QuantMatrix};
 
@@ -81,7 +81,7 @@ fn main() {
                     &mut || probe.run(1),
                     &mut || probe.run(2),
                     &mut || panels.gemv(&x, 1, &mut y1, 1).unwrap(),
-                    &mut || panels.gemv(&x, 1, &mut y2, 2).unwrap(),
+                    &mut || panels.gemv_exact_threads(&x, 1, &mut y2, 2).unwrap(),
                 ],
             );
             let size = bytes.len() as f64;
@@ -96,9 +96,14 @@ fn main() {
         }
     }
 
-    println!("\nSmolLM2-135M's shapes, Q4_1 weights, hot: 1 vs 2 threads (µs, median)\n");
-    println!("| M×K×N | path | 1 thr µs | 2 thr µs | 2 thr / 1 thr |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "\nSmolLM2-135M's shapes, Q4_1 weights, hot: 1 vs 2 threads (µs, median); `auto`: a 2-thread budget"
+    );
+    println!(
+        "as the engine runs it (the GEMV's thread count measured once per shape, see PARALLEL_MARGIN)\n"
+    );
+    println!("| M×K×N | path | 1 thr µs | 2 thr µs | 2 thr / 1 thr | auto µs (threads) | auto / 1 thr |");
+    println!("|---|---|---|---|---|---|---|");
     let gemm = GemmKernel::compile(&profile).unwrap();
     for (m, k, n) in [
         (1, 576, 192),
@@ -114,13 +119,15 @@ fn main() {
         let bytes = matrix(format, n, k);
         let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap()).unwrap();
         let x: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
-        let (mut y, mut y2) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        let (mut y, mut y2, mut y3) = (vec![0.0f32; m * n], vec![0.0f32; m * n], vec![0.0f32; m * n]);
         let (path, t) = if m <= 8 {
             let t = interleaved_median_times(
                 101,
-                &mut [&mut || panels.gemv(&x, m, &mut y, 1).unwrap(), &mut || {
-                    panels.gemv(&x, m, &mut y2, 2).unwrap()
-                }],
+                &mut [
+                    &mut || panels.gemv_exact_threads(&x, m, &mut y, 1).unwrap(),
+                    &mut || panels.gemv_exact_threads(&x, m, &mut y2, 2).unwrap(),
+                    &mut || panels.gemv(&x, m, &mut y3, 2).unwrap(),
+                ],
             );
             ("quantised GEMV", t)
         } else {
@@ -133,7 +140,22 @@ fn main() {
             );
             ("dequantised panels, f32 GEMM", t)
         };
-        println!("| {m}×{k}×{n} | {path} | {:.1} | {:.1} | {:.2}× |", t[0] * 1e6, t[1] * 1e6, t[1] / t[0]);
+        let auto = match t.get(2) {
+            Some(&a) => {
+                let chosen = measured_thread_choices()
+                    .into_iter()
+                    .find(|(key, _)| (key.rows, key.cols, key.act_rows) == (n, k, m.min(MAX_ACT_ROWS)))
+                    .map_or(1, |(_, c)| c.threads);
+                format!("{:.1} ({chosen}) | {:.2}×", a * 1e6, a / t[0])
+            }
+            None => "— | —".to_string(),
+        };
+        println!(
+            "| {m}×{k}×{n} | {path} | {:.1} | {:.1} | {:.2}× | {auto} |",
+            t[0] * 1e6,
+            t[1] * 1e6,
+            t[1] / t[0]
+        );
     }
     let (k, n) = (576, 1536);
     let bytes = matrix(QuantFormat::Q4_1, n, k);

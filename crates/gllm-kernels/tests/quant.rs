@@ -80,6 +80,38 @@ fn small_gemvs_stay_on_one_thread_and_big_ones_split() {
 }
 
 #[test]
+fn a_big_enough_gemv_measures_its_thread_count_once_and_agrees_with_one_thread() {
+    use gllm_kernels::codegen::quant_gemv::measured_thread_choices;
+    let mut rng = Rng(0x7e5);
+    let (format, rows, cols) = (QuantFormat::Q8_0, 600, 608);
+    let bytes = random_matrix(format, rows, cols, &mut rng);
+    let panels = QuantPanels::pack(&QuantMatrix::new(format, rows, cols, &bytes).unwrap()).unwrap();
+    assert!(panels.size_bytes() >= gllm_kernels::fusion::parallel::MIN_PARALLEL_QUANT_BYTES);
+    let x = activations(cols, &mut rng);
+    let mut want = vec![0.0f32; rows];
+    panels.gemv(&x, 1, &mut want, 1).unwrap();
+    let mut got = vec![f32::NAN; rows];
+    panels.gemv(&x, 1, &mut got, 2).unwrap();
+    support::assert_within(
+        "measured-thread GEMV ",
+        &got,
+        &want,
+        &[],
+        &gllm_kernels::oracle::Tolerance::EXACT,
+    );
+    let mine = |c: &[(gllm_kernels::codegen::quant_gemv::ThreadKey, _)]| {
+        c.iter().filter(|(k, _)| (k.format, k.rows, k.cols, k.threads) == (format, rows, cols, 2)).count()
+    };
+    let choices = measured_thread_choices();
+    assert_eq!(mine(&choices), 1, "{choices:?}");
+    let (_, c) = choices.iter().find(|(k, _)| (k.rows, k.cols) == (rows, cols)).unwrap();
+    assert!([1, 2].contains(&c.threads) && c.one_thread_secs > 0.0 && c.many_threads_secs > 0.0, "{c:?}");
+    // A second call reuses the choice.
+    panels.gemv(&x, 1, &mut got, 2).unwrap();
+    assert_eq!(mine(&measured_thread_choices()), 1);
+}
+
+#[test]
 fn gemv_handles_empty_shapes() {
     let format = QuantFormat::Q4_1;
     let mut rng = Rng(5);
@@ -164,7 +196,7 @@ fn gemv_writes_stay_inside_y_and_threads_agree() {
                 panels.gemv(&x, m, &mut want, 1).unwrap();
                 for placement in [Placement::AgainstStart, Placement::AgainstEnd] {
                     let mut guarded = GuardedBuffer::filled(m * rows, f32::NAN, placement).unwrap();
-                    panels.gemv(&x, m, guarded.as_mut_slice(), 2).unwrap();
+                    panels.gemv_exact_threads(&x, m, guarded.as_mut_slice(), 2).unwrap();
                     assert_eq!(guarded.as_slice(), &want[..], "{format} {rows}×{cols} m={m}");
                     assert!(guarded.canary_intact(), "{format}: wrote next to y");
                 }
@@ -183,7 +215,7 @@ fn gemv_writes_stay_inside_y_and_threads_agree() {
                 s.spawn(move || {
                     for _ in 0..5 {
                         let mut y = vec![f32::NAN; 2 * rows];
-                        panels.gemv(x, 2, &mut y, 1 + t % 2).unwrap();
+                        panels.gemv_exact_threads(x, 2, &mut y, 1 + t % 2).unwrap();
                         assert_eq!(&y, want, "{format}: thread {t}");
                     }
                 });

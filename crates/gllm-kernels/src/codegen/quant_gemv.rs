@@ -357,10 +357,34 @@ impl QuantPanels {
 
     /// `y[m × rows] = x[m × cols] · Wᵀ` with the GEMV kernel (any `m`; meant
     /// for `m ≤` [`GEMV_MAX_ROWS`]). Rows of W are split across up to
-    /// `threads` threads.
+    /// `threads` threads: as many as this shape was measured faster on.
     pub fn gemv(&self, x: &[f32], m: usize, y: &mut [f32], threads: usize) -> Result<(), CodegenError> {
         let acts = self.quantize(x, m)?;
         self.gemv_quantized(&acts, y, threads)
+    }
+
+    /// [`QuantPanels::gemv`] split over exactly `threads` threads (at most
+    /// one per 4 rows), bypassing the size rule and the measured choice:
+    /// for tests of the split and benchmarks that compare thread counts.
+    pub fn gemv_exact_threads(
+        &self,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        let acts = self.quantize(x, m)?;
+        check_length(Buffer::Y, y.len(), m * self.rows)?;
+        if m == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        if self.cols == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
+        let set = kernel_set(self.format, self.precision)?;
+        let threads = threads.clamp(1, self.rows.div_ceil(4));
+        self.gemv_on(set, m, acts.x_stride, &acts.data, y, threads)
     }
 
     /// `x` (`m` rows of `cols`) as this matrix's kernels read activations;
@@ -413,8 +437,76 @@ impl QuantPanels {
             return Ok(());
         }
         let set = kernel_set(self.format, self.precision)?;
+        let threads = for_quantised_gemv(self.size_bytes(), threads).min(self.rows.div_ceil(4));
+        if threads <= 1 {
+            return self.gemv_on(set, m, x_stride, acts, y, 1);
+        }
+        // More threads only where this machine was measured faster with
+        // them, for this shape (once per process): a hand-off costs
+        // microseconds, a vCPU may not be running, and a small matrix can
+        // lose more to both than it gains.
+        let key = ThreadKey {
+            format: self.format,
+            precision: self.precision,
+            rows: self.rows,
+            cols: self.cols,
+            act_rows: m.min(MAX_ACT_ROWS),
+            threads,
+        };
+        let cached = thread_choices().lock().unwrap_or_else(|e| e.into_inner()).get(&key).map(|c| c.threads);
+        let threads = match cached {
+            Some(t) => t,
+            None => {
+                let choice = self.measure_threads(set, (m, x_stride, acts), y, threads)?;
+                thread_choices().lock().unwrap_or_else(|e| e.into_inner()).insert(key, choice);
+                choice.threads
+            }
+        };
+        self.gemv_on(set, m, x_stride, acts, y, threads)
+    }
+
+    /// Times this GEMV on one thread and on `threads` (interleaved, after a
+    /// warm-up, median of [`THREAD_TIMING_RUNS`] each) and keeps `threads`
+    /// only when it is at least [`PARALLEL_MARGIN`] faster. `y` is written
+    /// by every run (the same result: each output is computed by one thread
+    /// in the same order whatever the split).
+    fn measure_threads(
+        &self,
+        set: &KernelSet,
+        (m, x_stride, acts): (usize, usize, &[u8]),
+        y: &mut [f32],
+        threads: usize,
+    ) -> Result<ThreadChoice, CodegenError> {
+        let mut times = [Vec::new(), Vec::new()];
+        for round in 0..=THREAD_TIMING_RUNS {
+            for (slot, t) in [1, threads].into_iter().enumerate() {
+                let started = std::time::Instant::now();
+                self.gemv_on(set, m, x_stride, acts, y, t)?;
+                if round > 0 {
+                    times[slot].push(started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let [one, many] = times.map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        });
+        let chosen = if many <= one * (1.0 - PARALLEL_MARGIN) { threads } else { 1 };
+        Ok(ThreadChoice { threads: chosen, one_thread_secs: one, many_threads_secs: many })
+    }
+
+    /// The GEMV on exactly `threads` threads (`m`, `x_stride`, `acts`: the
+    /// quantised activations, checked by the caller).
+    fn gemv_on(
+        &self,
+        set: &KernelSet,
+        m: usize,
+        x_stride: usize,
+        acts: &[u8],
+        y: &mut [f32],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
         let rows = self.rows;
-        let threads = for_quantised_gemv(self.size_bytes(), threads).min(rows.div_ceil(4));
         // Two parts per thread: a worker that starts late (on this VM a
         // vCPU is not always running) still takes half of what is left
         // rather than nothing. 1×576×576 hot on two threads: 0.78–0.80× of
@@ -503,6 +595,52 @@ impl QuantPanels {
         }
         std::borrow::Cow::Owned(packed)
     }
+}
+
+/// Timed runs per candidate when a GEMV shape's thread count is measured.
+const THREAD_TIMING_RUNS: usize = 7;
+
+/// How much faster (as a fraction) several threads must be than one to be
+/// used: beyond this VM's run-to-run noise, so a shape near break-even
+/// stays on one thread (never slower than one thread by more than noise).
+pub const PARALLEL_MARGIN: f64 = 0.10;
+
+/// A quantised GEMV shape whose thread count was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThreadKey {
+    pub format: QuantFormat,
+    pub precision: ActivationPrecision,
+    /// Output rows and input columns of the weight.
+    pub rows: usize,
+    pub cols: usize,
+    /// Activation rows per kernel call (1..=[`MAX_ACT_ROWS`]).
+    pub act_rows: usize,
+    /// The thread budget the choice was made within.
+    pub threads: usize,
+}
+
+/// The outcome of one measurement: the thread count used from then on and
+/// the median times behind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThreadChoice {
+    pub threads: usize,
+    pub one_thread_secs: f64,
+    pub many_threads_secs: f64,
+}
+
+fn thread_choices() -> &'static std::sync::Mutex<std::collections::HashMap<ThreadKey, ThreadChoice>> {
+    static CHOICES: OnceLock<std::sync::Mutex<std::collections::HashMap<ThreadKey, ThreadChoice>>> =
+        OnceLock::new();
+    CHOICES.get_or_init(Default::default)
+}
+
+/// Every quantised GEMV shape measured so far in this process, and what
+/// was chosen (for `gllm bench` and the benchmark tables).
+pub fn measured_thread_choices() -> Vec<(ThreadKey, ThreadChoice)> {
+    let mut v: Vec<(ThreadKey, ThreadChoice)> =
+        thread_choices().lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, c)| (*k, *c)).collect();
+    v.sort_by_key(|(k, _)| (k.rows, k.cols, k.act_rows, k.threads));
+    v
 }
 
 /// Activation rows quantised per block of 32 in the kernels' record layout
