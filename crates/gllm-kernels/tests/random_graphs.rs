@@ -13,12 +13,13 @@
 
 mod support;
 
-use gllm_kernels::codegen::layer::{compile_graph, compile_graph_with, LayerWorkspace};
+use gllm_kernels::codegen::layer::{compile_graph, compile_graph_with};
 use gllm_kernels::device::{DeviceProfile, Isa, KernelClass, PRESET_NAMES};
 use gllm_kernels::fusion::FusionOptions;
 use gllm_kernels::graph::{BatchLayout, CompilerGraph, CompilerOp, MatMulParams, TensorDesc, TensorRef};
 use gllm_kernels::oracle::{self, GuardedBuffer, Placement};
 use gllm_kernels::reference;
+use gllm_kernels::runtime::LayerWorkspace;
 use gllm_kernels::scalar::{OpKind, ScalarOpRegistry};
 use proptest::prelude::*;
 use std::collections::HashMap;

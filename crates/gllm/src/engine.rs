@@ -21,16 +21,16 @@ use crate::kv_cache::{ContextFull, KvCache};
 use crate::layer_graph;
 use crate::weights::{ModelWeights, WeightsError};
 use gllm_kernels::codegen::attention::{AttentionScratch, AttentionShape, CausalAttention, MASKED};
-use gllm_kernels::codegen::layer::{compile_graph_with, CompiledLayer, LayerWorkspace, PreparedWeights};
+use gllm_kernels::codegen::layer::{compile_graph_with, CompiledLayer, PreparedWeights};
 use gllm_kernels::codegen::CodegenError;
 use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::fusion::{FusionOptions, FusionPlan};
 use gllm_kernels::graph::CompilerGraph;
 use gllm_kernels::quant::ActivationPrecision;
 use gllm_kernels::reference::{self, ReferenceError};
+use gllm_kernels::runtime::{CompileCache, LayerWorkspace};
 use gllm_kernels::scalar::ScalarOpRegistry;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -147,8 +147,8 @@ struct Parts {
 /// What every sequence of one model shares: compiled parts (by token
 /// count), the attention kernel and the prepared weights.
 struct Shared {
-    parts: Mutex<HashMap<usize, Arc<Parts>>>,
-    heads: Mutex<HashMap<usize, Arc<CompiledLayer>>>,
+    parts: CompileCache<usize, Parts>,
+    heads: CompileCache<usize, CompiledLayer>,
     /// Per layer: its weights prepared for the parts.
     layers: Vec<PreparedWeights>,
     head: PreparedWeights,
@@ -172,7 +172,7 @@ impl Shared {
         opts: &EngineOptions,
         registry: &ScalarOpRegistry,
     ) -> Result<(Arc<Parts>, bool), EngineError> {
-        cached(&self.parts, seq, || compile_parts(cfg, seq, opts, registry))
+        self.parts.get_or_build(seq, || compile_parts(cfg, seq, opts, registry))
     }
 
     /// The LM head for `rows` rows, compiled on first use.
@@ -183,26 +183,10 @@ impl Shared {
         opts: &EngineOptions,
         registry: &ScalarOpRegistry,
     ) -> Result<(Arc<CompiledLayer>, bool), EngineError> {
-        cached(&self.heads, rows, || {
+        self.heads.get_or_build(rows, || {
             compile_part("lm_head", layer_graph::lm_head(cfg, rows), rows, opts, registry)
         })
     }
-}
-
-/// `cache[key]`, built by `build` on first use; the bool says whether this
-/// call built it.
-fn cached<T>(
-    cache: &Mutex<HashMap<usize, Arc<T>>>,
-    key: usize,
-    build: impl FnOnce() -> Result<T, EngineError>,
-) -> Result<(Arc<T>, bool), EngineError> {
-    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(v) = cache.get(&key) {
-        return Ok((v.clone(), false));
-    }
-    let v = Arc::new(build()?);
-    cache.insert(key, v.clone());
-    Ok((v, true))
 }
 
 /// Activations of one chunk, reused across chunks.
@@ -384,12 +368,15 @@ impl Engine {
             .map_err(|source| EngineError::Run { part: "preparing weights", source: Box::new(source) })?;
         self.stats.compile += t0.elapsed();
         let shared = Shared {
-            parts: Mutex::new(HashMap::from([(1, Arc::new(parts))])),
-            heads: Mutex::new(HashMap::from([(1, Arc::new(head))])),
+            parts: CompileCache::new(),
+            heads: CompileCache::new(),
             layers,
             head: head_w,
             attention,
         };
+        // The single-token parts, compiled above, are the first entries.
+        shared.parts.get_or_build(1, || Ok::<_, EngineError>(parts))?;
+        shared.heads.get_or_build(1, || Ok::<_, EngineError>(head))?;
         Ok(Jit {
             shared: Arc::new(shared),
             workspace: LayerWorkspace::new(),

@@ -7,10 +7,11 @@
 //! ```
 
 use super::{GuardedBuffer, KernelKind, OpReport, Placement, Rng, Sweep, UNWRITTEN};
-use crate::codegen::layer::{compile_graph, LayerWorkspace};
+use crate::codegen::layer::compile_graph;
 use crate::device::DeviceProfile;
 use crate::graph::{CompilerGraph, CompilerOp, MatMulParams, TensorDesc};
 use crate::reference;
+use crate::runtime::LayerWorkspace;
 use crate::scalar::{OpKind, ScalarOpRegistry};
 
 /// Row length just past three quarters of `profile`'s L1d: the planner
