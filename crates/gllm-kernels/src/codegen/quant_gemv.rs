@@ -374,12 +374,7 @@ impl QuantPanels {
         threads: usize,
     ) -> Result<(), CodegenError> {
         let acts = self.quantize(x, m)?;
-        check_length(Buffer::Y, y.len(), m * self.rows)?;
-        if m == 0 || self.rows == 0 {
-            return Ok(());
-        }
-        if self.cols == 0 {
-            y.fill(0.0);
+        if self.nothing_to_compute(m, y)? {
             return Ok(());
         }
         let set = kernel_set(self.format, self.precision)?;
@@ -428,12 +423,7 @@ impl QuantPanels {
             });
         }
         let (m, x_stride, acts) = (acts.m, acts.x_stride, &acts.data);
-        check_length(Buffer::Y, y.len(), m * self.rows)?;
-        if m == 0 || self.rows == 0 {
-            return Ok(());
-        }
-        if self.cols == 0 {
-            y.fill(0.0);
+        if self.nothing_to_compute(m, y)? {
             return Ok(());
         }
         let set = kernel_set(self.format, self.precision)?;
@@ -463,6 +453,20 @@ impl QuantPanels {
             }
         };
         self.gemv_on(set, m, x_stride, acts, y, threads)
+    }
+
+    /// Checks `y` holds `m` rows of output; true when no kernel needs to
+    /// run (no rows, or no columns: then `y` is all zeros).
+    fn nothing_to_compute(&self, m: usize, y: &mut [f32]) -> Result<bool, CodegenError> {
+        check_length(Buffer::Y, y.len(), m * self.rows)?;
+        if m == 0 || self.rows == 0 {
+            return Ok(true);
+        }
+        if self.cols == 0 {
+            y.fill(0.0);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Times this GEMV on one thread and on `threads` (interleaved, after a

@@ -299,8 +299,8 @@ pub struct DeviceProfile {
     pub physical_cores: usize,
     /// Logical CPUs the OS schedules on.
     pub logical_cpus: usize,
-    /// Kernel classes generating code for another ISA than `isa` (see
-    /// [`DeviceProfile::isa_for`]).
+    /// Each kernel class's ISA where one was forced or confirmed by timing
+    /// (else `isa`; see [`DeviceProfile::isa_for`]).
     pub kernel_isas: KernelIsas,
 }
 

@@ -587,9 +587,10 @@ fn compare(
 ) -> Result<(), String> {
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         // Bounds relative to the inputs' size (a cancelling formula, a
-        // cancelling sum) measure the NMSE against that size too: a sum
-        // that cancels to ~0 is accurate relative to Σ|x|, not to itself.
-        if matches!(tol.scale, Scale::Inputs | Scale::AbsoluteReference) {
+        // cancelling sum) or to the output's peak measure the NMSE against
+        // that size too: a sum that cancels to ~0 is accurate relative to
+        // Σ|x|, not to itself.
+        if matches!(tol.scale, Scale::Inputs | Scale::AbsoluteReference | Scale::OutputPeak) {
             stats.add_scaled(g, w, scale[i]);
         } else {
             stats.add(g, w);
