@@ -174,7 +174,9 @@ fn a_full_queue_gets_503_with_a_json_error() {
     s.wait_health(Duration::from_secs(10), |h| h["busy"] == 1);
     let url = s.url("/v1/completions");
     let queued = std::thread::spawn(move || {
-        let r = client().post(url).json(&json!({"prompt": "Hi", "max_tokens": 2})).send().unwrap();
+        // Seeded: at the default temperature a fresh seed can sample the end token first.
+        let r =
+            client().post(url).json(&json!({"prompt": "Hi", "max_tokens": 2, "seed": 11})).send().unwrap();
         (r.status().as_u16(), r.json::<Value>().unwrap())
     });
     s.wait_health(Duration::from_secs(10), |h| h["queued"] == 1);
