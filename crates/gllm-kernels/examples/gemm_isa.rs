@@ -10,7 +10,7 @@ fn main() {
         _ => (128, 4096, 4096),
     };
     let host = DeviceProfile::detect().expect("AVX2 or AVX-512 CPU");
-    for isa in [Isa::Avx2, Isa::Avx512] {
+    for isa in Isa::ALL {
         if !host.features.supports(isa) {
             continue;
         }

@@ -137,7 +137,7 @@ fn time_classes(profile: &DeviceProfile) -> Result<IsaTimings, TuneError> {
         } else {
             // Widest first: the default the others must beat.
             let mut times = Vec::new();
-            for candidate in [Isa::Avx512, Isa::Avx2].into_iter().filter(|&c| c <= profile.isa) {
+            for candidate in Isa::ALL.into_iter().rev().filter(|&c| c <= profile.isa) {
                 let p =
                     profile.clone().with_kernel_isa(class, candidate).expect("narrower ISAs are supported");
                 times.push((candidate, time_workload(class, &p)?));

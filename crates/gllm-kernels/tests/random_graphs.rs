@@ -159,8 +159,7 @@ fn random_graph(steps: &[Step], m: usize) -> CompilerGraph {
 /// AVX-512 and fail here). On an AVX-512 host the mixed pairs are included.
 fn host_and_presets() -> Vec<DeviceProfile> {
     let host = DeviceProfile::detect().unwrap();
-    let runnable: Vec<Isa> =
-        [Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| host.features.supports(i)).collect();
+    let runnable: Vec<Isa> = Isa::ALL.into_iter().filter(|&i| host.features.supports(i)).collect();
     let mut v = vec![host.clone()];
     for name in PRESET_NAMES {
         let p = DeviceProfile::preset(name).unwrap();

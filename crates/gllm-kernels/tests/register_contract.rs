@@ -14,7 +14,7 @@ use gllm_kernels::trace::{ComputePattern, OpTrace, TraceOp};
 use iced_x86::code_asm::rdi;
 
 fn check(name: &str, trace: &OpTrace) {
-    for isa in [Isa::Avx2, Isa::Avx512] {
+    for isa in Isa::ALL {
         for data in 0..trace.num_inputs as u8 {
             let need = scratch_registers(&trace.body, data, isa);
             let scratch: Vec<V> = (1..=need as u8).map(V).collect();

@@ -57,6 +57,11 @@ pub struct IsaCaps {
 }
 
 impl Isa {
+    /// Every ISA code can be generated for, narrowest first: the one list
+    /// that code iterating over ISAs (tests, timing, the oracle) uses, so
+    /// a new backend is added here.
+    pub const ALL: [Isa; 2] = [Isa::Avx2, Isa::Avx512];
+
     /// What this ISA offers (see [`IsaCaps`]).
     pub fn caps(self) -> IsaCaps {
         match self {

@@ -253,7 +253,7 @@ pub fn host_profiles() -> Result<(Vec<DeviceProfile>, Vec<Isa>), crate::device::
     let host = DeviceProfile::detect()?;
     let mut run = Vec::new();
     let mut skipped = Vec::new();
-    for isa in [Isa::Avx2, Isa::Avx512] {
+    for isa in Isa::ALL {
         if host.features.supports(isa) {
             run.push(host.clone().with_isa(isa)?);
         } else {

@@ -277,7 +277,7 @@ mod tests {
     /// can run: this at least proves them encodable everywhere).
     #[test]
     fn every_routine_assembles_on_both_isas() {
-        for isa in [Isa::Avx2, Isa::Avx512] {
+        for isa in Isa::ALL {
             for m in MathOp::ALL {
                 for in_place in [false, true] {
                     let mut asm = VecAsm::new(isa).unwrap();
