@@ -132,16 +132,11 @@ fn evaluate_keeping<'w>(
     };
     Ok(match keep {
         Keep::All => (0..sem.tensors.len()).map(|t| value_of(&mut values, t)).collect(),
+        // An output listed twice gets its value twice (so cloned, not taken).
         Keep::Outputs => sem
-            .graph
-            .outputs
-            .iter()
-            .map(|r| {
-                let t: TensorId =
-                    sem.tensors.iter().position(|t| &t.source == r).expect("outputs are tensors");
-                // An output listed twice gets its value twice.
-                values[t].clone().or_else(|| borrowed[t].map(<[f32]>::to_vec)).unwrap_or_default()
-            })
+            .output_tensors()
+            .into_iter()
+            .map(|t| values[t].clone().or_else(|| borrowed[t].map(<[f32]>::to_vec)).unwrap_or_default())
             .collect(),
     })
 }
@@ -380,7 +375,15 @@ fn paired_halves(op: &RegisteredOp, period: usize, ins: &[&[f32]], out: &mut [f3
                         match inputs {
                             1 => AbiValue::ConstPtr(x[base..].as_ptr()),
                             2 => AbiValue::ConstPtr(x[base + half..].as_ptr()),
-                            i => AbiValue::ConstPtr(tables[i - 3][r * half..].as_ptr()),
+                            i => match tables.get(i - 3) {
+                                Some(t) => AbiValue::ConstPtr(t[r * half..].as_ptr()),
+                                None => {
+                                    return Err(format!(
+                                        "a function with more inputs than 2 + {} tables",
+                                        tables.len()
+                                    ))
+                                }
+                            },
                         }
                     }
                     Arg::Output { .. } => {

@@ -163,12 +163,7 @@ impl CompiledLayer {
                 (id, desc.numel())
             })
             .collect();
-        let graph_outputs = sem
-            .graph
-            .outputs
-            .iter()
-            .map(|r| sem.tensors.iter().position(|t| &t.source == r).expect("outputs are tensors"))
-            .collect();
+        let graph_outputs = sem.output_tensors();
         let mut arena_offset = vec![None; sem.tensors.len()];
         for a in &plan.buffers.allocations {
             if let BufferPurpose::Tensor(t) = a.purpose {

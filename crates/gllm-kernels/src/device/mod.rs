@@ -181,6 +181,15 @@ impl KernelIsas {
     }
 }
 
+/// Per-class ISAs for messages: `avx2` when every class has the same,
+/// else each class with its own (`loops avx2, matmul avx512`).
+pub fn isa_summary(isas: &[(KernelClass, Isa)]) -> String {
+    match isas {
+        [(_, first), rest @ ..] if rest.iter().all(|(_, isa)| isa == first) => first.to_string(),
+        _ => isas.iter().map(|(c, isa)| format!("{c} {isa}")).collect::<Vec<_>>().join(", "),
+    }
+}
+
 /// Individual CPU features that kernels may rely on beyond the base ISA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct CpuFeatures {
@@ -373,18 +382,14 @@ impl DeviceProfile {
         self.kernel_isas.get(class).unwrap_or(self.isa)
     }
 
-    /// The ISA code is generated for, for messages: `avx2`, or per class
-    /// when they differ (`loops avx2, matmul avx512`).
+    /// Each kernel class with its ISA, in [`KernelClass::ALL`] order.
+    pub fn class_isas(&self) -> [(KernelClass, Isa); 2] {
+        KernelClass::ALL.map(|c| (c, self.isa_for(c)))
+    }
+
+    /// The ISA code is generated for, for messages (see [`isa_summary`]).
     pub fn isa_summary(&self) -> String {
-        match KernelClass::ALL.map(|c| self.isa_for(c)) {
-            [a, b] if a == b => a.to_string(),
-            isas => KernelClass::ALL
-                .iter()
-                .zip(isas)
-                .map(|(c, isa)| format!("{c} {isa}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
+        isa_summary(&self.class_isas())
     }
 
     /// This profile as `class` kernels see it: `isa` is that class's ISA

@@ -21,10 +21,7 @@ impl FusionPlan {
             s,
             "Fusion plan for {} ({}, L1d {}, {} thread{})",
             self.profile,
-            match self.isas {
-                [(_, a), (_, b)] if a == b => a.name().to_string(),
-                isas => isas.map(|(c, isa)| format!("{c} {isa}")).join(", "),
-            },
+            crate::device::isa_summary(&self.isas),
             fmt_bytes(self.l1d_bytes),
             self.threads,
             if self.threads == 1 { "" } else { "s" }

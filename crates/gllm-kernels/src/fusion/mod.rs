@@ -235,7 +235,7 @@ pub fn plan_with(sem: &SemanticGraph, profile: &DeviceProfile, options: FusionOp
             crate::device::ProfileSource::Preset(p) => format!("preset {p}"),
             crate::device::ProfileSource::File(f) => format!("file {f}"),
         },
-        isas: KernelClass::ALL.map(|c| (c, profile.isa_for(c))),
+        isas: profile.class_isas(),
         l1d_bytes: profile.caches.l1d.size_bytes,
         threads: parallel::threads_for(profile),
         blocking: profile.gemm_blocking(),

@@ -162,6 +162,18 @@ impl SemanticGraph<'_> {
         v
     }
 
+    /// The tensor of each graph output, in the graph's output order (an
+    /// output listed twice appears twice).
+    pub fn output_tensors(&self) -> Vec<TensorId> {
+        self.graph
+            .outputs
+            .iter()
+            .map(|r| {
+                self.tensors.iter().position(|t| &t.source == r).expect("every graph output is a tensor")
+            })
+            .collect()
+    }
+
     /// Whether any output of `id` is read back by the caller.
     pub fn feeds_graph_output(&self, id: NodeId) -> bool {
         self.nodes[id].outputs.iter().any(|&t| self.tensors[t].is_graph_output)

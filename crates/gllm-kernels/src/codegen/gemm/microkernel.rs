@@ -84,10 +84,6 @@ pub(super) fn emit_k_loop(
     Ok(())
 }
 
-/// The MR×NR microkernel: `C[MR×NR] (+)= Apanel · Bpanel` over `kc` steps.
-/// SysV: rdi = A panel, rsi = B panel, rdx = C, rcx = ldc (elements),
-/// r8 = kc, r9 = accumulate (0/1).
-/// Computes (and stores) only the first `rows` rows of the tile.
 /// The store at the end of a kernel: `stores(asm, true)` (add C, then store)
 /// when r9 is non-zero, else `stores(asm, false)` (overwrite C).
 pub(super) fn emit_store_or_accumulate(
@@ -115,6 +111,10 @@ pub(super) fn store_acc(asm: &mut VecAsm, a: V, at: Mem, accumulate: bool) -> Re
     asm.store(at, a)
 }
 
+/// The MR×NR microkernel: `C[MR×NR] (+)= Apanel · Bpanel` over `kc` steps.
+/// SysV: rdi = A panel, rsi = B panel, rdx = C, rcx = ldc (elements),
+/// r8 = kc, r9 = accumulate (0/1).
+/// Computes (and stores) only the first `rows` rows of the tile.
 pub(super) fn microkernel(isa: Isa, blocking: &GemmBlocking, rows: usize) -> Result<Vec<u8>, CodegenError> {
     use iced_x86::code_asm::{rax, rcx, rdx};
     let mut asm = VecAsm::new(isa)?;
