@@ -22,7 +22,7 @@ use gllm_kernels::codegen::loops::{LoopKernel, LoopProgram};
 use gllm_kernels::codegen::CodegenError;
 use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::fusion::{self, FusionStrategy};
-use gllm_kernels::graph::{GraphError, TensorId};
+use gllm_kernels::graph::{CompilerGraph, GraphError, SemanticGraph, TensorId};
 use gllm_kernels::oracle::{self, ErrorStats, Sweep, Tolerance};
 use gllm_kernels::reference::{self, ReferenceError};
 use gllm_kernels::scalar::{Arg, OpKind, OpSignature, RegistryError, Returns, ScalarOpRegistry, TensorRole};
@@ -137,11 +137,40 @@ pub fn run(
     on_step(&phase0(registry)?);
     on_step(&plan_llama_7b(profile)?);
     let small = LlamaConfig::smollm2_135m();
-    on_step(&loop_groups(&small, profile, registry)?);
+    let graph = decoder_stack(&small, LAYER_TOKENS, 1)?;
+    let layer = ReferenceLayer::evaluate(&graph, registry)?;
+    on_step(&loop_groups(&layer, profile)?);
     on_step(&gemm_with_bias(&small, profile, registry)?);
-    on_step(&whole_layer(&small, profile, registry)?);
+    on_step(&whole_layer(&layer, profile, registry)?);
     on_step(&user_op(profile, elements)?);
     Ok(())
+}
+
+/// Tokens of the SmolLM2 layer the tour compiles.
+const LAYER_TOKENS: usize = 16;
+
+/// One SmolLM2 decoder layer with synthetic data and the scalar reference
+/// value of every tensor: what both the group-by-group step and the
+/// whole-layer step check against (evaluated once).
+struct ReferenceLayer<'g> {
+    sem: SemanticGraph<'g>,
+    data: SyntheticData,
+    values: Vec<Vec<f32>>,
+}
+
+impl<'g> ReferenceLayer<'g> {
+    fn evaluate(graph: &'g CompilerGraph, registry: &ScalarOpRegistry) -> Result<Self, DemoError> {
+        let step = "reference";
+        let sem =
+            graph.analyse(registry).map_err(|source| DemoError::Graph { step, source: Box::new(source) })?;
+        let data = SyntheticData::for_graph(graph, LAYER_TOKENS, 0x9e37_79b9_7f4a_7c15);
+        let inputs: Vec<&[f32]> = data.inputs.iter().map(Vec::as_slice).collect();
+        let values = reference::evaluate_all(&sem, registry, &inputs, &|name: &str| {
+            data.weights.get(name).map(Vec::as_slice)
+        })
+        .map_err(|source| DemoError::Reference { step, source: Box::new(source) })?;
+        Ok(ReferenceLayer { sem, data, values })
+    }
 }
 
 fn phase0(registry: &ScalarOpRegistry) -> Result<DemoStep, DemoError> {
@@ -197,27 +226,14 @@ fn plan_llama_7b(profile: &DeviceProfile) -> Result<DemoStep, DemoError> {
 /// Every non-GEMM group of a SmolLM2 layer, compiled on its own and run on
 /// the reference values of its inputs; its output compared with the
 /// reference value of the same tensor.
-fn loop_groups(
-    cfg: &LlamaConfig,
-    profile: &DeviceProfile,
-    registry: &ScalarOpRegistry,
-) -> Result<DemoStep, DemoError> {
+fn loop_groups(layer: &ReferenceLayer, profile: &DeviceProfile) -> Result<DemoStep, DemoError> {
     let step = "phase 3a";
-    let tokens = 16;
-    let graph = decoder_stack(cfg, tokens, 1)?;
-    let sem =
-        graph.analyse(registry).map_err(|source| DemoError::Graph { step, source: Box::new(source) })?;
-    let plan = fusion::plan(&sem, profile);
-    let data = SyntheticData::for_graph(&graph, tokens, 0x5eed);
-    let inputs: Vec<&[f32]> = data.inputs.iter().map(Vec::as_slice).collect();
-    let values = reference::evaluate_all(&sem, registry, &inputs, &|name: &str| {
-        data.weights.get(name).map(Vec::as_slice)
-    })
-    .map_err(|source| DemoError::Reference { step, source: Box::new(source) })?;
+    let (sem, values) = (&layer.sem, &layer.values);
+    let plan = fusion::plan(sem, profile);
     let started = Instant::now();
     let mut compiled = Vec::new();
     for group in plan.groups.iter().filter(|g| !matches!(g.strategy, FusionStrategy::Gemm(_))) {
-        compiled.push((group, CompiledGroup::compile(&sem, group, profile).map_err(codegen(step))?));
+        compiled.push((group, CompiledGroup::compile(sem, group, profile).map_err(codegen(step))?));
     }
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut worst = ErrorStats::default();
@@ -297,35 +313,30 @@ fn gemm_with_bias(
 /// A whole SmolLM2 decoder layer through `compile_graph`, compared with the
 /// scalar evaluation of the same graph and timed.
 fn whole_layer(
-    cfg: &LlamaConfig,
+    reference: &ReferenceLayer,
     profile: &DeviceProfile,
     registry: &ScalarOpRegistry,
 ) -> Result<DemoStep, DemoError> {
     let step = "layer";
-    let tokens = 16;
-    let graph = decoder_stack(cfg, tokens, 1)?;
     let started = Instant::now();
-    let layer = compile_graph(&graph, profile, registry).map_err(codegen(step))?;
+    let layer = compile_graph(reference.sem.graph, profile, registry).map_err(codegen(step))?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let data = SyntheticData::for_graph(&graph, tokens, 0x9e37_79b9_7f4a_7c15);
-    let weight = |name: &str| data.weights.get(name).map(Vec::as_slice);
-    let prepared = layer.prepare_weights(&weight).map_err(codegen(step))?;
+    let data = &reference.data;
+    let prepared = layer
+        .prepare_weights(&|name: &str| data.weights.get(name).map(Vec::as_slice))
+        .map_err(codegen(step))?;
     let inputs: Vec<&[f32]> = data.inputs.iter().map(Vec::as_slice).collect();
     let mut outputs = Vec::new();
     let secs =
         median_secs(5, || layer.run(&prepared, &inputs).map(|o| outputs = o)).map_err(codegen(step))?;
-    let sem =
-        graph.analyse(registry).map_err(|source| DemoError::Graph { step, source: Box::new(source) })?;
-    let want = reference::evaluate(&sem, registry, &inputs, &weight)
-        .map_err(|source| DemoError::Reference { step, source: Box::new(source) })?;
     let mut worst = 0.0f64;
-    for (i, (got, want)) in outputs.iter().zip(&want).enumerate() {
-        worst = worst.max(check(step, || format!("layer output {i}"), got, want)?.nmse());
+    for (i, (got, t)) in outputs.iter().zip(reference.sem.output_tensors()).enumerate() {
+        worst = worst.max(check(step, || format!("layer output {i}"), got, &reference.values[t])?.nmse());
     }
     Ok(DemoStep {
         phase: step,
         lines: vec![format!(
-            "SmolLM2-135M decoder layer ({tokens} tokens, random weights): {} groups compiled in {compile_ms:.1} ms, \
+            "SmolLM2-135M decoder layer ({LAYER_TOKENS} tokens, random weights): {} groups compiled in {compile_ms:.1} ms, \
              run in {:.2} ms (median of 5); agrees with the scalar evaluation of the graph (NMSE {worst:.1e})",
             layer.plan().groups.len(),
             secs * 1e3
