@@ -77,7 +77,11 @@ fn one_and_two_threads_agree_bit_for_bit() {
     let mut rng = Rng(32);
     for profile in profiles() {
         let g = GemmKernel::compile(&profile).unwrap();
-        for (m, n, k) in [(128, 512, 300), (300, 16, 200), (7, 1000, 513)] {
+        let bl = *g.blocking();
+        // The last shape has several row blocks and K blocks per thread's
+        // columns: B is packed per thread part, once, at a column offset.
+        let several_blocks = (2 * bl.mc + 5, 6 * bl.nr + 3, bl.kc + 37);
+        for (m, n, k) in [(128, 512, 300), (300, 16, 200), (7, 1000, 513), several_blocks] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
             let mut one = vec![0.0; m * n];

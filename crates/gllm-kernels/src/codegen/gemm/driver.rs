@@ -1,7 +1,9 @@
-//! The BLIS loop nest for one GEMM: NC columns, KC deep, MC rows, then
-//! MR × NR tiles through the microkernel, with edge tiles and epilogues.
+//! The BLIS loop nest ([`nest`]) shared by every f32 GEMM — plain, several
+//! on one A, tile-fused — then MR × NR tiles through the microkernel, with
+//! edge tiles and epilogues.
 
 use super::*;
+use std::borrow::Cow;
 
 /// One KC step of the tile loop.
 #[derive(Clone, Copy)]
@@ -27,6 +29,139 @@ pub(super) struct RowsRef<'a> {
 pub(super) struct OutC {
     pub(super) ptr: *mut f32,
     pub(super) ld: usize,
+}
+
+// SAFETY: an OutC is only an address and a stride; every write through it
+// happens in an `unsafe fn` whose contract gives each thread a disjoint part.
+unsafe impl Send for OutC {}
+// SAFETY: as for Send: sharing the address shares no access by itself.
+unsafe impl Sync for OutC {}
+
+/// Where the nest reads B's panels for one member: packed per (KC, NC)
+/// block as the loops reach it, or a packed B whose column `col0` is C's.
+pub(super) enum NestPanels<'a> {
+    Stream(BView<'a>),
+    Packed { b: Cow<'a, PackedB>, col0: usize },
+}
+
+/// Where the nest's A rows come from.
+#[derive(Clone, Copy)]
+pub(super) enum NestA<'a> {
+    /// A itself.
+    Rows(RowsRef<'a>),
+    /// A row op's output (tile-level fusion): `producer` runs on each MC
+    /// block of rows of `a` (m × k, contiguous) into a scratch block that
+    /// the A packing reads; the whole intermediate never exists.
+    Produced { a: &'a [f32], producer: &'a TileProducer<'a> },
+}
+
+/// One GEMM computed by the nest from the shared A.
+pub(super) struct NestMember<'a> {
+    pub(super) gemm: &'a GemmKernel,
+    pub(super) panels: NestPanels<'a>,
+    pub(super) c: OutC,
+    pub(super) extras: &'a [(usize, usize)],
+    /// The columns of C this call computes.
+    pub(super) cols: (usize, usize),
+}
+
+/// The one BLIS loop nest, serving a plain GEMM (one member), GEMMs sharing
+/// A (Q/K/V, gate/up) and tile-level fusion (a producer making A), over rows
+/// `m0..m1` of every member's C:
+///
+/// ```text
+/// for ic in rows, MC at a time          A block (produced here under fusion)
+///   for pc in 0..k, KC at a time        pack A's mb × kb block once (L2)
+///     for each member
+///       for jc in its columns, NC at a time   B's kb × nb panels (streamed)
+///         MR × NR tiles: jr, then ir          one B micro-panel in L1
+/// ```
+///
+/// Rows are outermost so that a producer runs once per row block and needs
+/// no whole intermediate, and every member reuses one packed A. Against
+/// BLIS's columns-first order (jc → pc → ic) this streams B once per row
+/// block instead of keeping a KC × NC panel in L3; each streamed B value
+/// meets MC rows of A (≥ 2·MC flops per 4 bytes), far above what this
+/// machine's memory needs to keep the FMA units fed. A B that would have to
+/// be re-packed per row block is packed whole first ([`GemmKernel::nest_panels`]).
+/// All members share one [`GemmBlocking`] (the callers check).
+///
+/// # Safety
+/// Each member's C is valid for writes (and reads) of rows `m0..m1` and its
+/// columns at its row stride, not overlapping A, B or another member's
+/// written region; its extras lie in their shapes; A holds rows `m0..m1` of
+/// `k` values at its stride.
+pub(super) unsafe fn nest(
+    a: NestA,
+    k: usize,
+    members: &[NestMember],
+    (m0, m1): (usize, usize),
+) -> Result<(), CodegenError> {
+    let Some(first) = members.first() else { return Ok(()) };
+    let bl = first.gemm.blocking;
+    let (mr, nr, mc, kc, nc) = (bl.mr, bl.nr, bl.mc, bl.kc, bl.nc);
+    if m0 >= m1 {
+        return Ok(());
+    }
+    let mut scratch = match a {
+        NestA::Produced { .. } => vec![0.0f32; mc.min(m1 - m0) * k],
+        NestA::Rows(_) => Vec::new(),
+    };
+    let mut a_pack = vec![0.0f32; mc.div_ceil(mr) * mr * kc];
+    let mut b_pack = Vec::new();
+    let mut edge = vec![0.0f32; mr * nr];
+    for ic in (m0..m1).step_by(mc) {
+        let mb = mc.min(m1 - ic);
+        let (src, src_row) = match a {
+            NestA::Rows(rows) => (rows, ic),
+            NestA::Produced { a, producer } => {
+                let mut ins: Vec<&[f32]> = vec![&a[ic * k..(ic + mb) * k]];
+                ins.extend_from_slice(producer.inputs);
+                producer.kernel.run(&ins, &mut [&mut scratch[..mb * k]], mb, k, 1)?;
+                (RowsRef { data: &scratch, ld: k }, 0)
+            }
+        };
+        for (bi, pc) in (0..k).step_by(kc).enumerate() {
+            let kb = kc.min(k - pc);
+            pack_line_panels(&mut a_pack, src.data, src.ld, src_row, mb, pc, kb, mr);
+            let step = TileStep { kb, accumulate: usize::from(pc > 0), last: pc + kb == k };
+            for member in members {
+                let (n0, n1) = member.cols;
+                for jc in (n0..n1).step_by(nc) {
+                    let nb = nc.min(n1 - jc);
+                    let panels: &[f32] = match &member.panels {
+                        NestPanels::Stream(v) => {
+                            b_pack.resize(nb.div_ceil(nr) * nr * kb, 0.0);
+                            v.pack_block(&mut b_pack, pc, kb, jc, nb, nr);
+                            &b_pack
+                        }
+                        NestPanels::Packed { b, col0 } => {
+                            &b.data[b.block_offsets[bi] + ((jc - col0) / nr) * nr * kb..]
+                        }
+                    };
+                    // SAFETY: rows ic..ic+mb and columns jc..jc+nb lie in
+                    // this call's part of the member's C (caller).
+                    unsafe {
+                        member.gemm.tiles(
+                            &a_pack,
+                            panels,
+                            member.c,
+                            step,
+                            (ic, mb),
+                            (jc, nb),
+                            member.extras,
+                            &mut edge,
+                        )
+                    };
+                }
+            }
+        }
+    }
+    for member in members {
+        // SAFETY: this call's rows and the member's columns lie in its C and extras.
+        unsafe { member.gemm.finish_edge_tiles(member.c, member.extras, (m0, m1), member.cols) };
+    }
+    Ok(())
 }
 
 impl GemmKernel {
@@ -74,69 +209,42 @@ impl GemmKernel {
             let per = m.div_ceil(threads).div_ceil(bl.mr) * bl.mr;
             (0..threads).map(|t| (t * per, ((t + 1) * per).min(m), 0, n)).filter(|p| p.0 < p.1).collect()
         };
-        let c_addr = c.ptr as usize;
-        let ldc = c.ld;
         let work = |&(m0, m1, n0, n1): &(usize, usize, usize, usize)| {
-            let c = OutC { ptr: c_addr as *mut f32, ld: ldc };
+            let member = NestMember {
+                gemm: self,
+                panels: self.nest_panels(&b, k, (m0, m1), (n0, n1)),
+                c,
+                extras,
+                cols: (n0, n1),
+            };
             // SAFETY: parts cover disjoint row or column ranges of C, so no
             // two threads write the same element; the rest is the caller's.
-            unsafe { self.block(a, &b, c, k, (m0, m1), (n0, n1), extras) };
-            Ok::<(), std::convert::Infallible>(())
+            unsafe { nest(NestA::Rows(a), k, &[member], (m0, m1)) }
         };
-        // Infallible: the parts cannot fail.
-        let _ = for_each_part(parts.len(), |i| work(&parts[i]));
+        for_each_part(parts.len(), |i| work(&parts[i]))?;
         Ok(())
     }
 
-    /// The BLIS loop nest over rows `m0..m1` and columns `n0..n1` of C.
-    ///
-    /// # Safety
-    /// As [`GemmKernel::run`], for this part of C.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn block(
+    /// B's panels of the columns `cols` of C, for [`nest`]: the part's
+    /// columns packed once when several row blocks will read them.
+    pub(super) fn nest_panels<'b>(
         &self,
-        a: RowsRef,
-        b: &BSource,
-        c: OutC,
+        b: &'b BSource<'b>,
         k: usize,
-        (m0, m1): (usize, usize),
-        (n0, n1): (usize, usize),
-        extras: &[(usize, usize)],
-    ) {
-        let bl = &self.blocking;
-        let (mr, nr) = (bl.mr, bl.nr);
-        let mut a_pack = vec![0.0f32; bl.mc.div_ceil(mr) * mr * bl.kc];
-        let mut b_pack = Vec::new();
-        let mut edge = vec![0.0f32; mr * nr];
-        for jc in (n0..n1).step_by(bl.nc) {
-            let nb = bl.nc.min(n1 - jc);
-            for (bi, pc) in (0..k).step_by(bl.kc).enumerate() {
-                let kb = bl.kc.min(k - pc);
-                let b_panels: &[f32] = match b {
-                    BSource::View(v) => {
-                        b_pack.resize(nb.div_ceil(nr) * nr * kb, 0.0);
-                        v.pack_block(&mut b_pack, pc, kb, jc, nb, nr);
-                        &b_pack
-                    }
-                    BSource::Packed(p) => {
-                        // Panels of the prepacked block starting at column jc.
-                        let off = p.block_offsets[bi] + (jc / nr) * nr * kb;
-                        &p.data[off..]
-                    }
-                };
-                let accumulate = usize::from(pc > 0);
-                let last = pc + kb == k;
-                for ic in (m0..m1).step_by(bl.mc) {
-                    let mb = bl.mc.min(m1 - ic);
-                    pack_line_panels(&mut a_pack, a.data, a.ld, ic, mb, pc, kb, mr);
-                    let step = TileStep { kb, accumulate, last };
-                    // SAFETY: rows ic..ic+mb, columns jc..jc+nb lie in this part of C.
-                    unsafe { self.tiles(&a_pack, b_panels, c, step, (ic, mb), (jc, nb), extras, &mut edge) };
-                }
+        rows: (usize, usize),
+        cols: (usize, usize),
+    ) -> NestPanels<'b> {
+        match b {
+            BSource::Packed(p) => NestPanels::Packed { b: Cow::Borrowed(p), col0: 0 },
+            // One row block: each (KC, NC) block is packed as it is reached,
+            // in a KC × NC buffer.
+            BSource::View(v) if rows.1 - rows.0 <= self.blocking.mc => NestPanels::Stream(*v),
+            // Several row blocks would re-pack every block for each of them:
+            // pack this part's columns whole, once.
+            BSource::View(v) => {
+                NestPanels::Packed { b: Cow::Owned(self.pack_view_cols(*v, k, cols)), col0: cols.0 }
             }
         }
-        // SAFETY: this part's rows and columns lie in C and the extras.
-        unsafe { self.finish_edge_tiles(c, extras, (m0, m1), (n0, n1)) };
     }
 
     /// All MR×NR tiles of one packed A block (rows `row0..row0+mb`) against

@@ -1,6 +1,7 @@
 //! GEMMs sharing one packed A (`gemm_group`), tile-level fusion of a row op
 //! into the MC loop (`TileProducer`), and a fusion plan's GEMM group compiled
-//! for a layer (`CompiledGemmGroup`).
+//! for a layer (`CompiledGemmGroup`). All of it runs the one loop nest in
+//! `driver.rs`, as a plain GEMM does.
 
 use super::*;
 
@@ -79,49 +80,27 @@ pub fn gemm_group(
     let threads = threads.max(1).min(m.div_ceil(mr));
     let per = m.div_ceil(threads).div_ceil(mr) * mr;
     let members: &[GroupMember] = members;
+    let nest_members: Vec<NestMember> = members
+        .iter()
+        .zip(&outs)
+        .zip(&extras)
+        .map(|((mbr, &(c, _)), extras)| NestMember {
+            gemm: mbr.gemm,
+            panels: NestPanels::Packed { b: std::borrow::Cow::Borrowed(mbr.b), col0: 0 },
+            c: OutC { ptr: c as *mut f32, ld: mbr.b.n },
+            extras,
+            cols: (0, mbr.b.n),
+        })
+        .collect();
+    let a = match &producer {
+        Some(producer) => NestA::Produced { a, producer },
+        None => NestA::Rows(RowsRef { data: a, ld: k }),
+    };
     let work = |t: usize| -> Result<(), CodegenError> {
-        let (m0, m1) = (t * per, ((t + 1) * per).min(m));
-        if m0 >= m1 {
-            return Ok(());
-        }
-        let (mc, kc, nr) = (blocking.mc, blocking.kc, blocking.nr);
-        let mut scratch = if producer.is_some() { vec![0.0f32; mc.min(m1 - m0) * k] } else { Vec::new() };
-        let mut a_pack = vec![0.0f32; mc.div_ceil(mr) * mr * kc];
-        let mut edge = vec![0.0f32; mr * nr];
-        for ic in (m0..m1).step_by(mc) {
-            let mb = mc.min(m1 - ic);
-            let (src, src_row) = match &producer {
-                Some(p) => {
-                    let mut ins: Vec<&[f32]> = vec![&a[ic * k..(ic + mb) * k]];
-                    ins.extend_from_slice(p.inputs);
-                    p.kernel.run(&ins, &mut [&mut scratch[..mb * k]], mb, k, 1)?;
-                    (&scratch[..], 0)
-                }
-                None => (a, ic),
-            };
-            for (bi, pc) in (0..k).step_by(kc).enumerate() {
-                let kb = kc.min(k - pc);
-                pack_line_panels(&mut a_pack, src, k, src_row, mb, pc, kb, mr);
-                let step = TileStep { kb, accumulate: usize::from(pc > 0), last: pc + kb == k };
-                for (i, mbr) in members.iter().enumerate() {
-                    let n = mbr.b.n;
-                    let c = OutC { ptr: outs[i].0 as *mut f32, ld: n };
-                    let panels = &mbr.b.data[mbr.b.block_offsets[bi]..];
-                    // SAFETY: C_i is m × n (checked); threads own disjoint row
-                    // ranges of every C; extras checked against m × n.
-                    unsafe {
-                        mbr.gemm.tiles(&a_pack, panels, c, step, (ic, mb), (0, n), &extras[i], &mut edge)
-                    };
-                }
-            }
-        }
-        for (i, mbr) in members.iter().enumerate() {
-            let n = mbr.b.n;
-            let c = OutC { ptr: outs[i].0 as *mut f32, ld: n };
-            // SAFETY: this thread's rows of C_i lie in C_i and its extras.
-            unsafe { mbr.gemm.finish_edge_tiles(c, &extras[i], (m0, m1), (0, n)) };
-        }
-        Ok(())
+        let rows = (t * per, ((t + 1) * per).min(m));
+        // SAFETY: every C_i is m × n_i (checked) and threads own disjoint
+        // row ranges of all of them; extras checked against m × n_i.
+        unsafe { nest(a, k, &nest_members, rows) }
     };
     for_each_part(threads, work)
 }

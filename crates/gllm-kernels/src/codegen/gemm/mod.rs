@@ -1,12 +1,14 @@
 //! JIT GEMM: `C = A·B` (f32, row-major), BLIS-style.
 //!
-//! The loops are the classic five: NC columns of C at a time (B panel in L3),
-//! KC deep (packed B micro-panels in L1), MC rows (packed A block in L2), then
-//! NR × MR register tiles computed by a JIT-generated microkernel. MR × NR, KC,
-//! MC and NC all come from [`GemmBlocking`] (i.e. from the DeviceProfile).
-//! Packing and the loop nest are Rust; the microkernel is generated machine
-//! code, one per ISA. Threads split the NC loop (each thread packs its own
-//! panels), or M when N is too narrow.
+//! The loops are the classic five, in one nest (`driver::nest`) that every
+//! f32 GEMM runs: MC rows of A at a time (packed block in L2, or made by a
+//! tile-fused row op), KC deep, then each member GEMM's NC columns
+//! (B's micro-panels streamed through L1), then NR × MR register tiles
+//! computed by a JIT-generated microkernel. MR × NR, KC, MC and NC all come
+//! from [`GemmBlocking`] (i.e. from the DeviceProfile). Packing and the loop
+//! nest are Rust; the microkernel is generated machine code, one per ISA.
+//! Threads split columns (each thread with its own B panels), or M when N
+//! is too narrow; groups split M.
 //!
 //! On top of the plain GEMM: prepacked B (weights packed once), elementwise
 //! epilogues lowered from their traces into the microkernel's store,
@@ -21,15 +23,11 @@
 //! pack.rs         A and B into MR/NR panels; PackedB, PreparedB (weights packed once)
 //! microkernel.rs  the MR × NR k-loop and plain store, per ISA and row count
 //! epilogue.rs     GemmEpilogue: trace chains applied in the store; its microkernel
-//! driver.rs       the loop nest (NC, KC, MC, tiles, edges) for one GEMM
+//! driver.rs       the one loop nest (MC, KC, members, NC, tiles, edges)
 //! gemv.rs         M ≤ 16: packed panels streamed by the GEMV kernel
-//! group.rs        several GEMMs on one packed A, tile-fused row ops, a plan's GEMM group
+//! group.rs        gemm_group (several GEMMs on one A, a tile-fused producer), a plan's GEMM group
 //! batched.rs      batched GEMMs on strided views (attention)
 //! ```
-//!
-//! (`group.rs` still has its own copy of the loop nest, in the order that
-//! lets members share A and a producer fill it: one nest serving both is
-//! the next step.)
 
 use super::loops::{LoopKernel, LoopProgram};
 use super::quant_gemv::GEMV_MAX_ROWS;

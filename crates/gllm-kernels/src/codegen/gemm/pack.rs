@@ -161,7 +161,14 @@ impl GemmKernel {
 
     /// Packs a k × n B given as a view, once, for [`BSource::Packed`].
     pub(super) fn pack_view(&self, b: BView, k: usize, n: usize) -> PackedB {
+        self.pack_view_cols(b, k, (0, n))
+    }
+
+    /// Packs columns `n0..n1` of a k-deep B given as a view; the result's
+    /// column 0 is B's column `n0`.
+    pub(super) fn pack_view_cols(&self, b: BView, k: usize, (n0, n1): (usize, usize)) -> PackedB {
         let (kc, nr) = (self.blocking.kc, self.blocking.nr);
+        let n = n1 - n0;
         let mut data = Vec::new();
         let mut block_offsets = Vec::new();
         for pc in (0..k).step_by(kc.max(1)) {
@@ -169,7 +176,7 @@ impl GemmKernel {
             block_offsets.push(data.len());
             let start = data.len();
             data.resize(start + n.div_ceil(nr) * nr * kb, 0.0);
-            b.pack_block(&mut data[start..], pc, kb, 0, n, nr);
+            b.pack_block(&mut data[start..], pc, kb, n0, n, nr);
         }
         PackedB { k, n, kc, nr, data, block_offsets }
     }
