@@ -668,17 +668,39 @@ impl QuantActivations {
 }
 
 /// Where element `e` (0..256) of a Q6_K super-block lives in its group:
-/// the byte and shift of its low nibble (the 4-bit group order, with
-/// sub-block `e / 16` as block `j` of half `H`), the byte and shift of its
-/// 2-bit high part (half `H`'s 32 bytes: vector `v`'s in bits `2v..2v + 2`),
-/// and its sub-block.
-fn q6_k_at(e: usize) -> (usize, u32, usize, u32, usize) {
+/// its lane byte `at` and vector `v` (0..4). Half `H` of the super-block is
+/// three 32-byte vectors X, Y, Z at `20 + 96·H`; byte `4j + t` of each is
+/// lane `t` of sub-block `8H + j`. Vectors 0–2 keep their 6-bit codes in
+/// bits 0–5 of X, Y, Z; vector 3's code is split two bits at a time into
+/// bits 6–7 of X, Y and Z. The kernel then needs one mask per vector for
+/// vectors 0–2 and three shift-and-masks for vector 3, where a nibble plus
+/// 2-bit-high layout needed a shift and two masks per vector.
+fn q6_k_at(e: usize) -> (usize, usize) {
     let sub = e / 16;
     let (half, j, k) = (sub / 8, sub % 8, e % 16);
-    let (v, t) = (k / 4, k % 4);
-    let vector = 4 * half + v;
-    let lo = 20 + 32 * (vector / 2) + 4 * j + t;
-    (lo, 4 * (vector % 2) as u32, 148 + 32 * half + 4 * j + t, 2 * v as u32, sub)
+    (20 + 96 * half + 4 * j + k % 4, k / 4)
+}
+
+/// Stores Q6_K code `code` (0..64) of element `e` into group `g` ([`q6_k_at`]).
+fn q6_k_put(g: &mut [u8], e: usize, code: u8) {
+    let (at, v) = q6_k_at(e);
+    if v < 3 {
+        g[at + 32 * v] |= code & 0x3F;
+    } else {
+        for p in 0..3 {
+            g[at + 32 * p] |= ((code >> (2 * p)) & 3) << 6;
+        }
+    }
+}
+
+/// The Q6_K code (0..64) of element `e` of group `g` ([`q6_k_at`]).
+fn q6_k_get(g: &[u8], e: usize) -> u8 {
+    let (at, v) = q6_k_at(e);
+    if v < 3 {
+        g[at + 32 * v] & 0x3F
+    } else {
+        (0..3).fold(0, |code, p| code | ((g[at + 32 * p] >> 6) << (2 * p)))
+    }
 }
 
 /// One stored row in the kernel's layout (`out` zeroed): F16/BF16 as
@@ -687,9 +709,8 @@ fn q6_k_at(e: usize) -> (usize, u32, usize, u32, usize) {
 ///
 /// Groups: Q4_0/Q4_1 `codes[128] d[8] (m[8])` (f16 scales), Q8_0
 /// `codes[256] d[8]`, Q4_K `f32 d, f32 −dmin, sc[8], m[8], codes[128]`
-/// (the 6-bit scales unpacked), Q6_K `f32 d, sc[16] (i8), low nibbles[128],
-/// high bits[64]`; codes in the orders of [`lane_byte`], [`nibble_at`] and
-/// [`q6_k_at`].
+/// (the 6-bit scales unpacked), Q6_K `f32 d, sc[16] (i8), codes[192]`;
+/// codes in the orders of [`lane_byte`], [`nibble_at`] and [`q6_k_at`].
 fn pack_row(format: QuantFormat, shape: RowShape, row: &[u8], out: &mut [u8]) {
     if is_float(format) {
         out[..row.len()].copy_from_slice(row);
@@ -720,10 +741,7 @@ fn pack_row(format: QuantFormat, shape: RowShape, row: &[u8], out: &mut [u8]) {
                 g[..4].copy_from_slice(&f16_at(src, 208).to_le_bytes());
                 g[4..20].copy_from_slice(&src[192..208]);
                 for e in 0..256 {
-                    let code = crate::quant::q6_k_code(src, e);
-                    let (lo, lo_shift, hi, hi_shift, _) = q6_k_at(e);
-                    g[lo] |= (code & 0x0F) << lo_shift;
-                    g[hi] |= (code >> 4) << hi_shift;
+                    q6_k_put(g, e, crate::quant::q6_k_code(src, e));
                 }
             }
             _ => {
@@ -790,16 +808,10 @@ fn dequantize_group(format: QuantFormat, g: &[u8], out: &mut [f32]) {
         q
     };
     if format == QuantFormat::Q6K {
-        // Sub-block 8·half + j: its low nibbles in loads 2·half and
-        // 2·half + 1 (as `q6_k_at` places them), its highs in half's 32 bytes.
         for (sub, out) in out.chunks_exact_mut(16).enumerate() {
-            let (half, j) = (sub / 8, sub % 8);
             let scale = f32_at(0) * f32::from(g[4 + sub] as i8);
             for (k, o) in out.iter_mut().enumerate() {
-                let (v, t) = (k / 4, k % 4);
-                let lo = (g[20 + 32 * (2 * half + v / 2) + 4 * j + t] >> (4 * (v % 2))) & 0x0F;
-                let hi = (g[148 + 32 * half + 4 * j + t] >> (2 * v)) & 3;
-                *o = scale * f32::from((lo | (hi << 4)) as i8 - 32);
+                *o = scale * f32::from(q6_k_get(g, 16 * sub + k) as i8 - 32);
             }
         }
         return;
@@ -1007,8 +1019,12 @@ struct Consts {
     /// Q8_0 tail records: `[d0, d1, ..]` → the lanes `vphaddd` leaves each
     /// block's sums in.
     idx_q8: [i32; 8],
-    /// Q6_K: bits 4–5 of every byte (where a code's high bits go).
-    mask_q6k: [u8; 32],
+    /// Q6_K ([`q6_k_at`]): a code in bits 0–5; vector 3's two-bit parts
+    /// from X, Y, Z after their shifts by 6, 4, 2.
+    q6k_code: [u8; 32],
+    q6k_from_x: [u8; 32],
+    q6k_from_y: [u8; 32],
+    q6k_from_z: [u8; 32],
 }
 
 /// Byte offsets of [`Consts`]' fields.
@@ -1017,7 +1033,10 @@ const C_ONES: i32 = 32;
 const C_IDX_D: i32 = 64;
 const C_IDX_M: i32 = 96;
 const C_IDX_Q8: i32 = 128;
-const C_MASK_Q6K: i32 = 160;
+const C_Q6K_CODE: i32 = 160;
+const C_Q6K_FROM_X: i32 = 192;
+const C_Q6K_FROM_Y: i32 = 224;
+const C_Q6K_FROM_Z: i32 = 256;
 
 static CONSTS: Consts = Consts {
     nibble_mask: [0x0F; 32],
@@ -1025,7 +1044,10 @@ static CONSTS: Consts = Consts {
     idx_d: [0, 0, 0, 0, 1, 1, 1, 1],
     idx_m: [2, 2, 2, 2, 3, 3, 3, 3],
     idx_q8: [0, 0, 1, 1, 0, 0, 1, 1],
-    mask_q6k: [0x30; 32],
+    q6k_code: [0x3F; 32],
+    q6k_from_x: [0x03; 32],
+    q6k_from_y: [0x0C; 32],
+    q6k_from_z: [0x30; 32],
 };
 
 /// A compiled kernel, or why it could not be (kept, so the failure is not
@@ -1213,24 +1235,26 @@ fn emit_group_row(a: &mut CodeAssembler, regs: &Regs, i: usize, wr: AsmRegister6
         QuantFormat::Q6K => {
             for half in 0..2i32 {
                 let base = half * parts.bytes as i32;
-                a.vmovdqu(hb, ymmword_ptr(wr + 148 + 32 * half))?;
+                let xyz = 20 + 96 * half;
+                // Vectors 0 and 1 from X and Y; vector 3's code collects
+                // in `hb` from bits 6–7 of X, Y and Z (see `q6_k_at`).
+                a.vmovdqu(lo, ymmword_ptr(wr + xyz))?;
+                a.vpsrlw(hb, lo, 6)?;
+                a.vpand(hb, hb, ymmword_ptr(rax + C_Q6K_FROM_X))?;
+                a.vpand(lo, lo, ymmword_ptr(rax + C_Q6K_CODE))?;
+                a.vmovdqu(hi, ymmword_ptr(wr + xyz + 32))?;
+                a.vpsrlw(t, hi, 4)?;
+                a.vpand(t, t, ymmword_ptr(rax + C_Q6K_FROM_Y))?;
+                a.vpor(hb, hb, t)?;
+                a.vpand(hi, hi, ymmword_ptr(rax + C_Q6K_CODE))?;
                 for p in 0..2i32 {
-                    a.vmovdqu(lo, ymmword_ptr(wr + 20 + 32 * (2 * half + p)))?;
-                    a.vpsrlw(hi, lo, 4)?;
-                    a.vpand(lo, lo, mask)?;
-                    a.vpand(hi, hi, mask)?;
-                    // Vector v's high bits (bits 2v..2v+2 of `hb`) into
-                    // bits 4–5 of each code.
-                    for (codes, v) in [(lo, 2 * p), (hi, 2 * p + 1)] {
-                        match v {
-                            0 => a.vpsllw(t, hb, 4)?,
-                            1 => a.vpsllw(t, hb, 2)?,
-                            3 => a.vpsrlw(t, hb, 2)?,
-                            _ => {}
-                        }
-                        let src = if v == 2 { hb } else { t };
-                        a.vpand(t, src, ymmword_ptr(rax + C_MASK_Q6K))?;
-                        a.vpor(codes, codes, t)?;
+                    if p == 1 {
+                        // Vector 2 from Z, and the last two bits of vector 3.
+                        a.vmovdqu(lo, ymmword_ptr(wr + xyz + 64))?;
+                        a.vpsrlw(t, lo, 2)?;
+                        a.vpand(t, t, ymmword_ptr(rax + C_Q6K_FROM_Z))?;
+                        a.vpor(hi, hb, t)?;
+                        a.vpand(lo, lo, ymmword_ptr(rax + C_Q6K_CODE))?;
                     }
                     for (x, &xr) in xp.iter().enumerate() {
                         for d in 0..digits {
