@@ -267,7 +267,7 @@ mod group {
                 .unwrap();
             let with_bias = GemmKernel::compile_with_epilogue(&profile, &bias).unwrap();
             let mc = plain.blocking().mc;
-            for (m, k) in [(1, 1), (5, 17), (13, 300), (100, 64), (mc + 7, 33)] {
+            for (m, k) in [(1, 1), (5, 17), (13, 300), (100, 64), (mc + 7, 33), (7, 0)] {
                 let ns = [33usize, 1, 100];
                 let x: Vec<f32> = (0..m * k).map(|_| rng.uniform(-2.0, 2.0)).collect();
                 let w: Vec<f32> = (0..k).map(|_| rng.uniform(0.5, 1.5)).collect();

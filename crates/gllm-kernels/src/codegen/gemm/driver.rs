@@ -103,6 +103,21 @@ pub(super) unsafe fn nest(
     if m0 >= m1 {
         return Ok(());
     }
+    if k == 0 {
+        // An empty sum: C is zero, then the epilogue (bias, residual, …).
+        for member in members {
+            let (c, (n0, n1)) = (member.c, member.cols);
+            for r in m0..m1 {
+                // SAFETY: row r, columns n0..n1 of this member's C (caller).
+                unsafe { std::slice::from_raw_parts_mut(c.ptr.add(r * c.ld + n0), n1 - n0).fill(0.0) };
+            }
+            if let Some(e) = &member.gemm.epilogue {
+                // SAFETY: the region lies in C and the extras (caller).
+                unsafe { member.gemm.edge_epilogue(e, c, member.extras, (m0, m1), (n0, n1)) };
+            }
+        }
+        return Ok(());
+    }
     let mut scratch = match a {
         NestA::Produced { .. } => vec![0.0f32; mc.min(m1 - m0) * k],
         NestA::Rows(_) => Vec::new(),
@@ -185,17 +200,6 @@ impl GemmKernel {
         }
         // Builds the row-count and GEMV variants on first use.
         self.variants()?;
-        if k == 0 {
-            for r in 0..m {
-                // SAFETY: row r of C (caller's contract).
-                unsafe { std::slice::from_raw_parts_mut(c.ptr.add(r * c.ld), n).fill(0.0) };
-            }
-            if let Some(e) = &self.epilogue {
-                // SAFETY: C is m × n at its stride, extras checked against m and n.
-                unsafe { self.edge_epilogue(e, c, extras, (0, m), (0, n)) };
-            }
-            return Ok(());
-        }
         let bl = &self.blocking;
         let threads = threads.max(1);
         // Split columns (NR multiples) across threads when wide enough, else rows.
