@@ -1038,6 +1038,20 @@ const C_Q6K_FROM_X: i32 = 192;
 const C_Q6K_FROM_Y: i32 = 224;
 const C_Q6K_FROM_Z: i32 = 256;
 
+// The generated code addresses `Consts` by these offsets: checked here.
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(Consts, nibble_mask) == C_MASK as usize);
+    assert!(offset_of!(Consts, ones) == C_ONES as usize);
+    assert!(offset_of!(Consts, idx_d) == C_IDX_D as usize);
+    assert!(offset_of!(Consts, idx_m) == C_IDX_M as usize);
+    assert!(offset_of!(Consts, idx_q8) == C_IDX_Q8 as usize);
+    assert!(offset_of!(Consts, q6k_code) == C_Q6K_CODE as usize);
+    assert!(offset_of!(Consts, q6k_from_x) == C_Q6K_FROM_X as usize);
+    assert!(offset_of!(Consts, q6k_from_y) == C_Q6K_FROM_Y as usize);
+    assert!(offset_of!(Consts, q6k_from_z) == C_Q6K_FROM_Z as usize);
+};
+
 static CONSTS: Consts = Consts {
     nibble_mask: [0x0F; 32],
     ones: [1; 16],
