@@ -140,9 +140,7 @@ impl CausalAttention {
                 // (heads × ctx elements, alive for this call).
                 let row =
                     unsafe { std::slice::from_raw_parts_mut((scores_at.addr as *mut f32).add(h * ctx), ctx) };
-                for (c, score) in row.iter_mut().enumerate() {
-                    *score = dot(qh, &k_cache[c * kv_dim + kv..c * kv_dim + kv + d]);
-                }
+                dots(qh, &k_cache[kv..], kv_dim, row);
             }
             Ok(())
         })?;
@@ -162,10 +160,7 @@ impl CausalAttention {
                 // SAFETY: part t alone writes head h's d outputs of `out`
                 // (heads·d elements, alive for this call).
                 let o = unsafe { std::slice::from_raw_parts_mut((out_at.addr as *mut f32).add(h * d), d) };
-                o.fill(0.0);
-                for (c, &p) in scores[h * ctx..(h + 1) * ctx].iter().enumerate() {
-                    axpy(p, &v_cache[c * kv_dim + kv..c * kv_dim + kv + d], o);
-                }
+                weighted_sum(&scores[h * ctx..(h + 1) * ctx], &v_cache[kv..], kv_dim, o);
             }
             Ok(())
         })
@@ -297,39 +292,48 @@ fn scale_and_mask_per_head(
 /// of about 110 tokens).
 const MIN_PARALLEL_DECODE_ELEMS: usize = 1 << 16;
 
-/// `Σ aᵢ·bᵢ` (AVX2 + FMA where the CPU has them).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `out[c] = q · rows[c·stride..c·stride + q.len()]` for every `c`: a
+/// head's scores against the cached keys (AVX2 + FMA where the CPU has
+/// them). `rows` must hold `(out.len() − 1)·stride + q.len()` values.
+fn dots(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let d = q.len();
+    assert!(out.is_empty() || rows.len() >= (out.len() - 1) * stride + d, "key rows out of range");
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { simd::dot(a, b) };
+        // SAFETY: the CPU has AVX2 and FMA (checked just above); the rows
+        // lie in `rows` (asserted).
+        return unsafe { simd::dots(q, rows, stride, out) };
     }
-    let mut lanes = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = q.iter().zip(&rows[c * stride..c * stride + d]).map(|(x, y)| x * y).sum();
     }
-    lanes.iter().sum::<f32>() + tail
 }
 
-/// `y += a·x` (AVX2 + FMA where the CPU has them).
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+/// `out = Σ_c p[c] · rows[c·stride..c·stride + out.len()]`: a head's
+/// probabilities applied to the cached values, accumulated position by
+/// position (AVX2 + FMA where the CPU has them). `rows` must hold
+/// `(p.len() − 1)·stride + out.len()` values.
+fn weighted_sum(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    assert!(p.is_empty() || rows.len() >= (p.len() - 1) * stride + d, "value rows out of range");
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { simd::axpy(a, x, y) };
+        // SAFETY: the CPU has AVX2 and FMA (checked just above); the rows
+        // lie in `rows` (asserted).
+        return unsafe { simd::weighted_sum(p, rows, stride, out) };
     }
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
+    out.fill(0.0);
+    for (c, &w) in p.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(&rows[c * stride..c * stride + d]) {
+            *o += w * v;
+        }
     }
 }
 
 /// The decode step's inner loops compiled for AVX2 + FMA: the crate is
 /// built for baseline x86-64 (SSE2), and these two loops are most of a
-/// decode step's attention.
+/// decode step's attention. (Rust intrinsics rather than generated code:
+/// two fixed loops whose only shape is the head size.)
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
@@ -340,50 +344,113 @@ mod simd {
         *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
     }
 
+    /// Four positions at a time: one load of q's vector feeds four FMAs,
+    /// and three `vhaddps` reduce the four accumulators into four scores.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `rows` holds `(out.len() − 1)·stride +
+    /// q.len()` values.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        // SAFETY: every load reads elements i..i + 8 with i + 8 ≤ n, inside
-        // both slices; the caller guarantees AVX2 and FMA.
+    pub unsafe fn dots(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        let d = q.len();
+        let full = d / 8 * 8;
+        let (pq, pr) = (q.as_ptr(), rows.as_ptr());
+        let tail = |c: usize| -> f32 {
+            q[full..].iter().zip(&rows[c * stride + full..c * stride + d]).map(|(x, y)| x * y).sum()
+        };
+        let n = out.len();
+        let mut c = 0;
+        // SAFETY (all loads below): row c + p, elements i..i + 8 with
+        // i + 8 ≤ full ≤ d, inside `rows` (caller); q's i..i + 8 inside q.
         unsafe {
-            let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut i = 0;
-            while i + 16 <= n {
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
-                i += 16;
+            while c + 4 <= n {
+                let (r0, r1, r2, r3) = (
+                    pr.add(c * stride),
+                    pr.add((c + 1) * stride),
+                    pr.add((c + 2) * stride),
+                    pr.add((c + 3) * stride),
+                );
+                let (mut a0, mut a1, mut a2, mut a3) =
+                    (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut i = 0;
+                while i < full {
+                    let qv = _mm256_loadu_ps(pq.add(i));
+                    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r0.add(i)), a0);
+                    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r1.add(i)), a1);
+                    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r2.add(i)), a2);
+                    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r3.add(i)), a3);
+                    i += 8;
+                }
+                // Lanes of h: [a0, a1, a2, a3] partial sums of each 128-bit half.
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                let mut four = [0.0f32; 4];
+                _mm_storeu_ps(four.as_mut_ptr(), s);
+                for (p, v) in four.iter().enumerate() {
+                    out[c + p] = v + tail(c + p);
+                }
+                c += 4;
             }
-            if i + 8 <= n {
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-                i += 8;
+            while c < n {
+                let r = pr.add(c * stride);
+                let mut a = _mm256_setzero_ps();
+                let mut i = 0;
+                while i < full {
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i)), _mm256_loadu_ps(r.add(i)), a);
+                    i += 8;
+                }
+                let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+                out[c] = _mm_cvtss_f32(h) + tail(c);
+                c += 1;
             }
-            let s = _mm256_add_ps(s0, s1);
-            let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-            let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
-            _mm_cvtss_f32(h) + tail
         }
     }
 
+    /// 32 outputs at a time held in registers across all positions (the
+    /// output is stored once, not loaded and stored per position), then 8,
+    /// then the last elements. Each element sums its positions in order.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `rows` holds `(p.len() − 1)·stride +
+    /// out.len()` values.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    pub unsafe fn weighted_sum(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        let d = out.len();
+        let full = d / 8 * 8;
+        let (pr, po) = (rows.as_ptr(), out.as_mut_ptr());
         let mut i = 0;
-        // SAFETY: every load and store touches elements i..i + 8 with
-        // i + 8 ≤ n, inside both slices; the caller guarantees AVX2 and FMA.
+        // SAFETY (all loads and stores below): elements i..i + 8·k ≤ full ≤ d
+        // of row c (inside `rows`, caller) and of `out`.
         unsafe {
-            let av = _mm256_set1_ps(a);
-            while i + 8 <= n {
-                let p = py.add(i);
-                _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(p)));
+            while i + 32 <= full {
+                let (mut a0, mut a1, mut a2, mut a3) =
+                    (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+                for (c, &w) in p.iter().enumerate() {
+                    let (wv, r) = (_mm256_set1_ps(w), pr.add(c * stride + i));
+                    a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r), a0);
+                    a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r.add(8)), a1);
+                    a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r.add(16)), a2);
+                    a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r.add(24)), a3);
+                }
+                _mm256_storeu_ps(po.add(i), a0);
+                _mm256_storeu_ps(po.add(i + 8), a1);
+                _mm256_storeu_ps(po.add(i + 16), a2);
+                _mm256_storeu_ps(po.add(i + 24), a3);
+                i += 32;
+            }
+            while i < full {
+                let mut a = _mm256_setzero_ps();
+                for (c, &w) in p.iter().enumerate() {
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(w), _mm256_loadu_ps(pr.add(c * stride + i)), a);
+                }
+                _mm256_storeu_ps(po.add(i), a);
                 i += 8;
             }
         }
-        for (y, &x) in y[i..n].iter_mut().zip(&x[i..n]) {
-            *y += a * x;
+        for (e, o) in out.iter_mut().enumerate().skip(full) {
+            *o = p.iter().enumerate().fold(0.0, |acc, (c, &w)| acc + w * rows[c * stride + e]);
         }
     }
 }
