@@ -910,6 +910,14 @@ fn quantize_activations(format: QuantFormat, precision: ActivationPrecision, x: 
             continue;
         }
         for (j, b) in blocks.iter().enumerate() {
+            if precision == ActivationPrecision::Int8 {
+                // `lane_byte` four bytes at a time: vector v, lane j.
+                for (v, q) in b.q.chunks_exact(4).enumerate() {
+                    let lane = &mut out[32 * v + 4 * j..32 * v + 4 * j + 4];
+                    lane.iter_mut().zip(q).for_each(|(o, &q)| *o = q as i8 as u8);
+                }
+                continue;
+            }
             for k in 0..ACT_BLOCK {
                 put_q(out, gp.digit, lane_byte(j, k), b, k);
             }

@@ -397,6 +397,18 @@ pub fn quantize_activation_block(x: &[f32]) -> ActivationBlock {
 
 /// Quantises `x` (at most 32 values; a short tail is padded with zeros).
 pub fn quantize_activation_block_at(x: &[f32], precision: ActivationPrecision) -> ActivationBlock {
+    #[cfg(target_arch = "x86_64")]
+    if let Ok(full) = <&[f32; ACT_BLOCK]>::try_from(x) {
+        if simd::available() {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { simd::quantize_block(full, precision.levels()) };
+        }
+    }
+    quantize_block_scalar(x, precision)
+}
+
+/// [`quantize_activation_block_at`] in scalar code (any CPU, short blocks).
+fn quantize_block_scalar(x: &[f32], precision: ActivationPrecision) -> ActivationBlock {
     let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
     let d = amax / precision.levels();
     let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -414,6 +426,60 @@ pub fn quantize_activation_block_at(x: &[f32], precision: ActivationPrecision) -
         sum += i32::from(*q);
     }
     ActivationBlock { d, q, s: d * sum as f32 }
+}
+
+/// [`quantize_activation_block_at`] for a whole block in AVX2: the same
+/// operations on eight lanes (`vroundps` to nearest-even is the scalar
+/// path's add-and-subtract of 1.5·2²³), so the same block for finite input.
+/// Decode quantises every activation row with it (~4 ns per value in
+/// scalar SSE2 code, the crate's baseline).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{ActivationBlock, ACT_BLOCK};
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2"))
+    }
+
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_block(x: &[f32; ACT_BLOCK], top: f32) -> ActivationBlock {
+        // SAFETY: four loads of eight values inside the 32-value block; the
+        // stores fill local arrays of the same sizes.
+        unsafe {
+            let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(x.as_ptr().add(i)));
+            let sign = _mm256_set1_ps(-0.0);
+            // max(|v|, m) returns m when |v| is NaN: NaN is skipped, as
+            // `f32::max` skips it.
+            let mut m = _mm256_setzero_ps();
+            for &v in &v {
+                m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+            }
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            let amax = lanes.iter().fold(0.0f32, |a, &l| a.max(l));
+            let d = amax / top;
+            let inverse = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let (hi, lo) = (_mm256_set1_ps(top), _mm256_set1_ps(-top));
+            let mut ints = [0i32; ACT_BLOCK];
+            let mut sum = _mm256_setzero_si256();
+            for (i, &v) in v.iter().enumerate() {
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                    v, inverse,
+                ));
+                let q = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(r, hi), lo));
+                sum = _mm256_add_epi32(sum, q);
+                _mm256_storeu_si256(ints.as_mut_ptr().add(8 * i).cast(), q);
+            }
+            let mut sums = [0i32; 8];
+            _mm256_storeu_si256(sums.as_mut_ptr().cast(), sum);
+            let sum: i32 = sums.iter().sum();
+            ActivationBlock { d, q: ints.map(|q| q as i16), s: d * sum as f32 }
+        }
+    }
 }
 
 /// What a stored row means, dotted with `x`: `Σ dequantised(w)ᵢ·xᵢ`,
@@ -539,6 +605,55 @@ mod tests {
             let (hi, lo) = block.digits(0);
             assert!(hi != i8::MIN && lo != i8::MIN, "{q}: digits {hi}, {lo} (−128 breaks vpsignb)");
             assert_eq!(255 * i32::from(hi) + i32::from(lo), q);
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_block_quantiser_equals_the_scalar_one() {
+        if !simd::available() {
+            eprintln!("SKIPPED: the AVX2 block quantiser (the CPU lacks AVX2)");
+            return;
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut blocks: Vec<[f32; ACT_BLOCK]> = Vec::new();
+        for scale in [1.0f32, 1e-3, 3e-39, 1e-44, 6e4, 1e30] {
+            for _ in 0..200 {
+                blocks.push(std::array::from_fn(|_| scale * ((next() % 20001) as f32 / 10000.0 - 1.0)));
+            }
+        }
+        // Exact ties (k + ½ levels), zeros, one non-zero, a NaN among values.
+        blocks.push(std::array::from_fn(|i| if i == 0 { 127.0 } else { i as f32 + 0.5 }));
+        blocks.push(std::array::from_fn(|i| if i == 0 { -32512.0 } else { -(i as f32) - 0.5 }));
+        blocks.push([0.0; ACT_BLOCK]);
+        blocks.push(std::array::from_fn(|i| if i == 7 { -2.5 } else { 0.0 }));
+        // A NaN in the last vector, in the lane of the largest value.
+        blocks.push(std::array::from_fn(|i| match i {
+            27 => f32::NAN,
+            19 => 100.0,
+            _ => i as f32,
+        }));
+        for x in &blocks {
+            for precision in [ActivationPrecision::Int8, ActivationPrecision::Int16] {
+                let want = quantize_block_scalar(x, precision);
+                // SAFETY: the CPU has AVX2 (checked above).
+                let got = unsafe { simd::quantize_block(x, precision.levels()) };
+                if x.iter().all(|v| v.is_finite()) {
+                    assert_eq!(got, want, "{precision} {x:?}");
+                } else {
+                    // Non-finite input: only the finite elements' levels are defined.
+                    assert_eq!(got.d, want.d);
+                    for (i, v) in x.iter().enumerate().filter(|(_, v)| v.is_finite()) {
+                        assert_eq!(got.q[i], want.q[i], "{precision} element {i} = {v}");
+                    }
+                }
+            }
         }
     }
 
