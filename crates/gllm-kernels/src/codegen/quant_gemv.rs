@@ -533,10 +533,16 @@ impl QuantPanels {
                 // streams as from one).
                 let lanes = max_weight_rows(r, precision).min(n);
                 let run = n.div_ceil(lanes.max(1));
-                for c in 0..run {
-                    let w = (n - c).div_ceil(run).min(lanes);
+                // Consecutive calls with the same row count are one kernel
+                // call (the kernel loops over them).
+                let rows_at = |c: usize| (n - c).div_ceil(run).min(lanes);
+                let mut c = 0;
+                while c < run {
+                    let w = rows_at(c);
+                    let calls = (c..run).take_while(|&c| rows_at(c) == w).count();
                     let f = set.get(w, r)?;
                     let i = i0 + c;
+                    c += calls;
                     let args = KernelArgs {
                         w: self.data[i * row_bytes..].as_ptr(),
                         x: acts[r0 * x_stride..].as_ptr(),
@@ -548,12 +554,15 @@ impl QuantPanels {
                         consts: (&CONSTS as *const Consts).cast(),
                         tail: self.shape.tail,
                         y_row_stride: run * 4,
+                        row_bytes,
+                        calls,
                     };
-                    // SAFETY: rows i + k·run (k < w, all < i1) of W are
-                    // `run · row_bytes` apart with TAIL_PAD after the last;
-                    // activation rows r0..r0+r are `x_stride` apart; y rows
-                    // r0..r0+r, columns i + k·run lie in y (m × rows), and
-                    // threads own disjoint columns.
+                    // SAFETY: rows i + j + k·run (j < calls, k < w, all
+                    // < i1: `rows_at` counted them) of W are `row_bytes`
+                    // and `run · row_bytes` apart with TAIL_PAD after the
+                    // last; activation rows r0..r0+r are `x_stride` apart;
+                    // y rows r0..r0+r, columns i + j + k·run lie in y
+                    // (m × rows), and threads own disjoint columns.
                     unsafe { f(&args) };
                 }
             }
@@ -1011,7 +1020,29 @@ struct KernelArgs {
     tail: usize,
     /// Bytes between the outputs of consecutive weight rows.
     y_row_stride: usize,
+    /// Bytes of one stored row: the next call's rows follow the last's.
+    row_bytes: usize,
+    /// Calls made as one: call j reads rows `w + j·row_bytes` (+ k·w_stride)
+    /// and writes outputs `y + 4j` (+ k·y_row_stride). At least 1.
+    calls: usize,
 }
+
+// The generated code reads `KernelArgs` at these offsets: checked here.
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(KernelArgs, w) == 0);
+    assert!(offset_of!(KernelArgs, x) == 8);
+    assert!(offset_of!(KernelArgs, y) == 16);
+    assert!(offset_of!(KernelArgs, groups) == 24);
+    assert!(offset_of!(KernelArgs, w_stride) == 32);
+    assert!(offset_of!(KernelArgs, x_stride) == 40);
+    assert!(offset_of!(KernelArgs, y_stride) == 48);
+    assert!(offset_of!(KernelArgs, consts) == 56);
+    assert!(offset_of!(KernelArgs, tail) == 64);
+    assert!(offset_of!(KernelArgs, y_row_stride) == 72);
+    assert!(offset_of!(KernelArgs, row_bytes) == 80);
+    assert!(offset_of!(KernelArgs, calls) == 88);
+};
 
 type QuantGemvFn = unsafe extern "C" fn(*const KernelArgs);
 
@@ -1470,7 +1501,18 @@ fn generate(
     for reg in [rbx, r12, r13, r14, r15] {
         a.push(reg)?;
     }
-    a.mov(r10, qword_ptr(rdi))?;
+    // The calls' cursors on the stack: [rsp] rows, [rsp + 8] outputs,
+    // [rsp + 16] calls left.
+    a.sub(rsp, 24)?;
+    a.mov(rax, qword_ptr(rdi))?;
+    a.mov(qword_ptr(rsp), rax)?;
+    a.mov(rax, qword_ptr(rdi + 16))?;
+    a.mov(qword_ptr(rsp + 8), rax)?;
+    a.mov(rax, qword_ptr(rdi + 88))?;
+    a.mov(qword_ptr(rsp + 16), rax)?;
+    let mut next_call = a.create_label();
+    a.set_label(&mut next_call)?;
+    a.mov(r10, qword_ptr(rsp))?;
     a.mov(rsi, qword_ptr(rdi + 8))?;
     a.mov(rcx, qword_ptr(rdi + 24))?;
     a.mov(r8, qword_ptr(rdi + 32))?;
@@ -1535,7 +1577,7 @@ fn generate(
         a.jnz(body)?;
         a.set_label(&mut done)?;
     }
-    a.mov(rdx, qword_ptr(rdi + 16))?;
+    a.mov(rdx, qword_ptr(rsp + 8))?;
     a.mov(r8, qword_ptr(rdi + 48))?;
     a.mov(r9, qword_ptr(rdi + 72))?;
     for x in 0..r {
@@ -1551,6 +1593,12 @@ fn generate(
         }
         a.add(rdx, r8)?;
     }
+    a.mov(rax, qword_ptr(rdi + 80))?;
+    a.add(qword_ptr(rsp), rax)?;
+    a.add(qword_ptr(rsp + 8), 4)?;
+    a.dec(qword_ptr(rsp + 16))?;
+    a.jnz(next_call)?;
+    a.add(rsp, 24)?;
     for reg in [r15, r14, r13, r12, rbx] {
         a.pop(reg)?;
     }
