@@ -1027,22 +1027,28 @@ struct KernelArgs {
     calls: usize,
 }
 
-// The generated code reads `KernelArgs` at these offsets: checked here.
-const _: () = {
-    use std::mem::offset_of;
-    assert!(offset_of!(KernelArgs, w) == 0);
-    assert!(offset_of!(KernelArgs, x) == 8);
-    assert!(offset_of!(KernelArgs, y) == 16);
-    assert!(offset_of!(KernelArgs, groups) == 24);
-    assert!(offset_of!(KernelArgs, w_stride) == 32);
-    assert!(offset_of!(KernelArgs, x_stride) == 40);
-    assert!(offset_of!(KernelArgs, y_stride) == 48);
-    assert!(offset_of!(KernelArgs, consts) == 56);
-    assert!(offset_of!(KernelArgs, tail) == 64);
-    assert!(offset_of!(KernelArgs, y_row_stride) == 72);
-    assert!(offset_of!(KernelArgs, row_bytes) == 80);
-    assert!(offset_of!(KernelArgs, calls) == 88);
-};
+/// Asserts at compile time that each field of a `#[repr(C)]` struct lies
+/// at the byte offset the generated code addresses it by.
+macro_rules! assert_offsets {
+    ($ty:ty { $($field:ident: $offset:expr),* $(,)? }) => {
+        const _: () = { $(assert!(std::mem::offset_of!($ty, $field) == $offset as usize);)* };
+    };
+}
+
+assert_offsets!(KernelArgs {
+    w: 0,
+    x: 8,
+    y: 16,
+    groups: 24,
+    w_stride: 32,
+    x_stride: 40,
+    y_stride: 48,
+    consts: 56,
+    tail: 64,
+    y_row_stride: 72,
+    row_bytes: 80,
+    calls: 88,
+});
 
 type QuantGemvFn = unsafe extern "C" fn(*const KernelArgs);
 
@@ -1077,19 +1083,17 @@ const C_Q6K_FROM_X: i32 = 192;
 const C_Q6K_FROM_Y: i32 = 224;
 const C_Q6K_FROM_Z: i32 = 256;
 
-// The generated code addresses `Consts` by these offsets: checked here.
-const _: () = {
-    use std::mem::offset_of;
-    assert!(offset_of!(Consts, nibble_mask) == C_MASK as usize);
-    assert!(offset_of!(Consts, ones) == C_ONES as usize);
-    assert!(offset_of!(Consts, idx_d) == C_IDX_D as usize);
-    assert!(offset_of!(Consts, idx_m) == C_IDX_M as usize);
-    assert!(offset_of!(Consts, idx_q8) == C_IDX_Q8 as usize);
-    assert!(offset_of!(Consts, q6k_code) == C_Q6K_CODE as usize);
-    assert!(offset_of!(Consts, q6k_from_x) == C_Q6K_FROM_X as usize);
-    assert!(offset_of!(Consts, q6k_from_y) == C_Q6K_FROM_Y as usize);
-    assert!(offset_of!(Consts, q6k_from_z) == C_Q6K_FROM_Z as usize);
-};
+assert_offsets!(Consts {
+    nibble_mask: C_MASK,
+    ones: C_ONES,
+    idx_d: C_IDX_D,
+    idx_m: C_IDX_M,
+    idx_q8: C_IDX_Q8,
+    q6k_code: C_Q6K_CODE,
+    q6k_from_x: C_Q6K_FROM_X,
+    q6k_from_y: C_Q6K_FROM_Y,
+    q6k_from_z: C_Q6K_FROM_Z,
+});
 
 static CONSTS: Consts = Consts {
     nibble_mask: [0x0F; 32],
