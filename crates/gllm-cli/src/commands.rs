@@ -6,6 +6,7 @@ use gllm::layer_graph::decoder_stack;
 use gllm::LlamaConfig;
 use gllm_kernels::device::{DeviceProfile, Isa, KernelClass};
 use gllm_kernels::fusion;
+use gllm_kernels::runtime::dispatch::worker_placement;
 use gllm_kernels::scalar::ScalarOpRegistry;
 use gllm_kernels::trace::{CodeMap, ProcessMemory};
 use gllm_kernels::tune::{confirm_isas, IsaTimings};
@@ -54,11 +55,14 @@ pub fn device(args: &DeviceArgs) -> Result<()> {
         value["num_simd_regs"] = profile.num_simd_regs().into();
         value["gemm_blocking"] = serde_json::to_value(profile.gemm_blocking())?;
         value["kernel_isa_timings"] = serde_json::to_value(&*timings)?;
+        value["thread_pool"] = worker_placement().to_string().into();
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else if args.toml {
         print!("{}", profile.to_toml());
     } else {
         println!("{profile}\n{timings}");
+        // The pool is this host's, whatever profile was selected.
+        println!("thread pool  {}", worker_placement());
     }
     Ok(())
 }

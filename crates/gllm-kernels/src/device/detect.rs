@@ -87,20 +87,41 @@ fn cpuid_caches(cpuid: &CpuId<raw_cpuid::CpuIdReaderNative>) -> Vec<(u8, CacheLe
         .collect()
 }
 
-/// Distinct (package, core) pairs in sysfs topology; `None` without sysfs.
-fn sysfs_physical_cores() -> Option<usize> {
-    let mut cores = BTreeSet::new();
-    for entry in fs::read_dir("/sys/devices/system/cpu").ok()?.flatten() {
+/// One logical CPU of this machine and the physical core it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogicalCpu {
+    /// The OS's CPU number (what affinity masks and `sched_getcpu` use).
+    pub cpu: usize,
+    /// The physical core: SMT siblings share it (and its FMA units and L1).
+    pub core: (u32, u32),
+}
+
+/// Every logical CPU sysfs describes, in CPU order, with its (package,
+/// core) pair; empty without sysfs topology (then nothing is known about
+/// which CPUs share a core).
+pub fn cpu_topology() -> Vec<LogicalCpu> {
+    let Ok(dir) = fs::read_dir("/sys/devices/system/cpu") else {
+        return Vec::new();
+    };
+    let mut cpus = Vec::new();
+    for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if !name.strip_prefix("cpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+        let Some(cpu) = name.strip_prefix("cpu").and_then(|n| n.parse::<usize>().ok()) else {
             continue;
-        }
+        };
         let topo = entry.path().join("topology");
-        let read = |f: &str| fs::read_to_string(topo.join(f)).ok().map(|s| s.trim().to_string());
-        if let (Some(pkg), Some(core)) = (read("physical_package_id"), read("core_id")) {
-            cores.insert((pkg, core));
+        let read = |f: &str| fs::read_to_string(topo.join(f)).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        if let (Some(package), Some(core)) = (read("physical_package_id"), read("core_id")) {
+            cpus.push(LogicalCpu { cpu, core: (package, core) });
         }
     }
+    cpus.sort();
+    cpus
+}
+
+/// Distinct (package, core) pairs in sysfs topology; `None` without sysfs.
+fn sysfs_physical_cores() -> Option<usize> {
+    let cores: BTreeSet<(u32, u32)> = cpu_topology().iter().map(|c| c.core).collect();
     (!cores.is_empty()).then_some(cores.len())
 }
 

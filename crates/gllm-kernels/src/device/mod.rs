@@ -17,6 +17,7 @@ mod file;
 mod presets;
 
 pub use blocking::GemmBlocking;
+pub use detect::{cpu_topology, LogicalCpu};
 pub use file::ProfileError;
 pub use presets::{describe as describe_presets, PRESET_NAMES};
 

@@ -17,8 +17,10 @@
 //! taken from one atomic counter, so the caller works too and a slow worker
 //! does not hold the others up. A call made while another caller's job runs
 //! (several sequences at once), or from inside a part, runs its parts on its
-//! own thread.
+//! own thread. There is one worker per physical core other than the
+//! caller's, pinned to it ([`super::affinity`]).
 
+use super::affinity::{self, WorkerPlacement};
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -73,11 +75,15 @@ thread_local! {
 }
 
 fn pool() -> &'static Pool {
-    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    pool_and_placement().0
+}
+
+fn pool_and_placement() -> &'static (&'static Pool, WorkerPlacement) {
+    static POOL: OnceLock<(&'static Pool, WorkerPlacement)> = OnceLock::new();
     POOL.get_or_init(|| {
-        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let mut placement = affinity::plan();
         let pool: &'static Pool = Box::leak(Box::new(Pool {
-            workers: cores.saturating_sub(1),
+            workers: placement.workers,
             job: AtomicPtr::new(std::ptr::null_mut()),
             generation: AtomicU64::new(0),
             inside: AtomicUsize::new(0),
@@ -86,16 +92,30 @@ fn pool() -> &'static Pool {
             wake: Condvar::new(),
             submit: Mutex::new(()),
         }));
-        for w in 0..pool.workers {
-            let spawned =
-                thread::Builder::new().name(format!("gllm-kernels-{w}")).spawn(move || pool.worker_loop());
-            if spawned.is_err() {
+        let mut spawned = 0;
+        let mut all_pinned = placement.pinned;
+        for w in 0..placement.workers {
+            let Ok(handle) =
+                thread::Builder::new().name(format!("gllm-kernels-{w}")).spawn(move || pool.worker_loop())
+            else {
                 // Fewer workers only means less parallelism: parts still run.
                 break;
+            };
+            if placement.pinned {
+                all_pinned &= affinity::pin(&handle, placement.cpus[w]);
             }
+            spawned += 1;
         }
-        pool
+        placement.workers = spawned;
+        placement.cpus.truncate(spawned);
+        placement.pinned = all_pinned && spawned > 0;
+        (pool, placement)
     })
+}
+
+/// Where the pool's workers run (starting the pool if it has not started).
+pub fn worker_placement() -> &'static WorkerPlacement {
+    &pool_and_placement().1
 }
 
 impl Pool {

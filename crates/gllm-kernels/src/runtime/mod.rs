@@ -21,6 +21,7 @@
 //! generated code reading or writing one element outside an operand faults
 //! (the differential tester's operands, a guarded layer workspace's arena).
 
+mod affinity;
 mod arena;
 mod compile_cache;
 pub mod dispatch;
@@ -28,6 +29,7 @@ mod executable;
 mod execute;
 mod guarded;
 
+pub use affinity::WorkerPlacement;
 pub use arena::LayerWorkspace;
 pub use compile_cache::CompileCache;
 
