@@ -411,16 +411,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let choices = gllm_kernels::codegen::quant_gemv::measured_thread_choices();
     if !choices.is_empty() {
-        println!("quantised GEMVs over 128 KiB, thread count measured at first use (one thread vs the budget, medians):");
+        println!("quantised GEMVs (one matrix or a group run as one) over 128 KiB, thread count measured at first use (one thread vs the budget, medians):");
         for (k, c) in choices {
             println!(
-                "  {} {}×{} ({} activations, {} row(s)), budget {}: {} thread(s) — {:.1} µs on 1, {:.1} µs on {}",
-                k.format,
-                k.rows,
-                k.cols,
-                k.precision,
-                k.act_rows,
-                k.threads,
+                "  {k}: {} thread(s) — {:.1} µs on 1, {:.1} µs on {}",
                 c.threads,
                 c.one_thread_secs * 1e6,
                 c.many_threads_secs * 1e6,

@@ -144,7 +144,11 @@ fn main() {
             Some(&a) => {
                 let chosen = measured_thread_choices()
                     .into_iter()
-                    .find(|(key, _)| (key.rows, key.cols, key.act_rows) == (n, k, m.min(MAX_ACT_ROWS)))
+                    .find(|(key, _)| {
+                        key.shapes.len() == 1
+                            && (key.shapes[0].rows, key.shapes[0].cols, key.act_rows)
+                                == (n, k, m.min(MAX_ACT_ROWS))
+                    })
                     .map_or(1, |(_, c)| c.threads);
                 format!("{:.1} ({chosen}) | {:.2}×", a * 1e6, a / t[0])
             }

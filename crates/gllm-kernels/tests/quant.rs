@@ -100,11 +100,16 @@ fn a_big_enough_gemv_measures_its_thread_count_once_and_agrees_with_one_thread()
         &gllm_kernels::oracle::Tolerance::EXACT,
     );
     let mine = |c: &[(gllm_kernels::codegen::quant_gemv::ThreadKey, _)]| {
-        c.iter().filter(|(k, _)| (k.format, k.rows, k.cols, k.threads) == (format, rows, cols, 2)).count()
+        c.iter()
+            .filter(|(k, _)| {
+                let s = &k.shapes;
+                s.len() == 1 && (s[0].format, s[0].rows, s[0].cols, k.threads) == (format, rows, cols, 2)
+            })
+            .count()
     };
     let choices = measured_thread_choices();
     assert_eq!(mine(&choices), 1, "{choices:?}");
-    let (_, c) = choices.iter().find(|(k, _)| (k.rows, k.cols) == (rows, cols)).unwrap();
+    let (_, c) = choices.iter().find(|(k, _)| (k.shapes[0].rows, k.shapes[0].cols) == (rows, cols)).unwrap();
     assert!([1, 2].contains(&c.threads) && c.one_thread_secs > 0.0 && c.many_threads_secs > 0.0, "{c:?}");
     // A second call reuses the choice.
     panels.gemv(&x, 1, &mut got, 2).unwrap();
@@ -222,4 +227,78 @@ fn gemv_writes_stay_inside_y_and_threads_agree() {
             }
         });
     }
+}
+
+#[test]
+fn a_gemv_group_equals_its_gemvs_one_by_one() {
+    // Members of different formats and row counts (0, 1, not a multiple of
+    // the 4-row step, big enough to split) as one fan-out on 1–3 threads:
+    // every output bit-identical to the member's own one-thread GEMV (each
+    // output is one thread's, in the same order), nothing written next to
+    // any output.
+    use gllm_kernels::codegen::quant_gemv::{gemv_group, gemv_group_exact_threads, GemvMember};
+    let mut rng = Rng(0x9e0);
+    let members = [
+        (QuantFormat::Q4_1, 301, 576),
+        (QuantFormat::Q8_0, 7, 576),
+        (QuantFormat::Q4_1, 0, 576),
+        (QuantFormat::F16, 97, 576),
+        (QuantFormat::Q4_1, 1, 576),
+        (QuantFormat::Q6K, 130, 768),
+    ];
+    let panels: Vec<QuantPanels> = members
+        .iter()
+        .map(|&(format, rows, cols)| {
+            let bytes = random_matrix(format, rows, cols, &mut rng);
+            QuantPanels::pack(&QuantMatrix::new(format, rows, cols, &bytes).unwrap()).unwrap()
+        })
+        .collect();
+    for m in [1, 3, 5] {
+        let xs: Vec<Vec<f32>> = members.iter().map(|&(_, _, cols)| activations(m * cols, &mut rng)).collect();
+        let acts: Vec<_> = panels.iter().zip(&xs).map(|(p, x)| p.quantize(x, m).unwrap()).collect();
+        let want: Vec<Vec<f32>> = panels
+            .iter()
+            .zip(&acts)
+            .map(|(p, a)| {
+                let mut y = vec![0.0f32; m * p.rows()];
+                p.gemv_quantized(a, &mut y, 1).unwrap();
+                y
+            })
+            .collect();
+        for threads in [1, 2, 3] {
+            for placement in [Placement::AgainstStart, Placement::AgainstEnd] {
+                let mut ys: Vec<GuardedBuffer> = panels
+                    .iter()
+                    .map(|p| GuardedBuffer::filled(m * p.rows(), f32::NAN, placement).unwrap())
+                    .collect();
+                let mut group: Vec<GemvMember> = panels
+                    .iter()
+                    .zip(&acts)
+                    .zip(ys.iter_mut())
+                    .map(|((panels, acts), y)| GemvMember { panels, acts, y: y.as_mut_slice() })
+                    .collect();
+                gemv_group_exact_threads(&mut group, threads).unwrap();
+                for (i, y) in ys.iter().enumerate() {
+                    assert_eq!(y.as_slice(), &want[i][..], "member {i} m={m} threads={threads}");
+                    assert!(y.canary_intact(), "member {i}: wrote next to its output");
+                }
+            }
+        }
+        // The measured path gives the same result.
+        let mut ys: Vec<Vec<f32>> = panels.iter().map(|p| vec![f32::NAN; m * p.rows()]).collect();
+        let mut group: Vec<GemvMember> = panels
+            .iter()
+            .zip(&acts)
+            .zip(ys.iter_mut())
+            .map(|((panels, acts), y)| GemvMember { panels, acts, y })
+            .collect();
+        gemv_group(&mut group, 2).unwrap();
+        assert_eq!(ys, want, "m={m}");
+    }
+    // A member whose activations are for another format is a clear error.
+    let x = activations(576, &mut rng);
+    let wrong = panels[1].quantize(&x, 1).unwrap();
+    let mut y = vec![0.0f32; panels[0].rows()];
+    let err = gemv_group(&mut [GemvMember { panels: &panels[0], acts: &wrong, y: &mut y }], 2).unwrap_err();
+    assert!(err.to_string().contains("Q8_0"), "{err}");
 }

@@ -374,12 +374,15 @@ impl QuantPanels {
         threads: usize,
     ) -> Result<(), CodegenError> {
         let acts = self.quantize(x, m)?;
-        if self.nothing_to_compute(m, y)? {
-            return Ok(());
+        match self.job(&acts, y)? {
+            Some(job) => run_jobs(&[job], threads.clamp(1, self.rows.div_ceil(4))),
+            None => Ok(()),
         }
-        let set = kernel_set(self.format, self.precision)?;
-        let threads = threads.clamp(1, self.rows.div_ceil(4));
-        self.gemv_on(set, m, acts.x_stride, &acts.data, y, threads)
+    }
+
+    /// This matrix as a key of [`measured_thread_choices`].
+    fn shape_key(&self) -> GemvShape {
+        GemvShape { format: self.format, precision: self.precision, rows: self.rows, cols: self.cols }
     }
 
     /// `x` (`m` rows of `cols`) as this matrix's kernels read activations;
@@ -412,6 +415,16 @@ impl QuantPanels {
         y: &mut [f32],
         threads: usize,
     ) -> Result<(), CodegenError> {
+        gemv_group(&mut [GemvMember { panels: self, acts, y }], threads)
+    }
+
+    /// Checks that `acts` are what this matrix's kernels read and that `y`
+    /// holds their output; `None` when no kernel needs to run.
+    fn job<'a>(
+        &'a self,
+        acts: &'a QuantActivations,
+        y: &mut [f32],
+    ) -> Result<Option<GemvJob<'a>>, CodegenError> {
         if (acts.format, acts.cols, acts.precision) != (self.format, self.cols, self.precision) {
             return Err(CodegenError::QuantActivationsMismatch {
                 acts_format: acts.format,
@@ -422,37 +435,17 @@ impl QuantPanels {
                 precision: self.precision,
             });
         }
-        let (m, x_stride, acts) = (acts.m, acts.x_stride, &acts.data);
-        if self.nothing_to_compute(m, y)? {
-            return Ok(());
+        if self.nothing_to_compute(acts.m, y)? {
+            return Ok(None);
         }
-        let set = kernel_set(self.format, self.precision)?;
-        let threads = for_quantised_gemv(self.size_bytes(), threads).min(self.rows.div_ceil(4));
-        if threads <= 1 {
-            return self.gemv_on(set, m, x_stride, acts, y, 1);
-        }
-        // More threads only where this machine was measured faster with
-        // them, for this shape (once per process): a hand-off costs
-        // microseconds, a vCPU may not be running, and a small matrix can
-        // lose more to both than it gains.
-        let key = ThreadKey {
-            format: self.format,
-            precision: self.precision,
-            rows: self.rows,
-            cols: self.cols,
-            act_rows: m.min(MAX_ACT_ROWS),
-            threads,
-        };
-        let cached = thread_choices().lock().unwrap_or_else(|e| e.into_inner()).get(&key).map(|c| c.threads);
-        let threads = match cached {
-            Some(t) => t,
-            None => {
-                let choice = self.measure_threads(set, (m, x_stride, acts), y, threads)?;
-                thread_choices().lock().unwrap_or_else(|e| e.into_inner()).insert(key, choice);
-                choice.threads
-            }
-        };
-        self.gemv_on(set, m, x_stride, acts, y, threads)
+        Ok(Some(GemvJob {
+            panels: self,
+            set: kernel_set(self.format, self.precision)?,
+            m: acts.m,
+            x_stride: acts.x_stride,
+            acts: &acts.data,
+            y: y.as_mut_ptr() as usize,
+        }))
     }
 
     /// Checks `y` holds `m` rows of output; true when no kernel needs to
@@ -467,108 +460,6 @@ impl QuantPanels {
             return Ok(true);
         }
         Ok(false)
-    }
-
-    /// Times this GEMV on one thread and on `threads` (interleaved, after a
-    /// warm-up, median of [`THREAD_TIMING_RUNS`] each) and keeps `threads`
-    /// only when it is at least [`PARALLEL_MARGIN`] faster. `y` is written
-    /// by every run (the same result: each output is computed by one thread
-    /// in the same order whatever the split).
-    fn measure_threads(
-        &self,
-        set: &KernelSet,
-        (m, x_stride, acts): (usize, usize, &[u8]),
-        y: &mut [f32],
-        threads: usize,
-    ) -> Result<ThreadChoice, CodegenError> {
-        let mut times = [Vec::new(), Vec::new()];
-        for round in 0..=THREAD_TIMING_RUNS {
-            for (slot, t) in [1, threads].into_iter().enumerate() {
-                let started = std::time::Instant::now();
-                self.gemv_on(set, m, x_stride, acts, y, t)?;
-                if round > 0 {
-                    times[slot].push(started.elapsed().as_secs_f64());
-                }
-            }
-        }
-        let [one, many] = times.map(|mut v| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        });
-        let chosen = if many <= one * (1.0 - PARALLEL_MARGIN) { threads } else { 1 };
-        Ok(ThreadChoice { threads: chosen, one_thread_secs: one, many_threads_secs: many })
-    }
-
-    /// The GEMV on exactly `threads` threads (`m`, `x_stride`, `acts`: the
-    /// quantised activations, checked by the caller).
-    fn gemv_on(
-        &self,
-        set: &KernelSet,
-        m: usize,
-        x_stride: usize,
-        acts: &[u8],
-        y: &mut [f32],
-        threads: usize,
-    ) -> Result<(), CodegenError> {
-        let rows = self.rows;
-        // Two parts per thread: a worker that starts late (on this VM a
-        // vCPU is not always running) still takes half of what is left
-        // rather than nothing. 1×576×576 hot on two threads: 0.78–0.80× of
-        // one thread's time with one part per thread, 0.68–0.73× with two.
-        let parts = if threads > 1 { (2 * threads).min(rows.div_ceil(4)) } else { 1 };
-        let per = rows.div_ceil(parts).div_ceil(4) * 4;
-        let y_addr = y.as_mut_ptr() as usize;
-        let row_bytes = self.row_bytes();
-        let work = |t: usize| -> Result<(), CodegenError> {
-            let (i0, i1) = (t * per, ((t + 1) * per).min(rows));
-            let n = i1.saturating_sub(i0);
-            let precision = kernel_precision(self.format, self.precision);
-            let act_rows = max_act_rows(precision);
-            for r0 in (0..m).step_by(act_rows) {
-                let r = act_rows.min(m - r0);
-                // The part's rows as `lanes` far-apart runs of `run` rows,
-                // one row of each per call: each run is read front to back
-                // across the calls, so the call streams from `lanes` places
-                // at once (one core reads DRAM twice as fast from four
-                // streams as from one).
-                let lanes = max_weight_rows(r, precision).min(n);
-                let run = n.div_ceil(lanes.max(1));
-                // Consecutive calls with the same row count are one kernel
-                // call (the kernel loops over them).
-                let rows_at = |c: usize| (n - c).div_ceil(run).min(lanes);
-                let mut c = 0;
-                while c < run {
-                    let w = rows_at(c);
-                    let calls = (c..run).take_while(|&c| rows_at(c) == w).count();
-                    let f = set.get(w, r)?;
-                    let i = i0 + c;
-                    c += calls;
-                    let args = KernelArgs {
-                        w: self.data[i * row_bytes..].as_ptr(),
-                        x: acts[r0 * x_stride..].as_ptr(),
-                        y: (y_addr + (r0 * rows + i) * 4) as *mut f32,
-                        groups: self.shape.groups,
-                        w_stride: run * row_bytes,
-                        x_stride,
-                        y_stride: rows * 4,
-                        consts: (&CONSTS as *const Consts).cast(),
-                        tail: self.shape.tail,
-                        y_row_stride: run * 4,
-                        row_bytes,
-                        calls,
-                    };
-                    // SAFETY: rows i + j + k·run (j < calls, k < w, all
-                    // < i1: `rows_at` counted them) of W are `row_bytes`
-                    // and `run · row_bytes` apart with TAIL_PAD after the
-                    // last; activation rows r0..r0+r are `x_stride` apart;
-                    // y rows r0..r0+r, columns i + j + k·run lie in y
-                    // (m × rows), and threads own disjoint columns.
-                    unsafe { f(&args) };
-                }
-            }
-            Ok(())
-        };
-        for_each_part(parts, work)
     }
 
     /// Dequantises into the f32 GEMM's packed panels for `kernel`'s blocking
@@ -610,6 +501,192 @@ impl QuantPanels {
     }
 }
 
+/// One matrix of a [`gemv_group`]: its weights, its activations (quantised
+/// by [`QuantPanels::quantize`] for its format), its output (`m × rows`).
+pub struct GemvMember<'a> {
+    pub panels: &'a QuantPanels,
+    pub acts: &'a QuantActivations,
+    pub y: &'a mut [f32],
+}
+
+/// Several quantised GEMVs as one fan-out: a layer's Q, K and V
+/// projections, or its FFN gate and up, read the same activation rows.
+/// Every matrix's rows are cut into parts that the threads take from one
+/// counter, so the small matrices (SmolLM2's K and V, 69 KiB each, too
+/// small to split alone) run beside the large one instead of on one
+/// thread while the others wait, and the workers are handed work once per
+/// group instead of once per matrix. The thread count is as for one
+/// matrix: the size rule on the group's bytes, then measured once per
+/// group shape ([`measured_thread_choices`]). Each output is computed by
+/// one thread in the same order whatever the split, so results do not
+/// depend on it.
+pub fn gemv_group(members: &mut [GemvMember<'_>], threads: usize) -> Result<(), CodegenError> {
+    let jobs = jobs_of(members)?;
+    let bytes: usize = jobs.iter().map(|j| j.panels.size_bytes()).sum();
+    let threads = for_quantised_gemv(bytes, threads).min(splittable(&jobs));
+    if threads <= 1 {
+        return run_jobs(&jobs, 1);
+    }
+    // More threads only where this machine was measured faster with them,
+    // for this group shape (once per process): a hand-off costs
+    // microseconds, a vCPU may not be running, and small matrices can lose
+    // more to both than they gain.
+    let key = ThreadKey {
+        shapes: jobs.iter().map(|j| j.panels.shape_key()).collect(),
+        act_rows: jobs.iter().map(|j| j.m.min(MAX_ACT_ROWS)).max().unwrap_or(1),
+        threads,
+    };
+    let cached = thread_choices().lock().unwrap_or_else(|e| e.into_inner()).get(&key).map(|c| c.threads);
+    let threads = match cached {
+        Some(t) => t,
+        None => {
+            let choice = measure_threads(&jobs, threads)?;
+            thread_choices().lock().unwrap_or_else(|e| e.into_inner()).insert(key, choice);
+            choice.threads
+        }
+    };
+    run_jobs(&jobs, threads)
+}
+
+/// [`gemv_group`] split over exactly `threads` threads (at most one per 4
+/// rows), bypassing the size rule and the measured choice: for tests of
+/// the split and benchmarks that compare thread counts.
+pub fn gemv_group_exact_threads(members: &mut [GemvMember<'_>], threads: usize) -> Result<(), CodegenError> {
+    let jobs = jobs_of(members)?;
+    run_jobs(&jobs, threads.clamp(1, splittable(&jobs).max(1)))
+}
+
+/// The members that have something to compute, checked.
+fn jobs_of<'a>(members: &'a mut [GemvMember<'_>]) -> Result<Vec<GemvJob<'a>>, CodegenError> {
+    let mut jobs = Vec::with_capacity(members.len());
+    for member in members.iter_mut() {
+        if let Some(job) = member.panels.job(member.acts, member.y)? {
+            jobs.push(job);
+        }
+    }
+    Ok(jobs)
+}
+
+/// How many threads the jobs can use: one per 4 rows.
+fn splittable(jobs: &[GemvJob<'_>]) -> usize {
+    jobs.iter().map(|j| j.panels.rows.div_ceil(4)).sum()
+}
+
+/// One GEMV of a fan-out, checked: its kernels, activations and output.
+struct GemvJob<'a> {
+    panels: &'a QuantPanels,
+    set: &'static KernelSet,
+    m: usize,
+    x_stride: usize,
+    acts: &'a [u8],
+    /// Address of the output (`m × rows` f32), which the fan-out's caller
+    /// borrows exclusively while the jobs run.
+    y: usize,
+}
+
+impl GemvJob<'_> {
+    /// Rows `i0..i1` of W against every activation row: one part's work.
+    fn rows(&self, i0: usize, i1: usize) -> Result<(), CodegenError> {
+        let (set, m, x_stride, acts, y_addr) = (self.set, self.m, self.x_stride, self.acts, self.y);
+        let panels = self.panels;
+        let rows = panels.rows;
+        let row_bytes = panels.row_bytes();
+        let n = i1.saturating_sub(i0);
+        let precision = kernel_precision(panels.format, panels.precision);
+        let act_rows = max_act_rows(precision);
+        for r0 in (0..m).step_by(act_rows) {
+            let r = act_rows.min(m - r0);
+            // The part's rows as `lanes` far-apart runs of `run` rows,
+            // one row of each per call: each run is read front to back
+            // across the calls, so the call streams from `lanes` places
+            // at once (one core reads DRAM twice as fast from four
+            // streams as from one).
+            let lanes = max_weight_rows(r, precision).min(n);
+            let run = n.div_ceil(lanes.max(1));
+            // Consecutive calls with the same row count are one kernel
+            // call (the kernel loops over them).
+            let rows_at = |c: usize| (n - c).div_ceil(run).min(lanes);
+            let mut c = 0;
+            while c < run {
+                let w = rows_at(c);
+                let calls = (c..run).take_while(|&c| rows_at(c) == w).count();
+                let f = set.get(w, r)?;
+                let i = i0 + c;
+                c += calls;
+                let args = KernelArgs {
+                    w: panels.data[i * row_bytes..].as_ptr(),
+                    x: acts[r0 * x_stride..].as_ptr(),
+                    y: (y_addr + (r0 * rows + i) * 4) as *mut f32,
+                    groups: panels.shape.groups,
+                    w_stride: run * row_bytes,
+                    x_stride,
+                    y_stride: rows * 4,
+                    consts: (&CONSTS as *const Consts).cast(),
+                    tail: panels.shape.tail,
+                    y_row_stride: run * 4,
+                    row_bytes,
+                    calls,
+                };
+                // SAFETY: rows i + j + k·run (j < calls, k < w, all
+                // < i1: `rows_at` counted them) of W are `row_bytes`
+                // and `run · row_bytes` apart with TAIL_PAD after the
+                // last; activation rows r0..r0+r are `x_stride` apart;
+                // y rows r0..r0+r, columns i + j + k·run lie in y
+                // (m × rows, borrowed for the fan-out: `GemvJob::y`),
+                // and parts own disjoint columns.
+                unsafe { f(&args) };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The jobs on exactly `threads` threads: each matrix's rows cut into
+/// parts of a multiple of 4 rows — about two parts per thread over the
+/// whole fan-out, in proportion to each matrix's bytes, so a worker that
+/// starts late (on this VM a vCPU is not always running) still takes a
+/// share of what is left — taken from one counter.
+fn run_jobs(jobs: &[GemvJob<'_>], threads: usize) -> Result<(), CodegenError> {
+    if threads <= 1 {
+        return jobs.iter().try_for_each(|j| j.rows(0, j.panels.rows));
+    }
+    let total: usize = jobs.iter().map(|j| j.panels.size_bytes()).sum::<usize>().max(1);
+    let mut parts = Vec::new();
+    for (n, job) in jobs.iter().enumerate() {
+        let rows = job.panels.rows;
+        let count = (2 * threads * job.panels.size_bytes()).div_ceil(total).clamp(1, rows.div_ceil(4));
+        let per = rows.div_ceil(count).div_ceil(4) * 4;
+        parts.extend((0..rows).step_by(per).map(|i0| (n, i0, (i0 + per).min(rows))));
+    }
+    for_each_part(parts.len(), |p| {
+        let (n, i0, i1) = parts[p];
+        jobs[n].rows(i0, i1)
+    })
+}
+
+/// Times the jobs on one thread and on `threads` (interleaved, after a
+/// warm-up, median of [`THREAD_TIMING_RUNS`] each) and keeps `threads` only
+/// when it is at least [`PARALLEL_MARGIN`] faster. The outputs are written
+/// by every run (the same result whatever the split).
+fn measure_threads(jobs: &[GemvJob<'_>], threads: usize) -> Result<ThreadChoice, CodegenError> {
+    let mut times = [Vec::new(), Vec::new()];
+    for round in 0..=THREAD_TIMING_RUNS {
+        for (slot, t) in [1, threads].into_iter().enumerate() {
+            let started = std::time::Instant::now();
+            run_jobs(jobs, t)?;
+            if round > 0 {
+                times[slot].push(started.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let [one, many] = times.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    });
+    let chosen = if many <= one * (1.0 - PARALLEL_MARGIN) { threads } else { 1 };
+    Ok(ThreadChoice { threads: chosen, one_thread_secs: one, many_threads_secs: many })
+}
+
 /// Timed runs per candidate when a GEMV shape's thread count is measured.
 const THREAD_TIMING_RUNS: usize = 7;
 
@@ -618,18 +695,39 @@ const THREAD_TIMING_RUNS: usize = 7;
 /// stays on one thread (never slower than one thread by more than noise).
 pub const PARALLEL_MARGIN: f64 = 0.10;
 
-/// A quantised GEMV shape whose thread count was measured.
+/// One matrix of a measured fan-out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ThreadKey {
+pub struct GemvShape {
     pub format: QuantFormat,
     pub precision: ActivationPrecision,
     /// Output rows and input columns of the weight.
     pub rows: usize,
     pub cols: usize,
+}
+
+/// A quantised GEMV fan-out whose thread count was measured: one matrix,
+/// or the matrices of a [`gemv_group`] run as one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ThreadKey {
+    pub shapes: Vec<GemvShape>,
     /// Activation rows per kernel call (1..=[`MAX_ACT_ROWS`]).
     pub act_rows: usize,
     /// The thread budget the choice was made within.
     pub threads: usize,
+}
+
+impl std::fmt::Display for ThreadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.shapes.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " + " };
+            write!(f, "{sep}{} {}×{}", s.format, s.rows, s.cols)?;
+            // The precision once per run of members that share it.
+            if self.shapes.get(i + 1).is_none_or(|next| next.precision != s.precision) {
+                write!(f, " ({} activations)", s.precision)?;
+            }
+        }
+        write!(f, ", {} row(s), budget {}", self.act_rows, self.threads)
+    }
 }
 
 /// The outcome of one measurement: the thread count used from then on and
@@ -650,9 +748,16 @@ fn thread_choices() -> &'static std::sync::Mutex<std::collections::HashMap<Threa
 /// Every quantised GEMV shape measured so far in this process, and what
 /// was chosen (for `gllm bench` and the benchmark tables).
 pub fn measured_thread_choices() -> Vec<(ThreadKey, ThreadChoice)> {
-    let mut v: Vec<(ThreadKey, ThreadChoice)> =
-        thread_choices().lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, c)| (*k, *c)).collect();
-    v.sort_by_key(|(k, _)| (k.rows, k.cols, k.act_rows, k.threads));
+    let mut v: Vec<(ThreadKey, ThreadChoice)> = thread_choices()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, c)| (k.clone(), *c))
+        .collect();
+    v.sort_by_key(|(k, _)| {
+        let dims: Vec<(usize, usize)> = k.shapes.iter().map(|s| (s.rows, s.cols)).collect();
+        (dims, k.act_rows, k.threads)
+    });
     v
 }
 

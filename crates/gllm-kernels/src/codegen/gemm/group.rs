@@ -287,15 +287,21 @@ impl CompiledGemmGroup {
             .collect()
     }
 
-    /// Members one after another: the quantised GEMV (then the epilogue as
-    /// a loop over C) or the f32 GEMM with its epilogue. A member's extra
-    /// written by another member must come from an earlier one.
+    /// The quantised members' GEMVs as one fan-out ([`gemv_group`]), then
+    /// member by member the epilogues (a loop over C) and the f32 members'
+    /// GEMMs with theirs. A member's extra written by another member must
+    /// come from an earlier one, which is complete (GEMV and epilogue)
+    /// before the later member's epilogue reads it; no GEMV reads another
+    /// member's output, so running them together changes nothing.
+    ///
+    /// [`gemv_group`]: crate::codegen::quant_gemv::gemv_group
     pub(super) fn run_quant_gemv<'t>(
         &self,
         tensor: &dyn Fn(crate::graph::TensorId) -> &'t [f32],
         weights: &[&PreparedB],
         outputs: &mut [&mut [f32]],
     ) -> Result<(), CodegenError> {
+        use crate::codegen::quant_gemv::{gemv_group, GemvMember, QuantActivations};
         let (m, k) = (self.m, self.k);
         let source = tensor(self.a);
         let produced;
@@ -311,39 +317,48 @@ impl CompiledGemmGroup {
             None => source,
         };
         check_length(Buffer::A, a.len(), m * k)?;
+        for i in 0..self.members.len() {
+            if let Some(&(slot, j)) = self.extras_from_members(i).iter().find(|&&(_, j)| j >= i) {
+                return Err(CodegenError::BadArguments(BadArguments::MemberExtraLater {
+                    member: i,
+                    slot,
+                    producer: j,
+                }));
+            }
+        }
         // Members share A: quantise it once per weight format.
-        let mut quantised: Vec<crate::codegen::quant_gemv::QuantActivations> = Vec::new();
+        let mut quantised: Vec<QuantActivations> = Vec::new();
+        for w in weights {
+            if let PreparedB::Quant(q) = w {
+                if !quantised.iter().any(|x| x.format() == q.format()) {
+                    quantised.push(q.quantize(a, m)?);
+                }
+            }
+        }
+        let mut gemvs: Vec<GemvMember<'_>> = Vec::new();
+        for (w, c) in weights.iter().zip(outputs.iter_mut()) {
+            if let PreparedB::Quant(q) = w {
+                let acts = quantised.iter().find(|x| x.format() == q.format()).expect("quantised above");
+                gemvs.push(GemvMember { panels: q, acts, y: c });
+            }
+        }
+        gemv_group(&mut gemvs, self.budget)?;
+        drop(gemvs);
         for (i, member) in self.members.iter().enumerate() {
             let from = self.extras_from_members(i);
             let (done, rest) = outputs.split_at_mut(i);
             let mut extras = Vec::with_capacity(member.extras.len());
             for (slot, &t) in member.extras.iter().enumerate() {
+                // Checked above: a member's extra comes from an earlier member.
                 match from.iter().find(|&&(s, _)| s == slot) {
-                    Some(&(_, j)) if j < i => extras.push(&*done[j]),
-                    Some(&(_, j)) => {
-                        return Err(CodegenError::BadArguments(BadArguments::MemberExtraLater {
-                            member: i,
-                            slot,
-                            producer: j,
-                        }))
-                    }
+                    Some(&(_, j)) => extras.push(&*done[j]),
                     None => extras.push(tensor(t)),
                 }
             }
             let c = &mut *rest[0];
             match weights[i] {
                 PreparedB::Packed(b) => member.gemm.gemm_prepacked_with(a, b, c, m, &extras, self.threads)?,
-                PreparedB::Quant(q) => {
-                    let acts = match quantised.iter().position(|x| x.format() == q.format()) {
-                        Some(j) => &quantised[j],
-                        None => {
-                            quantised.push(q.quantize(a, m)?);
-                            quantised.last().expect("just pushed")
-                        }
-                    };
-                    q.gemv_quantized(acts, c, self.budget)?;
-                    member.gemm.apply_epilogue(c, m, q.rows(), &extras)?;
-                }
+                PreparedB::Quant(q) => member.gemm.apply_epilogue(c, m, q.rows(), &extras)?,
             }
         }
         Ok(())
