@@ -310,6 +310,12 @@ impl Planner<'_, '_> {
         }
         let variant = if params.m == 1 && params.batch == 1 {
             reasons.push("M = 1: bandwidth-bound GEMV path".into());
+            // The `parallel:` line is the f32 weights' split; weights kept
+            // quantised arrive after planning and decide at run time.
+            reasons.push(format!(
+                "weights kept quantised: the group's GEMVs run as one fan-out, split across threads from {} KiB when measured faster at first use (`gllm bench` lists the choices)",
+                parallel::MIN_PARALLEL_QUANT_BYTES >> 10
+            ));
             GemmVariant::Gemv
         } else {
             GemmVariant::Blocked
