@@ -127,40 +127,34 @@ impl CausalAttention {
         scratch.mask.resize(ctx, 0.0);
         scratch.scores.resize(s.heads * ctx, 0.0);
         let scores = &mut scratch.scores[..s.heads * ctx];
-        // Heads are independent: split them across threads when the context
-        // is long enough to pay for a hand-off.
+        // Heads are independent: each part takes whole heads through
+        // scores, scale and mask, softmax and P·V (one hand-off per step),
+        // split across threads when the context is long enough to pay for it.
         let parts =
             if s.heads * ctx * d >= MIN_PARALLEL_DECODE_ELEMS { threads.clamp(1, s.heads) } else { 1 };
         let per = s.heads.div_ceil(parts);
-        let scores_at = RawSlice::of_mut(scores);
+        let (scores_at, out_at) = (RawSlice::of_mut(scores), RawSlice::of_mut(out));
+        let mask = &scratch.mask;
         for_each_part(parts, |t| -> Result<(), CodegenError> {
             for h in (t * per)..((t + 1) * per).min(s.heads) {
                 let (qh, kv) = (&q[h * d..(h + 1) * d], (h / group) * d);
-                // SAFETY: part t alone writes rows t·per.. of the scores
-                // (heads × ctx elements, alive for this call).
-                let row =
-                    unsafe { std::slice::from_raw_parts_mut((scores_at.addr as *mut f32).add(h * ctx), ctx) };
+                let at = RawSlice { addr: scores_at.addr + h * ctx * 4, len: ctx };
+                // SAFETY: part t alone reads and writes head h's row of the
+                // scores (heads × ctx elements, alive for this call).
+                let row = unsafe { std::slice::from_raw_parts_mut(at.addr as *mut f32, ctx) };
                 dots(qh, &k_cache[kv..], kv_dim, row);
-            }
-            Ok(())
-        })?;
-        let mask = &scratch.mask;
-        match &self.scale_mask {
-            None => self.scores.apply_epilogue(scores, s.heads, ctx, &[mask])?,
-            Some(scale_mask) => scale_and_mask_per_head(scale_mask, scores, s.heads, 1, ctx, mask)?,
-        }
-        let all = RawSlice::of_mut(scores);
-        // SAFETY: softmax rewrites each row in place, element for element.
-        unsafe { self.softmax.run_raw(&[all], &[all], s.heads, ctx, threads)? };
-        let scores = &*scores;
-        let out_at = RawSlice::of_mut(out);
-        for_each_part(parts, |t| -> Result<(), CodegenError> {
-            for h in (t * per)..((t + 1) * per).min(s.heads) {
-                let kv = (h / group) * d;
+                match &self.scale_mask {
+                    None => self.scores.apply_epilogue(row, 1, ctx, &[mask])?,
+                    Some(scale_mask) => scale_and_mask_per_head(scale_mask, row, 1, 1, ctx, mask)?,
+                }
+                // SAFETY: softmax rewrites the row in place, element for element.
+                unsafe { self.softmax.run_raw(&[at], &[at], 1, ctx, 1)? };
                 // SAFETY: part t alone writes head h's d outputs of `out`
                 // (heads·d elements, alive for this call).
                 let o = unsafe { std::slice::from_raw_parts_mut((out_at.addr as *mut f32).add(h * d), d) };
-                weighted_sum(&scores[h * ctx..(h + 1) * ctx], &v_cache[kv..], kv_dim, o);
+                // SAFETY: the row was last written above, on this thread.
+                let row = unsafe { std::slice::from_raw_parts(at.addr as *const f32, ctx) };
+                weighted_sum(row, &v_cache[kv..], kv_dim, o);
             }
             Ok(())
         })
@@ -289,8 +283,11 @@ fn scale_and_mask_per_head(
 
 /// Below this many query-head × context × head-dim elements a decode
 /// step's attention runs on one thread (SmolLM2: 9 heads × 64 → a context
-/// of about 110 tokens).
-const MIN_PARALLEL_DECODE_ELEMS: usize = 1 << 16;
+/// of 15 tokens). With the whole step one fan-out and the workers hot (as
+/// between a decode step's GEMVs), SmolLM2's step on the AVX2 EPYC, hot,
+/// medians of 200: context 8: 1.60 µs on one thread, 1.51 on two; 16:
+/// 2.11 → 1.77; 64: 6.38 → 3.82; 1024: 121 → 70.
+const MIN_PARALLEL_DECODE_ELEMS: usize = 1 << 13;
 
 /// `out[c] = q · rows[c·stride..c·stride + q.len()]` for every `c`: a
 /// head's scores against the cached keys (AVX2 + FMA where the CPU has
