@@ -1,7 +1,9 @@
 //! Quantised GEMV (weights read as stored) against this machine's read
 //! bandwidth, measured in the same interleaved rounds: GB/s of compressed
 //! weight bytes per second over the 8-stream read probe, 1 and 2 threads;
-//! then SmolLM2's shapes on 1 vs 2 threads (hot, in cache), and the
+//! the two-thread GEMV with the worker awake (as in decode; what waking a
+//! parked worker costs is printed on its own); then SmolLM2's shapes on 1
+//! vs 2 threads (hot, in cache), and the
 //! dequantising prompt-processing path. Medians of several rounds. Block
 //! formats run with int8 activations (as llama.cpp) and again with int16
 //! ("int16 x": the accurate mode's cost).
@@ -16,6 +18,7 @@ use gllm_kernels::quant::{ActivationPrecision, QuantFormat, QuantMatrix};
 mod common;
 use common::interleaved_median_times;
 use common::probe::ReadProbe;
+use gllm_kernels::runtime::dispatch;
 
 /// Random stored bytes with ordinary f16 scales (F16/BF16: every element
 /// the scale's bytes).
@@ -41,6 +44,16 @@ fn matrix(format: QuantFormat, rows: usize, cols: usize) -> Vec<u8> {
         }
     }
     v
+}
+
+/// Wakes the pool's parked workers and waits until they run.
+fn wake_and_wait() {
+    while {
+        dispatch::wake_workers();
+        dispatch::parked_workers() > 0
+    } {
+        std::hint::spin_loop();
+    }
 }
 
 fn main() {
@@ -75,18 +88,24 @@ fn main() {
             };
             let x: Vec<f32> = (0..k).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
             let (mut y1, mut y2) = (vec![0.0f32; n], vec![0.0f32; n]);
+            // Each GEMV follows a probe run, which reads 192 MiB: the
+            // matrix starts in DRAM, not in the L3 the other GEMV left it
+            // in. The two-thread GEMV runs with the worker awake, as
+            // between a decode step's GEMVs (after the probe's milliseconds
+            // it has parked; waking it is timed on its own below).
             let t = interleaved_median_times(
                 11,
                 &mut [
                     &mut || probe.run(1),
-                    &mut || probe.run(2),
                     &mut || panels.gemv(&x, 1, &mut y1, 1).unwrap(),
+                    &mut || probe.run(2),
+                    &mut wake_and_wait,
                     &mut || panels.gemv_exact_threads(&x, 1, &mut y2, 2).unwrap(),
                 ],
             );
             let size = bytes.len() as f64;
-            let (p1, p2) = (probe.bytes() / t[0] / 1e9, probe.bytes() / t[1] / 1e9);
-            let (g1, g2) = (size / t[2] / 1e9, size / t[3] / 1e9);
+            let (p1, p2) = (probe.bytes() / t[0] / 1e9, probe.bytes() / t[2] / 1e9);
+            let (g1, g2) = (size / t[1] / 1e9, size / t[4] / 1e9);
             println!(
                 "| {label} | {k}×{n} | {:.1} | {p1:.1} | {g1:.1} ({:.0}%) | {p2:.1} | {g2:.1} ({:.0}%) |",
                 size / (1 << 20) as f64,
@@ -95,6 +114,40 @@ fn main() {
             );
         }
     }
+
+    // What a parked worker costs the first fan-out after a pause: a
+    // two-part no-op job after the worker has parked, against the same
+    // job with the worker spinning.
+    let noop = || dispatch::for_each_part::<()>(2, |_| Ok(())).unwrap();
+    let cold = || {
+        while dispatch::parked_workers() < dispatch::worker_placement().workers {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        let start = std::time::Instant::now();
+        noop();
+        start.elapsed().as_secs_f64()
+    };
+    let hot = || {
+        wake_and_wait();
+        let start = std::time::Instant::now();
+        noop();
+        start.elapsed().as_secs_f64()
+    };
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..51 {
+        times[0].push(cold());
+        times[1].push(hot());
+    }
+    let [cold, hot] = times.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    });
+    println!(
+        "\nA two-part job's hand-off ({}): {:.1} µs with the worker parked, {:.1} µs with it spinning (medians of 51)",
+        dispatch::worker_placement(),
+        cold * 1e6,
+        hot * 1e6
+    );
 
     println!(
         "\nSmolLM2-135M's shapes, Q4_1 weights, hot: 1 vs 2 threads (µs, median); `auto`: a 2-thread budget"

@@ -113,6 +113,31 @@ fn pool_and_placement() -> &'static (&'static Pool, WorkerPlacement) {
     })
 }
 
+/// Wakes parked workers without giving them work, and returns at once:
+/// they spin again (for [`SPIN`]), so a job that follows soon finds them
+/// ready instead of paying the OS wake-up (tens of microseconds on a VM).
+/// For a caller that knows fan-outs are coming after a pause — a decode
+/// step after sampling and printing, a benchmark after other work.
+pub fn wake_workers() {
+    let pool = pool();
+    if pool.workers == 0 {
+        return;
+    }
+    // A worker that sees the new generation finds no job (or joins the job
+    // another caller is running, which is as valid) and spins again.
+    pool.generation.fetch_add(1, SeqCst);
+    if pool.sleepers.load(SeqCst) > 0 {
+        let _g = pool.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.wake.notify_all();
+    }
+}
+
+/// Workers parked now (not spinning, not working): 0 right after a job or
+/// a [`wake_workers`] once the OS has run them.
+pub fn parked_workers() -> usize {
+    pool().sleepers.load(SeqCst)
+}
+
 /// Where the pool's workers run (starting the pool if it has not started).
 pub fn worker_placement() -> &'static WorkerPlacement {
     &pool_and_placement().1
