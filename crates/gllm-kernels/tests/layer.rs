@@ -238,3 +238,64 @@ fn unseen_elementwise_ops_fuse_into_gemms_through_compile_graph() {
     assert!(fused.len() >= 4, "fused as epilogues: {fused:?}");
     eprintln!("fused as GEMM epilogues: {fused:?}");
 }
+
+#[test]
+fn a_quantised_gemv_group_with_an_epilogue_reading_an_earlier_member() {
+    // a = x·W1, b = x·W2 + a, c = x·W3 share x: one group whose GEMVs run
+    // as one fan-out, then the epilogues in member order, so b's add reads
+    // a's finished output. Weights stay quantised (Q4_1, Q8_0, F16); the
+    // result must equal each member's own GEMV plus the add, exactly.
+    use gllm_kernels::codegen::layer::WeightData;
+    use gllm_kernels::codegen::quant_gemv::QuantPanels;
+    use gllm_kernels::oracle::quant::{random_activations, random_stored_matrix};
+    use gllm_kernels::quant::{QuantFormat, QuantMatrix};
+    let (k, n, n3) = (576, 200, 97);
+    let mut rng = support::Rng(0x91a);
+    let formats = [QuantFormat::Q4_1, QuantFormat::Q8_0, QuantFormat::F16];
+    let shapes = [n, n, n3];
+    let bytes: Vec<Vec<u8>> =
+        formats.iter().zip(shapes).map(|(&f, rows)| random_stored_matrix(f, rows, k, &mut rng)).collect();
+    let mats: Vec<QuantMatrix> = formats
+        .iter()
+        .zip(shapes)
+        .zip(&bytes)
+        .map(|((&f, rows), b)| QuantMatrix::new(f, rows, k, b).unwrap())
+        .collect();
+    for m in [1, 3] {
+        let mut g = CompilerGraph::new();
+        let x = g.input("x", TensorDesc::f32([m, k]));
+        let w: Vec<_> = ["w1", "w2", "w3"]
+            .iter()
+            .zip(shapes)
+            .map(|(&name, cols)| g.weight(name, TensorDesc::f32([k, cols])))
+            .collect();
+        let mm = |n| CompilerOp::matmul(MatMulParams::new(m, n, k));
+        let a = g.node("a", mm(n), vec![x.clone(), w[0].clone()], TensorDesc::f32([m, n]));
+        let b0 = g.node("b0", mm(n), vec![x.clone(), w[1].clone()], TensorDesc::f32([m, n]));
+        let b = g.node("b", CompilerOp::new(OpKind::Add), vec![b0, a], TensorDesc::f32([m, n]));
+        let c = g.node("c", mm(n3), vec![x, w[2].clone()], TensorDesc::f32([m, n3]));
+        g.output(b);
+        g.output(c);
+        let profile = DeviceProfile::detect().unwrap();
+        let layer = compile_graph(&g, &profile, ScalarOpRegistry::global()).unwrap();
+        let mut prepared = Default::default();
+        layer
+            .prepare_more_from(&mut prepared, &|name: &str| {
+                ["w1", "w2", "w3"].iter().position(|&w| w == name).map(|i| WeightData::Quant(mats[i].clone()))
+            })
+            .unwrap();
+        let xv = random_activations(m * k, &mut rng);
+        let out = layer.run(&prepared, &[&xv]).unwrap();
+        let gemv = |i: usize| {
+            let panels = QuantPanels::pack(&mats[i]).unwrap();
+            let mut y = vec![0.0f32; m * panels.rows()];
+            panels.gemv(&xv, m, &mut y, 1).unwrap();
+            y
+        };
+        let (ya, yb, yc) = (gemv(0), gemv(1), gemv(2));
+        let want_b: Vec<f32> = yb.iter().zip(&ya).map(|(p, q)| p + q).collect();
+        let plan = gllm_kernels::fusion::fuse(&g, &profile).unwrap().explain(&g);
+        assert_eq!(out[0], want_b, "b = x·W2 + a, m = {m}\n{plan}");
+        assert_eq!(out[1], yc, "c = x·W3, m = {m}\n{plan}");
+    }
+}
