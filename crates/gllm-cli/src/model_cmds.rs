@@ -374,6 +374,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             let (m, s) = mean_std(&rates);
             println!("| {name} | {size} | {params} | {threads} | tg{} | {m:.2} ± {s:.2} |", args.gen);
             let (o, _) = mean_std(&outside);
+            let read = model.weights.bytes_read_per_token() as f64;
+            notes.push(format!(
+                "{threads} thread(s): a decode step reads {:.1} MB of weights: {:.1} GB/s at tg{}",
+                read / 1e6,
+                read * m / 1e9,
+                args.gen
+            ));
             for &seqs in args.batch_seqs.iter().filter(|&&b| b > 1) {
                 let mut rates = Vec::new();
                 for rep in 0..=args.repetitions {

@@ -202,6 +202,26 @@ impl ModelWeights {
             .sum()
     }
 
+    /// Bytes a decode step reads: every weight as held, except that only
+    /// one row of the token embedding is read — unless the LM head is tied
+    /// to it, when all of it is read as the head. What bounds decode speed
+    /// (`gllm bench` divides it by the time per token).
+    pub fn bytes_read_per_token(&self) -> usize {
+        let embd = self.tensors.get("token_embd.weight");
+        let head = self.tensors.get("output.weight");
+        let tied = match (embd, head) {
+            (Some(Tensor::Quant(e)), Some(Tensor::Quant(h))) => Arc::ptr_eq(&e.bytes, &h.bytes),
+            _ => false,
+        };
+        let embd_bytes = match embd {
+            _ if tied => 0,
+            Some(Tensor::F32(v)) => v.len() * 4,
+            Some(Tensor::Quant(q)) => q.bytes.len(),
+            None => 0,
+        };
+        self.size_bytes() - embd_bytes
+    }
+
     /// Number of parameters (the tied LM head counted once).
     pub fn num_params(&self, cfg: &LlamaConfig) -> usize {
         let all: usize = self.tensors.values().map(Tensor::len).sum();
@@ -233,5 +253,34 @@ impl ModelWeights {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q8(rows: usize, cols: usize, bytes: Arc<Vec<u8>>, transposed: bool) -> QuantTensor {
+        QuantTensor { format: QuantFormat::Q8_0, rows, cols, bytes, transposed }
+    }
+
+    #[test]
+    fn a_decode_step_reads_every_weight_but_the_untied_embedding() {
+        // 64 tokens × 32 hidden in Q8_0: 64 blocks of 34 bytes.
+        let embd = Arc::new(vec![0u8; 64 * 34]);
+        let mut w = ModelWeights::new();
+        w.insert("norm", vec![1.0; 32]);
+        w.insert_quant("token_embd.weight", q8(64, 32, embd.clone(), false));
+        // Tied: the head is the embedding's bytes, read whole as the head.
+        w.insert_quant("output.weight", q8(64, 32, embd, true));
+        assert_eq!(w.size_bytes(), 64 * 34 + 32 * 4);
+        assert_eq!(w.bytes_read_per_token(), 64 * 34 + 32 * 4);
+        // Untied: the head's own bytes; of the embedding one row is read.
+        w.insert_quant("output.weight", q8(64, 32, Arc::new(vec![0u8; 64 * 34]), true));
+        assert_eq!(w.size_bytes(), 2 * 64 * 34 + 32 * 4);
+        assert_eq!(w.bytes_read_per_token(), 64 * 34 + 32 * 4);
+        // f32 weights: the embedding is a separate f32 table.
+        let f = w.to_f32();
+        assert_eq!(f.bytes_read_per_token(), f.size_bytes() - 64 * 32 * 4);
     }
 }

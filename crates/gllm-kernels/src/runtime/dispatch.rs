@@ -115,7 +115,8 @@ fn pool_and_placement() -> &'static (&'static Pool, WorkerPlacement) {
 
 /// Wakes parked workers without giving them work, and returns at once:
 /// they spin again (for [`SPIN`]), so a job that follows soon finds them
-/// ready instead of paying the OS wake-up (tens of microseconds on a VM).
+/// ready instead of paying the OS wake-up (2–5 µs measured on the 2-vCPU
+/// VM, against 0.3 µs for a spinning worker: `--bench quant`).
 /// For a caller that knows fan-outs are coming after a pause — a decode
 /// step after sampling and printing, a benchmark after other work.
 pub fn wake_workers() {
