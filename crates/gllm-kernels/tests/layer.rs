@@ -281,7 +281,7 @@ fn a_quantised_gemv_group_with_an_epilogue_reading_an_earlier_member() {
         let mut prepared = Default::default();
         layer
             .prepare_more_from(&mut prepared, &|name: &str| {
-                ["w1", "w2", "w3"].iter().position(|&w| w == name).map(|i| WeightData::Quant(mats[i].clone()))
+                ["w1", "w2", "w3"].iter().position(|&w| w == name).map(|i| WeightData::Quant(mats[i]))
             })
             .unwrap();
         let xv = random_activations(m * k, &mut rng);
