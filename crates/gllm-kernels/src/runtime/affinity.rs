@@ -33,6 +33,9 @@ impl fmt::Display for WorkerPlacement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let caller = self.caller_cpu.map_or_else(|| "unknown".to_string(), |c| c.to_string());
         let s = if self.workers == 1 { "" } else { "s" };
+        if self.workers == 0 {
+            return write!(f, "no workers: one core available to this process (the caller's)");
+        }
         match (self.pinned, self.cpus.is_empty()) {
             (true, _) => {
                 let cpus: Vec<String> = self.cpus.iter().map(|c| c.to_string()).collect();
@@ -211,6 +214,23 @@ mod tests {
     fn no_smt_two_cores() {
         let m = machine(2, 1);
         assert_eq!(worker_cpus(&m, &[0, 1], Some(1)), Some(vec![0]));
+    }
+
+    #[test]
+    fn the_placement_says_why_workers_are_or_are_not_pinned() {
+        let p = |cpus: Vec<usize>, workers, pinned| WorkerPlacement {
+            cpus,
+            workers,
+            pinned,
+            caller_cpu: Some(0),
+        };
+        assert_eq!(
+            p(vec![1, 2], 2, true).to_string(),
+            "2 workers pinned to CPU 1, 2 (one per physical core; caller on CPU 0, unpinned)"
+        );
+        assert!(p(vec![1], 1, false).to_string().contains("not pinned (GLLM_PIN_THREADS=0"));
+        assert!(p(vec![], 3, false).to_string().contains("no CPU topology"));
+        assert!(p(vec![], 0, false).to_string().starts_with("no workers: one core"));
     }
 
     #[test]
