@@ -18,7 +18,7 @@
 //! does not hold the others up. A call made while another caller's job runs
 //! (several sequences at once), or from inside a part, runs its parts on its
 //! own thread. There is one worker per physical core other than the
-//! caller's, pinned to it ([`super::affinity`]).
+//! caller's, pinned to it ([`WorkerPlacement`], `GLLM_PIN_THREADS`).
 
 use super::affinity::{self, WorkerPlacement};
 use std::cell::Cell;
@@ -114,7 +114,7 @@ fn pool_and_placement() -> &'static (&'static Pool, WorkerPlacement) {
 }
 
 /// Wakes parked workers without giving them work, and returns at once:
-/// they spin again (for [`SPIN`]), so a job that follows soon finds them
+/// they spin again (for 200 µs), so a job that follows soon finds them
 /// ready instead of paying the OS wake-up (2–5 µs measured on the 2-vCPU
 /// VM, against 0.3 µs for a spinning worker: `--bench quant`).
 /// For a caller that knows fan-outs are coming after a pause — a decode
