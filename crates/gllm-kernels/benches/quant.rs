@@ -1,10 +1,10 @@
 //! Quantised GEMV (weights read as stored) against this machine's read
 //! bandwidth, measured in the same interleaved rounds: GB/s of compressed
-//! weight bytes per second over the 8-stream read probe, 1 and 2 threads;
-//! the two-thread GEMV with the worker awake (as in decode; what waking a
-//! parked worker costs is printed on its own); then SmolLM2's shapes on 1
-//! vs 2 threads (hot, in cache), and the
-//! dequantising prompt-processing path. Medians of several rounds. Block
+//! weight bytes per second over the 8-stream read probe, 1 and 2 threads,
+//! each GEMV with its matrix cold in DRAM and the two-thread one with the
+//! worker awake (as in decode; what waking a parked worker costs is printed
+//! on its own); then SmolLM2's shapes on 1 vs 2 threads (hot, in cache),
+//! and the dequantising prompt-processing path. Medians of several rounds. Block
 //! formats run with int8 activations (as llama.cpp) and again with int16
 //! ("int16 x": the accurate mode's cost).
 //! `cargo bench -p gllm-kernels --bench quant [-- FORMAT…]` (e.g. `-- Q4_1 Q8_0`:
