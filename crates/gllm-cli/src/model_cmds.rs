@@ -9,6 +9,7 @@ use gllm::perplexity::Scoring;
 use gllm::sampling::{Sampler, SamplingParams};
 use gllm::{layer_graph, ChatMessage};
 use gllm_kernels::fusion::FusionOptions;
+use gllm_kernels::tune::ReadProbe;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -325,6 +326,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     // Deterministic stand-in prompt tokens (the content does not change the cost).
     let tokens = |n: usize| -> Vec<u32> { (0..n as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect() };
     let mut notes = Vec::new();
+    let mut probe: Option<Result<ReadProbe, gllm_kernels::codegen::CodegenError>> = None;
     for &threads in &args.threads_list {
         if threads == 0 {
             bail!("thread counts must be at least 1");
@@ -375,8 +377,25 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             println!("| {name} | {size} | {params} | {threads} | tg{} | {m:.2} ± {s:.2} |", args.gen);
             let (o, _) = mean_std(&outside);
             let read = model.weights.bytes_read_per_token() as f64;
+            let l3 = base.profile.caches.l3.size_bytes as f64;
+            let against = if read > 2.0 * l3 {
+                // Measured now, beside the decode it is compared with.
+                let probe = probe.get_or_insert_with(|| ReadProbe::new(&base.profile));
+                match probe {
+                    Ok(p) => {
+                        let ceiling = p.gb_per_s(threads, 5);
+                        format!(
+                            " = {:.0} % of this machine's read bandwidth on {threads} thread(s) ({ceiling:.1} GB/s, measured now)",
+                            100.0 * read * m / 1e9 / ceiling
+                        )
+                    }
+                    Err(e) => format!(" (read bandwidth not measured: {e})"),
+                }
+            } else {
+                format!(" (the weights fit in the {:.0} MiB L3: not bound by DRAM)", l3 / (1 << 20) as f64)
+            };
             notes.push(format!(
-                "{threads} thread(s): a decode step reads {:.1} MB of weights: {:.1} GB/s at tg{}",
+                "{threads} thread(s): a decode step reads {:.1} MB of weights: {:.1} GB/s at tg{}{against}",
                 read / 1e6,
                 read * m / 1e9,
                 args.gen

@@ -10,8 +10,8 @@ use gllm_kernels::runtime::ExecutableCode;
 use std::process::Command;
 
 mod common;
-use common::probe::ReadProbe;
 use common::{median_time, warm_median_time};
+use gllm_kernels::tune::ReadProbe;
 
 /// GFLOP/s of independent FMA chains on one core (12 accumulators).
 fn fma_peak(isa: Isa) -> f64 {
@@ -72,7 +72,7 @@ fn main() {
     );
     println!("| M×K×N | threads | ours GFLOP/s | % of peak | OpenBLAS GFLOP/s | ours / OpenBLAS |");
     println!("|---|---|---|---|---|---|");
-    let probe = ReadProbe::new(&profile);
+    let probe = ReadProbe::new(&profile).expect("the read probe compiles");
     let mut gemv_rows = Vec::new();
     for (m, k, n) in [(128, 4096, 4096), (32, 4096, 4096), (1, 4096, 4096), (1, 4096, 11008)] {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();

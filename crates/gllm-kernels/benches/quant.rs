@@ -17,8 +17,8 @@ use gllm_kernels::quant::{ActivationPrecision, QuantFormat, QuantMatrix};
 
 mod common;
 use common::interleaved_median_times;
-use common::probe::ReadProbe;
 use gllm_kernels::runtime::dispatch;
+use gllm_kernels::tune::ReadProbe;
 
 /// Random stored bytes with ordinary f16 scales (F16/BF16: every element
 /// the scale's bytes).
@@ -58,7 +58,7 @@ fn wake_and_wait() {
 
 fn main() {
     let profile = DeviceProfile::detect().expect("an AVX2 or AVX-512 CPU");
-    let probe = ReadProbe::new(&profile);
+    let probe = ReadProbe::new(&profile).expect("the read probe compiles");
     println!(
         "{} ({}); GEMV y = x·Wᵀ with W stored quantised, x f32 (quantised per 32 inside)\n",
         profile.name, profile.isa

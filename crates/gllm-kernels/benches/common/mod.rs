@@ -1,8 +1,6 @@
 //! Timing helpers shared by the benchmarks: medians of repeated runs.
 #![allow(dead_code)]
 
-pub mod probe;
-
 use std::time::Instant;
 
 /// The median of `v` (the upper one for an even count).

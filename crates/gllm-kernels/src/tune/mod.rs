@@ -17,6 +17,10 @@
 //! table, `--loops-isa` / `--matmul-isa`, or `--isa` for everything) is
 //! forced and not timed.
 
+mod bandwidth;
+
+pub use bandwidth::ReadProbe;
+
 use crate::codegen::gemm::GemmKernel;
 use crate::codegen::loops::{LoopKernel, LoopProgram};
 use crate::codegen::CodegenError;
