@@ -377,7 +377,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             println!("| {name} | {size} | {params} | {threads} | tg{} | {m:.2} ± {s:.2} |", args.gen);
             let (o, _) = mean_std(&outside);
             let read = model.weights.bytes_read_per_token() as f64;
-            let l3 = base.profile.caches.l3.size_bytes as f64;
+            // This host's L3 (a `--preset` may describe another machine).
+            let l3 = gllm_kernels::device::DeviceProfile::detect()
+                .map_or(base.profile.caches.l3.size_bytes, |p| p.caches.l3.size_bytes)
+                as f64;
             let against = if read > 2.0 * l3 {
                 // Measured now, beside the decode it is compared with.
                 let probe = probe.get_or_insert_with(|| ReadProbe::new(&base.profile));
