@@ -26,6 +26,7 @@ use gllm_kernels::graph::{CompilerGraph, GraphError, SemanticGraph, TensorId};
 use gllm_kernels::oracle::{self, ErrorStats, Sweep, Tolerance};
 use gllm_kernels::reference::{self, ReferenceError};
 use gllm_kernels::scalar::{Arg, OpKind, OpSignature, RegistryError, Returns, ScalarOpRegistry, TensorRole};
+use gllm_kernels::tune::median_secs;
 use std::time::Instant;
 use thiserror::Error;
 
@@ -102,18 +103,6 @@ fn check(
         what: what(),
         detail,
     })
-}
-
-/// The median of `runs` timings of `f`, in seconds.
-fn median_secs<E>(runs: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<f64, E> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
 }
 
 /// `out = a·b + c`, element by element: the operator the tour registers at

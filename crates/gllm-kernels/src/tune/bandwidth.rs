@@ -75,15 +75,12 @@ impl ReadProbe {
     /// Median GB/s of `runs` reads on `threads` threads, after one warm-up.
     pub fn gb_per_s(&self, threads: usize, runs: usize) -> f64 {
         self.run(threads);
-        let mut times: Vec<f64> = (0..runs.max(1))
-            .map(|_| {
-                let start = std::time::Instant::now();
-                self.run(threads);
-                start.elapsed().as_secs_f64()
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        self.bytes() / times[times.len() / 2] / 1e9
+        let read = || {
+            self.run(threads);
+            Ok::<(), std::convert::Infallible>(())
+        };
+        let Ok(secs) = super::median_secs(runs.max(1), read);
+        self.bytes() / secs / 1e9
     }
 }
 

@@ -168,16 +168,25 @@ fn choose(times: &[(Isa, f64)]) -> Isa {
     best
 }
 
-fn median_secs(mut f: impl FnMut() -> Result<(), CodegenError>) -> Result<f64, CodegenError> {
-    f()?; // warm: pages, caches, lazily generated variants
-    let mut times = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
+/// The median of `runs` timings of `f`, in seconds (no warm-up: callers
+/// that need one run `f` first). One definition for every "median time of
+/// a few runs" here and in the front end's demo.
+pub fn median_secs<E>(runs: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<f64, E> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
         let t = Instant::now();
         f()?;
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[RUNS / 2])
+    Ok(times[times.len() / 2])
+}
+
+/// One warm-up run (pages, caches, lazily generated variants), then the
+/// median of [`RUNS`].
+fn warm_median_secs(mut f: impl FnMut() -> Result<(), CodegenError>) -> Result<f64, CodegenError> {
+    f()?;
+    median_secs(RUNS, f)
 }
 
 /// Median seconds of one run of `class`'s workload with `profile`'s ISAs.
@@ -202,7 +211,8 @@ fn time_workload(class: KernelClass, profile: &DeviceProfile) -> Result<f64, Tun
                     .and_then(|p| LoopKernel::compile(&p, profile))
                     .map_err(codegen)?;
                 let ins: Vec<&[f32]> = if kernel.num_inputs() == 1 { vec![&x] } else { vec![&x, &w] };
-                total += median_secs(|| kernel.run(&ins, &mut [&mut out], rows, n, 1)).map_err(codegen)?;
+                total +=
+                    warm_median_secs(|| kernel.run(&ins, &mut [&mut out], rows, n, 1)).map_err(codegen)?;
             }
             Ok(total)
         }
@@ -212,12 +222,14 @@ fn time_workload(class: KernelClass, profile: &DeviceProfile) -> Result<f64, Tun
             let a = data(m * k, 3);
             let b = gemm.pack_b(&data(k * n, 4), k, n).map_err(codegen)?;
             let mut c = vec![0.0f32; m * n];
-            let gemm_secs = median_secs(|| gemm.gemm_prepacked(&a, &b, &mut c, m, 1)).map_err(codegen)?;
+            let gemm_secs =
+                warm_median_secs(|| gemm.gemm_prepacked(&a, &b, &mut c, m, 1)).map_err(codegen)?;
             let (k, n) = (1024, 512);
             let x = data(k, 5);
             let w = gemm.pack_b(&data(k * n, 6), k, n).map_err(codegen)?;
             let mut y = vec![0.0f32; n];
-            let gemv_secs = median_secs(|| gemm.gemm_prepacked(&x, &w, &mut y, 1, 1)).map_err(codegen)?;
+            let gemv_secs =
+                warm_median_secs(|| gemm.gemm_prepacked(&x, &w, &mut y, 1, 1)).map_err(codegen)?;
             Ok(gemm_secs + gemv_secs)
         }
     }
