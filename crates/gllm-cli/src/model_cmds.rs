@@ -327,6 +327,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let tokens = |n: usize| -> Vec<u32> { (0..n as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect() };
     let mut notes = Vec::new();
     let mut probe: Option<Result<ReadProbe, gllm_kernels::codegen::CodegenError>> = None;
+    // This host's L3 (a `--preset` may describe another machine): whether
+    // decode's weights can stay in cache, so DRAM is not its bound.
+    let l3 = gllm_kernels::device::DeviceProfile::detect()
+        .map_or(base.profile.caches.l3.size_bytes, |p| p.caches.l3.size_bytes) as f64;
     for &threads in &args.threads_list {
         if threads == 0 {
             bail!("thread counts must be at least 1");
@@ -377,10 +381,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             println!("| {name} | {size} | {params} | {threads} | tg{} | {m:.2} ± {s:.2} |", args.gen);
             let (o, _) = mean_std(&outside);
             let read = model.weights.bytes_read_per_token() as f64;
-            // This host's L3 (a `--preset` may describe another machine).
-            let l3 = gllm_kernels::device::DeviceProfile::detect()
-                .map_or(base.profile.caches.l3.size_bytes, |p| p.caches.l3.size_bytes)
-                as f64;
             let against = if read > 2.0 * l3 {
                 // Measured now, beside the decode it is compared with.
                 let probe = probe.get_or_insert_with(|| ReadProbe::new(&base.profile));
