@@ -11,7 +11,7 @@
 //! only those formats' bandwidth rows).
 
 use gllm_kernels::codegen::gemm::GemmKernel;
-use gllm_kernels::codegen::quant_gemv::{measured_thread_choices, QuantPanels, MAX_ACT_ROWS};
+use gllm_kernels::codegen::quant_gemv::{measured_thread_choices, QuantKernelIsa, QuantPanels, MAX_ACT_ROWS};
 use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::quant::{ActivationPrecision, QuantFormat, QuantMatrix};
 
@@ -63,8 +63,8 @@ fn main() {
         "{} ({}); GEMV y = x·Wᵀ with W stored quantised, x f32 (quantised per 32 inside)\n",
         profile.name, profile.isa
     );
-    println!("| format | K×N | MiB | read probe 1 thr GB/s | GEMV 1 thr GB/s (% of probe) | read probe 2 thr GB/s | GEMV 2 thr GB/s (% of 2-thr probe) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| format | kernels | K×N | MiB | read probe 1 thr GB/s | GEMV 1 thr GB/s (% of probe) | read probe 2 thr GB/s | GEMV 2 thr GB/s (% of 2-thr probe) |");
+    println!("|---|---|---|---|---|---|---|---|");
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     for format in QuantFormat::ALL {
         if !only.is_empty() && !only.iter().any(|f| f.eq_ignore_ascii_case(&format.to_string())) {
@@ -76,11 +76,15 @@ fn main() {
         } else {
             &[ActivationPrecision::Int8, ActivationPrecision::Int16]
         };
-        for (&precision, (k, n)) in precisions.iter().flat_map(|p| [(p, (4096, 4096)), (p, (4096, 11008))]) {
+        let cases = precisions.iter().flat_map(|p| [(p, (4096, 4096)), (p, (4096, 11008))]);
+        let isas = QuantKernelIsa::ALL.into_iter().filter(|i| i.on_host());
+        for (kernel_isa, (&precision, (k, n))) in cases.flat_map(|c| isas.clone().map(move |i| (i, c))) {
             let bytes = matrix(format, n, k);
             let panels = QuantPanels::pack(&QuantMatrix::new(format, n, k, &bytes).unwrap())
                 .unwrap()
-                .with_activations(precision);
+                .with_activations(precision)
+                .with_kernel_isa(kernel_isa)
+                .unwrap();
             let label = if precision == ActivationPrecision::Int16 {
                 format!("{format}, int16 x")
             } else {
@@ -107,7 +111,7 @@ fn main() {
             let (p1, p2) = (probe.bytes() / t[0] / 1e9, probe.bytes() / t[2] / 1e9);
             let (g1, g2) = (size / t[1] / 1e9, size / t[4] / 1e9);
             println!(
-                "| {label} | {k}×{n} | {:.1} | {p1:.1} | {g1:.1} ({:.0}%) | {p2:.1} | {g2:.1} ({:.0}%) |",
+                "| {label} | {kernel_isa} | {k}×{n} | {:.1} | {p1:.1} | {g1:.1} ({:.0}%) | {p2:.1} | {g2:.1} ({:.0}%) |",
                 size / (1 << 20) as f64,
                 100.0 * g1 / p1,
                 100.0 * g2 / p2
@@ -156,7 +160,7 @@ fn main() {
         "as the engine runs it (the GEMV's thread count measured once per shape, see PARALLEL_MARGIN)\n"
     );
     println!("| M×K×N | path | 1 thr µs | 2 thr µs | 2 thr / 1 thr | auto µs (threads) | auto / 1 thr |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let gemm = GemmKernel::compile(&profile).unwrap();
     for (m, k, n) in [
         (1, 576, 192),

@@ -6,7 +6,7 @@
 mod support;
 
 use gllm_kernels::codegen::gemm::GemmKernel;
-use gllm_kernels::codegen::quant_gemv::QuantPanels;
+use gllm_kernels::codegen::quant_gemv::{QuantKernelIsa, QuantPanels};
 use gllm_kernels::device::DeviceProfile;
 use gllm_kernels::oracle::{GuardedBuffer, Placement};
 use gllm_kernels::quant::{dequantize_row, QuantFormat, QuantMatrix};
@@ -26,9 +26,9 @@ use gllm_kernels::quant::ActivationPrecision;
 
 const PRECISIONS: [ActivationPrecision; 2] = [ActivationPrecision::Int8, ActivationPrecision::Int16];
 
+/// One kernel (encoding, weight format, activation precision) on one shape.
 fn gemv_matches_references(
-    format: QuantFormat,
-    precision: ActivationPrecision,
+    (kernel_isa, format, precision): (QuantKernelIsa, QuantFormat, ActivationPrecision),
     rows: usize,
     cols: usize,
     m: usize,
@@ -38,17 +38,30 @@ fn gemv_matches_references(
     let mut rng = Rng(seed);
     let bytes = random_matrix(format, rows, cols, &mut rng);
     let w = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
-    let panels = QuantPanels::pack(&w).unwrap().with_activations(precision);
+    let panels =
+        QuantPanels::pack(&w).unwrap().with_activations(precision).with_kernel_isa(kernel_isa).unwrap();
     let x = activations(m * cols, &mut rng);
     let mut y = vec![f32::NAN; m * rows];
     panels.gemv(&x, m, &mut y, threads).unwrap();
     if let Err(e) = check_gemv_at(&w, precision, &x, m, &y) {
-        panic!("{format} ({precision} activations) {rows}×{cols} m={m} threads={threads}: {e}");
+        panic!("{kernel_isa}: {format} ({precision} activations) {rows}×{cols} m={m} threads={threads}: {e}");
     }
+}
+
+/// The kernel encodings this host runs (every one is tested where it runs;
+/// an AVX2-only host cannot run the AVX-512 VNNI kernels).
+fn kernel_isas() -> Vec<QuantKernelIsa> {
+    QuantKernelIsa::ALL.into_iter().filter(|i| i.on_host()).collect()
 }
 
 #[test]
 fn gemv_kernels_match_the_scalar_references() {
+    for kernel_isa in kernel_isas() {
+        gemv_kernels_in_match_the_scalar_references(kernel_isa);
+    }
+}
+
+fn gemv_kernels_in_match_the_scalar_references(kernel_isa: QuantKernelIsa) {
     let mut seed = 1;
     for (format, precision) in KERNEL_FORMATS.into_iter().flat_map(|f| PRECISIONS.map(|p| (f, p))) {
         // Rows: 1, primes, a multiple of the 4-row step and not; blocks per
@@ -59,14 +72,21 @@ fn gemv_kernels_match_the_scalar_references() {
             let cols = whole_blocks(format, cols);
             for m in [1, 2, 3, 4, 5, 9] {
                 seed += 1;
-                gemv_matches_references(format, precision, rows, cols, m, 1 + (seed as usize % 2), seed);
+                gemv_matches_references(
+                    (kernel_isa, format, precision),
+                    rows,
+                    cols,
+                    m,
+                    1 + (seed as usize % 2),
+                    seed,
+                );
             }
         }
         // Big enough (≥ 128 KiB) to be split across threads: 2 and 3
         // threads, an uneven share, 1 and 4 activation rows.
         for (m, threads) in [(1, 2), (4, 3)] {
             seed += 1;
-            gemv_matches_references(format, precision, 301, 1536, m, threads, seed);
+            gemv_matches_references((kernel_isa, format, precision), 301, 1536, m, threads, seed);
         }
     }
 }
@@ -301,4 +321,41 @@ fn a_gemv_group_equals_its_gemvs_one_by_one() {
     let mut y = vec![0.0f32; panels[0].rows()];
     let err = gemv_group(&mut [GemvMember { panels: &panels[0], acts: &wrong, y: &mut y }], 2).unwrap_err();
     assert!(err.to_string().contains("Q8_0"), "{err}");
+}
+
+/// Every encoding computes the same exact integer block sums and then the
+/// same f32 operations in the same order, so their outputs agree bit for
+/// bit: a difference is a kernel bug, not rounding.
+#[test]
+fn every_kernel_encoding_gives_the_same_bits() {
+    let isas = kernel_isas();
+    let mut rng = Rng(0xb175);
+    for (format, precision) in KERNEL_FORMATS.into_iter().flat_map(|f| PRECISIONS.map(|p| (f, p))) {
+        for (rows, cols, m) in [(7, 64, 1), (13, 576, 3), (9, 1536, 4), (5, 32 * 11, 2)] {
+            let cols = whole_blocks(format, cols);
+            let bytes = random_matrix(format, rows, cols, &mut rng);
+            let w = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
+            let x = activations(m * cols, &mut rng);
+            let outputs: Vec<Vec<u32>> = isas
+                .iter()
+                .map(|&isa| {
+                    let panels = QuantPanels::pack(&w)
+                        .unwrap()
+                        .with_activations(precision)
+                        .with_kernel_isa(isa)
+                        .unwrap();
+                    let mut y = vec![f32::NAN; m * rows];
+                    panels.gemv(&x, m, &mut y, 1).unwrap();
+                    y.iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            for (isa, y) in isas.iter().zip(&outputs).skip(1) {
+                assert_eq!(
+                    y, &outputs[0],
+                    "{format} ({precision}) {rows}×{cols} m={m}: {isa} vs {}",
+                    isas[0]
+                );
+            }
+        }
+    }
 }

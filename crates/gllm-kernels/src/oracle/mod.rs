@@ -308,14 +308,15 @@ pub fn test_ops(
             reports.push(r);
         }
     }
-    // The stored-format kernels are one encoding on every x86 host: test
-    // them once, when a profile of that ISA is in the run.
-    let quant_isa = crate::codegen::quant_gemv::KERNEL_ISA;
-    if profiles.iter().any(|p| p.isa == quant_isa) {
-        for &format in formats {
-            let r = quant::test_quant_format(format, quant_isa, sweep);
-            progress(&r);
-            reports.push(r);
+    // The stored-format kernels: each encoding this host runs whose ISA is
+    // in the run (the layouts are shared, the instructions are not).
+    for kernel_isa in crate::codegen::quant_gemv::QuantKernelIsa::ALL {
+        if kernel_isa.on_host() && profiles.iter().any(|p| p.isa == kernel_isa.isa()) {
+            for &format in formats {
+                let r = quant::test_quant_format(format, kernel_isa, sweep);
+                progress(&r);
+                reports.push(r);
+            }
         }
     }
     reports

@@ -10,8 +10,7 @@
 //! F16/BF16 have no activation rounding: only the f32 summation rounds.
 
 use super::{guard_all, GuardedBuffer, KernelKind, OpReport, Placement, Rng, Sweep, UNWRITTEN};
-use crate::codegen::quant_gemv::QuantPanels;
-use crate::device::Isa;
+use crate::codegen::quant_gemv::{QuantKernelIsa, QuantPanels};
 use crate::quant::{
     activation_quantisation_bound, dequantize_row, quantize_activation_block_at, row_dot, row_dot_quantized,
     ActivationPrecision, QuantFormat, QuantMatrix, ACT_BLOCK,
@@ -140,8 +139,8 @@ pub fn check_gemv_at(
 /// step, rows of whole groups of 256 and of blocks left over, 1..=5
 /// activation rows, int8 and int16 activations, 1 and 2 threads, x and y
 /// against guard pages.
-pub fn test_quant_format(format: QuantFormat, isa: Isa, sweep: Sweep) -> OpReport {
-    let mut report = OpReport::new(format.name(), isa, KernelKind::QuantGemv);
+pub fn test_quant_format(format: QuantFormat, kernel_isa: QuantKernelIsa, sweep: Sweep) -> OpReport {
+    let mut report = OpReport::new(format.name(), kernel_isa.isa(), KernelKind::QuantGemv);
     let float = matches!(format, QuantFormat::F16 | QuantFormat::Bf16);
     report.tolerance = if float {
         "f32 summation rounding of the f64 dot".into()
@@ -175,7 +174,7 @@ pub fn test_quant_format(format: QuantFormat, isa: Isa, sweep: Sweep) -> OpRepor
                     return report;
                 }
             };
-            let packed = match QuantPanels::pack(&w) {
+            let packed = match QuantPanels::pack(&w).and_then(|p| p.with_kernel_isa(kernel_isa)) {
                 Ok(p) => p,
                 Err(e) => {
                     report.fail(format!("does not pack: {e}"));

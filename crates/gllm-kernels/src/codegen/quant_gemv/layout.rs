@@ -112,10 +112,16 @@ pub(super) fn lane_byte(j: usize, k: usize) -> usize {
 }
 
 /// Byte and shift of element `k` of block `j` in a group's 128 bytes of
-/// 4-bit codes: the codes of vector `k / 4` in the low (even vectors) or
-/// high nibbles of 32-byte load `k / 8`.
+/// 4-bit codes. With `v = k / 4` the activation vector ([`lane_byte`]),
+/// each 64 bytes hold vectors `4c .. 4c + 4`: 32-byte half `h` keeps vector
+/// `4c + h` in its low nibbles and `4c + 2 + h` in its high ones. A 256-bit
+/// load's two vectors are then 64 bytes apart in the activations, and a
+/// 512-bit load's low nibbles are vectors `4c, 4c + 1` and its high
+/// nibbles `4c + 2, 4c + 3` — each pair adjacent, one 512-bit operand.
 pub(super) fn nibble_at(j: usize, k: usize) -> (usize, u32) {
-    (32 * (k / 8) + 4 * j + k % 4, 4 * ((k / 4) % 2) as u32)
+    let v = k / 4;
+    let (c, h, high) = (v / 4, v % 2, (v / 2) % 2);
+    (64 * c + 32 * h + 4 * j + k % 4, 4 * high as u32)
 }
 
 /// How a row of `cols` elements is stored: whole groups of 256 first, then
@@ -275,18 +281,12 @@ pub(super) fn pack_row(format: QuantFormat, shape: RowShape, row: &[u8], out: &m
 pub(super) fn dequantize_group(format: QuantFormat, g: &[u8], out: &mut [f32]) {
     let f16_at = |i: usize| half::f16::from_le_bytes([g[i], g[i + 1]]).to_f32();
     let f32_at = |i: usize| f32::from_le_bytes([g[i], g[i + 1], g[i + 2], g[i + 3]]);
-    // Block j's 32 codes from the group's 4-bit code bytes at `at` (the
-    // order of `nibble_at`, walked a byte at a time).
-    let nibbles = |at: usize, j: usize| {
-        let mut q = [0u8; ACT_BLOCK];
-        for l in 0..4 {
-            for t in 0..4 {
-                let byte = g[at + 32 * l + 4 * j + t];
-                q[8 * l + t] = byte & 0x0F;
-                q[8 * l + 4 + t] = byte >> 4;
-            }
-        }
-        q
+    // Block j's 32 codes from the group's 4-bit code bytes at `at`.
+    let nibbles = |at: usize, j: usize| -> [u8; ACT_BLOCK] {
+        std::array::from_fn(|k| {
+            let (byte, shift) = nibble_at(j, k);
+            (g[at + byte] >> shift) & 0x0F
+        })
     };
     if format == QuantFormat::Q6K {
         for (sub, out) in out.chunks_exact_mut(16).enumerate() {

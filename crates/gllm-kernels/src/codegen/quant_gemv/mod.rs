@@ -48,6 +48,8 @@
 //! step there.
 
 mod avx2;
+mod avx512;
+mod frame;
 mod layout;
 
 use self::layout::*;
@@ -81,6 +83,8 @@ pub struct QuantPanels {
     shape: RowShape,
     /// How the block formats' kernels quantise activations.
     precision: ActivationPrecision,
+    /// The encoding of the kernels that read these panels.
+    kernel_isa: QuantKernelIsa,
     data: Vec<u8>,
     /// Dequantised f32 panels kept for prompt processing (see
     /// [`QuantPanels::prefill_panels`]).
@@ -126,6 +130,7 @@ impl QuantPanels {
             cols: m.cols(),
             shape,
             precision: ActivationPrecision::Int8,
+            kernel_isa: QuantKernelIsa::host_default(),
             data,
             prefill: OnceLock::new(),
         })
@@ -136,6 +141,21 @@ impl QuantPanels {
     pub fn with_activations(mut self, precision: ActivationPrecision) -> QuantPanels {
         self.precision = precision;
         self
+    }
+
+    /// These panels read by kernels in `isa` (the layout is the same for
+    /// every encoding): for tests and benchmarks that compare encodings.
+    pub fn with_kernel_isa(mut self, isa: QuantKernelIsa) -> Result<QuantPanels, CodegenError> {
+        if !isa.on_host() {
+            return Err(CodegenError::IsaNotOnHost { isa: isa.isa() });
+        }
+        self.kernel_isa = isa;
+        Ok(self)
+    }
+
+    /// The encoding of the kernels that read these panels.
+    pub fn kernel_isa(&self) -> QuantKernelIsa {
+        self.kernel_isa
     }
 
     /// How the GEMV quantises activations.
@@ -300,7 +320,7 @@ impl QuantPanels {
         }
         Ok(Some(GemvJob {
             panels: self,
-            set: kernel_set(self.format, self.precision)?,
+            set: kernel_set(self.format, self.precision, self.kernel_isa)?,
             m: acts.m,
             x_stride: acts.x_stride,
             acts: &acts.data,
@@ -650,6 +670,12 @@ impl QuantActivations {
 /// of its time (time ≈ compute + memory rather than the larger of the two):
 /// on the AVX2 EPYC a Q4_1 4096×11008 GEMV on one thread went from 7–10 to
 /// 12–16 GB/s with this, best at 3–4 KiB (2 KiB: 12–14, 6 KiB: 10–12).
+///
+/// The prefetches are `prefetcht1` (into L2, not L1): on a Zen 4 EPYC with
+/// `prefetcht0` the same GEMV swung between 10 and 19 GB/s from run to run
+/// (distances 0.5–16 KiB alike), with `prefetcht1` at 2–4 KiB it held
+/// 17–19 GB/s (AVX-512 VNNI kernels; the read probe: 19–20). L1's few miss
+/// buffers are the loads' to use; L2 has room for the streams ahead.
 const PREFETCH_AHEAD: i32 = 4096;
 
 /// The precision `format`'s kernels run at: F16/BF16 read f32 activations
@@ -793,13 +819,14 @@ type KernelSlot = Result<ExecutableCode, Arc<CodegenError>>;
 struct KernelSet {
     format: QuantFormat,
     precision: ActivationPrecision,
+    isa: QuantKernelIsa,
     slots: [[OnceLock<KernelSlot>; MAX_ACT_ROWS]; 4],
 }
 
 impl KernelSet {
     fn get(&self, w: usize, r: usize) -> Result<QuantGemvFn, CodegenError> {
         let code = self.slots[w - 1][r - 1].get_or_init(|| {
-            let bytes = avx2::generate(self.format, self.precision, w, r).map_err(Arc::new)?;
+            let bytes = frame::generate(self.isa, self.format, self.precision, w, r).map_err(Arc::new)?;
             ExecutableCode::new(&bytes).map_err(|e| Arc::new(e.into()))
         });
         match code {
@@ -813,27 +840,92 @@ impl KernelSet {
     }
 }
 
-/// The ISA the stored-format kernels are encoded for. They are AVX2 code
-/// whichever ISA the rest of a plan uses (an AVX-512 host runs them too;
-/// VNNI `vpdpbusd` versions would be a second set behind the ISA seam).
-pub const KERNEL_ISA: Isa = Isa::Avx2;
+/// The instruction set a stored-format kernel is encoded in. The weight and
+/// activation layouts are the same for both, so one packed matrix runs on
+/// either ([`QuantPanels::with_kernel_isa`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantKernelIsa {
+    /// 256-bit `vpmaddubsw` + `vpmaddwd` (AVX2, FMA, F16C): every x86
+    /// host this project targets.
+    Avx2,
+    /// 512-bit loads and `vpdpbusd` (AVX-512 F/BW/VL + VNNI): one
+    /// instruction per 64 byte products into i32 lanes, with no i16
+    /// intermediate — half the instructions per weight of [`Self::Avx2`].
+    Avx512Vnni,
+}
+
+impl QuantKernelIsa {
+    pub const ALL: [QuantKernelIsa; 2] = [QuantKernelIsa::Avx2, QuantKernelIsa::Avx512Vnni];
+
+    /// Whether this CPU runs the encoding.
+    pub fn on_host(self) -> bool {
+        use std::arch::is_x86_feature_detected as has;
+        let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+        match self {
+            QuantKernelIsa::Avx2 => avx2,
+            QuantKernelIsa::Avx512Vnni => {
+                avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni")
+            }
+        }
+    }
+
+    /// The fastest encoding this CPU runs, unless `GLLM_QUANT_KERNELS`
+    /// (`avx2` or `avx512-vnni`) names another it runs: for A/B runs of a
+    /// whole model.
+    pub fn host_default() -> QuantKernelIsa {
+        static CHOSEN: OnceLock<QuantKernelIsa> = OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let asked = std::env::var("GLLM_QUANT_KERNELS").ok();
+            if let Some(isa) = asked.and_then(|v| QuantKernelIsa::ALL.into_iter().find(|i| i.name() == v)) {
+                if isa.on_host() {
+                    return isa;
+                }
+            }
+            if QuantKernelIsa::Avx512Vnni.on_host() {
+                QuantKernelIsa::Avx512Vnni
+            } else {
+                QuantKernelIsa::Avx2
+            }
+        })
+    }
+
+    /// The name `GLLM_QUANT_KERNELS` and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantKernelIsa::Avx2 => "avx2",
+            QuantKernelIsa::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// The plan-level ISA these kernels belong to (for reports and errors).
+    pub fn isa(self) -> Isa {
+        match self {
+            QuantKernelIsa::Avx2 => Isa::Avx2,
+            QuantKernelIsa::Avx512Vnni => Isa::Avx512,
+        }
+    }
+}
+
+impl std::fmt::Display for QuantKernelIsa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 fn kernel_set(
     format: QuantFormat,
     precision: ActivationPrecision,
+    isa: QuantKernelIsa,
 ) -> Result<&'static KernelSet, CodegenError> {
-    static SETS: [OnceLock<KernelSet>; 14] = [const { OnceLock::new() }; 14];
+    const FORMATS: usize = QuantFormat::ALL.len();
+    static SETS: [OnceLock<KernelSet>; 4 * FORMATS] = [const { OnceLock::new() }; 4 * FORMATS];
     let i = QuantFormat::ALL.iter().position(|&f| f == format).expect("every format is in ALL");
     let precision = kernel_precision(format, precision);
-    let i = 2 * i + usize::from(precision == ActivationPrecision::Int16);
-    if !host_has_avx2() {
-        return Err(CodegenError::IsaNotOnHost { isa: KERNEL_ISA });
+    let i = 4 * i
+        + 2 * usize::from(isa == QuantKernelIsa::Avx512Vnni)
+        + usize::from(precision == ActivationPrecision::Int16);
+    if !isa.on_host() {
+        return Err(CodegenError::IsaNotOnHost { isa: isa.isa() });
     }
-    Ok(SETS[i].get_or_init(|| KernelSet { format, precision, slots: Default::default() }))
-}
-
-fn host_has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
+    Ok(SETS[i].get_or_init(|| KernelSet { format, precision, isa, slots: Default::default() }))
 }
