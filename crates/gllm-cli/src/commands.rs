@@ -49,6 +49,7 @@ impl ProfileArgs {
 }
 
 pub fn device(args: &DeviceArgs) -> Result<()> {
+    use gllm_kernels::codegen::quant_gemv::QuantKernelIsa;
     let (profile, timings) = args.profile.resolve_with_timings()?;
     if args.json {
         let mut value = serde_json::to_value(&profile)?;
@@ -56,6 +57,7 @@ pub fn device(args: &DeviceArgs) -> Result<()> {
         value["gemm_blocking"] = serde_json::to_value(profile.gemm_blocking())?;
         value["kernel_isa_timings"] = serde_json::to_value(&*timings)?;
         value["thread_pool"] = worker_placement().to_string().into();
+        value["quant_kernels"] = QuantKernelIsa::host_default().name().into();
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else if args.toml {
         print!("{}", profile.to_toml());
@@ -63,6 +65,13 @@ pub fn device(args: &DeviceArgs) -> Result<()> {
         println!("{profile}\n{timings}");
         // The pool is this host's, whatever profile was selected.
         println!("thread pool  {}", worker_placement());
+        let runs: Vec<&str> =
+            QuantKernelIsa::ALL.into_iter().filter(|i| i.on_host()).map(|i| i.name()).collect();
+        println!(
+            "quantised weights  read by the {} stored-format kernels (this CPU runs: {}; GLLM_QUANT_KERNELS selects)",
+            QuantKernelIsa::host_default(),
+            runs.join(", ")
+        );
     }
     Ok(())
 }

@@ -440,6 +440,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let choices = gllm_kernels::codegen::quant_gemv::measured_thread_choices();
     if !choices.is_empty() {
+        println!(
+            "quantised weights read as stored by the {} kernels",
+            gllm_kernels::codegen::quant_gemv::QuantKernelIsa::host_default()
+        );
         println!("quantised GEMVs (one matrix or a group run as one) over 128 KiB, thread count measured at first use (one thread vs the budget, medians):");
         for (k, c) in choices {
             println!(

@@ -101,7 +101,7 @@ fn small_gemvs_stay_on_one_thread_and_big_ones_split() {
 
 #[test]
 fn a_big_enough_gemv_measures_its_thread_count_once_and_agrees_with_one_thread() {
-    use gllm_kernels::codegen::quant_gemv::measured_thread_choices;
+    use gllm_kernels::codegen::quant_gemv::{measured_thread_choices, THREAD_TIMING_RUNS};
     let mut rng = Rng(0x7e5);
     let (format, rows, cols) = (QuantFormat::Q8_0, 600, 608);
     let bytes = random_matrix(format, rows, cols, &mut rng);
@@ -110,15 +110,6 @@ fn a_big_enough_gemv_measures_its_thread_count_once_and_agrees_with_one_thread()
     let x = activations(cols, &mut rng);
     let mut want = vec![0.0f32; rows];
     panels.gemv(&x, 1, &mut want, 1).unwrap();
-    let mut got = vec![f32::NAN; rows];
-    panels.gemv(&x, 1, &mut got, 2).unwrap();
-    support::assert_within(
-        "measured-thread GEMV ",
-        &got,
-        &want,
-        &[],
-        &gllm_kernels::oracle::Tolerance::EXACT,
-    );
     let mine = |c: &[(gllm_kernels::codegen::quant_gemv::ThreadKey, _)]| {
         c.iter()
             .filter(|(k, _)| {
@@ -127,11 +118,28 @@ fn a_big_enough_gemv_measures_its_thread_count_once_and_agrees_with_one_thread()
             })
             .count()
     };
+    // The first calls measure (one thread and two in turn), each with the
+    // same result; then the choice is recorded once.
+    let calls = 2 * (THREAD_TIMING_RUNS + 1);
+    for call in 0..calls {
+        let mut got = vec![f32::NAN; rows];
+        panels.gemv(&x, 1, &mut got, 2).unwrap();
+        support::assert_within(
+            &format!("measuring GEMV, call {call} "),
+            &got,
+            &want,
+            &[],
+            &gllm_kernels::oracle::Tolerance::EXACT,
+        );
+        let decided = mine(&measured_thread_choices());
+        assert_eq!(decided, usize::from(call + 1 == calls), "after call {call} of {calls}");
+    }
     let choices = measured_thread_choices();
     assert_eq!(mine(&choices), 1, "{choices:?}");
     let (_, c) = choices.iter().find(|(k, _)| (k.shapes[0].rows, k.shapes[0].cols) == (rows, cols)).unwrap();
     assert!([1, 2].contains(&c.threads) && c.one_thread_secs > 0.0 && c.many_threads_secs > 0.0, "{c:?}");
-    // A second call reuses the choice.
+    // Later calls reuse the choice.
+    let mut got = vec![f32::NAN; rows];
     panels.gemv(&x, 1, &mut got, 2).unwrap();
     assert_eq!(mine(&measured_thread_choices()), 1);
 }

@@ -41,11 +41,15 @@
 //!
 //! **Memory.** A call's W rows come from W far-apart runs of its thread's
 //! rows, each run read front to back across calls (four DRAM streams, not
-//! one), and each row prefetches 4 KiB ahead (`PREFETCH_AHEAD`).
+//! one), and each row prefetches 4 KiB ahead into L2 (`PREFETCH_AHEAD`).
 //!
-//! **ISA.** The kernels use AVX2 encodings (256-bit integer multiply-adds),
-//! which AVX-512 machines also run; a VNNI (`vpdpbusd`) variant is the next
-//! step there.
+//! **ISA.** Two encodings read the same layouts ([`QuantKernelIsa`]):
+//! AVX2 (256-bit `vpmaddubsw` + `vpmaddwd`, every host) and AVX-512 VNNI
+//! (512-bit loads, `vpdpbusd` straight into i32 lanes: about half the
+//! instructions per weight), chosen per host. Both form the same exact
+//! integer sums and then the same f32 operations, so their outputs agree
+//! bit for bit. Modules: `layout` (the records), `frame` (the loops
+//! every encoding shares), `avx2` and `avx512` (the group bodies).
 
 mod avx2;
 mod avx512;
@@ -410,22 +414,79 @@ pub fn gemv_group(members: &mut [GemvMember<'_>], threads: usize) -> Result<(), 
     // More threads only where this machine was measured faster with them,
     // for this group shape (once per process): a hand-off costs
     // microseconds, a vCPU may not be running, and small matrices can lose
-    // more to both than they gain.
+    // more to both than they gain. The measurement is made on the calls
+    // themselves, alternating the candidates, so it sees the caches as the
+    // caller leaves them (a decode step's matrices arrive from DRAM; timed
+    // back to back they would arrive from L3).
     let key = ThreadKey {
         shapes: jobs.iter().map(|j| j.panels.shape_key()).collect(),
         act_rows: jobs.iter().map(|j| j.m.min(MAX_ACT_ROWS)).max().unwrap_or(1),
         threads,
     };
-    let cached = thread_choices().lock().unwrap_or_else(|e| e.into_inner()).get(&key).map(|c| c.threads);
-    let threads = match cached {
-        Some(t) => t,
-        None => {
-            let choice = measure_threads(&jobs, threads)?;
-            thread_choices().lock().unwrap_or_else(|e| e.into_inner()).insert(key, choice);
-            choice.threads
+    let trial = {
+        let mut choices = thread_choices().lock().unwrap_or_else(|e| e.into_inner());
+        match choices.entry(key.clone()).or_insert_with(|| ChoiceState::Measuring(ThreadTrials::default())) {
+            ChoiceState::Decided(c) => return run_jobs(&jobs, c.threads),
+            ChoiceState::Measuring(trials) => trials.next_candidate(threads),
         }
     };
-    run_jobs(&jobs, threads)
+    let started = std::time::Instant::now();
+    run_jobs(&jobs, trial)?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut choices = thread_choices().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(state) = choices.get_mut(&key) {
+        if let ChoiceState::Measuring(trials) = state {
+            if let Some(choice) = trials.record(trial, threads, secs) {
+                *state = ChoiceState::Decided(choice);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a fan-out shape's thread count stands.
+#[derive(Debug, Clone)]
+enum ChoiceState {
+    Measuring(ThreadTrials),
+    Decided(ThreadChoice),
+}
+
+/// The timed calls of a shape on one thread and on the budget, in turn.
+#[derive(Debug, Clone, Default)]
+struct ThreadTrials {
+    /// Calls of each candidate so far (the first of each is not timed: it
+    /// compiles kernels and wakes workers).
+    calls: [usize; 2],
+    secs: [Vec<f64>; 2],
+}
+
+impl ThreadTrials {
+    /// The thread count the next call runs on: whichever candidate has
+    /// had fewer calls (one thread first).
+    fn next_candidate(&mut self, threads: usize) -> usize {
+        let slot = usize::from(self.calls[1] < self.calls[0]);
+        self.calls[slot] += 1;
+        [1, threads][slot]
+    }
+
+    /// Records a call's time; the choice once each candidate has
+    /// [`THREAD_TIMING_RUNS`] timed calls: the budget only when its median
+    /// is at least [`PARALLEL_MARGIN`] below one thread's.
+    fn record(&mut self, ran_on: usize, threads: usize, secs: f64) -> Option<ThreadChoice> {
+        let slot = usize::from(ran_on != 1);
+        if self.calls[slot] > 1 + self.secs[slot].len() {
+            self.secs[slot].push(secs);
+        }
+        if self.secs.iter().any(|v| v.len() < THREAD_TIMING_RUNS) {
+            return None;
+        }
+        let [one, many] = self.secs.clone().map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        });
+        let chosen = if many <= one * (1.0 - PARALLEL_MARGIN) { threads } else { 1 };
+        Some(ThreadChoice { threads: chosen, one_thread_secs: one, many_threads_secs: many })
+    }
 }
 
 /// [`gemv_group`] split over exactly `threads` threads (at most one per 4
@@ -544,31 +605,10 @@ fn run_jobs(jobs: &[GemvJob<'_>], threads: usize) -> Result<(), CodegenError> {
     })
 }
 
-/// Times the jobs on one thread and on `threads` (interleaved, after a
-/// warm-up, median of [`THREAD_TIMING_RUNS`] each) and keeps `threads` only
-/// when it is at least [`PARALLEL_MARGIN`] faster. The outputs are written
-/// by every run (the same result whatever the split).
-fn measure_threads(jobs: &[GemvJob<'_>], threads: usize) -> Result<ThreadChoice, CodegenError> {
-    let mut times = [Vec::new(), Vec::new()];
-    for round in 0..=THREAD_TIMING_RUNS {
-        for (slot, t) in [1, threads].into_iter().enumerate() {
-            let started = std::time::Instant::now();
-            run_jobs(jobs, t)?;
-            if round > 0 {
-                times[slot].push(started.elapsed().as_secs_f64());
-            }
-        }
-    }
-    let [one, many] = times.map(|mut v| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    });
-    let chosen = if many <= one * (1.0 - PARALLEL_MARGIN) { threads } else { 1 };
-    Ok(ThreadChoice { threads: chosen, one_thread_secs: one, many_threads_secs: many })
-}
-
-/// Timed runs per candidate when a GEMV shape's thread count is measured.
-const THREAD_TIMING_RUNS: usize = 7;
+/// Timed calls per candidate when a GEMV shape's thread count is measured
+/// (after one untimed call each): the first `2 · (THREAD_TIMING_RUNS + 1)`
+/// calls of a shape measure it.
+pub const THREAD_TIMING_RUNS: usize = 7;
 
 /// How much faster (as a fraction) several threads must be than one to be
 /// used: beyond this VM's run-to-run noise, so a shape near break-even
@@ -619,9 +659,10 @@ pub struct ThreadChoice {
     pub many_threads_secs: f64,
 }
 
-fn thread_choices() -> &'static std::sync::Mutex<std::collections::HashMap<ThreadKey, ThreadChoice>> {
-    static CHOICES: OnceLock<std::sync::Mutex<std::collections::HashMap<ThreadKey, ThreadChoice>>> =
-        OnceLock::new();
+type ChoiceMap = std::sync::Mutex<std::collections::HashMap<ThreadKey, ChoiceState>>;
+
+fn thread_choices() -> &'static ChoiceMap {
+    static CHOICES: OnceLock<ChoiceMap> = OnceLock::new();
     CHOICES.get_or_init(Default::default)
 }
 
@@ -632,7 +673,10 @@ pub fn measured_thread_choices() -> Vec<(ThreadKey, ThreadChoice)> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .map(|(k, c)| (k.clone(), *c))
+        .filter_map(|(k, state)| match state {
+            ChoiceState::Decided(c) => Some((k.clone(), *c)),
+            ChoiceState::Measuring(_) => None,
+        })
         .collect();
     v.sort_by_key(|(k, _)| {
         let dims: Vec<(usize, usize)> = k.shapes.iter().map(|s| (s.rows, s.cols)).collect();
