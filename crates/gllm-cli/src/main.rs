@@ -159,6 +159,11 @@ pub struct BenchArgs {
     /// step), e.g. `-B 4,8`: rows `tg128 x4`, t/s summed over the sequences.
     #[arg(short = 'B', long = "batch-seqs", value_delimiter = ',')]
     batch_seqs: Vec<usize>,
+    /// Also print where the tg test's time goes: wall time per compiled
+    /// group (summed over the layers that share it) and attention, per
+    /// generated token.
+    #[arg(long = "profile-groups")]
+    profile_groups: bool,
 }
 
 #[derive(Args)]

@@ -326,6 +326,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     // Deterministic stand-in prompt tokens (the content does not change the cost).
     let tokens = |n: usize| -> Vec<u32> { (0..n as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect() };
     let mut notes = Vec::new();
+    let mut profiles: Vec<(usize, String)> = Vec::new();
     let mut probe: Option<Result<ReadProbe, gllm_kernels::codegen::CodegenError>> = None;
     // This host's L3 (a `--preset` may describe another machine): whether
     // decode's weights can stay in cache, so DRAM is not its bound.
@@ -361,9 +362,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             let mut rates = Vec::new();
             let mut outside = Vec::new();
             for rep in 0..=args.repetitions {
+                gllm_kernels::runtime::profile::set_enabled(false);
                 e.reset();
                 e.forward(&[1], false)?;
                 e.reset_stats();
+                // The generated tokens of the timed repetitions only (the
+                // first repetition is a warm-up).
+                gllm_kernels::runtime::profile::set_enabled(args.profile_groups && rep > 0);
                 let mut tok = 1u32;
                 let t0 = Instant::now();
                 for _ in 0..args.gen {
@@ -376,6 +381,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                     rates.push(args.gen as f64 / dt);
                     outside.push(e.stats().outside_kernels().as_secs_f64() / args.gen as f64);
                 }
+            }
+            gllm_kernels::runtime::profile::set_enabled(false);
+            if args.profile_groups {
+                profiles.push((threads, group_profile(args.gen * args.repetitions)));
             }
             let (m, s) = mean_std(&rates);
             println!("| {name} | {size} | {params} | {threads} | tg{} | {m:.2} ± {s:.2} |", args.gen);
@@ -437,6 +446,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     println!();
     for n in notes {
         println!("{n}");
+    }
+    for (threads, table) in profiles {
+        println!("\nwhere tg{}'s time goes on {threads} thread(s) (µs per generated token; a part compiled once serves every layer, so its groups sum over the layers):\n{table}", args.gen);
     }
     let choices = gllm_kernels::codegen::quant_gemv::measured_thread_choices();
     if !choices.is_empty() {
@@ -539,4 +551,24 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             eprintln!("serving {model_id} on http://{addr}/v1 (Ctrl-C stops)");
         })
         .with_context(|| format!("serving on {}:{}", args.host, args.port))
+}
+
+/// The recorded group times ([`gllm_kernels::runtime::profile`]) as a
+/// markdown table per generated token, longest first.
+fn group_profile(tokens: usize) -> String {
+    let times = gllm_kernels::runtime::profile::take();
+    let total: f64 = times.iter().map(|t| t.total.as_secs_f64()).sum();
+    let per_token = |d: std::time::Duration| d.as_secs_f64() * 1e6 / tokens.max(1) as f64;
+    let mut out = String::from("| µs/token | share | runs/token | group |\n| ---: | ---: | ---: | --- |\n");
+    for t in &times {
+        out.push_str(&format!(
+            "| {:.1} | {:.1} % | {:.1} | {} |\n",
+            per_token(t.total),
+            100.0 * t.total.as_secs_f64() / total.max(f64::MIN_POSITIVE),
+            t.calls as f64 / tokens.max(1) as f64,
+            t.label
+        ));
+    }
+    out.push_str(&format!("| {:.1} | 100 % | | all timed groups |", total * 1e6 / tokens.max(1) as f64));
+    out
 }

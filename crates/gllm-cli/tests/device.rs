@@ -49,3 +49,43 @@ fn a_flag_forces_a_class_and_bad_names_are_errors() {
     let host_has_avx512 = std::arch::is_x86_feature_detected!("avx512f");
     assert_eq!(out.contains("not timed (the profile is for another CPU)"), !host_has_avx512, "{out}");
 }
+
+#[test]
+fn device_names_the_stored_format_kernels() {
+    let (ok, out, err) = gllm(&["device"]);
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("quantised weights  read by the ")).unwrap_or_else(|| {
+        panic!("no stored-format kernels line:\n{out}");
+    });
+    assert!(line.contains("avx2"), "every x86 host runs the AVX2 kernels: {line}");
+    let (ok, out, err) = gllm(&["device", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(["avx2", "avx512-vnni"].contains(&v["quant_kernels"].as_str().unwrap_or("")), "{out}");
+}
+
+/// `gllm bench --profile-groups` on the built-in model: a table of where a
+/// generated token's time goes, every group of the compiled parts run once
+/// per layer, attention once per layer, the LM head once per token.
+#[test]
+fn bench_profiles_where_decode_time_goes() {
+    let (ok, out, err) = gllm(&["bench", "-p", "0", "-n", "4", "-r", "1", "-T", "1", "--profile-groups"]);
+    assert!(ok, "{err}");
+    let table: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("where tg4's time goes on 1 thread(s)"))
+        .skip(3)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert!(table.len() >= 4, "no profile table:\n{out}");
+    let runs = |needle: &str| -> f64 {
+        let row =
+            table.iter().find(|r| r.contains(needle)).unwrap_or_else(|| panic!("no {needle} row:\n{out}"));
+        row.split('|').nth(3).unwrap().trim().parse().unwrap()
+    };
+    let layers = runs("attention over the KV cache");
+    assert!(layers >= 1.0 && layers.fract() == 0.0, "attention runs once per layer per token: {layers}");
+    assert_eq!(runs("head."), 1.0, "the LM head runs once per token:\n{out}");
+    let total = table.last().unwrap();
+    assert!(total.contains("all timed groups"), "{total}");
+}

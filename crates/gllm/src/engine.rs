@@ -278,7 +278,9 @@ fn jit_layer(
                 threads,
             )
             .map_err(run("attention"))?;
-        kernels += t.elapsed();
+        let spent = t.elapsed();
+        gllm_kernels::runtime::profile::record("attention over the KV cache (gllm)", spent);
+        kernels += spent;
     }
     let t = Instant::now();
     parts

@@ -31,6 +31,9 @@ pub(crate) enum Unit {
 pub struct CompiledLayer {
     pub(crate) plan: FusionPlan,
     pub(crate) units: Vec<Unit>,
+    /// Per unit: its nodes as `explain` names them (`kind \`name\` → …`),
+    /// the label [`crate::runtime::profile`] accounts its time under.
+    pub(crate) unit_labels: Vec<String>,
     /// Per tensor: element count, where it comes from.
     pub(crate) numel: Vec<usize>,
     pub(crate) sources: Vec<TensorRef>,
@@ -116,6 +119,18 @@ impl CompiledLayer {
         profile: &DeviceProfile,
     ) -> Result<CompiledLayer, CodegenError> {
         let mut units = Vec::with_capacity(plan.groups.len());
+        let unit_labels = plan
+            .groups
+            .iter()
+            .map(|g| {
+                let nodes: Vec<String> = g
+                    .nodes
+                    .iter()
+                    .map(|&n| format!("{} `{}`", sem.node(n).op.kind, sem.node(n).name))
+                    .collect();
+                nodes.join(" → ")
+            })
+            .collect();
         let mut packed_weights = Vec::new();
         for group in &plan.groups {
             let unit = match &group.strategy {
@@ -175,6 +190,7 @@ impl CompiledLayer {
         Ok(CompiledLayer {
             plan,
             units,
+            unit_labels,
             numel: sem.tensors.iter().map(|t| t.desc.numel()).collect(),
             sources: sem.tensors.iter().map(|t| t.source.clone()).collect(),
             graph_inputs,

@@ -130,7 +130,9 @@ impl CompiledLayer {
         }
         let region =
             |t: TensorId| at[t].ok_or(CodegenError::BadArguments(BadArguments::TensorWithoutMemory(t)));
-        for unit in &self.units {
+        let profiling = super::profile::enabled();
+        for (unit, label) in self.units.iter().zip(&self.unit_labels) {
+            let started = profiling.then(std::time::Instant::now);
             match unit {
                 Unit::Loop(cg) => {
                     let ins: Vec<RawSlice> =
@@ -171,6 +173,9 @@ impl CompiledLayer {
                     };
                     group.run(&lookup, &packed, &mut outs)?;
                 }
+            }
+            if let Some(started) = started {
+                super::profile::record(label, started.elapsed());
             }
         }
         Ok(())

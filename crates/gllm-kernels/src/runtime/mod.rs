@@ -28,6 +28,7 @@ pub mod dispatch;
 mod executable;
 mod execute;
 mod guarded;
+pub mod profile;
 
 pub use affinity::WorkerPlacement;
 pub use arena::LayerWorkspace;
