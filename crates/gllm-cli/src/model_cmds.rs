@@ -456,7 +456,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "quantised weights read as stored by the {} kernels",
             gllm_kernels::codegen::quant_gemv::QuantKernelIsa::host_default()
         );
-        println!("quantised GEMVs (one matrix or a group run as one) over 128 KiB, thread count measured at first use (one thread vs the budget, medians):");
+        println!("quantised GEMVs (one matrix or a group run as one) over 128 KiB, thread count measured on their first calls (one thread and the budget in turn, medians):");
         for (k, c) in choices {
             println!(
                 "  {k}: {} thread(s) — {:.1} µs on 1, {:.1} µs on {}",
