@@ -2,8 +2,9 @@
 //! register plan, the loops over a call's rows, groups and tail records
 //! (with prefetch), and the horizontal sums that write the outputs. The
 //! ISA modules emit the bodies: one group of 256 weights of one row
-//! ([`super::avx2`], [`super::avx512`]) and one tail record ([`super::avx2`]
-//! for every ISA: at most one record per 64 weights of a row).
+//! ([`super::avx2`], [`super::avx512`]) and one tail record (the AVX2 body
+//! on every ISA: records hold only the at most 7 blocks after a row's last
+//! whole group).
 
 use super::layout::*;
 use super::*;
