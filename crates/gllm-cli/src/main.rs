@@ -296,6 +296,8 @@ fn main() -> Result<()> {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // A misspelt kernel choice is an error, not a silent fallback.
+    gllm_kernels::codegen::quant_gemv::QuantKernelIsa::from_env()?;
     match cli.command {
         Command::Run(args) => model_cmds::run(&args),
         Command::Chat(args) => model_cmds::chat(&args),

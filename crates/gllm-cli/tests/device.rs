@@ -89,3 +89,24 @@ fn bench_profiles_where_decode_time_goes() {
     let total = table.last().unwrap();
     assert!(total.contains("all timed groups"), "{total}");
 }
+
+#[test]
+fn the_stored_format_kernels_can_be_chosen_and_a_bad_choice_is_an_error() {
+    let run = |value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gllm"))
+            .arg("device")
+            .env("GLLM_QUANT_KERNELS", value)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run("avx2");
+    assert!(ok, "{err}");
+    assert!(out.contains("quantised weights  read by the avx2 stored-format kernels"), "{out}");
+    let (ok, _, err) = run("avx9000");
+    assert!(!ok && err.contains("GLLM_QUANT_KERNELS=\"avx9000\"") && err.contains("avx512-vnni"), "{err}");
+}

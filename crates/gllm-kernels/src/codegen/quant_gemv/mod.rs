@@ -915,22 +915,33 @@ impl QuantKernelIsa {
 
     /// The fastest encoding this CPU runs, unless `GLLM_QUANT_KERNELS`
     /// (`avx2` or `avx512-vnni`) names another it runs: for A/B runs of a
-    /// whole model.
+    /// whole model. A value that names nothing this CPU runs is ignored
+    /// here; [`QuantKernelIsa::from_env`] reports it (the CLI checks it at
+    /// start-up).
     pub fn host_default() -> QuantKernelIsa {
         static CHOSEN: OnceLock<QuantKernelIsa> = OnceLock::new();
-        *CHOSEN.get_or_init(|| {
-            let asked = std::env::var("GLLM_QUANT_KERNELS").ok();
-            if let Some(isa) = asked.and_then(|v| QuantKernelIsa::ALL.into_iter().find(|i| i.name() == v)) {
-                if isa.on_host() {
-                    return isa;
-                }
-            }
-            if QuantKernelIsa::Avx512Vnni.on_host() {
-                QuantKernelIsa::Avx512Vnni
-            } else {
-                QuantKernelIsa::Avx2
-            }
+        *CHOSEN.get_or_init(|| match QuantKernelIsa::from_env() {
+            Ok(Some(isa)) => isa,
+            _ if QuantKernelIsa::Avx512Vnni.on_host() => QuantKernelIsa::Avx512Vnni,
+            _ => QuantKernelIsa::Avx2,
         })
+    }
+
+    /// The encoding `GLLM_QUANT_KERNELS` asks for (`None` when unset), or
+    /// why it cannot be used.
+    pub fn from_env() -> Result<Option<QuantKernelIsa>, QuantKernelsEnvError> {
+        let Some(value) = std::env::var_os("GLLM_QUANT_KERNELS") else {
+            return Ok(None);
+        };
+        let value = value.to_string_lossy().into_owned();
+        let isa = QuantKernelIsa::ALL
+            .into_iter()
+            .find(|i| i.name() == value)
+            .ok_or_else(|| QuantKernelsEnvError::Unknown { value: value.clone() })?;
+        if !isa.on_host() {
+            return Err(QuantKernelsEnvError::NotOnHost { isa });
+        }
+        Ok(Some(isa))
     }
 
     /// The name `GLLM_QUANT_KERNELS` and reports use.
@@ -948,6 +959,17 @@ impl QuantKernelIsa {
             QuantKernelIsa::Avx512Vnni => Isa::Avx512,
         }
     }
+}
+
+/// A `GLLM_QUANT_KERNELS` value that cannot be honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantKernelsEnvError {
+    #[error("GLLM_QUANT_KERNELS={value:?} names no stored-format kernels (expected avx2 or avx512-vnni)")]
+    Unknown { value: String },
+    #[error(
+        "GLLM_QUANT_KERNELS={isa}: this CPU cannot run those kernels (they need AVX-512 F/BW/VL and VNNI)"
+    )]
+    NotOnHost { isa: QuantKernelIsa },
 }
 
 impl std::fmt::Display for QuantKernelIsa {
