@@ -253,6 +253,31 @@ fn analyse_bytes(bytes: &[u8]) -> Result<gllm_kernels::trace::OpTrace, gllm_kern
     analyse_in("fixture_fn", BASE, &sig, &BufferMemory { base: BASE, bytes: bytes.to_vec() })
 }
 
+/// `vpternlogd` with the sign mask as a broadcast memory operand is how
+/// compilers targeting AVX-512 write copysign (`0xF8`: a | (b & c)); the
+/// analyser lifts it whatever host runs the test (nothing is executed).
+#[test]
+fn ternary_logic_copysign_is_lifted() {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(64).unwrap();
+    let (mut two, mut sign) = (a.create_label(), a.create_label());
+    a.vmovss(xmm1, dword_ptr(two)).unwrap();
+    a.vpternlogd(xmm1, xmm0, dword_bcst(sign), 0xF8).unwrap();
+    a.vmovaps(xmm0, xmm1).unwrap();
+    a.ret().unwrap();
+    a.set_label(&mut two).unwrap();
+    a.dd(&[2.0f32.to_bits()]).unwrap();
+    a.set_label(&mut sign).unwrap();
+    a.dd(&[0x8000_0000]).unwrap();
+    let bytes = a.assemble(BASE).unwrap();
+    let trace = analyse_bytes(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    let x = [-3.0f32, 0.0, 5.5, -0.0, f32::INFINITY, -1e-40];
+    let mut y = [0.0f32; 6];
+    trace.eval(&[&x], &[], &[], &mut [&mut y]).unwrap();
+    let want: Vec<u32> = x.iter().map(|v| 2.0f32.copysign(*v).to_bits()).collect();
+    assert_eq!(y.map(f32::to_bits).to_vec(), want, "{y:?}");
+}
+
 #[test]
 fn unanalysable_code_is_a_clear_error_naming_function_address_and_instruction() {
     let cases: &[(&str, &[u8], u64, &str)] = &[

@@ -54,6 +54,84 @@ fn bitop(mn: Mnemonic) -> Option<BitOp> {
     })
 }
 
+/// `vpternlog`'s three operands as truth tables: bit `4a + 2b + c` of the
+/// immediate is the result for bits `a` (destination), `b`, `c` (sources).
+const TERNLOG_OPERANDS: [u8; 3] = [0xF0, 0xCC, 0xAA];
+
+/// A `vpternlog` immediate as at most two of the two-operand bit
+/// operations the expression pool knows ([`BitOp`]); operands are 0
+/// (destination), 1 and 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TernaryLogic {
+    /// All zeros or all ones whatever the operands.
+    Const(u32),
+    /// One operand unchanged.
+    Operand(usize),
+    /// `op(x, y)`.
+    One(BitOp, usize, usize),
+    /// `outer(inner(x, y), z)`, or `outer(z, inner(x, y))` when `inner_second`.
+    Two { inner: (BitOp, usize, usize), outer: BitOp, z: usize, inner_second: bool },
+}
+
+fn bit_table(op: BitOp, x: u8, y: u8) -> u8 {
+    match op {
+        BitOp::And => x & y,
+        BitOp::AndNot => !x & y,
+        BitOp::Or => x | y,
+        BitOp::Xor => x ^ y,
+    }
+}
+
+/// The first decomposition of `imm` found, trying the simplest forms first
+/// and, among two-operation forms, inner operations on operand 2 first (a
+/// compiler puts its constant — a sign mask, say — in the memory operand,
+/// and the pool recognises a constant mask applied to a value).
+fn ternary_logic(imm: u8) -> Option<TernaryLogic> {
+    const OPS: [BitOp; 4] = [BitOp::And, BitOp::Or, BitOp::Xor, BitOp::AndNot];
+    const PAIRS: [(usize, usize); 6] = [(1, 2), (2, 1), (0, 2), (2, 0), (0, 1), (1, 0)];
+    let t = TERNLOG_OPERANDS;
+    match imm {
+        0x00 => return Some(TernaryLogic::Const(0)),
+        0xFF => return Some(TernaryLogic::Const(u32::MAX)),
+        _ => {}
+    }
+    if let Some(i) = t.iter().position(|&x| x == imm) {
+        return Some(TernaryLogic::Operand(i));
+    }
+    for op in OPS {
+        for (x, y) in PAIRS {
+            if bit_table(op, t[x], t[y]) == imm {
+                return Some(TernaryLogic::One(op, x, y));
+            }
+        }
+    }
+    for inner_op in OPS {
+        for (x, y) in PAIRS {
+            let inner = bit_table(inner_op, t[x], t[y]);
+            for outer in OPS {
+                for (z, &tz) in t.iter().enumerate() {
+                    for inner_second in [false, true] {
+                        let got = if inner_second {
+                            bit_table(outer, tz, inner)
+                        } else {
+                            bit_table(outer, inner, tz)
+                        };
+                        if got == imm {
+                            return Some(TernaryLogic::Two {
+                                inner: (inner_op, x, y),
+                                outer,
+                                z,
+                                inner_second,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
 /// (scalar?, 132/213/231 form, negate product?, negate addend?)
 fn fma_form(mn: Mnemonic) -> Option<(bool, u16, bool, bool)> {
     use Mnemonic::*;
@@ -156,6 +234,65 @@ impl Machine<'_> {
         Ok(self.pool.bitwise(op, a, b).unwrap_or_else(|| self.pool.opaque(self.ins.ip())))
     }
 
+    /// `vpternlogd`/`vpternlogq` (unmasked): the immediate's function of
+    /// the three operands built from the pool's two-operand bit operations
+    /// (e.g. `0xF8`, `a | (b & c)`: a compiler's copysign with the sign
+    /// mask as `c`). Bitwise, so the element size does not matter except
+    /// for a broadcast operand (the caller sends `q` broadcasts elsewhere).
+    fn ternary_logic(&mut self) -> Res<()> {
+        if self.ins.op_mask() != Register::None {
+            return Err(self.unsupported());
+        }
+        let plan = ternary_logic(self.imm() as u8).ok_or_else(|| self.unsupported())?;
+        let w = self.width();
+        let dst = self.vreg(0)?;
+        let ops = [self.vec[dst][..w].to_vec(), self.vec_op(1, w)?, self.vec_op(2, w)?];
+        let mut out = Vec::with_capacity(w);
+        for ((&a, &b), &c) in ops[0].iter().zip(&ops[1]).zip(&ops[2]) {
+            let v = |i: usize| [a, b, c][i];
+            out.push(match plan {
+                TernaryLogic::Const(bits) => self.pool.konst(bits),
+                TernaryLogic::Operand(i) => v(i),
+                TernaryLogic::One(op, x, y) => self.bit(op, v(x), v(y))?,
+                TernaryLogic::Two { inner: (op, x, y), outer, z, inner_second } => {
+                    let inner = self.bit(op, v(x), v(y))?;
+                    if inner_second {
+                        self.bit(outer, v(z), inner)?
+                    } else {
+                        self.bit(outer, inner, v(z))?
+                    }
+                }
+            });
+        }
+        self.write_vec(dst, &out)
+    }
+
+    /// `kor`/`kand`/`kandn`/`kxor`/`knot` on opmask lanes (comparison masks,
+    /// combined as the pool combines vector masks); the byte forms clear
+    /// lanes 8–15.
+    fn kmask_logic(&mut self, mn: Mnemonic) -> Res<()> {
+        use Mnemonic::*;
+        let reg = |i: u32| self.ins.op_register(i).number();
+        let (k, a) = (reg(0), reg(1));
+        let ones = self.pool.konst(u32::MAX);
+        let (op, b) = match mn {
+            Knotb | Knotw | Knotd | Knotq => (BitOp::Xor, None),
+            Korb | Korw | Kord | Korq => (BitOp::Or, Some(reg(2))),
+            Kandb | Kandw | Kandd | Kandq => (BitOp::And, Some(reg(2))),
+            Kandnb | Kandnw | Kandnd | Kandnq => (BitOp::AndNot, Some(reg(2))),
+            _ => (BitOp::Xor, Some(reg(2))),
+        };
+        let byte_form = matches!(mn, Knotb | Korb | Kandb | Kandnb | Kxorb);
+        let zero = self.pool.konst(0);
+        let mut lanes = [zero; 16];
+        for (l, lane) in lanes.iter_mut().enumerate().take(if byte_form { 8 } else { 16 }) {
+            let y = b.map_or(ones, |b| self.kmask[b][l]);
+            *lane = self.bit(op, self.kmask[a][l], y)?;
+        }
+        self.kmask[k] = lanes;
+        Ok(())
+    }
+
     fn imm(&self) -> u64 {
         let ins = &self.ins;
         for i in 0..ins.op_count() {
@@ -240,6 +377,10 @@ impl Machine<'_> {
             let b = self.vec_op(src, w)?;
             let out = a.iter().zip(&b).map(|(&x, &y)| self.bit(op, x, y)).collect::<Res<Vec<_>>>()?;
             return self.write_vec(dst, &out);
+        }
+
+        if matches!(mn, Vpternlogd) || mn == Vpternlogq && !ins.is_broadcast() {
+            return self.ternary_logic();
         }
 
         if let Some((scalar, form, neg_prod, neg_add)) = fma_form(mn) {
@@ -715,7 +856,7 @@ impl Machine<'_> {
                 let mut all = true;
                 for l in 0..bits {
                     let (x, y) =
-                        (self.pool.const_bits(self.kmask[a][l]), self.pool.const_bits(self.kmask[b][l]));
+                        (self.mask_lane_bits(self.kmask[a][l]), self.mask_lane_bits(self.kmask[b][l]));
                     let (Some(x), Some(y)) = (x, y) else {
                         return Err(self.err(TraceErrorKind::DataDependentBranch));
                     };
@@ -727,6 +868,8 @@ impl Machine<'_> {
                 Ok(())
             }
             Kmovw | Kmovb | Kmovd | Kmovq => self.kmov(),
+            Korb | Korw | Kord | Korq | Kandb | Kandw | Kandd | Kandq | Kandnb | Kandnw | Kandnd | Kandnq
+            | Kxorb | Kxorw | Kxord | Kxorq | Knotb | Knotw | Knotd | Knotq => self.kmask_logic(mn),
             Kxnorw | Kxnorb | Kxnord | Kxnorq if ins.op1_register() == ins.op2_register() => {
                 let k = ins.op0_register().number();
                 let ones = self.pool.konst(u32::MAX);
@@ -959,6 +1102,19 @@ impl Machine<'_> {
         out
     }
 
+    /// An opmask lane's bits when the branch or integer that reads it can
+    /// know them: a constant, or a NaN test of the inputs, counted as clear
+    /// as for `movmskps` (LLVM's AVX-512 f32::max folds `kortest` or `kmov`
+    /// their compare masks to leave the loop on a NaN); the trace is then
+    /// checked on NaN inputs before it is trusted.
+    fn mask_lane_bits(&mut self, m: ExprId) -> Option<u32> {
+        self.pool.const_bits(m).or_else(|| {
+            let nan_test = self.pool.false_unless_input_nan(m);
+            self.assumed_no_nan |= nan_test;
+            nan_test.then_some(0)
+        })
+    }
+
     fn kmov(&mut self) -> Res<()> {
         let ins = self.ins;
         let dst = ins.op0_register();
@@ -980,7 +1136,7 @@ impl Machine<'_> {
         let k = ins.op1_register().number();
         let mut v = 0u64;
         for l in 0..16 {
-            match self.pool.const_bits(self.kmask[k][l]) {
+            match self.mask_lane_bits(self.kmask[k][l]) {
                 Some(0) => {}
                 Some(_) => v |= 1 << l,
                 None => {
@@ -996,4 +1152,41 @@ impl Machine<'_> {
 
 fn lanes_of_reg(r: Register) -> usize {
     super::lanes_of(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every decomposition found computes its immediate, and the forms
+    /// compilers emit are among them.
+    #[test]
+    fn ternary_logic_decompositions_compute_their_immediates() {
+        let t = TERNLOG_OPERANDS;
+        let mut found = 0;
+        for imm in 0..=255u8 {
+            let Some(plan) = ternary_logic(imm) else { continue };
+            found += 1;
+            let table = match plan {
+                TernaryLogic::Const(bits) => bits as u8,
+                TernaryLogic::Operand(i) => t[i],
+                TernaryLogic::One(op, x, y) => bit_table(op, t[x], t[y]),
+                TernaryLogic::Two { inner: (op, x, y), outer, z, inner_second } => {
+                    let inner = bit_table(op, t[x], t[y]);
+                    if inner_second {
+                        bit_table(outer, t[z], inner)
+                    } else {
+                        bit_table(outer, inner, t[z])
+                    }
+                }
+            };
+            assert_eq!(table, imm, "{plan:?}");
+        }
+        // a | (b & c) (copysign with the sign mask in c), b ^ c, a & b, and
+        // the all-ones idiom.
+        for imm in [0xF8, 0x3C, 0x66, 0xC0, 0x80, 0xFF, 0x00] {
+            assert!(ternary_logic(imm).is_some(), "{imm:#x}");
+        }
+        assert!(found > 60, "{found}");
+    }
 }
