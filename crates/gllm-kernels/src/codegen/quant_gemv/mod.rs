@@ -817,6 +817,9 @@ struct Consts {
     q6k_from_x: [u8; 32],
     q6k_from_y: [u8; 32],
     q6k_from_z: [u8; 32],
+    /// Q4_K (AVX-512): `vpermps` indices spreading a group's `[d, −dmin]`
+    /// over eight lanes each.
+    q4k_d_dmin: [i32; 16],
 }
 
 /// Byte offsets of [`Consts`]' fields.
@@ -829,6 +832,7 @@ const C_Q6K_CODE: i32 = 160;
 const C_Q6K_FROM_X: i32 = 192;
 const C_Q6K_FROM_Y: i32 = 224;
 const C_Q6K_FROM_Z: i32 = 256;
+const C_Q4K_D_DMIN: i32 = 288;
 
 assert_offsets!(Consts {
     nibble_mask: C_MASK,
@@ -840,6 +844,7 @@ assert_offsets!(Consts {
     q6k_from_x: C_Q6K_FROM_X,
     q6k_from_y: C_Q6K_FROM_Y,
     q6k_from_z: C_Q6K_FROM_Z,
+    q4k_d_dmin: C_Q4K_D_DMIN,
 });
 
 static CONSTS: Consts = Consts {
@@ -852,6 +857,7 @@ static CONSTS: Consts = Consts {
     q6k_from_x: [0x03; 32],
     q6k_from_y: [0x0C; 32],
     q6k_from_z: [0x30; 32],
+    q4k_d_dmin: [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
 };
 
 /// A compiled kernel, or why it could not be (kept, so the failure is not
