@@ -31,8 +31,8 @@ pub(crate) enum Unit {
 pub struct CompiledLayer {
     pub(crate) plan: FusionPlan,
     pub(crate) units: Vec<Unit>,
-    /// Per unit: its nodes as `explain` names them (`kind \`name\` → …`),
-    /// the label [`crate::runtime::profile`] accounts its time under.
+    /// Per unit: its group's [`crate::fusion::FusionGroup::label`], which
+    /// [`crate::runtime::profile`] accounts its time under.
     pub(crate) unit_labels: Vec<String>,
     /// Per tensor: element count, where it comes from.
     pub(crate) numel: Vec<usize>,
@@ -119,18 +119,7 @@ impl CompiledLayer {
         profile: &DeviceProfile,
     ) -> Result<CompiledLayer, CodegenError> {
         let mut units = Vec::with_capacity(plan.groups.len());
-        let unit_labels = plan
-            .groups
-            .iter()
-            .map(|g| {
-                let nodes: Vec<String> = g
-                    .nodes
-                    .iter()
-                    .map(|&n| format!("{} `{}`", sem.node(n).op.kind, sem.node(n).name))
-                    .collect();
-                nodes.join(" → ")
-            })
-            .collect();
+        let unit_labels = plan.groups.iter().map(|g| g.label(sem.graph)).collect();
         let mut packed_weights = Vec::new();
         for group in &plan.groups {
             let unit = match &group.strategy {

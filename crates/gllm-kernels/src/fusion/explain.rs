@@ -2,12 +2,28 @@
 //! tiled and threaded, where intermediates live, and why.
 
 use super::planner::fmt_bytes;
-use super::{BufferPurpose, EpilogueOp, FusionPlan, FusionStrategy, GemmVariant, ProducerPlacement};
+use super::{
+    BufferPurpose, EpilogueOp, FusionGroup, FusionPlan, FusionStrategy, GemmVariant, ProducerPlacement,
+};
 use crate::graph::{CompilerGraph, NodeId, TensorRef};
 use std::fmt::Write;
 
 fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
+}
+
+impl FusionGroup {
+    /// The group's nodes in execution order as people read them:
+    /// ``kind `name` → kind `name` …`` (`explain`'s group line, and the label
+    /// [`crate::runtime::profile`] accounts the group's time under).
+    pub fn label(&self, graph: &CompilerGraph) -> String {
+        let names: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|&n| format!("{} `{}`", graph.nodes[n].op.kind, graph.nodes[n].name))
+            .collect();
+        names.join(" → ")
+    }
 }
 
 impl FusionPlan {
@@ -40,8 +56,7 @@ impl FusionPlan {
         );
         let _ = writeln!(s, "{} nodes in {} groups\n", graph.nodes.len(), self.groups.len());
         for g in &self.groups {
-            let names: Vec<String> = g.nodes.iter().map(|&n| node(n)).collect();
-            let _ = writeln!(s, "group {:>3}  {:<17} {}", g.id, g.strategy.name(), names.join(" → "));
+            let _ = writeln!(s, "group {:>3}  {:<17} {}", g.id, g.strategy.name(), g.label(graph));
             let pad = "           ";
             match &g.strategy {
                 FusionStrategy::Gemm(f) => {

@@ -1,6 +1,6 @@
 //! Where the time goes: optional wall-time accounting per compiled group.
 //!
-//! Off by default (one relaxed atomic load per group when off). When on,
+//! Off by default (one relaxed atomic load per compiled-layer run when off). When on,
 //! every group a [`crate::codegen::layer::CompiledLayer`] runs adds its wall
 //! time under its label — the group's nodes, as `explain` names them — and
 //! callers may add their own (the front end's attention). A compiled part
