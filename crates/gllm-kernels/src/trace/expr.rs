@@ -48,6 +48,18 @@ pub enum BitOp {
     Xor,
 }
 
+impl BitOp {
+    /// The operation on known bits.
+    pub fn apply(self, a: u32, b: u32) -> u32 {
+        match self {
+            BitOp::And => a & b,
+            BitOp::AndNot => !a & b,
+            BitOp::Or => a | b,
+            BitOp::Xor => a ^ b,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Expr {
     /// Bits nobody defined (upper lanes after a call, uninitialised stack).
@@ -325,13 +337,7 @@ impl ExprPool {
     /// idiom with an exact floating-point meaning.
     pub fn bitwise(&mut self, op: BitOp, a: ExprId, b: ExprId) -> Option<ExprId> {
         if let (Some(x), Some(y)) = (self.const_bits(a), self.const_bits(b)) {
-            let r = match op {
-                BitOp::And => x & y,
-                BitOp::AndNot => !x & y,
-                BitOp::Or => x | y,
-                BitOp::Xor => x ^ y,
-            };
-            return Some(self.konst(r));
+            return Some(self.konst(op.apply(x, y)));
         }
         match op {
             BitOp::Xor if a == b => return Some(self.konst(0)),

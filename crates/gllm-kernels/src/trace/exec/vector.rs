@@ -73,12 +73,25 @@ enum TernaryLogic {
     Two { inner: (BitOp, usize, usize), outer: BitOp, z: usize, inner_second: bool },
 }
 
-fn bit_table(op: BitOp, x: u8, y: u8) -> u8 {
-    match op {
-        BitOp::And => x & y,
-        BitOp::AndNot => !x & y,
-        BitOp::Or => x | y,
-        BitOp::Xor => x ^ y,
+impl TernaryLogic {
+    /// The plan's function of the three operands as a `vpternlog`
+    /// immediate (its truth table).
+    fn table(self) -> u8 {
+        let t = TERNLOG_OPERANDS.map(u32::from);
+        let bits = match self {
+            TernaryLogic::Const(bits) => bits,
+            TernaryLogic::Operand(i) => t[i],
+            TernaryLogic::One(op, x, y) => op.apply(t[x], t[y]),
+            TernaryLogic::Two { inner: (op, x, y), outer, z, inner_second } => {
+                let inner = op.apply(t[x], t[y]);
+                if inner_second {
+                    outer.apply(t[z], inner)
+                } else {
+                    outer.apply(inner, t[z])
+                }
+            }
+        };
+        bits as u8
     }
 }
 
@@ -87,49 +100,25 @@ fn bit_table(op: BitOp, x: u8, y: u8) -> u8 {
 /// compiler puts its constant — a sign mask, say — in the memory operand,
 /// and the pool recognises a constant mask applied to a value).
 fn ternary_logic(imm: u8) -> Option<TernaryLogic> {
+    use TernaryLogic::*;
     const OPS: [BitOp; 4] = [BitOp::And, BitOp::Or, BitOp::Xor, BitOp::AndNot];
     const PAIRS: [(usize, usize); 6] = [(1, 2), (2, 1), (0, 2), (2, 0), (0, 1), (1, 0)];
-    let t = TERNLOG_OPERANDS;
-    match imm {
-        0x00 => return Some(TernaryLogic::Const(0)),
-        0xFF => return Some(TernaryLogic::Const(u32::MAX)),
-        _ => {}
-    }
-    if let Some(i) = t.iter().position(|&x| x == imm) {
-        return Some(TernaryLogic::Operand(i));
-    }
-    for op in OPS {
-        for (x, y) in PAIRS {
-            if bit_table(op, t[x], t[y]) == imm {
-                return Some(TernaryLogic::One(op, x, y));
-            }
-        }
-    }
-    for inner_op in OPS {
-        for (x, y) in PAIRS {
-            let inner = bit_table(inner_op, t[x], t[y]);
-            for outer in OPS {
-                for (z, &tz) in t.iter().enumerate() {
-                    for inner_second in [false, true] {
-                        let got = if inner_second {
-                            bit_table(outer, tz, inner)
-                        } else {
-                            bit_table(outer, inner, tz)
-                        };
-                        if got == imm {
-                            return Some(TernaryLogic::Two {
-                                inner: (inner_op, x, y),
-                                outer,
-                                z,
-                                inner_second,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-    }
-    None
+    let ones = OPS.into_iter().flat_map(|op| PAIRS.map(|(x, y)| One(op, x, y)));
+    let twos = OPS.into_iter().flat_map(|op| {
+        PAIRS.into_iter().flat_map(move |(x, y)| {
+            OPS.into_iter().flat_map(move |outer| {
+                (0..3).flat_map(move |z| {
+                    [false, true].map(move |inner_second| Two { inner: (op, x, y), outer, z, inner_second })
+                })
+            })
+        })
+    });
+    [Const(0), Const(u32::MAX)]
+        .into_iter()
+        .chain((0..3).map(Operand))
+        .chain(ones)
+        .chain(twos)
+        .find(|plan| plan.table() == imm)
 }
 
 /// (scalar?, 132/213/231 form, negate product?, negate addend?)
@@ -1158,35 +1147,31 @@ fn lanes_of_reg(r: Register) -> usize {
 mod tests {
     use super::*;
 
-    /// Every decomposition found computes its immediate, and the forms
-    /// compilers emit are among them.
+    /// The operands' truth tables follow the immediate's bit order (bit
+    /// `4a + 2b + c`), and the forms compilers emit decompose.
     #[test]
     fn ternary_logic_decompositions_compute_their_immediates() {
-        let t = TERNLOG_OPERANDS;
-        let mut found = 0;
-        for imm in 0..=255u8 {
-            let Some(plan) = ternary_logic(imm) else { continue };
-            found += 1;
-            let table = match plan {
-                TernaryLogic::Const(bits) => bits as u8,
-                TernaryLogic::Operand(i) => t[i],
-                TernaryLogic::One(op, x, y) => bit_table(op, t[x], t[y]),
-                TernaryLogic::Two { inner: (op, x, y), outer, z, inner_second } => {
-                    let inner = bit_table(op, t[x], t[y]);
-                    if inner_second {
-                        bit_table(outer, t[z], inner)
-                    } else {
-                        bit_table(outer, inner, t[z])
-                    }
-                }
-            };
-            assert_eq!(table, imm, "{plan:?}");
+        for (i, &table) in TERNLOG_OPERANDS.iter().enumerate() {
+            for bit in 0..8 {
+                assert_eq!(table >> bit & 1, (bit >> (2 - i)) & 1, "operand {i}, bit {bit}");
+            }
         }
+        let found = (0..=255u8).filter_map(ternary_logic).count();
         // a | (b & c) (copysign with the sign mask in c), b ^ c, a & b, and
         // the all-ones idiom.
         for imm in [0xF8, 0x3C, 0x66, 0xC0, 0x80, 0xFF, 0x00] {
-            assert!(ternary_logic(imm).is_some(), "{imm:#x}");
+            let plan = ternary_logic(imm).unwrap_or_else(|| panic!("{imm:#x}"));
+            assert_eq!(plan.table(), imm, "{plan:?}");
         }
+        assert_eq!(
+            ternary_logic(0xF8),
+            Some(TernaryLogic::Two {
+                inner: (BitOp::And, 1, 2),
+                outer: BitOp::Or,
+                z: 0,
+                inner_second: false
+            })
+        );
         assert!(found > 60, "{found}");
     }
 }
