@@ -989,13 +989,14 @@ fn kernel_set(
     precision: ActivationPrecision,
     isa: QuantKernelIsa,
 ) -> Result<&'static KernelSet, CodegenError> {
-    const FORMATS: usize = QuantFormat::ALL.len();
-    static SETS: [OnceLock<KernelSet>; 4 * FORMATS] = [const { OnceLock::new() }; 4 * FORMATS];
-    let i = QuantFormat::ALL.iter().position(|&f| f == format).expect("every format is in ALL");
+    // One set per (format, encoding, activation precision).
+    const PER_FORMAT: usize = 2 * QuantKernelIsa::ALL.len();
+    const SETS_LEN: usize = PER_FORMAT * QuantFormat::ALL.len();
+    static SETS: [OnceLock<KernelSet>; SETS_LEN] = [const { OnceLock::new() }; SETS_LEN];
+    let f = QuantFormat::ALL.iter().position(|&f| f == format).expect("every format is in ALL");
+    let e = QuantKernelIsa::ALL.iter().position(|&e| e == isa).expect("every encoding is in ALL");
     let precision = kernel_precision(format, precision);
-    let i = 4 * i
-        + 2 * usize::from(isa == QuantKernelIsa::Avx512Vnni)
-        + usize::from(precision == ActivationPrecision::Int16);
+    let i = PER_FORMAT * f + 2 * e + usize::from(precision == ActivationPrecision::Int16);
     if !isa.on_host() {
         return Err(CodegenError::IsaNotOnHost { isa: isa.isa() });
     }
