@@ -160,7 +160,7 @@ fn main() {
         "as the engine runs it (the GEMV's thread count measured once per shape, see PARALLEL_MARGIN)\n"
     );
     println!("| M×K×N | path | 1 thr µs | 2 thr µs | 2 thr / 1 thr | auto µs (threads) | auto / 1 thr |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let gemm = GemmKernel::compile(&profile).unwrap();
     for (m, k, n) in [
         (1, 576, 192),
