@@ -180,12 +180,12 @@ pub(super) fn generate(
         a.test(rcx, rcx)?;
         a.jz(done)?;
         a.set_label(&mut body)?;
-        for &wr in wp {
+        for (i, &wr) in wp.iter().enumerate() {
+            // Each row's prefetches just before its body, not all rows'
+            // at the top of the iteration (see `PREFETCH_AHEAD`).
             for line in (0..step).step_by(64) {
                 a.prefetcht1(byte_ptr(wr + PREFETCH_AHEAD + line))?;
             }
-        }
-        for (i, &wr) in wp.iter().enumerate() {
             match (groups, isa) {
                 (true, QuantKernelIsa::Avx2) => avx2::emit_group_row(&mut a, &regs, i, wr)?,
                 (true, QuantKernelIsa::Avx512Vnni) => avx512::emit_group_row(&mut a, &regs, i, wr)?,
