@@ -33,10 +33,9 @@ const YMM_HI: [AsmRegisterYmm; 16] = [
 const LO: usize = 0;
 const HI: usize = 1;
 const T: usize = 2;
-const T2: usize = 3;
-/// 0x0F in every byte, and zero.
+/// 0x0F in every byte, and 0x80 in every byte.
 const MASK: usize = 4;
-const ZERO: usize = 5;
+const SIGN_BIT: usize = 5;
 /// Q6_K: vector 3's code as it is collected.
 const HB: usize = 6;
 /// The integer sums: digit `d` of activation row `x` at `SUMS + d·r + x`
@@ -53,7 +52,7 @@ fn sum_index(regs: &Regs, d: usize, x: usize) -> usize {
 pub(super) fn prologue(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.vpbroadcastd(ZMM_HI[MASK], dword_ptr(rax + C_MASK))?;
     a.vmovdqu32(ZMM_HI[D_DMIN], zmmword_ptr(rax + C_Q4K_D_DMIN))?;
-    a.vpxord(ZMM_HI[ZERO], ZMM_HI[ZERO], ZMM_HI[ZERO])
+    a.vpbroadcastd(ZMM_HI[SIGN_BIT], dword_ptr(rax + C_SIGN_BIT))
 }
 
 /// One group (256 weights) of weight row `wr` against the activation rows,
@@ -93,33 +92,28 @@ pub(super) fn emit_group_row(
     };
     match format {
         QuantFormat::Q8_0 => {
+            // `vpdpbusd` wants unsigned × signed: the codes become w + 128
+            // (their sign bit flipped), which adds 128·Σx per block — the
+            // activations' `−128·Σq` takes it away again, exactly in i32.
+            // Three instructions per 64 weights where taking signs from
+            // the weights (AVX2's `vpsignb`) needs five.
             zero_sums(a)?;
             for c in 0..4i32 {
-                // |w| (unsigned) × x·sign(w) (signed): x negated where w < 0.
-                a.vmovdqu8(z[T2], zmmword_ptr(wr + 64 * c))?;
-                a.vpmovb2m(k1, z[T2])?;
-                a.vpabsb(z[LO], z[T2])?;
+                a.vpxord(z[LO], z[SIGN_BIT], zmmword_ptr(wr + 64 * c))?;
                 for (x, &xr) in xp.iter().enumerate() {
                     for d in 0..digits {
                         let at = d as i32 * parts.digit + 64 * c;
-                        a.vmovdqu8(z[T], zmmword_ptr(xr + at))?;
-                        a.vpsubb(z[T].k1(), z[ZERO], z[T])?;
-                        a.vpdpbusd(z[sum_index(regs, d, x)], z[LO], z[T])?;
+                        a.vpdpbusd(z[sum_index(regs, d, x)], z[LO], zmmword_ptr(xr + at))?;
                     }
                 }
             }
             fold_sums(a)?;
             a.vcvtph2ps(y[LO], xmmword_ptr(wr + 256))?;
             for (x, &xr) in xp.iter().enumerate() {
-                combine_digits(a, digits, y[sum_index(regs, 0, x)], y[sum_index(regs, 1, x)], y[T])?;
-                accumulate_scaled(
-                    a,
-                    regs.acc(i, x),
-                    y[sum_index(regs, 0, x)],
-                    y[LO],
-                    ymmword_ptr(xr + parts.dx),
-                    y[T],
-                )?;
+                let s = y[sum_index(regs, 0, x)];
+                combine_digits(a, digits, s, y[sum_index(regs, 1, x)], y[T])?;
+                a.vpaddd(s, s, ymmword_ptr(xr + parts.extra))?;
+                accumulate_scaled(a, regs.acc(i, x), s, y[LO], ymmword_ptr(xr + parts.dx), y[T])?;
             }
         }
         QuantFormat::Q6K => {

@@ -61,7 +61,8 @@ pub(super) fn digits(precision: ActivationPrecision) -> usize {
 /// 256 (a half group of 128 for Q6_K) or a tail record. The integer
 /// values come first, one copy per digit (`Int16`: the high digits, then
 /// the low ones `digit` bytes later), then the `dx` vector, and for the
-/// 4-bit formats `c·s` (Q6_K: `−32·Σq` as i32, before `dx`).
+/// 4-bit formats `c·s` (Q6_K: `−32·Σq` as i32, before `dx`; Q8_0 groups:
+/// `−128·Σq` as i32, after it).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ActParts {
     pub(super) digit: i32,
@@ -77,7 +78,9 @@ impl ActParts {
             QuantFormat::Q6K => {
                 ActParts { digit: 128, extra: 128 * n, dx: 128 * n + 32, bytes: 128 * n as usize + 64 }
             }
-            QuantFormat::Q8_0 => ActParts { digit: 256, dx: 256 * n, extra: 0, bytes: 256 * n as usize + 32 },
+            QuantFormat::Q8_0 => {
+                ActParts { digit: 256, dx: 256 * n, extra: 256 * n + 32, bytes: 256 * n as usize + 64 }
+            }
             QuantFormat::F16 | QuantFormat::Bf16 => ActParts { digit: 0, dx: 0, extra: 0, bytes: 0 },
             _ => ActParts { digit: 256, dx: 256 * n, extra: 256 * n + 32, bytes: 256 * n as usize + 64 },
         }
@@ -409,7 +412,15 @@ pub(super) fn quantize_activations(
             }
         }
         put_f32(out, gp.dx, std::array::from_fn(|j| blocks[j].d));
-        if format != QuantFormat::Q8_0 {
+        if format == QuantFormat::Q8_0 {
+            // −128·Σq per block, exact in i32: what the AVX-512 body's
+            // `w + 128` codes add (the AVX2 body does not read it).
+            for (j, b) in blocks.iter().enumerate() {
+                let sum: i32 = b.q.iter().map(|&v| i32::from(v)).sum();
+                let at = gp.extra as usize + 4 * j;
+                out[at..at + 4].copy_from_slice(&(-128 * sum).to_le_bytes());
+            }
+        } else {
             put_f32(out, gp.extra, std::array::from_fn(|j| c * blocks[j].s));
         }
     }

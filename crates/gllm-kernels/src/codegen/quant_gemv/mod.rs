@@ -827,6 +827,9 @@ struct Consts {
     /// Q4_K (AVX-512): `vpermps` indices spreading a group's `[d, −dmin]`
     /// over eight lanes each.
     q4k_d_dmin: [i32; 16],
+    /// Q8_0 (AVX-512): the sign bit of a byte, which `vpxord` flips to
+    /// turn a signed code `w` into the unsigned `w + 128`.
+    sign_bit: [u8; 4],
 }
 
 /// Byte offsets of [`Consts`]' fields.
@@ -840,6 +843,7 @@ const C_Q6K_FROM_X: i32 = 192;
 const C_Q6K_FROM_Y: i32 = 224;
 const C_Q6K_FROM_Z: i32 = 256;
 const C_Q4K_D_DMIN: i32 = 288;
+const C_SIGN_BIT: i32 = 352;
 
 assert_offsets!(Consts {
     nibble_mask: C_MASK,
@@ -852,6 +856,7 @@ assert_offsets!(Consts {
     q6k_from_y: C_Q6K_FROM_Y,
     q6k_from_z: C_Q6K_FROM_Z,
     q4k_d_dmin: C_Q4K_D_DMIN,
+    sign_bit: C_SIGN_BIT,
 });
 
 static CONSTS: Consts = Consts {
@@ -865,6 +870,7 @@ static CONSTS: Consts = Consts {
     q6k_from_y: [0x0C; 32],
     q6k_from_z: [0x30; 32],
     q4k_d_dmin: [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+    sign_bit: [0x80; 4],
 };
 
 /// A compiled kernel, or why it could not be (kept, so the failure is not
