@@ -722,11 +722,12 @@ impl QuantActivations {
 /// buffers are the loads' to use; L2 has room for the streams ahead.
 ///
 /// Each row's prefetches go just before that row's body rather than all
-/// rows' at the top of the loop: on the Zen 4 EPYC, timed in one process
-/// against the same kernels with the burst at the top (31 alternated cold
-/// runs each, 4096×11008, one thread), Q4_1 went from 17.8–18.1 to
-/// 22.4–22.7 GB/s, Q4_K 21.4–21.9 → 23.5–24.7, Q8_0 and Q4_0 +5 %, Q6_K
-/// the same (read probe 24.5–26 GB/s).
+/// rows' at the top of the loop: on the Zen 4 EPYC (`--bench quant`, the
+/// two builds alternated, medians of four runs, 4096×11008, one thread)
+/// Q4_1 went from 18.1 to 21.3 GB/s with the VNNI kernels and from 16.1 to
+/// 20.4 with the AVX2 ones, Q4_K 19.5 → 20.4 (read probe 22–25 GB/s).
+/// Prefetching each stream's first 2–8 KiB at kernel entry, which the
+/// loop's prefetches never cover, made no difference there.
 const PREFETCH_AHEAD: i32 = 4096;
 
 /// The precision `format`'s kernels run at: F16/BF16 read f32 activations
