@@ -95,8 +95,10 @@ pub(super) fn emit_group_row(
             // `vpdpbusd` wants unsigned × signed: the codes become w + 128
             // (their sign bit flipped), which adds 128·Σx per block — the
             // activations' `−128·Σq` takes it away again, exactly in i32.
-            // Three instructions per 64 weights where taking signs from
-            // the weights (AVX2's `vpsignb`) needs five.
+            // Per 64 weights and activation row: `vpxord` + `vpdpbusd`,
+            // where negating x by the weights' signs (AVX-512 has no
+            // `vpsignb`) took six: two loads, `vpmovb2m`, `vpabsb`, a
+            // masked `vpsubb` and the `vpdpbusd`.
             zero_sums(a)?;
             for c in 0..4i32 {
                 a.vpxord(z[LO], z[SIGN_BIT], zmmword_ptr(wr + 64 * c))?;
