@@ -4,12 +4,14 @@ with every varying number replaced by its median over the runs and its range.
 
     scripts/bench-medians.py --runs 5 -- cargo bench -p gllm-kernels --bench quant
     scripts/bench-medians.py --logs DIR            # aggregate saved outputs
+    scripts/bench-medians.py --self-test           # checks the merge (scripts/test.sh)
 
 A single run on a shared 2-core VM moves by ±10 % and more, so the tables in
 README.md and docs/ are medians of whole runs: each run is a separate process
 (its own JIT, page placement and worker pool), which is what "stable across
-runs" means. Rows are matched by their position in each table; the cells that
-are the same in every run (format, shape, …) must agree, or the script stops.
+runs" means. Rows are matched by their position in each table; the cells
+that are labels (a row's first cell, any cell not starting with a number)
+must agree in every run, or the script stops.
 A varying cell keeps its text with each number that varies replaced by its
 median and range: `20.9 [19.5–22.0] (95 [88–107]%)` for a "GB/s (% of
 probe)" cell, `2.4 [2.1–2.9]` for a time.
@@ -23,6 +25,10 @@ import subprocess
 import sys
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# A cell that may vary: it starts with a number ("20.4 (93%)", "0.84×").
+# Anything else ("Q8_0", "avx2") and a row's first cell are labels, which
+# every run must print alike.
+MEASUREMENT = re.compile(r"\s*-?\d")
 
 
 def tables(text):
@@ -44,6 +50,8 @@ def merge_cell(cells):
     number that varies replaced by its median and its range."""
     if all(c == cells[0] for c in cells):
         return cells[0]
+    if not all(MEASUREMENT.match(c) for c in cells):
+        raise ValueError(f"a label differs across runs: {cells}")
     shapes = [NUMBER.sub("#", c) for c in cells]
     if any(s != shapes[0] for s in shapes):
         raise ValueError(f"cells differ in shape across runs: {cells}")
@@ -75,12 +83,43 @@ def merge(outputs):
             versions = [r[i] for r in rows]
             if any(len(v) != len(row) for v in versions):
                 raise ValueError(f"table {t + 1}, row {i + 1}: different cell counts across runs")
+            if any(v[0] != row[0] for v in versions):
+                raise ValueError(f"table {t + 1}, row {i + 1}: the runs disagree on the row: {[v[0] for v in versions]}")
             out.append([merge_cell([v[c] for v in versions]) for c in range(len(row))])
         merged.append(out)
     return merged
 
 
+def self_test():
+    """Checks the merge on made-up runs (scripts/test.sh runs this)."""
+    run = "intro {}\n\n| format | GB/s (% of probe) | µs |\n|---|---|---|\n| Q4_1 | {} | 2.5 |\n| Q8_0 | 7.0 (70%) | {} |\ntail\n"
+    outputs = [
+        run.format(1, "20.0 (90%)", "1.0"),
+        run.format(2, "22.0 (95%)", "3.0"),
+        run.format(3, "21.0 (80%)", "2.0"),
+    ]
+    got = merge(outputs)
+    want = [
+        [
+            ["format", "GB/s (% of probe)", "µs"],
+            ["---", "---", "---"],
+            ["Q4_1", "21.0 [20.0–22.0] (90 [80–95]%)", "2.5"],
+            ["Q8_0", "7.0 (70%)", "2.0 [1.0–3.0]"],
+        ]
+    ]
+    assert got == want, f"merged tables:\n{got}\nwanted:\n{want}"
+    for bad in [run.format(1, "n/a", "1.0"), run.replace("| Q8_0", "| Q4_0").format(1, "20.0 (90%)", "1.0")]:
+        try:
+            merge([outputs[0], bad])
+        except ValueError:
+            continue
+        raise AssertionError(f"runs that differ in a fixed cell were merged:\n{bad}")
+    print("bench-medians self-test: ok")
+
+
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        return self_test()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="how many times to run the command (default 5)")
     parser.add_argument("--logs", help="a directory: aggregate its *.log files instead of running anything")
