@@ -545,12 +545,18 @@ impl GemvJob<'_> {
             let lanes = max_weight_rows(r, precision).min(n);
             let run = n.div_ceil(lanes.max(1));
             // Consecutive calls with the same row count are one kernel
-            // call (the kernel loops over them).
+            // call (the kernel loops over them): call c has a row in run k
+            // while c + k·run < n, so it has w rows up to call
+            // n − (w − 1)·run (counted, not searched: the LM head has
+            // thousands of calls).
             let rows_at = |c: usize| (n - c).div_ceil(run).min(lanes);
             let mut c = 0;
             while c < run {
                 let w = rows_at(c);
-                let calls = (c..run).take_while(|&c| rows_at(c) == w).count();
+                let calls = (n - (w - 1) * run).min(run) - c;
+                debug_assert!(
+                    (c..c + calls).all(|c| rows_at(c) == w) && (c + calls == run || rows_at(c + calls) < w)
+                );
                 let f = set.get(w, r)?;
                 let i = i0 + c;
                 c += calls;
