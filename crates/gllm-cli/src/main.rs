@@ -296,6 +296,13 @@ fn main() -> Result<()> {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_) | Command::Chat(_) | Command::Bench(_) | Command::Perplexity(_))
+    {
+        // One engine on this thread drives every fan-out: keep it on the
+        // core the pool left free, where the scheduler cannot move it onto
+        // a parked worker's CPU (`serve`'s slots are several threads).
+        gllm_kernels::runtime::dispatch::pin_caller();
+    }
     // A misspelt kernel choice is an error, not a silent fallback.
     gllm_kernels::codegen::quant_gemv::QuantKernelIsa::from_env()?;
     match cli.command {

@@ -155,6 +155,9 @@ fn main() {
         hot * 1e6
     );
 
+    // As gllm's commands do: the thread that drives the fan-outs stays on
+    // the core without a worker (`dispatch::pin_caller`).
+    dispatch::pin_caller();
     println!(
         "\nSmolLM2-135M's shapes, Q4_1 weights, hot: 1 vs 2 threads (µs, median); `auto`: a 2-thread budget"
     );

@@ -7,13 +7,20 @@
 //! worker per physical core the process may use, except the core the
 //! caller was on when the pool started, and pins each worker to the first
 //! allowed logical CPU of its core. The caller is left unpinned (a library
-//! does not change its user's thread), and the scheduler keeps it off the
-//! cores whose workers spin. `GLLM_PIN_THREADS=0` turns pinning off (the
-//! workers are still one per core).
+//! does not change its user's thread) unless the application asks
+//! ([`crate::runtime::dispatch::pin_caller`]): the scheduler keeps it off
+//! the cores whose workers spin, but not off a core whose worker has
+//! parked, and then caller and worker share one CPU until the load balancer
+//! notices. `GLLM_PIN_THREADS=0` turns pinning off (the workers are still
+//! one per core).
 
 use crate::device::{cpu_topology, LogicalCpu};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether a thread has been pinned to the caller's CPU ([`pin_caller`]).
+static CALLER_PINNED: AtomicBool = AtomicBool::new(false);
 
 /// How the pool's workers are placed on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +46,14 @@ impl fmt::Display for WorkerPlacement {
         match (self.pinned, self.cpus.is_empty()) {
             (true, _) => {
                 let cpus: Vec<String> = self.cpus.iter().map(|c| c.to_string()).collect();
+                let caller = if CALLER_PINNED.load(Ordering::Relaxed) {
+                    format!("caller pinned to CPU {caller}")
+                } else {
+                    format!("caller on CPU {caller}, unpinned")
+                };
                 write!(
                     f,
-                    "{} worker{s} pinned to CPU {} (one per physical core; caller on CPU {caller}, unpinned)",
+                    "{} worker{s} pinned to CPU {} (one per physical core; {caller})",
                     self.workers,
                     cpus.join(", ")
                 )
@@ -111,6 +123,16 @@ pub(crate) fn pin<T>(thread: &std::thread::JoinHandle<T>, cpu: usize) -> bool {
     os::pin(thread, cpu)
 }
 
+/// Pins the calling thread to the CPU `placement` left for the caller, when
+/// the workers are pinned and that CPU is known; the CPU, or `None`.
+pub(crate) fn pin_caller(placement: &WorkerPlacement) -> Option<usize> {
+    let cpu = placement.caller_cpu.filter(|cpu| placement.pinned && !placement.cpus.contains(cpu))?;
+    os::pin_current(cpu).then(|| {
+        CALLER_PINNED.store(true, Ordering::Relaxed);
+        cpu
+    })
+}
+
 #[cfg(target_os = "linux")]
 mod os {
     use std::mem::{size_of, zeroed};
@@ -133,6 +155,19 @@ mod os {
         // SAFETY: sched_getcpu has no arguments and no preconditions.
         let cpu = unsafe { libc::sched_getcpu() };
         usize::try_from(cpu).ok()
+    }
+
+    /// The calling thread onto `cpu` alone.
+    pub fn pin_current(cpu: usize) -> bool {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return false;
+        }
+        // SAFETY: as in `allowed_cpus`.
+        let mut set: libc::cpu_set_t = unsafe { zeroed() };
+        // SAFETY: CPU_SET writes bit `cpu` < CPU_SETSIZE of `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: pid 0 is this thread; `set` is a mask of the size passed.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0 }
     }
 
     pub fn pin<T>(thread: &std::thread::JoinHandle<T>, cpu: usize) -> bool {
@@ -165,6 +200,10 @@ mod os {
     }
 
     pub fn pin<T>(_thread: &std::thread::JoinHandle<T>, _cpu: usize) -> bool {
+        false
+    }
+
+    pub fn pin_current(_cpu: usize) -> bool {
         false
     }
 }

@@ -144,6 +144,22 @@ pub fn worker_placement() -> &'static WorkerPlacement {
     &pool_and_placement().1
 }
 
+/// Pins the calling thread to the CPU the pool left free of workers (the
+/// one its first caller was on), starting the pool if needed; returns that
+/// CPU, or `None` when the workers are not pinned (`GLLM_PIN_THREADS=0`,
+/// no topology) or the OS refused.
+///
+/// For an application whose one thread drives the fan-outs (gllm's `run`,
+/// `chat`, `bench`, `perplexity`), not for a library's callers in general.
+/// Unpinned, the scheduler may move that thread onto a parked worker's
+/// CPU, and the two then share a CPU for milliseconds: on the 2-core VM,
+/// six alternated runs of `--bench quant`'s SmolLM2 shapes with and
+/// without it gave two-thread times of 4.1–4.3 against 4.3–7.0 µs
+/// (1×576×576) and 56.6–57.0 against 56.6–114.9 µs (16×576×576).
+pub fn pin_caller() -> Option<usize> {
+    affinity::pin_caller(worker_placement())
+}
+
 impl Pool {
     fn worker_loop(&self) {
         IN_POOL.with(|f| f.set(true));
