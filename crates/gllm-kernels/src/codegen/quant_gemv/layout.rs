@@ -332,10 +332,20 @@ pub(super) fn dequantize_group(format: QuantFormat, g: &[u8], out: &mut [f32]) {
     }
 }
 
+/// `−offset·Σq` as little-endian i32 bytes: what a kernel subtracts when it
+/// multiplies codes stored as `w + offset` (Q6_K's `+32`, AVX-512 Q8_0's
+/// `+128`) by the activations `q`, so the integer dot product is `Σw·q`
+/// exactly.
+fn code_offset_correction(q: &[i16], offset: i32) -> [u8; 4] {
+    let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
+    (-offset * sum).to_le_bytes()
+}
+
 /// Writes `x` (one activation row) as the kernel's activations at
 /// `precision`, in the [`ActParts`] layouts: groups of 256 with the values
 /// in [`lane_byte`] order, `dx[8]` and, for the 4-bit formats, `c·s[8]`
-/// (`c = −8` for Q4_0's offset, 1 for the `m` terms); Q6_K per half of a
+/// (`c = −8` for Q4_0's offset, 1 for the `m` terms) or, for Q8_0,
+/// `−128·Σq[8]` (i32); Q6_K per half of a
 /// group its eight 16-element sub-blocks as the lanes, `−32·Σq[8]` (i32)
 /// and `dx[8]`. Then tail records: Q4 formats' values in their nibble order
 /// (block pair's elements 0–15 of both blocks, then 16–31 of both),
@@ -389,9 +399,8 @@ pub(super) fn quantize_activations(
                     for k in 0..16 {
                         put_q(out, gp.digit, 32 * (k / 4) + 4 * j + k % 4, b, first + k);
                     }
-                    let sum: i32 = b.q[first..first + 16].iter().map(|&v| i32::from(v)).sum();
                     let at = gp.extra as usize + 4 * j;
-                    out[at..at + 4].copy_from_slice(&(-32 * sum).to_le_bytes());
+                    out[at..at + 4].copy_from_slice(&code_offset_correction(&b.q[first..first + 16], 32));
                     let at = gp.dx as usize + 4 * j;
                     out[at..at + 4].copy_from_slice(&b.d.to_le_bytes());
                 }
@@ -413,12 +422,11 @@ pub(super) fn quantize_activations(
         }
         put_f32(out, gp.dx, std::array::from_fn(|j| blocks[j].d));
         if format == QuantFormat::Q8_0 {
-            // −128·Σq per block, exact in i32: what the AVX-512 body's
-            // `w + 128` codes add (the AVX2 body does not read it).
+            // What the AVX-512 body's `w + 128` codes add, per block (the
+            // AVX2 body does not read it).
             for (j, b) in blocks.iter().enumerate() {
-                let sum: i32 = b.q.iter().map(|&v| i32::from(v)).sum();
                 let at = gp.extra as usize + 4 * j;
-                out[at..at + 4].copy_from_slice(&(-128 * sum).to_le_bytes());
+                out[at..at + 4].copy_from_slice(&code_offset_correction(&b.q, 128));
             }
         } else {
             put_f32(out, gp.extra, std::array::from_fn(|j| c * blocks[j].s));
